@@ -1,0 +1,38 @@
+# The README's two commands are `make demo` and `make test`; both set up
+# everything they need on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: demo test lint typecheck unit bench-push bench-load golden clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/xds-server demo --verbose
+
+test: $(STAMP)
+	scripts/ensure-system-tools
+	$(BIN)/ruff format --check xds_server tests bench
+	$(BIN)/ruff check xds_server tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench-push: $(STAMP)
+	$(BIN)/python -m bench.push_to_ack
+
+bench-load: $(STAMP)
+	scripts/ensure-system-tools
+	$(BIN)/python -m bench.load_ab
+
+golden: $(STAMP)
+	$(BIN)/pytest -q tests/test_translate_golden.py --regenerate-golden
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

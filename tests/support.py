@@ -1,0 +1,81 @@
+"""Shared test helpers: settings on free loopback ports, HTTP through Envoy."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from xds_server.model import SocketAddress
+from xds_server.processes import free_port
+from xds_server.settings import Settings, load_settings
+
+LOOPBACK = "127.0.0.1"
+SEARCH_BODY = {"query_vector": [0.1, 0.2, 0.3], "collection": "test"}
+
+
+def local_settings(**router: object) -> Settings:
+    """The shipped defaults with every address moved to a free loopback port,
+    so tests run beside a running demo and beside each other."""
+    base = load_settings(None)
+    services = tuple(
+        dataclasses.replace(
+            service,
+            backends=tuple(
+                dataclasses.replace(b, address=LOOPBACK, port=free_port()) for b in service.backends
+            ),
+        )
+        for service in base.intent.services
+    )
+    intent = dataclasses.replace(
+        base.intent,
+        services=services,
+        listen=SocketAddress(LOOPBACK, free_port()),
+        admin=SocketAddress(LOOPBACK, free_port()),
+    )
+    return dataclasses.replace(
+        base,
+        intent=intent,
+        xds_address=SocketAddress(LOOPBACK, free_port()),
+        envoy_admin_address=SocketAddress(LOOPBACK, free_port()),
+        **router,  # type: ignore[arg-type]
+    )
+
+
+async def send_many(
+    session: aiohttp.ClientSession,
+    url: str,
+    count: int,
+    *,
+    concurrency: int = 8,
+    json: object = SEARCH_BODY,
+) -> collections.Counter[str]:
+    """POST `count` requests; count answers by x-backend (or by status when not 200)."""
+    seen: collections.Counter[str] = collections.Counter()
+    queue = iter(range(count))
+
+    async def worker() -> None:
+        for _ in queue:
+            async with session.post(url, json=json) as response:
+                await response.read()
+                key = response.headers.get("x-backend", "?") if response.status == 200 else str(response.status)
+                seen[key] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return seen
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, interval_s: float = 0.05
+) -> float:
+    """Poll `check` until true; returns the seconds it took. Fails at the deadline."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(interval_s)
+    return time.monotonic() - start

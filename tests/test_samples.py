@@ -1,0 +1,210 @@
+"""Sample backends: routes of each kind, the backend marker, fault injection, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+import xds_server
+from xds_server.processes import ProcessFailed, start_process
+from xds_server.samples import make_app
+
+REPO_ROOT = Path(xds_server.__file__).resolve().parents[1]
+
+
+@pytest.fixture
+async def client_of() -> AsyncIterator[Any]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(name: str, kind: str) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = TestClient(TestServer(make_app(name, kind)))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def _post(client: TestClient[Any, Any], path: str, body: object) -> tuple[int, Any, str]:
+    response = await client.post(path, json=body)
+    return response.status, await response.json(), response.headers.get("x-backend", "")
+
+
+async def test_qdrant_search_is_deterministic_and_marked(client_of: Any) -> None:
+    """A vector search returns qdrant-shaped hits, equal for equal input, naming the backend."""
+    client = await client_of("qdrant-primary", "qdrant")
+    body = {"query_vector": [0.1, 0.2, 0.3], "collection": "test"}
+    status, first, header = await _post(client, "/api/v1/vectors/search", body)
+    _, second, _ = await _post(client, "/api/v1/vectors/search", body)
+    assert (status, header, first["backend"], first["status"]) == (
+        200,
+        "qdrant-primary",
+        "qdrant-primary",
+        "ok",
+    )
+    assert first["result"] == second["result"]
+    scores = [hit["score"] for hit in first["result"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(isinstance(hit["id"], int) and "payload" in hit for hit in first["result"])
+    assert isinstance(first["time"], float)
+
+
+async def test_qdrant_rejects_malformed_body_as_json(client_of: Any) -> None:
+    """A body that is not JSON, or has no vector, gets a 400 JSON error naming the backend."""
+    client = await client_of("qdrant-primary", "qdrant")
+    response = await client.post("/api/v1/vectors/search", data=b"{not json")
+    assert response.status == 400
+    assert response.headers["x-backend"] == "qdrant-primary"
+    assert (await response.json())["backend"] == "qdrant-primary"
+    status, body, _ = await _post(client, "/api/v1/vectors/search", {"query_vector": []})
+    assert status == 400 and "query_vector" in body["error"]
+
+
+async def test_embeddings_are_openai_shaped_and_deterministic(client_of: Any) -> None:
+    """Each input text gets one 8-float embedding, a hash of the text."""
+    client = await client_of("embedding-gpu0", "embedding")
+    status, body, header = await _post(
+        client, "/api/v1/embeddings", {"input": ["hello", "world", "hello"], "model": "m"}
+    )
+    assert (status, header, body["backend"], body["object"], body["model"]) == (
+        200,
+        "embedding-gpu0",
+        "embedding-gpu0",
+        "list",
+        "m",
+    )
+    vectors = [item["embedding"] for item in body["data"]]
+    assert [item["index"] for item in body["data"]] == [0, 1, 2]
+    assert all(len(v) == 8 for v in vectors)
+    assert vectors[0] == vectors[2] != vectors[1]
+    _, single, _ = await _post(client, "/api/v1/embeddings", {"input": "hello"})
+    assert single["data"][0]["embedding"] == vectors[0]
+
+
+async def test_llm_answers_a_chat_completion_as_itself(client_of: Any) -> None:
+    """Any path under /api/v1/models/ answers a chat.completion whose model is the backend."""
+    client = await client_of("phi3", "llm")
+    chat = {"model": "x", "messages": [{"role": "user", "content": "hi there"}]}
+    status, body, header = await _post(client, "/api/v1/models/phi3/chat/completions", chat)
+    assert (status, header, body["backend"], body["model"]) == (200, "phi3", "phi3", "phi3")
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert "hi there" in body["choices"][0]["message"]["content"]
+
+
+async def test_health_and_unknown_routes_are_marked(client_of: Any) -> None:
+    """/health answers ok; even aiohttp's own 404 carries the backend marker as JSON."""
+    client = await client_of("hermes", "llm")
+    health = await client.get("/health")
+    assert health.status == 200
+    assert await health.json() == {"status": "ok", "backend": "hermes"}
+    missing = await client.get("/nope")
+    assert (missing.status, missing.headers["x-backend"]) == (404, "hermes")
+    assert (await missing.json())["backend"] == "hermes"
+
+
+async def test_fault_injection_flips_status_and_back(client_of: Any) -> None:
+    """An injected 503 hits traffic but not /health; status 200 heals; stats count traffic."""
+    client = await client_of("embedding-gpu1", "embedding")
+    request = {"input": "x"}
+    status, fault, _ = await _post(client, "/_control/fault", {"status": 503})
+    assert (status, fault["status"], fault["delay_ms"]) == (200, 503, 0.0)
+    status, body, header = await _post(client, "/api/v1/embeddings", request)
+    assert (status, header, body["backend"]) == (503, "embedding-gpu1", "embedding-gpu1")
+    assert (await client.get("/health")).status == 200
+    await _post(client, "/_control/fault", {"status": 200})
+    assert (await _post(client, "/api/v1/embeddings", request))[0] == 200
+    stats = await (await client.get("/_control/stats")).json()
+    assert (stats["requests"], stats["health_requests"]) == (2, 1)
+
+
+async def test_health_fault_and_delay(client_of: Any) -> None:
+    """health_status fails /health only; delay_ms holds requests; bad settings are 400."""
+    client = await client_of("mixtral", "llm")
+    await _post(client, "/_control/fault", {"health_status": 503, "delay_ms": 50})
+    health = await client.get("/health")
+    assert (health.status, (await health.json())["status"]) == (503, "unhealthy")
+    current = await (await client.get("/_control/fault")).json()
+    assert current == {"status": None, "delay_ms": 50.0, "health_status": 503, "backend": "mixtral"}
+    for bad in ({"status": 302}, {"delay_ms": -1}, {"colour": "red"}, [1]):
+        assert (await _post(client, "/_control/fault", bad))[0] == 400
+
+
+async def test_unknown_kind_is_refused() -> None:
+    """make_app names the valid kinds instead of building a backend that answers nothing."""
+    with pytest.raises(ValueError, match="qdrant"):
+        make_app("x", "redis")
+
+
+async def test_cli_prints_ready_with_real_port_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`python -m xds_server.samples --port 0` prints READY with the bound port and exits 0
+    on SIGTERM."""
+    argv = [sys.executable, "-m", "xds_server.samples", "--name", "qdrant-primary"]
+    argv += ["--kind", "qdrant", "--host", "127.0.0.1", "--port", "0"]
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    child = await start_process(
+        argv, ready_line_prefix="READY ", timeout_s=20, env=env, log_path=tmp_path / "out.log"
+    )
+    try:
+        assert child.ready_line is not None
+        _, name, address = child.ready_line.split()
+        host, port = address.rsplit(":", 1)
+        assert (name, host) == ("qdrant-primary", "127.0.0.1") and int(port) > 0
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{address}/health", timeout=aiohttp.ClientTimeout(5)) as resp,
+        ):
+            assert resp.headers["x-backend"] == "qdrant-primary"
+    finally:
+        code = await child.stop(grace_s=5)
+    assert code == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(child.pid, 0)
+
+
+async def test_start_process_reports_early_exit_with_output() -> None:
+    """A child that dies before its ready line raises ProcessFailed carrying its output."""
+    argv = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    with pytest.raises(ProcessFailed, match="boom") as caught:
+        await start_process(argv, ready_line_prefix="READY", timeout_s=10)
+    assert "code 3" in str(caught.value)
+
+
+async def test_start_process_times_out_and_stops_the_child() -> None:
+    """A child that never prints its ready line is stopped and reaped after timeout_s."""
+    argv = [sys.executable, "-c", "import time; print('waiting', flush=True); time.sleep(60)"]
+    with pytest.raises(ProcessFailed, match="waiting") as caught:
+        await start_process(argv, ready_line_prefix="READY", timeout_s=1)
+    assert caught.value.pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(caught.value.pid, 0)
+
+
+async def test_stop_escalates_to_sigkill_and_is_idempotent() -> None:
+    """A child ignoring SIGTERM is SIGKILLed after the grace; a second stop() is a no-op."""
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    code += "print('READY', flush=True); time.sleep(60)"
+    child = await start_process(
+        [sys.executable, "-c", code], ready_line_prefix="READY", timeout_s=10
+    )
+    assert await child.stop(grace_s=0.5) == -signal.SIGKILL
+    assert await child.stop() == -signal.SIGKILL
+    assert child.returncode == -signal.SIGKILL
+
+
+async def test_kill_then_stop_reaps() -> None:
+    """kill() ends the child at once (for failure tests); stop() afterwards only reaps."""
+    argv = [sys.executable, "-c", "import time; print('READY', flush=True); time.sleep(60)"]
+    child = await start_process(argv, ready_line_prefix="READY", timeout_s=10)
+    child.kill()
+    assert await child.stop(grace_s=5) == -signal.SIGKILL

@@ -1,0 +1,431 @@
+"""Settings: the shipped file, ROUTER_* overrides, and every-problem validation."""
+
+from __future__ import annotations
+
+import copy
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from xds_server.errors import ConfigError
+from xds_server.model import Intent, Policies, SocketAddress, Strategy
+from xds_server.settings import (
+    EMBEDDED_DEFAULTS,
+    format_problems,
+    load_settings,
+    parse_settings,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "config" / "router_config.yaml"
+
+
+def shipped_document() -> dict[str, Any]:
+    document = yaml.safe_load(SHIPPED.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
+
+
+def minimal_document() -> dict[str, Any]:
+    return {
+        "services": [
+            {
+                "name": "svc",
+                "routes": ["/svc/"],
+                "backends": [{"name": "svc-0", "address": "127.0.0.1", "port": 9000}],
+            }
+        ]
+    }
+
+
+def problem_paths(document: object, environ: dict[str, str] | None = None) -> set[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document, environ or {}, "test.yaml")
+    return {p.path for p in caught.value.problems}
+
+
+def test_shipped_config_has_the_spec_services() -> None:
+    """The shipped file loads: 5 services, 7 backends, the spec's names, ports and groups."""
+    settings = load_settings(SHIPPED, {})
+    intent = settings.intent
+    assert [s.name for s in intent.services] == ["qdrant", "embedding", "phi3", "hermes", "mixtral"]
+    assert {b.name: b.port for b in intent.backends()} == {
+        "qdrant-primary": 6333,
+        "qdrant-secondary": 6334,
+        "embedding-gpu0": 8001,
+        "embedding-gpu1": 8002,
+        "phi3": 11401,
+        "hermes": 11402,
+        "mixtral": 11403,
+    }
+    assert {s.name: s.display_group for s in intent.services} == {
+        "qdrant": "qdrant",
+        "embedding": "embedding",
+        "phi3": "external",
+        "hermes": "external",
+        "mixtral": "external",
+    }
+    assert intent.service("qdrant") is not None
+    assert intent.service("qdrant").routes == ("/api/v1/vectors/",)  # type: ignore[union-attr]
+    assert settings.source == str(SHIPPED)
+
+
+def test_shipped_router_values_are_the_model_defaults() -> None:
+    """Every value in the shipped router: section equals the built-in default."""
+    shipped = load_settings(SHIPPED, {})
+    without_router = {k: v for k, v in shipped_document().items() if k != "router"}
+    assert parse_settings(without_router, {}, str(SHIPPED)) == shipped
+    assert shipped.intent.policies == Policies()
+    defaults = Intent(services=())
+    assert shipped.intent.listen == defaults.listen
+    assert shipped.intent.admin == defaults.admin
+    assert shipped.intent.default_strategy == defaults.default_strategy
+
+
+def test_omitted_optional_keys_take_dataclass_defaults() -> None:
+    """Omitted service and backend keys take the model's dataclass defaults."""
+    settings = parse_settings(minimal_document(), {}, "x")
+    service = settings.intent.services[0]
+    backend = service.backends[0]
+    assert (service.strategy, service.group, service.hash_header) == (None, "", "x-session-id")
+    assert (backend.weight, backend.priority, backend.health_path, backend.draining) == (
+        1,
+        0,
+        "/health",
+        False,
+    )
+
+
+def test_all_optional_keys_are_read() -> None:
+    """Every optional service and backend key reaches the model."""
+    document = minimal_document()
+    document["services"][0] |= {"strategy": "maglev", "group": "g", "hash_header": "x-user"}
+    document["services"][0]["backends"][0] |= {
+        "weight": 3,
+        "priority": 1,
+        "health_path": "/ready",
+        "draining": True,
+    }
+    service = parse_settings(document, {}, "x").intent.services[0]
+    assert (service.strategy, service.group, service.hash_header) == (
+        Strategy.MAGLEV,
+        "g",
+        "x-user",
+    )
+    backend = service.backends[0]
+    assert (backend.weight, backend.priority, backend.health_path, backend.draining) == (
+        3,
+        1,
+        "/ready",
+        True,
+    )
+
+
+# (variable, env text, Settings attribute it sets, expected value)
+SPEC_OVERRIDES = [
+    ("ROUTER_STRATEGY", "least_connections", "intent.default_strategy", Strategy.LEAST_CONNECTIONS),
+    ("ROUTER_HEALTH_CHECK_INTERVAL", "45", "health_check_interval_s", 45.0),
+    ("ROUTER_HEALTH_CHECK_TIMEOUT", "2.5", "health_check_timeout_s", 2.5),
+    ("ROUTER_CIRCUIT_BREAKER_THRESHOLD", "4", "intent.policies.circuit_breaker_threshold", 4),
+    ("ROUTER_CIRCUIT_BREAKER_TIMEOUT", "20", "intent.policies.circuit_breaker_timeout_s", 20.0),
+    ("ROUTER_MAX_RETRIES", "0", "intent.policies.max_retries", 0),
+    ("ROUTER_RETRY_DELAY", "0.25", "intent.policies.retry_delay_s", 0.25),
+    ("ROUTER_QUEUE_SIZE", "50", "intent.policies.queue_size", 50),
+    ("ROUTER_WORKER_THREADS", "2", "worker_threads", 2),
+    ("ROUTER_METRICS_ENABLED", "No", "metrics_enabled", False),
+]
+
+
+@pytest.mark.parametrize(("variable", "text", "attribute", "expected"), SPEC_OVERRIDES)
+def test_spec_environment_variable_overrides_yaml(
+    variable: str, text: str, attribute: str, expected: object
+) -> None:
+    """Each of the spec's ten ROUTER_* variables beats its value in the shipped file."""
+    read = attrgetter(attribute)
+    assert read(load_settings(SHIPPED, {})) != expected
+    assert read(load_settings(SHIPPED, {variable: text})) == expected
+
+
+def test_further_environment_variables_override_yaml() -> None:
+    """Addresses, limits, Redis URL and token follow the same ROUTER_<KEY> pattern."""
+    environ = {
+        "ROUTER_LISTEN_ADDRESS": "[::1]:8080",
+        "ROUTER_ADMIN_ADDRESS": "10.0.0.5:18081",
+        "ROUTER_ADMIN_TOKEN": "s3cret",
+        "ROUTER_XDS_ADDRESS": "localhost:18001",
+        "ROUTER_ENVOY_ADMIN_ADDRESS": "127.0.0.1:9902",
+        "ROUTER_REDIS_URL": "redis://localhost:6379/0",
+        "ROUTER_MAX_REQUESTS": "7",
+        "ROUTER_MAX_CONNECTIONS": "8",
+        "ROUTER_REQUEST_TIMEOUT": "3",
+        "ROUTER_HEALTHY_PANIC_THRESHOLD": "50",
+    }
+    settings = load_settings(SHIPPED, environ)
+    assert settings.intent.listen == SocketAddress("::1", 8080)
+    assert settings.intent.admin == SocketAddress("10.0.0.5", 18081)
+    assert settings.xds_address == SocketAddress("localhost", 18001)
+    assert settings.envoy_admin_address == SocketAddress("127.0.0.1", 9902)
+    assert (settings.admin_token, settings.redis_url) == ("s3cret", "redis://localhost:6379/0")
+    policies = settings.intent.policies
+    assert (policies.max_requests, policies.max_connections) == (7, 8)
+    assert policies.request_timeout_s == 3.0
+    assert policies.healthy_panic_threshold_percent == 50.0
+
+
+def test_empty_redis_url_and_token_mean_unset() -> None:
+    """An empty ROUTER_REDIS_URL / ROUTER_ADMIN_TOKEN switches the file's value off."""
+    document = minimal_document() | {
+        "router": {"redis_url": "redis://r:6379", "admin_token": "t"},
+    }
+    settings = parse_settings(document, {"ROUTER_REDIS_URL": "", "ROUTER_ADMIN_TOKEN": ""}, "x")
+    assert (settings.redis_url, settings.admin_token) == (None, None)
+
+
+def test_unknown_router_variables_are_ignored() -> None:
+    """ROUTER_* names that match no key are ignored, so other tools may share the prefix."""
+    settings = parse_settings(minimal_document(), {"ROUTER_NO_SUCH_KNOB": "x"}, "x")
+    assert settings == parse_settings(minimal_document(), {}, "x")
+
+
+def test_every_problem_is_reported_with_its_path() -> None:
+    """A document with many mistakes reports all of them, each at its exact path."""
+    document: dict[str, Any] = {
+        "router": {
+            "strategy": "fastest",
+            "queue_size": True,
+            "queu_size": 3,
+            "health_check_interval": 5,
+            "health_check_timeout": 10,
+            "retry_delay": 0,
+            "healthy_panic_threshold": 101,
+            "max_retries": -1,
+            "listen_address": "127.0.0.1",
+        },
+        "extra": 1,
+        "services": [
+            {
+                "name": "Qdrant",
+                "routes": ["api/v1", "/api/v1/router/x", "/api/v1/health"],
+                "backends": [{"name": "a", "address": "http://x", "port": 70000}],
+            },
+            {
+                "name": "b",
+                "routes": ["/x", "/x"],
+                "hash_header": "X-Upper",
+                "backends": [{"name": "a", "address": "h:1", "port": "1", "weight": 0, "x": 1}],
+            },
+            {"name": "b", "routes": [], "backends": "nope", "strategy": "best"},
+            {"routes": ["/y"], "backends": [{"name": "c", "address": "", "health_path": "h"}]},
+            3,
+        ],
+    }
+    assert problem_paths(document) == {
+        "extra",
+        "router.strategy",
+        "router.queue_size",
+        "router.queu_size",
+        "router.health_check_timeout",
+        "router.retry_delay",
+        "router.healthy_panic_threshold",
+        "router.max_retries",
+        "router.listen_address",
+        "services[0].name",
+        "services[0].routes[0]",
+        "services[0].routes[1]",
+        "services[0].routes[2]",
+        "services[0].backends[0].address",
+        "services[0].backends[0].port",
+        "services[1].routes[1]",
+        "services[1].hash_header",
+        "services[1].backends[0].name",
+        "services[1].backends[0].address",
+        "services[1].backends[0].port",
+        "services[1].backends[0].weight",
+        "services[1].backends[0].x",
+        "services[2].name",
+        "services[2].routes",
+        "services[2].backends",
+        "services[2].strategy",
+        "services[3].name",
+        "services[3].backends[0].address",
+        "services[3].backends[0].port",
+        "services[3].backends[0].health_path",
+        "services[4]",
+    }
+
+
+def test_duplicate_routes_across_services_are_rejected() -> None:
+    """A route prefix may belong to one service only."""
+    document = minimal_document()
+    other = copy.deepcopy(document["services"][0])
+    other["name"] = "other"
+    other["backends"][0]["name"] = "other-0"
+    document["services"].append(other)
+    assert problem_paths(document) == {"services[1].routes[0]"}
+
+
+def test_bool_is_not_an_integer() -> None:
+    """YAML booleans are rejected where integers are expected, and vice versa."""
+    document = minimal_document()
+    document["services"][0]["backends"][0] |= {"port": True, "draining": 1}
+    document["router"] = {"worker_threads": False, "metrics_enabled": 1}
+    assert problem_paths(document) == {
+        "services[0].backends[0].port",
+        "services[0].backends[0].draining",
+        "router.worker_threads",
+        "router.metrics_enabled",
+    }
+
+
+def test_top_level_shape() -> None:
+    """The document must be a mapping holding `services`; `router` is optional."""
+    assert problem_paths(None) == {""}
+    assert problem_paths({"router": {}}) == {"services"}
+    assert problem_paths({"services": []}) == {"services"}
+    assert parse_settings(minimal_document() | {"router": None}, {}, "x").worker_threads == 8
+
+
+def test_strategy_message_lists_the_allowed_values() -> None:
+    """A bad strategy names every allowed one."""
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(minimal_document(), {"ROUTER_STRATEGY": "fastest"}, "x")
+    assert [p.path for p in caught.value.problems] == ["env:ROUTER_STRATEGY"]
+    assert all(s.value in caught.value.problems[0].message for s in Strategy)
+
+
+def test_bad_environment_values_are_reported_with_env_paths() -> None:
+    """Every bad ROUTER_* value is reported at env:<NAME>, alongside file problems."""
+    environ = {
+        "ROUTER_QUEUE_SIZE": "lots",
+        "ROUTER_WORKER_THREADS": "0",
+        "ROUTER_METRICS_ENABLED": "maybe",
+        "ROUTER_RETRY_DELAY": "nan",
+        "ROUTER_LISTEN_ADDRESS": "::1:80",
+        "ROUTER_XDS_ADDRESS": "127.0.0.1:0",
+        "ROUTER_REDIS_URL": "http://redis",
+        "ROUTER_STRATEGY": "",
+    }
+    document = minimal_document() | {"router": {"max_connections": 0}}
+    assert problem_paths(document, environ) == {
+        "router.max_connections",
+        *(f"env:{name}" for name in environ),
+    }
+
+
+def test_valid_environment_value_does_not_hide_a_bad_file_value() -> None:
+    """The file is still checked where the environment overrides it."""
+    document = minimal_document() | {"router": {"queue_size": "big"}}
+    assert problem_paths(document, {"ROUTER_QUEUE_SIZE": "10"}) == {"router.queue_size"}
+
+
+def test_environment_can_fix_the_timeout_interval_relation() -> None:
+    """timeout < interval is checked on the effective values, env included."""
+    document = minimal_document() | {"router": {"health_check_timeout": 40}}
+    assert problem_paths(document) == {"router.health_check_timeout"}
+    settings = parse_settings(document, {"ROUTER_HEALTH_CHECK_INTERVAL": "60"}, "x")
+    assert (settings.health_check_timeout_s, settings.health_check_interval_s) == (40.0, 60.0)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:18080", "10.1.2.3:18080", "[::]:18080", "ctl:1"])
+def test_non_loopback_admin_without_token_is_rejected(address: str) -> None:
+    """An admin API reachable from other hosts needs a token."""
+    environ = {"ROUTER_ADMIN_ADDRESS": address}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(minimal_document(), environ, "x")
+    assert [p.path for p in caught.value.problems] == ["router.admin_token"]
+    assert "not loopback" in caught.value.problems[0].message
+    token = parse_settings(minimal_document(), environ | {"ROUTER_ADMIN_TOKEN": "t"}, "x")
+    assert token.admin_token == "t"
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "127.9.9.9:1", "[::1]:1", "localhost:1"])
+def test_loopback_admin_needs_no_token(address: str) -> None:
+    """Loopback admin addresses (127.0.0.0/8, ::1, localhost) work without a token."""
+    settings = parse_settings(minimal_document(), {"ROUTER_ADMIN_ADDRESS": address}, "x")
+    assert settings.admin_token is None
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    """The admin token and Redis URL (which may hold a password) are not in repr()."""
+    environ = {"ROUTER_ADMIN_TOKEN": "tok-123", "ROUTER_REDIS_URL": "redis://:pw-456@r"}
+    text = repr(parse_settings(minimal_document(), environ, "x"))
+    assert "tok-123" not in text
+    assert "pw-456" not in text
+
+
+def test_yaml_syntax_error_is_a_config_error(tmp_path: Path) -> None:
+    """Broken YAML is a ConfigError at the file name, with line and column."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("services:\n  - name: [a\n    b: : c\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(broken, {})
+    (problem,) = caught.value.problems
+    assert problem.path == str(broken)
+    assert "line 3" in problem.message
+    assert "column" in problem.message
+
+
+def test_duplicate_yaml_keys_are_a_config_error(tmp_path: Path) -> None:
+    """A key given twice is an error, not silently the last one."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("router:\n  queue_size: 1\n  queue_size: 2\nservices: []\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="duplicate key 'queue_size'"):
+        load_settings(twice, {})
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    """A missing file is a ConfigError naming the file."""
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(missing, {})
+    assert [p.path for p in caught.value.problems] == [str(missing)]
+
+
+def test_format_problems_gives_one_line_per_problem() -> None:
+    """format_problems prints `path: message`, one per line."""
+    document = minimal_document() | {"router": {"queue_size": 0, "max_retries": "3"}}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document, {}, "x")
+    lines = format_problems(caught.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("router.queue_size: ")
+    assert lines[1].startswith("router.max_retries: ")
+
+
+def test_embedded_defaults_are_the_shipped_config() -> None:
+    """The wheel's embedded defaults are byte-identical to config/router_config.yaml."""
+    assert EMBEDDED_DEFAULTS.read_bytes() == SHIPPED.read_bytes()
+
+
+def test_load_settings_none_uses_embedded_defaults() -> None:
+    """load_settings(None) loads the embedded defaults and says so in `source`."""
+    settings = load_settings(None, {})
+    assert settings.source == "<embedded defaults>"
+    assert settings.intent == load_settings(SHIPPED, {}).intent
+
+
+def test_load_settings_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an explicit environ, os.environ is used."""
+    monkeypatch.setenv("ROUTER_QUEUE_SIZE", "77")
+    assert load_settings(None).intent.policies.queue_size == 77
+
+
+@pytest.mark.parametrize(
+    "text", ["127.0.0.1", "999.1.1.1:80", ":80", "[1.2.3.4]:80", "::1:80", "http://h:80", "h:0"]
+)
+def test_bad_socket_addresses_are_rejected(text: str) -> None:
+    """Addresses must be host:port with a valid host, IPv6 in brackets, port 1..65535."""
+    assert problem_paths(minimal_document(), {"ROUTER_XDS_ADDRESS": text}) == {
+        "env:ROUTER_XDS_ADDRESS"
+    }
+
+
+@pytest.mark.parametrize("host", ["10.0.0.7", "::1", "gpu-0.internal", "localhost"])
+def test_backend_address_accepts_ips_and_hostnames(host: str) -> None:
+    """A backend address is an IPv4/IPv6 address or a DNS hostname."""
+    document = minimal_document()
+    document["services"][0]["backends"][0]["address"] = host
+    assert parse_settings(document, {}, "x").intent.backends()[0].address == host

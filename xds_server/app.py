@@ -1,0 +1,140 @@
+"""The controller: wiring, start-up order, config reload and graceful shutdown.
+
+Start-up: publish the first snapshot, then open the admin API, then the xDS
+port, so the first proxy to connect already gets configuration. Shutdown runs
+in reverse. One TaskGroup owns every background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from xds_server.admin import make_admin_app
+from xds_server.cache import SnapshotCache
+from xds_server.errors import ConfigError
+from xds_server.model import Health, SocketAddress
+from xds_server.publisher import Publisher
+from xds_server.settings import Settings, format_problems, load_settings
+from xds_server.store import IntentStore, MemoryStore
+from xds_server.xds.observe import LoggingObserver, Observers
+from xds_server.xds.server import XdsEngine, start_server
+from xds_server.xds.status import ProxyRegistry
+
+log = logging.getLogger("xds_server.app")
+
+CONFIG_POLL_S = 1.0
+SHUTDOWN_GRACE_S = 2.0
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        store: IntentStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.store: IntentStore = store or MemoryStore(settings.intent)
+        self.cache = SnapshotCache()
+        self.proxies = ProxyRegistry()
+        self.observers = Observers([self.proxies, LoggingObserver()])
+        self.engine = XdsEngine(self.cache, self.observers)
+        self.health: dict[str, Health] = {}
+        self.publisher = Publisher(self.store, self.cache, lambda: self.health)
+        self.xds_address = settings.xds_address
+        self.admin_address = settings.intent.admin
+        self._grpc: grpc.aio.Server | None = None
+        self._admin: web.AppRunner | None = None
+        self._reload_requested = asyncio.Event()
+
+    # ---- life ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._start_admin()
+        await self.publisher.publish_now()
+        self._grpc, port = await start_server(self.engine, str(self.settings.xds_address))
+        self.xds_address = SocketAddress(self.settings.xds_address.host, port)
+
+    async def stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(SHUTDOWN_GRACE_S)
+            self._grpc = None
+        if self._admin is not None:
+            await self._admin.cleanup()
+            self._admin = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set. Expects start() to have run."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                background = [
+                    tasks.create_task(self.publisher.run()),
+                    tasks.create_task(self._watch_config()),
+                ]
+                await stop.wait()
+                for task in background:
+                    task.cancel()
+        finally:
+            await self.stop()
+
+    async def _start_admin(self) -> None:
+        self._admin = web.AppRunner(make_admin_app(self), access_log=None)
+        await self._admin.setup()
+        wanted = self.settings.intent.admin
+        site = web.TCPSite(self._admin, wanted.host, wanted.port)
+        await site.start()
+        port = self._admin.addresses[0][1]
+        self.admin_address = SocketAddress(wanted.host, port)
+        if port != wanted.port:  # port 0: Envoy must learn the real one
+            await self.store.update(lambda i: dataclasses.replace(i, admin=self.admin_address))
+
+    # ---- configuration reload --------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP handler: reload the config file at the next opportunity."""
+        self._reload_requested.set()
+
+    async def reload(self) -> bool:
+        """Load the config file again. An invalid file changes nothing and logs every problem."""
+        try:
+            settings = load_settings(self.config_path)
+        except ConfigError as error:
+            log.error(
+                "config reload refused, keeping the running config:\n%s", format_problems(error)
+            )
+            return False
+        intent = dataclasses.replace(settings.intent, admin=self.admin_address)
+        await self.store.put(intent)
+        log.info("config reloaded from %s", settings.source)
+        return True
+
+    async def _watch_config(self) -> None:
+        last = _mtime(self.config_path)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reload_requested.wait(), CONFIG_POLL_S)
+            now = _mtime(self.config_path)
+            if self._reload_requested.is_set() or now != last:
+                self._reload_requested.clear()
+                last = now
+                if self.config_path is not None:
+                    await self.reload()
+
+
+def _mtime(path: Path | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime_ns / 1e9
+    except OSError:
+        return None

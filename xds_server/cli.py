@@ -1,0 +1,131 @@
+"""`xds-server`: run, demo, validate, bootstrap."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from xds_server.app import Controller
+from xds_server.bootstrap import make_bootstrap, render_bootstrap
+from xds_server.demo import running_stack
+from xds_server.envoy_process import find_envoy_binary
+from xds_server.errors import ConfigError
+from xds_server.settings import Settings, format_problems, load_settings
+
+log = logging.getLogger("xds_server")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    configure_logging(args.debug, args.verbose)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as error:
+        print(f"invalid configuration ({args.config or 'embedded defaults'}):", file=sys.stderr)
+        print(format_problems(error), file=sys.stderr)
+        return 1
+    command: int = args.command(settings, args)
+    return command
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="router_config.yaml (default: embedded)")
+    common.add_argument("--debug", action="store_true", help="debug logging")
+    common.add_argument("--verbose", action="store_true", help="info logging")
+    top = argparse.ArgumentParser(prog="xds-server", description=__doc__, parents=[common])
+    commands = top.add_subparsers(required=True, metavar="COMMAND")
+    run = commands.add_parser("run", parents=[common], help="run the controller")
+    run.set_defaults(command=cmd_run)
+    demo = commands.add_parser(
+        "demo", parents=[common], help="controller + Envoy + sample backends"
+    )
+    demo.add_argument("--delta", action="store_true", help="bootstrap Envoy with Delta xDS")
+    demo.set_defaults(command=cmd_demo)
+    validate = commands.add_parser("validate", parents=[common], help="check a config file")
+    validate.set_defaults(command=cmd_validate)
+    boot = commands.add_parser("bootstrap", parents=[common], help="print an Envoy bootstrap")
+    boot.add_argument("--node-id", required=True)
+    boot.add_argument("--delta", action="store_true")
+    boot.set_defaults(command=cmd_bootstrap)
+    return top
+
+
+def configure_logging(debug: bool, verbose: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not debug:
+        logging.getLogger("xds_server.demo").setLevel(logging.INFO)
+
+
+def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
+    services = settings.intent.services
+    backends = sum(len(s.backends) for s in services)
+    print(f"{settings.source}: valid ({len(services)} services, {backends} backends)")
+    return 0
+
+
+def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
+    bootstrap = make_bootstrap(
+        node_id=args.node_id,
+        xds=settings.xds_address,
+        envoy_admin=settings.envoy_admin_address,
+        delta=args.delta,
+    )
+    print(render_bootstrap(bootstrap), end="")
+    print(
+        f"# run: envoy -c bootstrap.yaml --concurrency {settings.worker_threads}"
+        " --disable-hot-restart"
+    )
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> None:
+        controller = Controller(settings, config_path=args.config)
+        stop = stop_on_signals(controller)
+        await controller.start()
+        print(
+            f"xds-server: xDS on {controller.xds_address}, admin API on "
+            f"http://{controller.admin_address}",
+            flush=True,
+        )
+        await controller.run(stop)
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    find_envoy_binary()  # fail before starting anything when there is no Envoy
+
+    async def demo() -> None:
+        async with running_stack(settings, config_path=args.config, delta=args.delta) as stack:
+            stop = stop_on_signals(stack.controller)
+            print(stack.describe(), flush=True)
+            print(f"try: curl -s http://{settings.intent.listen}/api/v1/router/health", flush=True)
+            print("Ctrl-C stops everything.", flush=True)
+            await stop.wait()
+        print("demo stopped; every process it started has exited.", flush=True)
+
+    asyncio.run(demo())
+    return 0
+
+
+def stop_on_signals(controller: Controller) -> asyncio.Event:
+    """Ctrl-C and SIGTERM stop; SIGHUP reloads the config file."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, controller.request_reload)
+    return stop
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The local stack: sample backends + controller + a real Envoy, as one unit.
+
+`xds-server demo` runs it until Ctrl-C; the end-to-end tests run the very same
+stack on free ports. Start order: backends, controller, Envoy; stop order is
+the reverse, and every child process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from xds_server.app import Controller
+from xds_server.bootstrap import make_bootstrap
+from xds_server.envoy_process import EnvoyProcess, start_envoy
+from xds_server.model import Backend, Service
+from xds_server.processes import ChildProcess, start_process
+from xds_server.settings import Settings
+
+BACKEND_START_TIMEOUT_S = 15.0
+DEMO_NODE_ID = "envoy-demo"
+
+
+@dataclass
+class Stack:
+    controller: Controller
+    envoy: EnvoyProcess
+    backends: dict[str, ChildProcess]
+
+    def describe(self) -> str:
+        settings = self.controller.settings
+        intent = self.controller.store.intent
+        lines = [
+            f"router (Envoy listener)  http://{intent.listen}",
+            f"Envoy admin              http://{self.envoy.admin}",
+            f"controller xDS (gRPC)    {self.controller.xds_address}",
+            f"controller admin API     http://{self.controller.admin_address}",
+            f"Envoy worker threads     {settings.worker_threads} (pid {self.envoy.pid})",
+        ]
+        for service in intent.services:
+            for backend in service.backends:
+                pid = self.backends[backend.name].pid
+                lines.append(
+                    f"backend {backend.name:<17}http://{backend.address}:{backend.port}"
+                    f"  ({service.name}, pid {pid})"
+                )
+        return "\n".join(lines)
+
+
+def sample_kind(service: Service) -> str:
+    """Which sample app imitates a service: qdrant, embedding, or an LLM."""
+    return service.name if service.name in ("qdrant", "embedding") else "llm"
+
+
+async def start_backend(backend: Backend, kind: str, log_dir: Path) -> ChildProcess:
+    argv = [sys.executable, "-m", "xds_server.samples", "--name", backend.name, "--kind", kind]
+    argv += ["--host", backend.address, "--port", str(backend.port)]
+    return await start_process(
+        argv,
+        ready_line_prefix="READY",
+        timeout_s=BACKEND_START_TIMEOUT_S,
+        log_path=log_dir / f"{backend.name}.log",
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings,
+    *,
+    config_path: Path | None = None,
+    workdir: Path | None = None,
+    envoy_concurrency: int | None = None,
+    delta: bool = False,
+) -> AsyncIterator[Stack]:
+    """Start the whole stack; stops every part on exit, whatever happened."""
+    with contextlib.ExitStack() as dirs:
+        work = workdir or Path(dirs.enter_context(tempfile.TemporaryDirectory(prefix="xds-demo-")))
+        async with contextlib.AsyncExitStack() as stack:
+            backends: dict[str, ChildProcess] = {}
+            for service in settings.intent.services:
+                for backend in service.backends:
+                    child = await start_backend(backend, sample_kind(service), work)
+                    stack.push_async_callback(child.stop)
+                    backends[backend.name] = child
+            controller = Controller(settings, config_path=config_path)
+            stack.push_async_callback(controller.stop)
+            await controller.start()
+            stack.push_async_callback(_stop_task, *_run_in_background(controller))
+            bootstrap = make_bootstrap(
+                node_id=DEMO_NODE_ID,
+                xds=controller.xds_address,
+                envoy_admin=settings.envoy_admin_address,
+                delta=delta,
+            )
+            envoy = await start_envoy(
+                bootstrap,
+                admin=settings.envoy_admin_address,
+                workdir=work,
+                concurrency=envoy_concurrency or settings.worker_threads,
+            )
+            stack.push_async_callback(envoy.stop)
+            yield Stack(controller, envoy, backends)
+
+
+def _run_in_background(controller: Controller) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    return stop, asyncio.create_task(controller.run(stop))
+
+
+async def _stop_task(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stop.set()
+    await task

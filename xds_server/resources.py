@@ -1,0 +1,32 @@
+"""Resource type URLs, the names the translator gives resources, and their order."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeAlias
+
+from google.protobuf.message import Message
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+# Make-before-break order for ADS (xds-protocol rule 24): clusters and their
+# endpoints exist before the listeners and routes that reference them.
+ADS_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+
+# Types whose SotW responses carry the complete set: a missing name means
+# deletion (rule 14). EDS and RDS responses may carry only what changed (rule 15).
+FULL_STATE_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
+
+SHORT_NAMES: Mapping[str, str] = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds"}
+
+LISTENER_NAME = "router"
+ROUTE_CONFIG_NAME = "router"
+ADMIN_CLUSTER = "xds-server-admin"
+ADMIN_PREFIX = "/api/v1/router/"
+OVERALL_HEALTH_PATH = "/api/v1/health"
+
+# type URL -> resource name -> message. The translator's output, the cache's input.
+Resources: TypeAlias = Mapping[str, Mapping[str, Message]]

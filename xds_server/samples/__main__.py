@@ -1,0 +1,70 @@
+"""Run one sample backend: `python -m xds_server.samples --name N --kind K --port P`.
+
+Once listening it prints exactly one line, `READY <name> <host>:<port>`, to stdout
+(the real port when 0 was asked for), which `processes.start_process` waits for.
+SIGTERM or SIGINT stop it cleanly with exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from xds_server.model import SocketAddress
+from xds_server.samples.backend import KINDS, make_app
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m xds_server.samples", description=__doc__)
+    parser.add_argument("--name", required=True, help="backend name, echoed in every answer")
+    parser.add_argument("--kind", required=True, choices=KINDS)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    return parser.parse_args(argv)
+
+
+async def serve(name: str, kind: str, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    runner = web.AppRunner(make_app(name, kind), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        print(f"READY {name} {_bound_address(runner, host)}", flush=True)
+        await _until_signalled()
+    finally:
+        await runner.cleanup()
+
+
+def _bound_address(runner: web.AppRunner, host: str) -> SocketAddress:
+    sockname = runner.addresses[0]
+    # AF_INET6 socknames are 4-tuples, AF_INET 2-tuples; both start with (host, port).
+    bound_host = host if host and host not in ("0.0.0.0", "::") else sockname[0]
+    return SocketAddress(bound_host, int(sockname[1]))
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        asyncio.run(serve(args.name, args.kind, args.host, args.port))
+    except OSError as exc:  # e.g. the port is taken: say so in one line, not a traceback
+        print(f"cannot serve {args.name} on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

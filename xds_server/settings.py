@@ -1,0 +1,598 @@
+"""Settings: `router_config.yaml` plus `ROUTER_*` environment -> one validated value.
+
+Contract:
+- `parse_settings` is pure (no I/O, no clock); `load_settings` reads the file.
+- Every problem is reported with its field path (`router.queue_size`,
+  `services[1].backends[0].port`, `env:ROUTER_STRATEGY`), never only the first.
+- Every key of the `router:` section can be overridden by `ROUTER_<KEY>`; the
+  environment beats the file. Unknown `ROUTER_*` variables are ignored, so other
+  tools may share the prefix; a known variable with a bad value is an error.
+- Omitted keys take the defaults of `xds_server.model`, which the shipped
+  `config/router_config.yaml` spells out.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xds_server.errors import ConfigError, Problem
+from xds_server.model import Backend, Intent, Policies, Service, SocketAddress, Strategy
+
+EMBEDDED_DEFAULTS: Path = Path(__file__).parent / "defaults" / "router_config.yaml"
+EMBEDDED_SOURCE = "<embedded defaults>"
+ENV_PREFIX = "ROUTER_"
+
+# Paths Envoy sends to the controller; a service route there would hijack them.
+RESERVED_ROUTE_PREFIX = "/api/v1/router/"
+RESERVED_ROUTES = frozenset({"/api/v1/router", "/api/v1/health"})
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_HEADER = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token, lower case
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the controller needs at start: the first intent plus process knobs."""
+
+    intent: Intent
+    health_check_interval_s: float
+    health_check_timeout_s: float
+    worker_threads: int
+    metrics_enabled: bool
+    xds_address: SocketAddress
+    envoy_admin_address: SocketAddress
+    # Secrets (a Redis URL may hold a password) stay out of reprs and logs.
+    redis_url: str | None = field(repr=False)
+    admin_token: str | None = field(repr=False)
+    source: str
+
+
+class _Invalid(ValueError):
+    """A single value is wrong; the message says how. Caught and turned into a Problem."""
+
+
+Convert = Callable[[object], Any]
+
+
+# --- leaf converters: YAML value -> typed value, or _Invalid -------------------------
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Convert:
+    def convert(value: object) -> int:
+        # bool is an int subclass; `port: yes` must not become 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, got {_show(value)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise _Invalid(f"must be an integer {_range(minimum, maximum)}, got {value}")
+        return value
+
+    return convert
+
+
+def _number(minimum: float, *, inclusive: bool, maximum: float | None = None) -> Convert:
+    def convert(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(f"must be a number, got {_show(value)}")
+        low_ok = value >= minimum if inclusive else value > minimum
+        if not math.isfinite(value) or not low_ok or (maximum is not None and value > maximum):
+            bounds = _range(minimum, maximum) if inclusive else f"> {minimum:g}"
+            raise _Invalid(f"must be a number {bounds}, got {value}")
+        return float(value)
+
+    return convert
+
+
+def _range(minimum: float, maximum: float | None) -> str:
+    return f">= {minimum:g}" if maximum is None else f"between {minimum:g} and {maximum:g}"
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, got {_show(value)}")
+    return value
+
+
+def _name(value: object) -> str:
+    text = _text(value)
+    if not _NAME.fullmatch(text):
+        raise _Invalid(f"{text!r} must match {_NAME.pattern} (lower case, up to 63 characters)")
+    return text
+
+
+def _strategy(value: object) -> Strategy:
+    allowed = ", ".join(s.value for s in Strategy)
+    if not isinstance(value, str) or value not in {s.value for s in Strategy}:
+        raise _Invalid(f"must be one of {allowed}, got {_show(value)}")
+    return Strategy(value)
+
+
+def _header_name(value: object) -> str:
+    text = _text(value)
+    if not _HEADER.fullmatch(text):
+        raise _Invalid(f"{text!r} is not a lower-case HTTP header name")
+    return text
+
+
+def _path(value: object) -> str:
+    text = _text(value)
+    if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
+        raise _Invalid(f"{text!r} must start with '/' and hold no spaces, '?' or '#'")
+    return text
+
+
+def _route(value: object) -> str:
+    text = _path(value)
+    if text.startswith(RESERVED_ROUTE_PREFIX) or text in RESERVED_ROUTES:
+        raise _Invalid(f"{text!r} is reserved for the controller ({RESERVED_ROUTE_PREFIX}*)")
+    return text
+
+
+def _host(value: object) -> str:
+    text = _text(value)
+    if "://" in text:
+        raise _Invalid(f"{text!r} must be a bare host, without a scheme")
+    if _is_ip(text) or _is_hostname(text):
+        return text
+    if ":" in text:
+        raise _Invalid(f"{text!r} must be a bare host; give the port separately")
+    raise _Invalid(f"{text!r} is neither an IP address nor a hostname")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_hostname(text: str) -> bool:
+    labels = text.removesuffix(".").split(".")
+    # An all-digit last label is a mistyped IPv4 address (999.1.1.1), not a name.
+    valid = all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
+    return len(text) <= 253 and valid
+
+
+def _socket_address(value: object) -> SocketAddress:
+    text = _text(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()):
+        raise _Invalid(f"{text!r} must be host:port (IPv6 as [::1]:port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host or not _is_ip(host):
+            raise _Invalid(f"{text!r}: only IPv6 addresses go in brackets")
+    elif ":" in host:
+        raise _Invalid(f"{text!r}: write an IPv6 host in brackets, as [::1]:port")
+    return SocketAddress(_host(host), _integer(1, 65535)(int(port)))
+
+
+def _optional_text(check: Callable[[str], str]) -> Convert:
+    def convert(value: object) -> str | None:
+        # Empty means unset, so `ROUTER_ADMIN_TOKEN=` can switch a file's value off.
+        return None if value is None or value == "" else check(_text(value))
+
+    return convert
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(_REDIS_SCHEMES):
+        raise _Invalid(f"must start with one of {', '.join(_REDIS_SCHEMES)}")
+    return text
+
+
+def _show(value: object) -> str:
+    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+
+
+# --- environment text -> YAML-like value --------------------------------------------
+
+
+def _text_int(text: str) -> object:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise _Invalid(f"must be an integer, got {text!r}") from None
+
+
+def _text_number(text: str) -> object:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise _Invalid(f"must be a number, got {text!r}") from None
+
+
+def _text_flag(text: str) -> object:
+    flag = _FLAGS.get(text.strip().lower())
+    if flag is None:
+        raise _Invalid(f"must be one of true/false/yes/no/1/0, got {text!r}")
+    return flag
+
+
+def _text_str(text: str) -> object:
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One `router:` key: how to check a YAML value and how to read its env text."""
+
+    convert: Convert
+    from_text: Callable[[str], object] = _text_str
+
+
+def _int_field(minimum: int, maximum: int | None = None) -> _Field:
+    return _Field(_integer(minimum, maximum), _text_int)
+
+
+def _number_field(minimum: float, *, inclusive: bool, maximum: float | None = None) -> _Field:
+    return _Field(_number(minimum, inclusive=inclusive, maximum=maximum), _text_number)
+
+
+_SECONDS = _number_field(0, inclusive=False)
+_ADDRESS = _Field(_socket_address)
+
+_ROUTER_FIELDS: dict[str, _Field] = {
+    "strategy": _Field(_strategy),
+    "health_check_interval": _SECONDS,
+    "health_check_timeout": _SECONDS,
+    "circuit_breaker_threshold": _int_field(1),
+    "circuit_breaker_timeout": _SECONDS,
+    "max_retries": _int_field(0),
+    "retry_delay": _number_field(0.001, inclusive=True),  # Envoy's back-off is in ms
+    "queue_size": _int_field(1),
+    "worker_threads": _int_field(1),
+    "metrics_enabled": _Field(_flag, _text_flag),
+    "max_requests": _int_field(1),
+    "max_connections": _int_field(1),
+    "request_timeout": _SECONDS,
+    "healthy_panic_threshold": _number_field(0, inclusive=True, maximum=100),
+    "listen_address": _ADDRESS,
+    "envoy_admin_address": _ADDRESS,
+    "xds_address": _ADDRESS,
+    "admin_address": _ADDRESS,
+    "redis_url": _Field(_optional_text(_redis_url)),
+    "admin_token": _Field(_optional_text(str)),
+}
+
+# router key -> Policies field
+_POLICY_KEYS = {
+    "circuit_breaker_threshold": "circuit_breaker_threshold",
+    "circuit_breaker_timeout": "circuit_breaker_timeout_s",
+    "max_retries": "max_retries",
+    "retry_delay": "retry_delay_s",
+    "queue_size": "queue_size",
+    "max_requests": "max_requests",
+    "max_connections": "max_connections",
+    "request_timeout": "request_timeout_s",
+    "healthy_panic_threshold": "healthy_panic_threshold_percent",
+}
+
+
+def _router_defaults() -> dict[str, Any]:
+    """Defaults come from the model so the file, the code and the model cannot drift."""
+    intent, policies = Intent(services=()), Policies()
+    return {
+        "strategy": intent.default_strategy,
+        "health_check_interval": 30.0,
+        "health_check_timeout": 5.0,
+        "worker_threads": 8,
+        "metrics_enabled": True,
+        "listen_address": intent.listen,
+        "envoy_admin_address": SocketAddress("127.0.0.1", 9901),
+        "xds_address": SocketAddress("127.0.0.1", 18000),
+        "admin_address": intent.admin,
+        "redis_url": None,
+        "admin_token": None,
+        **{key: getattr(policies, attr) for key, attr in _POLICY_KEYS.items()},
+    }
+
+
+_SERVICE_SCALARS: dict[str, Convert] = {
+    "name": _name,
+    "strategy": _strategy,
+    "group": _name,
+    "hash_header": _header_name,
+}
+_SERVICE_KEYS = (*_SERVICE_SCALARS, "routes", "backends")
+_SERVICE_REQUIRED = ("name", "routes", "backends")
+
+_BACKEND_SCALARS: dict[str, Convert] = {
+    "name": _name,
+    "address": _host,
+    "port": _integer(1, 65535),
+    "weight": _integer(1),
+    "priority": _integer(0),
+    "health_path": _path,
+    "draining": _flag,
+}
+_BACKEND_REQUIRED = ("name", "address", "port")
+
+
+# --- structure -----------------------------------------------------------------------
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _mapping(
+    problems: list[Problem],
+    path: str,
+    raw: object,
+    allowed: Collection[str],
+    required: Collection[str] = (),
+) -> Mapping[str, object] | None:
+    """Check keys; return the mapping even with bad keys so its values are checked too."""
+    if not isinstance(raw, dict):
+        subject = "" if path else "the configuration "
+        problems.append(Problem(path, f"{subject}must be a mapping, got {_show(raw)}"))
+        return None
+    for key in raw:
+        if key not in allowed:
+            problems.append(Problem(_join(path, str(key)), _unknown_key(str(key), allowed)))
+    for key in required:
+        if key not in raw:
+            problems.append(Problem(_join(path, key), "required"))
+    return {str(k): v for k, v in raw.items() if k in allowed}
+
+
+def _unknown_key(key: str, allowed: Collection[str]) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+    return f"unknown key; {hint}"
+
+
+def _items(problems: list[Problem], path: str, raw: object, what: str) -> list[object]:
+    if not isinstance(raw, list) or not raw:
+        problems.append(Problem(path, f"must be a non-empty list of {what}, got {_show(raw)}"))
+        return []
+    return raw
+
+
+def _scalars(
+    problems: list[Problem],
+    path: str,
+    item: Mapping[str, object],
+    converters: Mapping[str, Convert],
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, convert in converters.items():
+        if key in item:
+            try:
+                out[key] = convert(item[key])
+            except _Invalid as invalid:
+                problems.append(Problem(f"{path}.{key}", str(invalid)))
+    return out
+
+
+class _Seen:
+    """Names and routes that must be unique across the whole document."""
+
+    def __init__(self) -> None:
+        self._first: dict[tuple[str, str], str] = {}
+
+    def claim(self, problems: list[Problem], path: str, kind: str, value: str) -> None:
+        first = self._first.setdefault((kind, value), path)
+        if first != path:
+            problems.append(Problem(path, f"duplicate {kind} {value!r} (first at {first})"))
+
+
+# --- router section and environment --------------------------------------------------
+
+
+def _parse_router(
+    problems: list[Problem], raw: object, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """Defaults, then the file, then the env. A key whose winning value is bad is dropped."""
+    values = _router_defaults()
+    section = {} if raw is None else _mapping(problems, "router", raw, _ROUTER_FIELDS)
+    for key, value in (section or {}).items():
+        _set(problems, values, key, f"router.{key}", value)
+    for key in _ROUTER_FIELDS:
+        name = ENV_PREFIX + key.upper()
+        if name in environ:
+            _set(problems, values, key, f"env:{name}", environ[name], from_text=True)
+    return values
+
+
+def _set(
+    problems: list[Problem],
+    values: dict[str, Any],
+    key: str,
+    path: str,
+    raw: object,
+    *,
+    from_text: bool = False,
+) -> None:
+    spec = _ROUTER_FIELDS[key]
+    try:
+        values[key] = spec.convert(spec.from_text(str(raw)) if from_text else raw)
+    except _Invalid as invalid:
+        values.pop(key, None)
+        problems.append(Problem(path, str(invalid)))
+
+
+def _check_router(problems: list[Problem], values: Mapping[str, Any]) -> None:
+    interval, timeout = values.get("health_check_interval"), values.get("health_check_timeout")
+    if interval is not None and timeout is not None and timeout >= interval:
+        message = f"must be less than health_check_interval ({interval:g}), got {timeout:g}"
+        problems.append(Problem("router.health_check_timeout", message))
+    admin, token_known = values.get("admin_address"), "admin_token" in values
+    # A token-less admin API may only be reachable from this host.
+    if admin and token_known and values["admin_token"] is None and not _is_loopback(admin.host):
+        message = f"required when admin_address is not loopback ({admin})"
+        problems.append(Problem("router.admin_token", message))
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().removesuffix(".") == "localhost":
+        return True
+    return _is_ip(host) and ipaddress.ip_address(host).is_loopback
+
+
+# --- services -------------------------------------------------------------------------
+
+
+def _parse_services(problems: list[Problem], raw: object) -> tuple[Service, ...]:
+    seen = _Seen()
+    items = _items(problems, "services", raw, "services")
+    parsed = [_parse_service(problems, f"services[{i}]", s, seen) for i, s in enumerate(items)]
+    return tuple(s for s in parsed if s is not None)
+
+
+def _parse_service(problems: list[Problem], path: str, raw: object, seen: _Seen) -> Service | None:
+    before = len(problems)
+    item = _mapping(problems, path, raw, _SERVICE_KEYS, _SERVICE_REQUIRED)
+    if item is None:
+        return None
+    fields = _scalars(problems, path, item, _SERVICE_SCALARS)
+    if "name" in fields:
+        seen.claim(problems, f"{path}.name", "service name", fields["name"])
+    if "routes" in item:
+        fields["routes"] = _parse_routes(problems, f"{path}.routes", item["routes"], seen)
+    if "backends" in item:
+        fields["backends"] = _parse_backends(problems, f"{path}.backends", item["backends"], seen)
+    return Service(**fields) if len(problems) == before else None
+
+
+def _parse_routes(problems: list[Problem], path: str, raw: object, seen: _Seen) -> tuple[str, ...]:
+    routes: list[str] = []
+    for i, value in enumerate(_items(problems, path, raw, "path prefixes")):
+        try:
+            routes.append(_route(value))
+        except _Invalid as invalid:
+            problems.append(Problem(f"{path}[{i}]", str(invalid)))
+            continue
+        seen.claim(problems, f"{path}[{i}]", "route", routes[-1])
+    return tuple(routes)
+
+
+def _parse_backends(
+    problems: list[Problem], path: str, raw: object, seen: _Seen
+) -> tuple[Backend, ...]:
+    items = _items(problems, path, raw, "backends")
+    parsed = [_parse_backend(problems, f"{path}[{i}]", b, seen) for i, b in enumerate(items)]
+    return tuple(b for b in parsed if b is not None)
+
+
+def _parse_backend(problems: list[Problem], path: str, raw: object, seen: _Seen) -> Backend | None:
+    before = len(problems)
+    item = _mapping(problems, path, raw, _BACKEND_SCALARS, _BACKEND_REQUIRED)
+    if item is None:
+        return None
+    fields = _scalars(problems, path, item, _BACKEND_SCALARS)
+    if "name" in fields:
+        # Unique across services: the name is the Envoy endpoint hostname and stats key.
+        seen.claim(problems, f"{path}.name", "backend name", fields["name"])
+    return Backend(**fields) if len(problems) == before else None
+
+
+# --- public API -----------------------------------------------------------------------
+
+
+def parse_settings(document: object, environ: Mapping[str, str], source: str) -> Settings:
+    """Turn a parsed YAML document and the environment into Settings (pure).
+
+    Raises ConfigError listing every problem found.
+    """
+    problems: list[Problem] = []
+    allowed = ("router", "services")
+    top = _mapping(problems, "", document, allowed, required=("services",))
+    router = _parse_router(problems, (top or {}).get("router"), environ)
+    _check_router(problems, router)
+    services = _parse_services(problems, top["services"]) if top and "services" in top else ()
+    if problems:
+        raise ConfigError(problems)
+    return _build(router, services, source)
+
+
+def _build(values: Mapping[str, Any], services: tuple[Service, ...], source: str) -> Settings:
+    policies = Policies(**{attr: values[key] for key, attr in _POLICY_KEYS.items()})
+    intent = Intent(
+        services=services,
+        default_strategy=values["strategy"],
+        policies=policies,
+        listen=values["listen_address"],
+        admin=values["admin_address"],
+    )
+    return Settings(
+        intent=intent,
+        health_check_interval_s=values["health_check_interval"],
+        health_check_timeout_s=values["health_check_timeout"],
+        worker_threads=values["worker_threads"],
+        metrics_enabled=values["metrics_enabled"],
+        xds_address=values["xds_address"],
+        envoy_admin_address=values["envoy_admin_address"],
+        redis_url=values["redis_url"],
+        admin_token=values["admin_token"],
+        source=source,
+    )
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the YAML file (None: the embedded defaults), apply the env, validate.
+
+    Raises ConfigError for an unreadable file, a YAML syntax error or any invalid value.
+    """
+    source = EMBEDDED_SOURCE if path is None else os.fspath(path)
+    document = _read_yaml(EMBEDDED_DEFAULTS if path is None else Path(path), source)
+    return parse_settings(document, os.environ if environ is None else environ, source)
+
+
+def _read_yaml(file: Path, source: str) -> object:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError([Problem(source, f"cannot read: {error}")]) from error
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as error:
+        raise ConfigError([Problem(source, _yaml_message(error))]) from error
+
+
+def _yaml_message(error: yaml.YAMLError) -> str:
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"YAML error at line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    return f"YAML error: {error}"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys, which plain YAML silently overwrites."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: list[object] = []  # a list: YAML keys need not be hashable
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
+            seen.append(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def format_problems(error: ConfigError) -> str:
+    """One problem per line, as `path: message`."""
+    return "\n".join(str(problem) for problem in error.problems)

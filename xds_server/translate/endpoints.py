@@ -1,0 +1,74 @@
+"""Intent + health verdicts -> ClusterLoadAssignments (EDS).
+
+Each backend becomes an LbEndpoint whose hostname is the backend name, so
+Envoy's per-host stats are keyed by it. Backends are grouped by priority:
+P0 takes traffic, P1 only when P0 is short of healthy hosts (failover).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from itertools import groupby
+
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from google.protobuf import wrappers_pb2
+
+from xds_server.model import Backend, Health, Intent, Service, Strategy
+from xds_server.translate.common import socket_address
+
+_HEALTH: dict[Health, int] = {
+    Health.UNKNOWN: health_check_pb2.UNKNOWN,  # Envoy routes to UNKNOWN hosts
+    Health.HEALTHY: health_check_pb2.HEALTHY,
+    Health.UNHEALTHY: health_check_pb2.UNHEALTHY,
+}
+
+
+def load_assignments(
+    intent: Intent, health: Mapping[str, Health]
+) -> dict[str, endpoint_pb2.ClusterLoadAssignment]:
+    return {
+        s.name: load_assignment(s, intent.strategy_of(s) is Strategy.WEIGHTED, health)
+        for s in intent.services
+    }
+
+
+def load_assignment(
+    service: Service, weighted: bool, health: Mapping[str, Health]
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """An empty service still gets a (empty) CLA: Envoy must never wait for one.
+
+    Configured priorities are ranked densely (0, 5 -> 0, 1): Envoy expects
+    priorities without gaps.
+    """
+    by_priority = sorted(service.backends, key=lambda b: (b.priority, b.name))
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=service.name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                priority=rank,
+                lb_endpoints=[lb_endpoint(b, weighted, health) for b in backends],
+            )
+            for rank, (_, backends) in enumerate(groupby(by_priority, key=lambda b: b.priority))
+        ],
+    )
+
+
+def lb_endpoint(
+    backend: Backend, weighted: bool, health: Mapping[str, Health]
+) -> endpoint_components_pb2.LbEndpoint:
+    """Weights apply only under the weighted strategy; the others treat every
+    backend alike, so round robin really is an even split."""
+    return endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=socket_address(backend.address, backend.port), hostname=backend.name
+        ),
+        health_status=endpoint_health(backend, health),
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=backend.weight if weighted else 1),
+    )
+
+
+def endpoint_health(backend: Backend, health: Mapping[str, Health]) -> int:
+    if backend.draining:
+        return int(health_check_pb2.DRAINING)
+    return _HEALTH[health.get(backend.name, Health.UNKNOWN)]

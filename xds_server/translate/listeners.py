@@ -1,0 +1,51 @@
+"""Intent -> the one HTTP Listener (LDS) on the router address."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import protocol_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
+from xds_server.model import Intent
+from xds_server.resources import LISTENER_NAME, ROUTE_CONFIG_NAME
+from xds_server.translate.common import address_of, ads_config_source, packed
+
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+ROUTER_FILTER = "envoy.filters.http.router"
+
+
+def listeners(intent: Intent) -> dict[str, listener_pb2.Listener]:
+    return {LISTENER_NAME: router_listener(intent)}
+
+
+def router_listener(intent: Intent) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=address_of(intent.listen),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name=HCM_FILTER, typed_config=packed(http_connection_manager())
+                    )
+                ]
+            )
+        ],
+    )
+
+
+def http_connection_manager() -> hcm_pb2.HttpConnectionManager:
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix=LISTENER_NAME,
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=ROUTE_CONFIG_NAME),
+        http_filters=[
+            hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=packed(router_pb2.Router()))
+        ],
+        # Without this, HTTP/1.0 clients such as the spec's `ab` get 426 Upgrade
+        # Required (envoy-notes.md, "Traps").
+        http_protocol_options=protocol_pb2.Http1ProtocolOptions(accept_http_10=True),
+    )
