@@ -62,8 +62,8 @@ async def send_many(
         for _ in queue:
             async with session.post(url, json=json) as response:
                 await response.read()
-                key = response.headers.get("x-backend", "?") if response.status == 200 else str(response.status)
-                seen[key] += 1
+                ok = response.status == 200
+                seen[response.headers.get("x-backend", "?") if ok else str(response.status)] += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return seen

@@ -19,12 +19,13 @@ from xds_server.translate import translate
 
 pytestmark = pytest.mark.envoy
 
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 ROUTED = {
     "qdrant": ("/api/v1/vectors/search", SEARCH_BODY),
     "embedding": ("/api/v1/embeddings", {"input": "hello"}),
-    "phi3": ("/api/v1/models/phi3/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
-    "hermes": ("/api/v1/models/hermes/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
-    "mixtral": ("/api/v1/models/mixtral/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    "phi3": ("/api/v1/models/phi3/chat/completions", CHAT),
+    "hermes": ("/api/v1/models/hermes/chat/completions", CHAT),
+    "mixtral": ("/api/v1/models/mixtral/chat/completions", CHAT),
 }
 
 

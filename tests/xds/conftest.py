@@ -419,6 +419,16 @@ class Harness:
 
         await poll(done, timeout)
 
+    async def barrier(self, client: XdsClient, type_url: str) -> None:
+        """Wait until the server has read every request `client` sent so far.
+
+        A stream reads its requests in order, so once the server reports a
+        deliberately stale request (rule 8: ignored, changes nothing) every
+        earlier one was applied. The type must have had a response already."""
+        before = self.recorder.count("stale_nonce")
+        client.send(type_url, client.names.get(type_url, ()), nonce="barrier")
+        await poll(lambda: self.recorder.count("stale_nonce") > before)
+
     async def publish(self, intent: Intent) -> Snapshot:
         """Translate, build and publish `intent` as the next generation."""
         self.generation += 1

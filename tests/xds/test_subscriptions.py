@@ -127,7 +127,7 @@ async def test_legacy_wildcard_ends_for_listeners_too(xds: Harness) -> None:
     client.ack(first, names=["router"])
     await client.expect_silence(0.3)
     client.ack(first, names=[])
-    await xds.settled(client)
+    await xds.barrier(client, LISTENER)
     assert xds.intent is not None
     await xds.publish(dataclasses.replace(xds.intent, listen=SocketAddress("127.0.0.1", 8001)))
     await client.expect_silence(0.5)

@@ -181,9 +181,7 @@ async def _vector_search(request: web.Request) -> web.Response:
         raise _Invalid("limit must be an integer 1-100")
     seed = _digest(collection, vector)
     hits = sorted((_hit(seed, i, collection) for i in range(limit)), key=lambda h: -h["score"])
-    return _answer(
-        request, {"result": hits, "status": "ok", "time": time.perf_counter() - started}
-    )
+    return _answer(request, {"result": hits, "status": "ok", "time": time.perf_counter() - started})
 
 
 def _hit(seed: bytes, rank: int, collection: str) -> dict[str, Any]:

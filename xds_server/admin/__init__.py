@@ -1,0 +1,61 @@
+"""The controller's admin HTTP API (aiohttp).
+
+Routes live in small modules, one RouteSet each; this module mounts them,
+adds JSON errors and bearer-token auth for mutating calls, and serves the
+OpenAPI document built from the same route sets. HTTP status codes are
+chosen in the admin package and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from xds_server.admin import backends, core, experiments, health, openapi, strategy
+from xds_server.admin.api import RouteSet
+from xds_server.admin.context import CONTROLLER
+from xds_server.admin.errors import error_response, json_errors
+
+if TYPE_CHECKING:
+    from xds_server.app import Controller
+
+ROUTE_SETS: tuple[RouteSet, ...] = (
+    core.routes,
+    strategy.routes,
+    backends.routes,
+    health.routes,
+    experiments.routes,
+    openapi.routes,
+)
+MUTATING_KEY: web.AppKey[set[tuple[str, str]]] = web.AppKey("mutating")
+
+
+def make_admin_app(controller: Controller) -> web.Application:
+    app = web.Application(middlewares=[json_errors, bearer_token_auth])
+    app[CONTROLLER] = controller
+    app[MUTATING_KEY] = set()
+    for route_set in ROUTE_SETS:
+        for op in route_set.operations:
+            resource = app.router.add_resource(op.path)
+            resource.add_route(op.method, op.handler)
+            if op.mutating:
+                app[MUTATING_KEY].add((op.method, op.path))
+    return app
+
+
+@web.middleware
+async def bearer_token_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    """With ROUTER_ADMIN_TOKEN set, every mutating call needs the bearer token."""
+    token = request.app[CONTROLLER].settings.admin_token
+    route = request.match_info.route.resource
+    path = route.canonical if route is not None else request.path
+    if token and (request.method, path) in request.app[MUTATING_KEY]:
+        offered = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
+            return error_response(
+                401, "unauthorized", "this call needs 'Authorization: Bearer <token>'"
+            )
+    response: web.StreamResponse = await handler(request)
+    return response

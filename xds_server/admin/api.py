@@ -1,0 +1,75 @@
+"""A route table that also documents itself, so the OpenAPI document cannot drift.
+
+Each admin module owns one `RouteSet`; `make_admin_app` mounts them all and
+`openapi.document` describes exactly the routes that are mounted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    mutating: bool
+    request_schema: dict[str, Any] | None
+    responses: dict[int, str]
+
+
+@dataclass
+class RouteSet:
+    tag: str
+    operations: list[Operation] = field(default_factory=list)
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        request_schema: dict[str, Any] | None = None,
+        responses: dict[int, str] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Register a handler. Non-GET operations are mutating: they need the
+        admin token when one is configured."""
+
+        def register(handler: Handler) -> Handler:
+            self.operations.append(
+                Operation(
+                    method=method.upper(),
+                    path=path,
+                    handler=handler,
+                    summary=summary,
+                    mutating=method.upper() not in ("GET", "HEAD"),
+                    request_schema=request_schema,
+                    responses=responses or {200: "OK"},
+                )
+            )
+            return handler
+
+        return register
+
+    def get(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **kwargs)

@@ -1,0 +1,85 @@
+"""Change the intent and confirm the change by ACK from every connected proxy.
+
+This is where the admin API keeps its promise: "applied" is true only once
+every connected proxy ACKed a snapshot containing the change. A change that
+cannot be translated into a consistent snapshot is refused before anything is
+stored, so a rejected request changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from xds_server.errors import DependencyUnavailable
+from xds_server.model import Intent
+from xds_server.publisher import translate_or_raise
+from xds_server.xds.status import ApplyFailure
+
+if TYPE_CHECKING:
+    from xds_server.app import Controller
+
+DEFAULT_WAIT_S = 5.0
+MAX_WAIT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Applied:
+    before: Intent
+    after: Intent
+    generation: int
+    applied: bool
+    failures: tuple[ApplyFailure, ...]
+    proxies: int
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "strategy_applied": self.applied,
+            "generation": self.generation,
+            "proxies": self.proxies,
+            "failures": [{"node_id": f.node_id, "reason": f.reason} for f in self.failures],
+        }
+
+
+async def apply_change(
+    controller: Controller, change: Callable[[Intent], Intent], wait_s: float = DEFAULT_WAIT_S
+) -> Applied:
+    """Apply `change` atomically, publish, and wait (bounded) for every proxy's ACK.
+
+    `change` raises (NotFound, Conflict, ConfigError, ...) to refuse; nothing is stored then.
+    """
+    captured: list[Intent] = []
+
+    def checked(intent: Intent) -> Intent:
+        captured.append(intent)
+        updated = change(intent)
+        translate_or_raise(updated, controller.health)
+        return updated
+
+    after, revision = await controller.store.update(checked)
+    try:
+        generation = await asyncio.wait_for(
+            controller.publisher.wait_for_revision(revision), wait_s
+        )
+    except TimeoutError as error:
+        raise DependencyUnavailable("the change was stored but not yet published") from error
+    failures = await controller.proxies.wait_until_applied(generation, wait_s)
+    return Applied(
+        before=captured[-1] if captured else after,
+        after=after,
+        generation=generation,
+        applied=not failures,
+        failures=tuple(failures),
+        proxies=len(controller.proxies.connected()),
+    )
+
+
+def wait_seconds(value: object) -> float:
+    """A caller's bounded wait ("wait_s" in a body or query), clamped to MAX_WAIT_S."""
+    if value is None:
+        return DEFAULT_WAIT_S
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError("wait_s must be a number of seconds >= 0")
+    return min(float(value), MAX_WAIT_S)

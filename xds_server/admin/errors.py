@@ -1,0 +1,94 @@
+"""Every admin error is JSON: {"error", "detail", "field"?} with a status code
+that says what happened. Our exception classes map to HTTP codes here, once."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from xds_server.errors import (
+    ConfigError,
+    Conflict,
+    DependencyUnavailable,
+    InconsistentSnapshot,
+    NotFound,
+    XdsServerError,
+)
+
+log = logging.getLogger("xds_server.admin")
+
+
+class ApiError(Exception):
+    """Raised by handlers for a request that cannot be served as asked."""
+
+    def __init__(self, status: int, error: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.field = status, error, detail, field
+
+
+def bad_request(detail: str, field: str | None = None) -> ApiError:
+    return ApiError(400, "bad_request", detail, field)
+
+
+def invalid(detail: str, field: str | None = None) -> ApiError:
+    return ApiError(422, "invalid_value", detail, field)
+
+
+def error_response(status: int, error: str, detail: str, **extra: Any) -> web.Response:
+    body = {"error": error, "detail": detail, **{k: v for k, v in extra.items() if v is not None}}
+    return web.json_response(body, status=status)
+
+
+_MAPPED: tuple[tuple[type[XdsServerError], int, str], ...] = (
+    (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
+    (ConfigError, 422, "invalid_value"),
+    (InconsistentSnapshot, 422, "inconsistent"),
+    (DependencyUnavailable, 503, "dependency_unavailable"),
+)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ApiError as error:
+        return error_response(error.status, error.error, error.detail, field=error.field)
+    except XdsServerError as error:
+        return _mapped(error)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return error_response(
+            error.status, error.reason.lower().replace(" ", "_"), error.text or ""
+        )
+    except Exception:
+        log.exception("admin handler failed: %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "unexpected error; see the controller log")
+
+
+def _mapped(error: XdsServerError) -> web.Response:
+    for cls, status, name in _MAPPED:
+        if isinstance(error, cls):
+            field = (
+                error.problems[0].path
+                if isinstance(error, ConfigError) and error.problems
+                else None
+            )
+            return error_response(status, name, str(error), field=field)
+    return error_response(500, "internal_error", str(error))
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong."""
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise bad_request(f"body is not valid JSON: {error}") from error
+    if not isinstance(body, dict):
+        raise bad_request("body must be a JSON object")
+    return body

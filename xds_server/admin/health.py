@@ -1,0 +1,7 @@
+"""Admin routes: health (to be filled in)."""
+
+from __future__ import annotations
+
+from xds_server.admin.api import RouteSet
+
+routes = RouteSet("health")
