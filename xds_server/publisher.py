@@ -1,15 +1,20 @@
 """Turns intent changes into published snapshots: translate, check, publish.
 
-Bursts are coalesced without delaying an isolated change: the first change
-is published at once, changes arriving within the hold-off after it are
-batched into one more publish (style.md, item 7). A change that would give
-an inconsistent snapshot is refused and the last good snapshot stays.
+Bursts are coalesced without delaying an isolated change: a change is
+published at once when the publisher is idle; changes arriving while it
+publishes, or during the hold-off after it, are batched into one more
+publish (style.md, item 7). The hold-off is proportional to what the last
+publish cost (COST_FACTOR times its duration, bounded): a small config is
+never held back, a large one cannot spend more than a third of a core on
+rebuilding. A change that would give an inconsistent snapshot is refused and
+the last good snapshot stays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from xds_server.cache import SnapshotCache, build_snapshot
@@ -19,7 +24,8 @@ from xds_server.translate import translate
 
 log = logging.getLogger("xds_server.publisher")
 
-HOLD_OFF_S = 0.05
+COST_FACTOR = 2.0
+MAX_HOLD_OFF_S = 0.5
 
 
 class Publisher:
@@ -29,12 +35,12 @@ class Publisher:
         cache: SnapshotCache,
         health: Callable[[], Mapping[str, Health]] = dict,
         *,
-        hold_off_s: float = HOLD_OFF_S,
+        min_hold_off_s: float = 0.0,
     ) -> None:
         self._store = store
         self._cache = cache
         self._health = health
-        self._hold_off_s = hold_off_s
+        self._min_hold_off_s = min_hold_off_s
         self._dirty = asyncio.Event()
         self._published = asyncio.Event()
         self.published_revision = 0
@@ -66,8 +72,10 @@ class Publisher:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            started = time.perf_counter()
             await self.publish_now()
-            await asyncio.sleep(self._hold_off_s)
+            cost = time.perf_counter() - started
+            await asyncio.sleep(min(MAX_HOLD_OFF_S, max(self._min_hold_off_s, COST_FACTOR * cost)))
 
     async def wait_for_revision(self, revision: int) -> int:
         """Wait until a snapshot containing `revision` is published; returns its generation."""

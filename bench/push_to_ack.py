@@ -1,0 +1,88 @@
+"""Push-to-ACK latency: an intent change until the real Envoy ACKs it.
+
+    python -m bench.push_to_ack [--changes 300]
+
+Each sample: store.update() -> translate -> snapshot -> push -> Envoy applies
+-> ACK recorded for every type that changed. Two kinds of change alternate:
+one backend's weight under the weighted strategy (EDS only) and a strategy
+switch (CDS, which also re-sends the cluster's EDS: rule 23). The baseline,
+measured in the same run, is the wire part alone: response sent -> ACK
+received, i.e. Envoy's own apply time, which no control plane can beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import functools
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import summary_ms
+from tests.support import local_settings
+from xds_server.demo import running_stack
+from xds_server.model import Intent, Service, Strategy
+
+
+def with_service(intent: Intent, name: str, **changes: object) -> Intent:
+    def changed(s: Service) -> Service:
+        return dataclasses.replace(s, **changes) if s.name == name else s  # type: ignore[arg-type]
+
+    return dataclasses.replace(intent, services=tuple(changed(s) for s in intent.services))
+
+
+def weight_change(intent: Intent, n: int) -> Intent:
+    qdrant = intent.service("qdrant")
+    assert qdrant is not None
+    first, *rest = qdrant.backends
+    backends = (dataclasses.replace(first, weight=1 + n % 7), *rest)
+    return with_service(intent, "qdrant", backends=backends, strategy=Strategy.WEIGHTED)
+
+
+def strategy_change(intent: Intent, n: int) -> Intent:
+    strategy = Strategy.LEAST_CONNECTIONS if n % 4 == 1 else Strategy.ROUND_ROBIN
+    return with_service(intent, "embedding", strategy=strategy)
+
+
+async def measure(changes: int) -> dict[str, list[float]]:
+    settings = local_settings(worker_threads=2)
+    samples: dict[str, list[float]] = {"eds (weight)": [], "cds+eds (strategy)": []}
+    with tempfile.TemporaryDirectory(prefix="bench-push-") as work:
+        async with running_stack(settings, workdir=Path(work)) as stack:
+            controller = stack.controller
+            await controller.proxies.wait_until_applied(controller.cache.generation, 10)
+            controller.proxies.convergence_s.clear()
+            for i in range(changes):
+                kind, change = (
+                    ("eds (weight)", weight_change)
+                    if i % 2 == 0
+                    else ("cds+eds (strategy)", strategy_change)
+                )
+                started = time.perf_counter()
+                _, revision = await controller.store.update(functools.partial(change, n=i))
+                generation = await controller.publisher.wait_for_revision(revision)
+                failures = await controller.proxies.wait_until_applied(generation, 5)
+                elapsed = time.perf_counter() - started
+                if failures:
+                    raise SystemExit(f"change {i} not applied: {failures}")
+                samples[kind].append(elapsed)
+            samples["wire only: sent -> ACK (baseline)"] = list(controller.proxies.convergence_s)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=300)
+    args = parser.parse_args()
+    samples = asyncio.run(measure(args.changes))
+    every = samples["eds (weight)"] + samples["cds+eds (strategy)"]
+    print(f"push-to-ACK, one real Envoy 1.40, {len(every)} intent changes")
+    print(f"  {'all changes':<36} {summary_ms(every)}")
+    for kind, values in samples.items():
+        print(f"  {kind:<36} {summary_ms(values)}")
+
+
+if __name__ == "__main__":
+    main()

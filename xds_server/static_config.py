@@ -1,0 +1,67 @@
+"""The same resources as a static Envoy bootstrap: no xDS at all.
+
+Used for the load benchmark's baseline (the same Envoy with the same
+resources loaded statically) and to have Envoy itself validate translator
+output (`envoy --mode validate`) in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import json_format
+
+from xds_server.model import SocketAddress
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
+from xds_server.translate.common import address_of
+
+
+def static_bootstrap(resources: Resources, admin: SocketAddress) -> dict[str, Any]:
+    clusters = [_static_cluster(c, resources[ENDPOINT]) for c in resources[CLUSTER].values()]
+    listeners = [_static_listener(lst, resources[ROUTE]) for lst in resources[LISTENER].values()]
+    return {
+        "node": {"id": "envoy-static", "cluster": "xds-server"},
+        "admin": {"address": _dict(address_of(admin))},
+        "static_resources": {
+            "clusters": [_dict(c) for c in clusters],
+            "listeners": [_dict(lst) for lst in listeners],
+        },
+    }
+
+
+def _static_cluster(cluster: Any, endpoints: Any) -> cluster_pb2.Cluster:
+    static = cluster_pb2.Cluster()
+    static.CopyFrom(cluster)
+    if static.type == cluster_pb2.Cluster.EDS:
+        name = static.eds_cluster_config.service_name or static.name
+        static.ClearField("eds_cluster_config")
+        static.type = cluster_pb2.Cluster.STATIC
+        assignment = endpoints.get(name, endpoint_pb2.ClusterLoadAssignment(cluster_name=name))
+        static.load_assignment.CopyFrom(assignment)
+    return static
+
+
+def _static_listener(listener: Any, route_configs: Any) -> listener_pb2.Listener:
+    static = listener_pb2.Listener()
+    static.CopyFrom(listener)
+    for chain in static.filter_chains:
+        for network_filter in chain.filters:
+            hcm = hcm_pb2.HttpConnectionManager()
+            if network_filter.typed_config.Unpack(hcm) and hcm.HasField("rds"):
+                routes = route_pb2.RouteConfiguration()
+                routes.CopyFrom(route_configs[hcm.rds.route_config_name])
+                hcm.route_config.CopyFrom(routes)
+                network_filter.typed_config.Pack(hcm)
+    return static
+
+
+def _dict(message: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return result
