@@ -429,3 +429,30 @@ def test_backend_address_accepts_ips_and_hostnames(host: str) -> None:
     document = minimal_document()
     document["services"][0]["backends"][0]["address"] = host
     assert parse_settings(document, {}, "x").intent.backends()[0].address == host
+
+
+def test_health_verdict_settings_are_read_from_file_and_environment() -> None:
+    """Thresholds and jitter of the health checker: defaults, file, ROUTER_* env, and bounds."""
+    defaults = parse_settings(minimal_document(), {}, "x")
+    assert (
+        defaults.health_check_healthy_threshold,
+        defaults.health_check_unhealthy_threshold,
+        defaults.health_check_jitter,
+    ) == (2, 3, 0.1)
+    document = minimal_document() | {
+        "router": {"health_check_healthy_threshold": 4, "health_check_jitter": 0.5}
+    }
+    environ = {"ROUTER_HEALTH_CHECK_UNHEALTHY_THRESHOLD": "1", "ROUTER_HEALTH_CHECK_JITTER": "0"}
+    settings = parse_settings(document, environ, "x")
+    assert (
+        settings.health_check_healthy_threshold,
+        settings.health_check_unhealthy_threshold,
+        settings.health_check_jitter,
+    ) == (4, 1, 0.0)
+    bad = minimal_document() | {
+        "router": {"health_check_healthy_threshold": 0, "health_check_jitter": 1.5}
+    }
+    assert problem_paths(bad) == {
+        "router.health_check_healthy_threshold",
+        "router.health_check_jitter",
+    }

@@ -1,6 +1,7 @@
 """The controller: wiring, start-up order, config reload and graceful shutdown.
 
-Start-up: publish the first snapshot, then open the admin API, then the xDS
+Start-up: load the intent from the store (Redis: adopt the shared intent, or
+seed it), publish the first snapshot, then open the admin API, then the xDS
 port, so the first proxy to connect already gets configuration. Shutdown runs
 in reverse. One TaskGroup owns every background task.
 """
@@ -19,11 +20,13 @@ from aiohttp import web
 
 from xds_server.admin import make_admin_app
 from xds_server.cache import SnapshotCache
-from xds_server.errors import ConfigError
+from xds_server.errors import ConfigError, DependencyUnavailable
+from xds_server.experiments import Experiments
+from xds_server.health import HealthChecker, HealthPolicy
 from xds_server.model import Health, SocketAddress
 from xds_server.publisher import Publisher
 from xds_server.settings import Settings, format_problems, load_settings
-from xds_server.store import IntentStore, MemoryStore
+from xds_server.store import IntentStore, open_store
 from xds_server.xds.observe import LoggingObserver, Observers
 from xds_server.xds.server import XdsEngine, start_server
 from xds_server.xds.status import ProxyRegistry
@@ -44,13 +47,18 @@ class Controller:
     ) -> None:
         self.settings = settings
         self.config_path = config_path
-        self.store: IntentStore = store or MemoryStore(settings.intent)
+        self.store: IntentStore = store or open_store(settings)
         self.cache = SnapshotCache()
         self.proxies = ProxyRegistry()
         self.observers = Observers([self.proxies, LoggingObserver()])
         self.engine = XdsEngine(self.cache, self.observers)
         self.health: dict[str, Health] = {}
         self.publisher = Publisher(self.store, self.cache, lambda: self.health)
+        # Writes verdicts into self.health; each change marks the publisher dirty.
+        self.health_checker = HealthChecker(
+            self.store, self.health, self.publisher.mark_dirty, health_policy(settings)
+        )
+        self.experiments = Experiments()  # at most one resilience experiment at a time
         self.xds_address = settings.xds_address
         self.admin_address = settings.intent.admin
         self._grpc: grpc.aio.Server | None = None
@@ -60,6 +68,7 @@ class Controller:
     # ---- life ----------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.store.start()
         await self._start_admin()
         await self.publisher.publish_now()
         self._grpc, port = await start_server(self.engine, str(self.settings.xds_address))
@@ -72,6 +81,7 @@ class Controller:
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
+        await self.store.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set. Expects start() to have run."""
@@ -79,7 +89,9 @@ class Controller:
             async with asyncio.TaskGroup() as tasks:
                 background = [
                     tasks.create_task(self.publisher.run()),
+                    tasks.create_task(self.store.run()),
                     tasks.create_task(self._watch_config()),
+                    tasks.create_task(self.health_checker.run()),
                 ]
                 await stop.wait()
                 for task in background:
@@ -96,7 +108,13 @@ class Controller:
         port = self._admin.addresses[0][1]
         self.admin_address = SocketAddress(wanted.host, port)
         if port != wanted.port:  # port 0: Envoy must learn the real one
-            await self.store.update(lambda i: dataclasses.replace(i, admin=self.admin_address))
+            # Only while the stored intent still names port 0: a shared intent that
+            # another replica already completed is not this replica's to change.
+            await self.store.update(
+                lambda i: (
+                    dataclasses.replace(i, admin=self.admin_address) if i.admin == wanted else i
+                )
+            )
 
     # ---- configuration reload --------------------------------------------------
 
@@ -114,7 +132,11 @@ class Controller:
             )
             return False
         intent = dataclasses.replace(settings.intent, admin=self.admin_address)
-        await self.store.put(intent)
+        try:
+            await self.store.put(intent)
+        except DependencyUnavailable as error:  # keep running; the operator can reload again
+            log.error("config reload not stored: %s", error)
+            return False
         log.info("config reloaded from %s", settings.source)
         return True
 
@@ -129,6 +151,16 @@ class Controller:
                 last = now
                 if self.config_path is not None:
                     await self.reload()
+
+
+def health_policy(settings: Settings) -> HealthPolicy:
+    return HealthPolicy(
+        interval_s=settings.health_check_interval_s,
+        timeout_s=settings.health_check_timeout_s,
+        healthy_threshold=settings.health_check_healthy_threshold,
+        unhealthy_threshold=settings.health_check_unhealthy_threshold,
+        jitter=settings.health_check_jitter,
+    )
 
 
 def _mtime(path: Path | None) -> float | None:

@@ -33,15 +33,22 @@ _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 def make_bootstrap(
     *,
     node_id: str,
-    xds: SocketAddress,
+    xds: SocketAddress | Sequence[SocketAddress],
     envoy_admin: SocketAddress,
     node_cluster: str = "xds-server",
     delta: bool = False,
 ) -> dict[str, Any]:
     """An ADS bootstrap for node `node_id` talking SotW (or Delta) gRPC to `xds`.
 
-    `xds.host` must be an IP literal: the xds_cluster is STATIC, not DNS.
+    `xds` is one controller or several replicas sharing one Redis; each host
+    must be an IP literal: the xds_cluster is STATIC, not DNS. With several,
+    the xds_cluster lists them all and Envoy re-establishes a lost ADS stream
+    after 0.1-1 s (not its default 0.5-30 s), which reaches another replica.
+    One address gives exactly the bootstrap it always gave.
     """
+    replicas = [xds] if isinstance(xds, SocketAddress) else list(xds)
+    if not replicas:
+        raise ValueError("make_bootstrap needs at least one xDS address")
     return {
         "node": {
             "id": node_id,
@@ -50,9 +57,9 @@ def make_bootstrap(
             "metadata": {"admin_address": str(envoy_admin)},
         },
         "admin": {"address": _socket_address(envoy_admin)},
-        "static_resources": {"clusters": [_xds_cluster(xds)]},
+        "static_resources": {"clusters": [_xds_cluster(replicas)]},
         "dynamic_resources": {
-            "ads_config": _ads_config(delta),
+            "ads_config": _ads_config(delta, fast_retry=len(replicas) > 1),
             "cds_config": _via_ads(),
             "lds_config": _via_ads(),
         },
@@ -68,15 +75,15 @@ def _socket_address(address: SocketAddress) -> dict[str, Any]:
     return {"socket_address": {"address": address.host, "port_value": address.port}}
 
 
-def _xds_cluster(xds: SocketAddress) -> dict[str, Any]:
-    endpoint = {"endpoint": {"address": _socket_address(xds)}}
+def _xds_cluster(replicas: Sequence[SocketAddress]) -> dict[str, Any]:
+    endpoints = [{"endpoint": {"address": _socket_address(xds)}} for xds in replicas]
     return {
         "name": XDS_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
-            "endpoints": [{"lb_endpoints": [endpoint]}],
+            "endpoints": [{"lb_endpoints": endpoints}],
         },
         # gRPC needs HTTP/2 to the upstream; the default would be HTTP/1.1.
         "typed_extension_protocol_options": {
@@ -98,11 +105,19 @@ def _http2_keepalive() -> dict[str, Any]:
     return {"connection_keepalive": {"interval": "60s", "timeout": "10s"}}
 
 
-def _ads_config(delta: bool) -> dict[str, Any]:
+def _ads_config(delta: bool, *, fast_retry: bool = False) -> dict[str, Any]:
+    envoy_grpc: dict[str, Any] = {"cluster_name": XDS_CLUSTER}
+    if fast_retry:
+        # EnvoyGrpc.retry_policy.retry_back_off governs re-establishing the xDS
+        # stream. A short one is harmless with replicas: the next attempt usually
+        # lands on a live one (the xds_cluster round-robins over them).
+        envoy_grpc["retry_policy"] = {
+            "retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}
+        }
     return {
         "api_type": "DELTA_GRPC" if delta else "GRPC",
         "transport_api_version": "V3",
-        "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+        "grpc_services": [{"envoy_grpc": envoy_grpc}],
         # The server keeps the node of the first request per stream (xDS protocol).
         "set_node_on_first_message_only": True,
     }

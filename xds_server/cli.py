@@ -14,7 +14,7 @@ from xds_server.app import Controller
 from xds_server.bootstrap import make_bootstrap, render_bootstrap
 from xds_server.demo import running_stack
 from xds_server.envoy_process import find_envoy_binary
-from xds_server.errors import ConfigError
+from xds_server.errors import ConfigError, DependencyUnavailable
 from xds_server.settings import Settings, format_problems, load_settings
 
 log = logging.getLogger("xds_server")
@@ -86,19 +86,24 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    async def run() -> None:
+    async def run() -> int:
         controller = Controller(settings, config_path=args.config)
         stop = stop_on_signals(controller)
-        await controller.start()
+        try:
+            await controller.start()
+        except DependencyUnavailable as error:  # e.g. Redis unreachable at start
+            await controller.stop()
+            print(f"xds-server: cannot start: {error}", file=sys.stderr)
+            return 1
         print(
             f"xds-server: xDS on {controller.xds_address}, admin API on "
             f"http://{controller.admin_address}",
             flush=True,
         )
         await controller.run(stop)
+        return 0
 
-    asyncio.run(run())
-    return 0
+    return asyncio.run(run())
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:

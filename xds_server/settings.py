@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -41,6 +42,7 @@ _HEADER = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token, lower case
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+MAX_WEIGHT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -58,25 +60,34 @@ class Settings:
     redis_url: str | None = field(repr=False)
     admin_token: str | None = field(repr=False)
     source: str
+    # Health-probe verdicts (xds_server/health.py): passes and failures in a
+    # row that flip a verdict, and the share of the interval over which the
+    # probes of different backends are spread.
+    health_check_healthy_threshold: int = 2
+    health_check_unhealthy_threshold: int = 3
+    health_check_jitter: float = 0.1
 
 
-class _Invalid(ValueError):
-    """A single value is wrong; the message says how. Caught and turned into a Problem."""
+class InvalidValue(ValueError):
+    """A single value is wrong; the message says how. Caught and turned into a Problem.
+
+    Public because the admin API checks its request bodies with these same
+    converters (`check_fields`), so the file and the API cannot disagree."""
 
 
 Convert = Callable[[object], Any]
 
 
-# --- leaf converters: YAML value -> typed value, or _Invalid -------------------------
+# --- leaf converters: YAML value -> typed value, or InvalidValue -------------------------
 
 
 def _integer(minimum: int, maximum: int | None = None) -> Convert:
     def convert(value: object) -> int:
         # bool is an int subclass; `port: yes` must not become 1.
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"must be an integer, got {_show(value)}")
+            raise InvalidValue(f"must be an integer, got {_show(value)}")
         if value < minimum or (maximum is not None and value > maximum):
-            raise _Invalid(f"must be an integer {_range(minimum, maximum)}, got {value}")
+            raise InvalidValue(f"must be an integer {_range(minimum, maximum)}, got {value}")
         return value
 
     return convert
@@ -85,11 +96,11 @@ def _integer(minimum: int, maximum: int | None = None) -> Convert:
 def _number(minimum: float, *, inclusive: bool, maximum: float | None = None) -> Convert:
     def convert(value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Invalid(f"must be a number, got {_show(value)}")
+            raise InvalidValue(f"must be a number, got {_show(value)}")
         low_ok = value >= minimum if inclusive else value > minimum
         if not math.isfinite(value) or not low_ok or (maximum is not None and value > maximum):
             bounds = _range(minimum, maximum) if inclusive else f"> {minimum:g}"
-            raise _Invalid(f"must be a number {bounds}, got {value}")
+            raise InvalidValue(f"must be a number {bounds}, got {value}")
         return float(value)
 
     return convert
@@ -101,60 +112,60 @@ def _range(minimum: float, maximum: float | None) -> str:
 
 def _flag(value: object) -> bool:
     if not isinstance(value, bool):
-        raise _Invalid(f"must be true or false, got {_show(value)}")
+        raise InvalidValue(f"must be true or false, got {_show(value)}")
     return value
 
 
 def _text(value: object) -> str:
     if not isinstance(value, str):
-        raise _Invalid(f"must be a string, got {_show(value)}")
+        raise InvalidValue(f"must be a string, got {_show(value)}")
     return value
 
 
 def _name(value: object) -> str:
     text = _text(value)
     if not _NAME.fullmatch(text):
-        raise _Invalid(f"{text!r} must match {_NAME.pattern} (lower case, up to 63 characters)")
+        raise InvalidValue(f"{text!r} must match {_NAME.pattern} (lower case, up to 63 characters)")
     return text
 
 
 def _strategy(value: object) -> Strategy:
     allowed = ", ".join(s.value for s in Strategy)
     if not isinstance(value, str) or value not in {s.value for s in Strategy}:
-        raise _Invalid(f"must be one of {allowed}, got {_show(value)}")
+        raise InvalidValue(f"must be one of {allowed}, got {_show(value)}")
     return Strategy(value)
 
 
 def _header_name(value: object) -> str:
     text = _text(value)
     if not _HEADER.fullmatch(text):
-        raise _Invalid(f"{text!r} is not a lower-case HTTP header name")
+        raise InvalidValue(f"{text!r} is not a lower-case HTTP header name")
     return text
 
 
 def _path(value: object) -> str:
     text = _text(value)
     if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
-        raise _Invalid(f"{text!r} must start with '/' and hold no spaces, '?' or '#'")
+        raise InvalidValue(f"{text!r} must start with '/' and hold no spaces, '?' or '#'")
     return text
 
 
 def _route(value: object) -> str:
     text = _path(value)
     if text.startswith(RESERVED_ROUTE_PREFIX) or text in RESERVED_ROUTES:
-        raise _Invalid(f"{text!r} is reserved for the controller ({RESERVED_ROUTE_PREFIX}*)")
+        raise InvalidValue(f"{text!r} is reserved for the controller ({RESERVED_ROUTE_PREFIX}*)")
     return text
 
 
 def _host(value: object) -> str:
     text = _text(value)
     if "://" in text:
-        raise _Invalid(f"{text!r} must be a bare host, without a scheme")
+        raise InvalidValue(f"{text!r} must be a bare host, without a scheme")
     if _is_ip(text) or _is_hostname(text):
         return text
     if ":" in text:
-        raise _Invalid(f"{text!r} must be a bare host; give the port separately")
-    raise _Invalid(f"{text!r} is neither an IP address nor a hostname")
+        raise InvalidValue(f"{text!r} must be a bare host; give the port separately")
+    raise InvalidValue(f"{text!r} is neither an IP address nor a hostname")
 
 
 def _is_ip(text: str) -> bool:
@@ -176,13 +187,13 @@ def _socket_address(value: object) -> SocketAddress:
     text = _text(value)
     host, sep, port = text.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()):
-        raise _Invalid(f"{text!r} must be host:port (IPv6 as [::1]:port)")
+        raise InvalidValue(f"{text!r} must be host:port (IPv6 as [::1]:port)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         if ":" not in host or not _is_ip(host):
-            raise _Invalid(f"{text!r}: only IPv6 addresses go in brackets")
+            raise InvalidValue(f"{text!r}: only IPv6 addresses go in brackets")
     elif ":" in host:
-        raise _Invalid(f"{text!r}: write an IPv6 host in brackets, as [::1]:port")
+        raise InvalidValue(f"{text!r}: write an IPv6 host in brackets, as [::1]:port")
     return SocketAddress(_host(host), _integer(1, 65535)(int(port)))
 
 
@@ -196,7 +207,7 @@ def _optional_text(check: Callable[[str], str]) -> Convert:
 
 def _redis_url(text: str) -> str:
     if not text.startswith(_REDIS_SCHEMES):
-        raise _Invalid(f"must start with one of {', '.join(_REDIS_SCHEMES)}")
+        raise InvalidValue(f"must start with one of {', '.join(_REDIS_SCHEMES)}")
     return text
 
 
@@ -211,20 +222,20 @@ def _text_int(text: str) -> object:
     try:
         return int(text.strip())
     except ValueError:
-        raise _Invalid(f"must be an integer, got {text!r}") from None
+        raise InvalidValue(f"must be an integer, got {text!r}") from None
 
 
 def _text_number(text: str) -> object:
     try:
         return float(text.strip())
     except ValueError:
-        raise _Invalid(f"must be a number, got {text!r}") from None
+        raise InvalidValue(f"must be a number, got {text!r}") from None
 
 
 def _text_flag(text: str) -> object:
     flag = _FLAGS.get(text.strip().lower())
     if flag is None:
-        raise _Invalid(f"must be one of true/false/yes/no/1/0, got {text!r}")
+        raise InvalidValue(f"must be one of true/false/yes/no/1/0, got {text!r}")
     return flag
 
 
@@ -255,6 +266,9 @@ _ROUTER_FIELDS: dict[str, _Field] = {
     "strategy": _Field(_strategy),
     "health_check_interval": _SECONDS,
     "health_check_timeout": _SECONDS,
+    "health_check_healthy_threshold": _int_field(1),
+    "health_check_unhealthy_threshold": _int_field(1),
+    "health_check_jitter": _number_field(0, inclusive=True, maximum=1),
     "circuit_breaker_threshold": _int_field(1),
     "circuit_breaker_timeout": _SECONDS,
     "max_retries": _int_field(0),
@@ -273,6 +287,13 @@ _ROUTER_FIELDS: dict[str, _Field] = {
     "redis_url": _Field(_optional_text(_redis_url)),
     "admin_token": _Field(_optional_text(str)),
 }
+
+# router keys named like their Settings field, defaults taken from it
+_HEALTH_VERDICT_KEYS = (
+    "health_check_healthy_threshold",
+    "health_check_unhealthy_threshold",
+    "health_check_jitter",
+)
 
 # router key -> Policies field
 _POLICY_KEYS = {
@@ -295,6 +316,7 @@ def _router_defaults() -> dict[str, Any]:
         "strategy": intent.default_strategy,
         "health_check_interval": 30.0,
         "health_check_timeout": 5.0,
+        **{key: Settings.__dataclass_fields__[key].default for key in _HEALTH_VERDICT_KEYS},
         "worker_threads": 8,
         "metrics_enabled": True,
         "listen_address": intent.listen,
@@ -320,7 +342,9 @@ _BACKEND_SCALARS: dict[str, Convert] = {
     "name": _name,
     "address": _host,
     "port": _integer(1, 65535),
-    "weight": _integer(1),
+    # Envoy rejects a locality whose weights sum above 2**32 - 1; a cap per
+    # backend keeps any realistic service far below that.
+    "weight": _integer(1, MAX_WEIGHT),
     "priority": _integer(0),
     "health_path": _path,
     "draining": _flag,
@@ -380,8 +404,8 @@ def _scalars(
         if key in item:
             try:
                 out[key] = convert(item[key])
-            except _Invalid as invalid:
-                problems.append(Problem(f"{path}.{key}", str(invalid)))
+            except InvalidValue as invalid:
+                problems.append(Problem(_join(path, key), str(invalid)))
     return out
 
 
@@ -427,7 +451,7 @@ def _set(
     spec = _ROUTER_FIELDS[key]
     try:
         values[key] = spec.convert(spec.from_text(str(raw)) if from_text else raw)
-    except _Invalid as invalid:
+    except InvalidValue as invalid:
         values.pop(key, None)
         problems.append(Problem(path, str(invalid)))
 
@@ -480,7 +504,7 @@ def _parse_routes(problems: list[Problem], path: str, raw: object, seen: _Seen) 
     for i, value in enumerate(_items(problems, path, raw, "path prefixes")):
         try:
             routes.append(_route(value))
-        except _Invalid as invalid:
+        except InvalidValue as invalid:
             problems.append(Problem(f"{path}[{i}]", str(invalid)))
             continue
         seen.claim(problems, f"{path}[{i}]", "route", routes[-1])
@@ -505,6 +529,40 @@ def _parse_backend(problems: list[Problem], path: str, raw: object, seen: _Seen)
         # Unique across services: the name is the Envoy endpoint hostname and stats key.
         seen.claim(problems, f"{path}.name", "backend name", fields["name"])
     return Backend(**fields) if len(problems) == before else None
+
+
+# --- validators shared with the admin API ---------------------------------------------
+
+# The admin API validates request bodies by the file's rules: same messages,
+# same limits. Each converter raises InvalidValue.
+BACKEND_FIELDS: Mapping[str, Convert] = MappingProxyType(_BACKEND_SCALARS)
+name_value: Convert = _name
+strategy_value: Convert = _strategy
+header_name_value: Convert = _header_name
+
+
+def ip_literal(value: object) -> str:
+    """An IP address, not a hostname: Envoy's EDS rejects hostnames in endpoints."""
+    text = _text(value)
+    if not _is_ip(text):
+        raise InvalidValue(f"{text!r} must be an IPv4 or IPv6 address (EDS takes no hostnames)")
+    return text
+
+
+def check_fields(
+    raw: object, converters: Mapping[str, Convert], required: Collection[str] = ()
+) -> dict[str, Any]:
+    """Check a flat mapping (an API request body): unknown keys, missing keys, bad values.
+
+    Returns the converted values of the keys present. Raises ConfigError listing
+    every problem, each with its key as the path.
+    """
+    problems: list[Problem] = []
+    item = _mapping(problems, "", raw, converters, required)
+    fields = _scalars(problems, "", item, converters) if item is not None else {}
+    if problems:
+        raise ConfigError(problems)
+    return fields
 
 
 # --- public API -----------------------------------------------------------------------
@@ -539,6 +597,7 @@ def _build(values: Mapping[str, Any], services: tuple[Service, ...], source: str
         intent=intent,
         health_check_interval_s=values["health_check_interval"],
         health_check_timeout_s=values["health_check_timeout"],
+        **{key: values[key] for key in _HEALTH_VERDICT_KEYS},
         worker_threads=values["worker_threads"],
         metrics_enabled=values["metrics_enabled"],
         xds_address=values["xds_address"],

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
 
 from tests.support import local_settings
 from xds_server.demo import Stack, running_stack
+from xds_server.settings import Settings
+
+StackFactory = Callable[[Settings], Awaitable[Stack]]
 
 
 @pytest.fixture
@@ -15,6 +19,19 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     settings = local_settings(worker_threads=2)
     async with running_stack(settings, workdir=tmp_path_factory.mktemp("stack")) as running:
         yield running
+
+
+@pytest.fixture
+async def make_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StackFactory]:
+    """Like `stack`, on the test's own settings: `await make_stack(settings)`.
+    Every stack started is stopped at teardown."""
+    async with contextlib.AsyncExitStack() as exits:
+
+        async def start(settings: Settings) -> Stack:
+            workdir = tmp_path_factory.mktemp("stack")
+            return await exits.enter_async_context(running_stack(settings, workdir=workdir))
+
+        yield start
 
 
 @pytest.fixture

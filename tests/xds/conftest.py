@@ -4,7 +4,8 @@
 the server at teardown. `XdsClient` wraps one ADS or per-type SotW stream: the
 requests come from an asyncio.Queue, the responses are read by a background
 task into another queue, so `recv` and `expect_silence` are plain bounded waits
-that never cancel the RPC itself.
+that never cancel the RPC itself. Every wait takes an explicit `timeout`
+(hence the ASYNC109 exemptions): no test can hang.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
-from xds_server.model import Backend, Intent, Policies, Service, Strategy
+from xds_server.model import Backend, Intent, Service
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.translate import translate
 from xds_server.xds.observe import Observers, StreamInfo
@@ -106,9 +107,11 @@ def without_service(intent: Intent, service_name: str) -> Intent:
     )
 
 
-
-
 # ---- responses -----------------------------------------------------------------
+
+
+def _name_of(type_url: str, message: Message) -> str:
+    return str(getattr(message, "cluster_name" if type_url == ENDPOINT else "name"))
 
 
 def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
@@ -117,7 +120,7 @@ def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
     for packed in response.resources:
         message = _MESSAGES[response.type_url]()
         assert packed.Unpack(message), packed.type_url
-        names.append(message.cluster_name if response.type_url == ENDPOINT else message.name)
+        names.append(_name_of(response.type_url, message))
     return names
 
 
@@ -126,7 +129,7 @@ def unpack(response: discovery_pb2.DiscoveryResponse) -> dict[str, Any]:
     for packed in response.resources:
         message = _MESSAGES[response.type_url]()
         assert packed.Unpack(message)
-        out[message.cluster_name if response.type_url == ENDPOINT else message.name] = message
+        out[_name_of(response.type_url, message)] = message
     return out
 
 
@@ -269,7 +272,7 @@ class XdsClient:
 
     # ---- responses ----
 
-    async def recv(self, timeout: float = 2.0) -> discovery_pb2.DiscoveryResponse:
+    async def recv(self, timeout: float = 2.0) -> discovery_pb2.DiscoveryResponse:  # noqa: ASYNC109
         try:
             item = await asyncio.wait_for(self._responses.get(), timeout)
         except TimeoutError:
@@ -279,7 +282,9 @@ class XdsClient:
         return item
 
     async def recv_type(
-        self, type_url: str, timeout: float = 2.0
+        self,
+        type_url: str,
+        timeout: float = 2.0,  # noqa: ASYNC109
     ) -> discovery_pb2.DiscoveryResponse:
         response = await self.recv(timeout)
         assert response.type_url == type_url, (response.type_url, names_of(response))
@@ -296,7 +301,22 @@ class XdsClient:
             )
         raise item
 
-    async def ended(self, timeout: float = 2.0) -> StreamEnded:
+    async def drain(
+        self, quiet: float = 0.5, limit: int = 10
+    ) -> list[discovery_pb2.DiscoveryResponse]:
+        """Every response until `quiet` seconds pass without one (at most `limit`)."""
+        out: list[discovery_pb2.DiscoveryResponse] = []
+        while len(out) < limit:
+            try:
+                item = await asyncio.wait_for(self._responses.get(), quiet)
+            except TimeoutError:
+                break
+            if isinstance(item, StreamEnded):
+                raise item
+            out.append(item)
+        return out
+
+    async def ended(self, timeout: float = 2.0) -> StreamEnded:  # noqa: ASYNC109
         """Wait for the server to end the stream; returns how it ended."""
         deadline = time.monotonic() + timeout
         while True:
@@ -327,6 +347,10 @@ class XdsClient:
         got[ROUTE] = await self.recv_type(ROUTE)
         self.ack(got[ROUTE])
         return got
+
+    def half_close(self) -> None:
+        """End the request stream, as a client that is done would."""
+        self._requests.put_nowait(_END)
 
     async def close(self) -> None:
         """Half-close, cancel, and wait for the reader: leaves nothing behind."""
@@ -402,7 +426,7 @@ class Harness:
         self._clients.append(client)
         return client
 
-    async def settled(self, client: XdsClient, timeout: float = 5.0) -> None:
+    async def settled(self, client: XdsClient, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Wait until the server has taken in every ACK and NACK `client` sent,
         so that a following publish cannot race them (they would be stale).
         Counts one reply per response: repeating an ACK is a new subscription,
@@ -448,12 +472,19 @@ class Harness:
         return current.version
 
 
-async def poll(predicate: Callable[[], bool], timeout: float = 5.0, every: float = 0.01) -> None:
-    """Wait until `predicate()` holds; fail after `timeout` seconds."""
+async def poll(
+    predicate: Callable[[], bool],
+    timeout: float = 5.0,  # noqa: ASYNC109
+    every: float = 0.01,
+    describe: Callable[[], str] | None = None,
+) -> None:
+    """Wait until `predicate()` holds; fail after `timeout` seconds, saying
+    `describe()` if given."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            detail = f": {describe()}" if describe is not None else ""
+            raise AssertionError(f"condition not met within {timeout} s{detail}")
         await asyncio.sleep(every)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from envoy.config.route.v3 import route_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -129,13 +131,11 @@ class MiniEnvoy:
     def __init__(self, xds: Harness, client: XdsClient) -> None:
         self.xds = xds
         self.client = client
-        self.held: dict[str, dict[str, bytes]] = {t: {} for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)}
-        self.clusters: dict[str, object] = {}
-        self.listeners: dict[str, object] = {}
+        self.held: dict[str, dict[str, bytes]] = {
+            t: {} for t in (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+        }
 
-    def take(self, response: object) -> None:
-        from envoy.service.discovery.v3 import discovery_pb2
-
+    def take(self, response: discovery_pb2.DiscoveryResponse) -> None:
         assert isinstance(response, discovery_pb2.DiscoveryResponse)
         type_url = response.type_url
         names = names_of(response)
@@ -146,31 +146,36 @@ class MiniEnvoy:
         if type_url in FULL_STATE_TYPES:
             # The complete set; during make-before-break also the clusters
             # about to go (rule 24), never anything else.
-            assert set(current.resources) <= set(names) <= set(current.resources) | set(
-                self.held[type_url]
+            assert (
+                set(current.resources)
+                <= set(names)
+                <= set(current.resources) | set(self.held[type_url])
             ), (names, sorted(current.resources))
             self.held[type_url] = content
         else:
             self.held[type_url].update(content)
-        unpacked = unpack(response)
+        self.client.ack(response)
+        unpacked = unpack(response).values()
         if type_url == CLUSTER:
-            self.clusters = unpacked
-            self.client.ack(response)
-            eds = sorted(eds_names_of(unpacked.values()))  # type: ignore[arg-type]
-            if tuple(eds) != self.client.names.get(ENDPOINT):
-                self.client.send(ENDPOINT, eds, **self._reply_to(ENDPOINT))
+            self._subscribe(ENDPOINT, eds_names_of(unpacked))
         elif type_url == LISTENER:
-            self.listeners = unpacked
-            self.client.ack(response)
-            rds = sorted(rds_names_of(unpacked.values()))  # type: ignore[arg-type]
-            if tuple(rds) != self.client.names.get(ROUTE):
-                self.client.send(ROUTE, rds, **self._reply_to(ROUTE))
-        else:
-            self.client.ack(response)
+            self._subscribe(ROUTE, rds_names_of(unpacked))
+        self._check_routes_resolve()
 
-    def _reply_to(self, type_url: str) -> dict[str, str]:
+    def _check_routes_resolve(self) -> None:
+        """Make-before-break (rule 24): no held route names a missing cluster."""
+        for data in self.held[ROUTE].values():
+            config = route_pb2.RouteConfiguration.FromString(data)
+            named = {r.route.cluster for vh in config.virtual_hosts for r in vh.routes}
+            assert named <= set(self.held[CLUSTER]), (named, sorted(self.held[CLUSTER]))
+
+    def _subscribe(self, type_url: str, names: set[str]) -> None:
+        """Follow the held clusters (listeners) with the EDS (RDS) subscription."""
+        if tuple(sorted(names)) == self.client.names.get(type_url):
+            return
         last = [r for r in self.client.received if r.type_url == type_url]
-        return {"nonce": last[-1].nonce, "version": last[-1].version_info} if last else {}
+        nonce, version = (last[-1].nonce, last[-1].version_info) if last else ("", "")
+        self.client.send(type_url, sorted(names), nonce=nonce, version=version)
 
     def in_sync(self) -> bool:
         for type_url, held in self.held.items():
@@ -193,15 +198,16 @@ class MiniEnvoy:
 
 
 @settings(
-    max_examples=25,
+    max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(st.lists(intents(), min_size=1, max_size=4))
 async def test_no_duplicate_names_and_complete_sets(sequence: list[Intent]) -> None:
-    """Rule 16 (and 14): over random intent sequences, an Envoy-like ADS client
-    never sees one name twice in a response, every CDS/LDS response carries the
-    complete set, and the client converges to exactly the published snapshot."""
+    """Rule 16 (and 14, 24): over random intent sequences, an Envoy-like ADS
+    client never sees one name twice in a response, every CDS/LDS response
+    carries the complete set, no route it holds ever names a cluster it does
+    not hold, and it converges to exactly the published snapshot."""
     xds = await Harness().start()
     try:
         await xds.publish(sequence[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from tests.xds.conftest import Harness, intent_of, names_of, poll, with_backend
+from tests.xds.conftest import Harness, names_of, poll, with_backend
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 

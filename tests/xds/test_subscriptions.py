@@ -10,7 +10,7 @@ from tests.xds.conftest import (
     Harness,
     intent_of,
     names_of,
-    service,
+    unpack,
     with_policies,
     with_service,
 )
@@ -79,7 +79,8 @@ async def test_empty_service_still_gets_its_load_assignment(xds: Harness) -> Non
     client.send(ENDPOINT, ["svc-0", "svc-1"])
     response = await client.recv_type(ENDPOINT, timeout=1.0)
     assert names_of(response) == ["svc-0", "svc-1"]
-    assert response.resources[1] is not None
+    assert len(unpack(response)["svc-1"].endpoints) == 0
+    assert len(unpack(response)["svc-0"].endpoints[0].lb_endpoints) == 2
 
 
 async def test_wildcard_four_step_sequence(xds: Harness) -> None:

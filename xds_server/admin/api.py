@@ -24,6 +24,9 @@ class Operation:
     mutating: bool
     request_schema: dict[str, Any] | None
     responses: dict[int, str]
+    description: str = ""
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> JSON schema
+    response_schema: dict[str, Any] | None = None  # of the 2xx answers
 
 
 @dataclass
@@ -39,6 +42,9 @@ class RouteSet:
         summary: str,
         request_schema: dict[str, Any] | None = None,
         responses: dict[int, str] | None = None,
+        description: str = "",
+        query: dict[str, dict[str, Any]] | None = None,
+        response_schema: dict[str, Any] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler. Non-GET operations are mutating: they need the
         admin token when one is configured."""
@@ -53,6 +59,9 @@ class RouteSet:
                     mutating=method.upper() not in ("GET", "HEAD"),
                     request_schema=request_schema,
                     responses=responses or {200: "OK"},
+                    description=description,
+                    query=query or {},
+                    response_schema=response_schema,
                 )
             )
             return handler

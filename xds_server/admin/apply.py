@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xds_server.errors import DependencyUnavailable
 from xds_server.model import Intent
 from xds_server.publisher import translate_or_raise
 from xds_server.xds.status import ApplyFailure
@@ -23,6 +22,9 @@ if TYPE_CHECKING:
 
 DEFAULT_WAIT_S = 5.0
 MAX_WAIT_S = 60.0
+# Publishing is in-process and takes milliseconds; this bound only guards
+# against a stuck publisher, independently of the caller's ACK wait.
+PUBLISH_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,15 +61,18 @@ async def apply_change(
         return updated
 
     after, revision = await controller.store.update(checked)
+    # From here on the change is stored: whatever happens, the answer says so
+    # (applied or not), never an error that would claim nothing changed.
     try:
         generation = await asyncio.wait_for(
-            controller.publisher.wait_for_revision(revision), wait_s
+            controller.publisher.wait_for_revision(revision), max(wait_s, PUBLISH_WAIT_S)
         )
-    except TimeoutError as error:
-        raise DependencyUnavailable("the change was stored but not yet published") from error
+    except TimeoutError:
+        unpublished = ApplyFailure("controller", "stored, but not yet published")
+        return Applied(captured[-1], after, controller.cache.generation, False, (unpublished,), 0)
     failures = await controller.proxies.wait_until_applied(generation, wait_s)
     return Applied(
-        before=captured[-1] if captured else after,
+        before=captured[-1],
         after=after,
         generation=generation,
         applied=not failures,
@@ -80,6 +85,7 @@ def wait_seconds(value: object) -> float:
     """A caller's bounded wait ("wait_s" in a body or query), clamped to MAX_WAIT_S."""
     if value is None:
         return DEFAULT_WAIT_S
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    # NaN passes Python's JSON parser, and a NaN deadline never expires.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ValueError("wait_s must be a number of seconds >= 0")
     return min(float(value), MAX_WAIT_S)

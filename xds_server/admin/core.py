@@ -2,29 +2,67 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from xds_server.admin.api import RouteSet
 from xds_server.admin.context import controller_of
 
+if TYPE_CHECKING:
+    from xds_server.app import Controller
+
 routes = RouteSet("status")
 
 
-@routes.get("/healthz", summary="Liveness: the controller answers")
+STORE_OUTAGE = (
+    'During a store (Redis) outage the answer stays 200 with status "degraded" and '
+    'store "unavailable": the controller keeps serving the last known intent to its '
+    "Envoys, and an orchestrator that restarted it (liveness) or removed it from the xDS "
+    "service (readiness) would turn a write outage into a configuration outage. "
+    "Mutating calls answer 503 meanwhile; the store reconnects by itself."
+)
+
+
+def store_status(controller: Controller) -> dict[str, object]:
+    """{"status": "ok" | "degraded", "store": "ok" | "unavailable", "store_kind": ...}"""
+    up = controller.store.connected
+    return {
+        "status": "ok" if up else "degraded",
+        "store": "ok" if up else "unavailable",
+        "store_kind": controller.store.kind,
+    }
+
+
+@routes.get(
+    "/healthz",
+    summary="Liveness: the controller answers; status says whether its store is reachable",
+    description=STORE_OUTAGE,
+    responses={200: "alive (status ok, or degraded while the store is unreachable)"},
+)
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response(store_status(controller_of(request)))
 
 
 @routes.get(
     "/readyz",
     summary="Readiness: the first snapshot is published",
-    responses={200: "ready", 503: "not ready yet"},
+    description=STORE_OUTAGE,
+    responses={
+        200: "ready (status ok, or degraded while the store is unreachable)",
+        503: "not ready yet",
+    },
 )
 async def readyz(request: web.Request) -> web.Response:
     controller = controller_of(request)
     generation = controller.cache.generation
     ready = generation > 0
-    body = {"ready": ready, "generation": generation, "last_error": controller.publisher.last_error}
+    body = {
+        "ready": ready,
+        "generation": generation,
+        "last_error": controller.publisher.last_error,
+        **store_status(controller),
+    }
     return web.json_response(body, status=200 if ready else 503)
 
 

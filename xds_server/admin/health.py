@@ -1,7 +1,99 @@
-"""Admin routes: health (to be filled in)."""
+"""Admin routes: backend health as the controller's own probes see it.
+
+`GET /api/v1/router/health` is the spec's "Backend health status" shape with
+real probe figures; `GET /api/v1/health` (Envoy routes it to the controller)
+is the one-glance summary, 503 when some service has nothing to route to, so
+a load balancer in front of the router can use it as its health check.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from aiohttp import web
+
 from xds_server.admin.api import RouteSet
+from xds_server.admin.context import controller_of
+from xds_server.health import OVERALL_UNHEALTHY, health_report, summarize
 
 routes = RouteSet("health")
+
+_COUNTS_DOC = (
+    "A backend not probed yet has status 'unknown': it counts in total_backends "
+    "and unknown_backends, never as healthy or unhealthy. overall_health is "
+    "'healthy' when every backend is healthy, 'unhealthy' when some service has "
+    "no backend that can take traffic (all unhealthy or draining; unknown ones "
+    "still get traffic from Envoy), 'degraded' otherwise."
+)
+_ENTRY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["healthy", "unhealthy", "unknown"]},
+        "response_time_ms": {"type": "number", "nullable": True},
+        "last_check": {"type": "string", "format": "date-time", "nullable": True},
+        "error": {"type": "string", "description": "why the last probe failed"},
+        "draining": {"type": "boolean"},
+    },
+}
+_COUNTS: dict[str, Any] = {
+    "overall_health": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
+    "total_backends": {"type": "integer"},
+    "healthy_backends": {"type": "integer"},
+    "unhealthy_backends": {"type": "integer"},
+    "unknown_backends": {"type": "integer"},
+}
+REPORT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "health_status": {
+            "type": "object",
+            "description": "group -> backend key -> entry; the key drops the "
+            "'<service>-' prefix of the backend name (qdrant-primary -> primary)",
+            "additionalProperties": {"type": "object", "additionalProperties": _ENTRY},
+        },
+        **_COUNTS,
+    },
+}
+
+
+@routes.get(
+    "/api/v1/router/health",
+    summary="Health of every backend: probe verdict, response time, last check",
+    description="The controller probes each backend's health_path every "
+    "health_check_interval seconds (timeout health_check_timeout); verdict changes "
+    "reach Envoy as endpoint health. response_time_ms is the last probe's duration, "
+    "connect included. " + _COUNTS_DOC,
+    response_schema=REPORT_SCHEMA,
+)
+async def router_health(request: web.Request) -> web.Response:
+    controller = controller_of(request)
+    states = controller.health_checker.states
+    return web.json_response(health_report(controller.store.intent, states))
+
+
+@routes.get(
+    "/api/v1/health",
+    summary="Overall router health; 503 when some service cannot be served",
+    description=_COUNTS_DOC,
+    responses={200: "healthy or degraded", 503: "unhealthy"},
+    response_schema={
+        "type": "object",
+        "properties": {
+            "status": _COUNTS["overall_health"],
+            "services": {"type": "object", "additionalProperties": {"type": "string"}},
+            **{k: v for k, v in _COUNTS.items() if k != "overall_health"},
+        },
+    },
+)
+async def overall_health(request: web.Request) -> web.Response:
+    controller = controller_of(request)
+    summary = summarize(controller.store.intent, controller.health_checker.states)
+    body = {
+        "status": summary.overall,
+        "total_backends": summary.total,
+        "healthy_backends": summary.healthy,
+        "unhealthy_backends": summary.unhealthy,
+        "unknown_backends": summary.unknown,
+        "services": summary.services,
+    }
+    return web.json_response(body, status=503 if summary.overall == OVERALL_UNHEALTHY else 200)

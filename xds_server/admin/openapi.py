@@ -1,7 +1,125 @@
-"""Admin routes: openapi (to be filled in)."""
+"""The OpenAPI 3 document of the admin API, built from the mounted route sets.
+
+Nothing here lists routes by hand: every Operation registered on a RouteSet in
+xds_server.admin.ROUTE_SETS is described, so the document cannot drift from
+what is served (tests/test_admin_unit.py holds both directions).
+"""
 
 from __future__ import annotations
 
-from xds_server.admin.api import RouteSet
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+
+import xds_server
+from xds_server.admin.api import Operation, RouteSet
 
 routes = RouteSet("openapi")
+
+OPENAPI_VERSION = "3.0.3"
+# aiohttp writes a path variable as {name} or {name:regex}; OpenAPI only as {name}.
+_VARIABLE = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {
+        "error": {"type": "string", "description": "machine-readable class, e.g. not_found"},
+        "detail": {"type": "string", "description": "what went wrong, for people"},
+        "field": {"type": "string", "description": "the offending field, where there is one"},
+    },
+}
+AUTH_NOTE = "401 when ROUTER_ADMIN_TOKEN is set and the bearer token is missing or wrong"
+
+
+def document(route_sets: Iterable[RouteSet]) -> dict[str, Any]:
+    sets = list(route_sets)
+    paths: dict[str, dict[str, Any]] = {}
+    for route_set in sets:
+        for op in route_set.operations:
+            paths.setdefault(openapi_path(op.path), {})[op.method.lower()] = operation(
+                route_set.tag, op
+            )
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "xds-server admin API",
+            "version": xds_server.__version__,
+            "description": "Runtime control of the Envoy-based request router. Changes "
+            "answer once every connected Envoy ACKed them (or say which did not).",
+        },
+        "tags": [{"name": s.tag} for s in sets if s.operations],
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": {"Error": ERROR_SCHEMA},
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def openapi_path(path: str) -> str:
+    return _VARIABLE.sub(r"{\1}", path)
+
+
+def operation(tag: str, op: Operation) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "tags": [tag],
+        "summary": op.summary,
+        "operationId": f"{tag}.{op.handler.__name__}",
+        "responses": responses(op),
+    }
+    if op.description:
+        doc["description"] = op.description
+    parameters = path_parameters(op.path) + query_parameters(op)
+    if parameters:
+        doc["parameters"] = parameters
+    if op.request_schema is not None:
+        content = {"application/json": {"schema": op.request_schema}}
+        doc["requestBody"] = {"required": True, "content": content}
+    if op.mutating:
+        doc["security"] = [{"bearerAuth": []}]
+    return doc
+
+
+def path_parameters(path: str) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _VARIABLE.findall(path)
+    ]
+
+
+def query_parameters(op: Operation) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in op.query.items()
+    ]
+
+
+def responses(op: Operation) -> dict[str, Any]:
+    """Documented answers; a mutating call can always answer 401 (bearer auth)."""
+    listed = dict(op.responses)
+    if op.mutating:
+        listed.setdefault(401, AUTH_NOTE)
+    return {str(code): _response(code, text, op) for code, text in sorted(listed.items())}
+
+
+def _response(code: int, description: str, op: Operation) -> dict[str, Any]:
+    if code >= 400:
+        schema: dict[str, Any] | None = {"$ref": "#/components/schemas/Error"}
+    else:
+        schema = op.response_schema
+    if schema is None:
+        return {"description": description}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+@routes.get(
+    "/api/v1/router/openapi.json",
+    summary="This OpenAPI 3 document, built from the mounted routes",
+    response_schema={"type": "object"},
+)
+async def openapi_json(request: web.Request) -> web.Response:
+    from xds_server.admin import ROUTE_SETS  # here: the package imports this module
+
+    return web.json_response(document(ROUTE_SETS))

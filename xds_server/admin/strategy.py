@@ -1,7 +1,266 @@
-"""Admin routes: strategy (to be filled in)."""
+"""Admin routes: the load-balancing strategy, globally or per service.
+
+A PUT answers in the spec's `strategy_change` shape with real figures: the
+active upstream connections per backend are read from every connected Envoy
+before and after the change, and `strategy_applied` is true only when every
+connected proxy ACKed the new configuration (admin/apply.py).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+from aiohttp import web
+
+from xds_server import envoy_stats
 from xds_server.admin.api import RouteSet
+from xds_server.admin.apply import DEFAULT_WAIT_S
+from xds_server.admin.changes import (
+    CHANGE_ERRORS,
+    NOT_CONFIRMED,
+    WAIT_S_SCHEMA,
+    outcome,
+    status_of,
+    timed_apply,
+    utc_now,
+    wait_value,
+)
+from xds_server.admin.context import controller_of
+from xds_server.admin.errors import ApiError, invalid, json_body
+from xds_server.errors import NotFound
+from xds_server.model import Intent, Service, Strategy
+from xds_server.settings import check_fields, header_name_value, name_value, strategy_value
 
 routes = RouteSet("strategy")
+ProxyErrors = dict[str, str | None]
+
+# What each strategy really is in Envoy (envoy-notes.md, "Mapping of the spec").
+STRATEGY_NOTES: dict[str, str] = {
+    Strategy.ROUND_ROBIN: "Envoy ROUND_ROBIN; every backend alike, weights ignored",
+    Strategy.LEAST_CONNECTIONS: (
+        "Envoy LEAST_REQUEST: of two randomly chosen backends (power of two choices), "
+        "the one with fewer *active requests*. It does not count connections; Envoy "
+        "has no true least-connections balancer"
+    ),
+    Strategy.WEIGHTED: "Envoy ROUND_ROBIN honouring each backend's weight (3:1 gives 75/25)",
+    Strategy.RANDOM: "Envoy RANDOM",
+    Strategy.RING_HASH: "Envoy RING_HASH: consistent hashing on the service's hash_header",
+    Strategy.MAGLEV: "Envoy MAGLEV: consistent hashing on the service's hash_header",
+}
+HASHING = frozenset({Strategy.RING_HASH, Strategy.MAGLEV})
+STRATEGY_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "enum": [s.value for s in Strategy],
+    "description": "; ".join(f"{name}: {note}" for name, note in STRATEGY_NOTES.items()),
+}
+PUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["strategy"],
+    "additionalProperties": False,
+    "properties": {
+        "strategy": STRATEGY_SCHEMA,
+        "service": {
+            "type": "string",
+            "description": "Only this service; omitted: every service (the default "
+            "strategy is set and per-service overrides are cleared)",
+        },
+        "hash_header": {
+            "type": "string",
+            "description": "Request header hashed by ring_hash or maglev (lower case)",
+        },
+        "wait_s": WAIT_S_SCHEMA,
+    },
+}
+_PUT_FIELDS = {
+    "strategy": strategy_value,
+    "service": name_value,
+    "hash_header": header_name_value,
+    "wait_s": wait_value,
+}
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+CHANGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "strategy_change": {
+            "type": "object",
+            "properties": {
+                "previous_strategy": {
+                    "type": "string",
+                    "description": "'mixed' when the services differed",
+                },
+                "new_strategy": STRATEGY_SCHEMA,
+                "change_timestamp": {"type": "string", "format": "date-time"},
+                "active_connections_before": _COUNTS,
+                "active_connections_after": _COUNTS,
+                "strategy_applied": {"type": "boolean"},
+                "service": {"type": "string", "nullable": True},
+                "changed_services": {"type": "array", "items": {"type": "string"}},
+                "failures": {"type": "array", "items": {"type": "object"}},
+                "stats_errors": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+    },
+}
+PUT_DESCRIPTION = (
+    "Switch the load-balancing strategy of one service or of all. Answers once "
+    "every connected proxy ACKed the change or the wait ran out. "
+    "active_connections_before/after are Envoy's cx_active per backend of the "
+    "affected services, summed over proxies, read just before and just after. "
+    "A policy change rebuilds the Envoy cluster, which starts with fresh "
+    "connections and counters, so 'after' is often lower. least_connections is "
+    "Envoy's LEAST_REQUEST: power-of-two choices over active requests, not "
+    "connections."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyRequest:
+    strategy: Strategy
+    service: str | None
+    hash_header: str | None
+    wait_s: float
+
+
+def parse_request(body: dict[str, Any]) -> StrategyRequest:
+    fields = check_fields(body, _PUT_FIELDS, required=("strategy",))
+    request = StrategyRequest(
+        strategy=fields["strategy"],
+        service=fields.get("service"),
+        hash_header=fields.get("hash_header"),
+        wait_s=fields.get("wait_s", DEFAULT_WAIT_S),
+    )
+    if request.hash_header is not None and request.strategy not in HASHING:
+        raise invalid("hash_header applies only to ring_hash and maglev", "hash_header")
+    return request
+
+
+def set_strategy(intent: Intent, request: StrategyRequest) -> Intent:
+    """The intent with the requested strategy; NotFound for an unknown service."""
+    if request.service is None:
+        services = tuple(_with(s, None, request.hash_header) for s in intent.services)
+        return dataclasses.replace(intent, default_strategy=request.strategy, services=services)
+    if intent.service(request.service) is None:
+        raise NotFound(f"unknown service {request.service!r}")
+    services = tuple(
+        _with(s, request.strategy, request.hash_header) if s.name == request.service else s
+        for s in intent.services
+    )
+    return dataclasses.replace(intent, services=services)
+
+
+def _with(service: Service, strategy: Strategy | None, hash_header: str | None) -> Service:
+    return dataclasses.replace(
+        service, strategy=strategy, hash_header=hash_header or service.hash_header
+    )
+
+
+def affected(intent: Intent, service: str | None) -> tuple[Service, ...]:
+    return tuple(s for s in intent.services if service is None or s.name == service)
+
+
+def previous_strategy(intent: Intent, services: tuple[Service, ...]) -> str:
+    """The one strategy the affected services shared, or 'mixed'."""
+    strategies = {intent.strategy_of(s) for s in services}
+    if not strategies:
+        return intent.default_strategy.value
+    return strategies.pop().value if len(strategies) == 1 else "mixed"
+
+
+def changed_services(before: Intent, after: Intent, names: list[str]) -> list[str]:
+    """Affected services whose effective strategy or hash key differs."""
+
+    def key(intent: Intent, name: str) -> tuple[Strategy, str] | None:
+        service = intent.service(name)
+        return None if service is None else (intent.strategy_of(service), service.hash_header)
+
+    return [name for name in names if key(before, name) != key(after, name)]
+
+
+async def active_connections(
+    request: web.Request, backends: list[str]
+) -> tuple[dict[str, int], list[ProxyErrors]]:
+    stats = await envoy_stats.read_proxies(controller_of(request).proxies.connected())
+    return envoy_stats.per_backend(stats, "cx_active", backends), envoy_stats.unreadable(stats)
+
+
+@routes.put(
+    "/api/v1/router/strategy",
+    summary="Set the load-balancing strategy (all services, or one)",
+    description=PUT_DESCRIPTION,
+    request_schema=PUT_SCHEMA,
+    response_schema=CHANGE_SCHEMA,
+    responses={
+        200: "applied by every connected proxy",
+        202: NOT_CONFIRMED,
+        404: "unknown service",
+        **CHANGE_ERRORS,
+    },
+)
+async def put_strategy(request: web.Request) -> web.Response:
+    controller = controller_of(request)
+    wanted = parse_request(await json_body(request))
+    intent = controller.store.intent
+    if wanted.service is not None and intent.service(wanted.service) is None:
+        raise ApiError(404, "not_found", f"unknown service {wanted.service!r}", "service")
+    services = affected(intent, wanted.service)
+    backends = [b.name for s in services for b in s.backends]
+    before_counts, before_errors = await active_connections(request, backends)
+    timestamp = utc_now()
+    timed = await timed_apply(controller, lambda i: set_strategy(i, wanted), wanted.wait_s)
+    after_counts, after_errors = await active_connections(request, backends)
+    names = [s.name for s in services]
+    body = _change_json(timed.applied.before, wanted, names) | {
+        "change_timestamp": timestamp,
+        "active_connections_before": before_counts,
+        "active_connections_after": after_counts,
+        "strategy_applied": timed.applied.applied,
+        "changed_services": changed_services(timed.applied.before, timed.applied.after, names),
+        **{k: v for k, v in outcome(timed).items() if k != "applied"},
+        "stats_errors": before_errors + after_errors,
+    }
+    return web.json_response({"strategy_change": body}, status=status_of(timed))
+
+
+def _change_json(before: Intent, wanted: StrategyRequest, names: list[str]) -> dict[str, Any]:
+    services = tuple(s for s in before.services if s.name in names)
+    return {
+        "previous_strategy": previous_strategy(before, services),
+        "new_strategy": wanted.strategy.value,
+        "service": wanted.service,
+        "previous_by_service": {s.name: before.strategy_of(s).value for s in services},
+    }
+
+
+@routes.get(
+    "/api/v1/router/strategy",
+    summary="The default strategy and each service's effective strategy",
+    description="least_connections is Envoy's LEAST_REQUEST (active requests, power of "
+    "two choices), not least connections.",
+    response_schema={
+        "type": "object",
+        "properties": {
+            "default_strategy": STRATEGY_SCHEMA,
+            "services": {"type": "object", "additionalProperties": {"type": "object"}},
+            "strategies": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+)
+async def get_strategy(request: web.Request) -> web.Response:
+    intent = controller_of(request).store.intent
+    return web.json_response(strategy_json(intent))
+
+
+def strategy_json(intent: Intent) -> dict[str, Any]:
+    return {
+        "default_strategy": intent.default_strategy.value,
+        "services": {
+            s.name: {
+                "strategy": intent.strategy_of(s).value,
+                "source": "default" if s.strategy is None else "service",
+                "hash_header": s.hash_header,
+            }
+            for s in intent.services
+        },
+        "strategies": dict(STRATEGY_NOTES),
+    }

@@ -54,7 +54,13 @@ def service_cluster(
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(
             healthy_panic_threshold=percent_pb2.Percent(
                 value=policies.healthy_panic_threshold_percent
-            )
+            ),
+            # Envoy defers health changes (outlier ejections, EDS health) that
+            # come within 1 s of another host update and applies them together.
+            # Measured (issue 4): a backend ejected less than a second after an
+            # EDS push kept getting traffic until the window closed. Our
+            # clusters are small; apply every change at once.
+            update_merge_window=duration(0),
         ),
         # Per-backend counters with a hostname label for Prometheus.
         track_cluster_stats=cluster_pb2.TrackClusterStats(per_endpoint_stats=True),

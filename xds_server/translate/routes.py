@@ -24,6 +24,7 @@ from xds_server.translate.common import duration, packed
 # request in the measurements of envoy-notes.md.
 RETRY_ON = "connect-failure,refused-stream,reset,5xx"
 HOST_SELECTION_ATTEMPTS = 5
+ADMIN_TIMEOUT_S = 120.0
 
 
 def route_configurations(intent: Intent) -> dict[str, route_pb2.RouteConfiguration]:
@@ -51,7 +52,9 @@ def routes(intent: Intent) -> list[rc_pb2.Route]:
 
 
 def admin_routes() -> list[rc_pb2.Route]:
-    to_admin = rc_pb2.RouteAction(cluster=ADMIN_CLUSTER)
+    # Envoy's default route timeout (15 s) would cut off the resilience
+    # experiments, which may run up to a minute plus their restore steps.
+    to_admin = rc_pb2.RouteAction(cluster=ADMIN_CLUSTER, timeout=duration(ADMIN_TIMEOUT_S))
     return [
         rc_pb2.Route(match=rc_pb2.RouteMatch(prefix=ADMIN_PREFIX), route=to_admin),
         rc_pb2.Route(match=rc_pb2.RouteMatch(path=OVERALL_HEALTH_PATH), route=to_admin),

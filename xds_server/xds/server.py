@@ -1,4 +1,4 @@
-"""The xDS gRPC server: ADS and the per-type CDS/EDS/LDS/RDS services (SotW).
+"""The xDS gRPC server: ADS and the per-type CDS/EDS/LDS/RDS services, SotW and Delta.
 
 The server knows nonces, subscriptions and ACK/NACK, and nothing of where
 resources come from: it serves whatever snapshot the cache holds. gRPC status
@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any
 
 import grpc
 from envoy.service.cluster.v3 import cds_pb2_grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
 from envoy.service.route.v3 import rds_pb2_grpc
 
 from xds_server.cache import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.xds.delta import DeltaStream
 from xds_server.xds.observe import Observers
-from xds_server.xds.sotw import ProtocolError, SotwStream
+from xds_server.xds.sotw import SotwStream
+from xds_server.xds.stream import ProtocolError, XdsStream
 
 log = logging.getLogger("xds_server.xds")
 
@@ -38,9 +42,6 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 
-Requests = AsyncIterator[discovery_pb2.DiscoveryRequest]
-Responses = AsyncIterator[discovery_pb2.DiscoveryResponse]
-
 
 class XdsEngine:
     """Creates streams and links the streams of one node to each other."""
@@ -51,13 +52,29 @@ class XdsEngine:
         self.cache = cache
         self.observers = observers
         self.legacy_wildcard = legacy_wildcard
-        self._streams_by_node: dict[str, set[SotwStream]] = defaultdict(set)
-        self.open_streams: set[SotwStream] = set()
+        self._streams_by_node: dict[str, set[XdsStream[Any, Any]]] = defaultdict(set)
+        self.open_streams: set[XdsStream[Any, Any]] = set()
 
     async def serve(
-        self, requests: Requests, context: grpc.aio.ServicerContext, kind: str, type_url: str | None
-    ) -> Responses:
-        stream = SotwStream(
+        self,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        kind: str,
+        type_url: str | None,
+        *,
+        delta: bool = False,
+    ) -> None:
+        """Serve one stream until it ends; responses go out with context.write.
+
+        Rule 31: the handler is a coroutine, not an async generator, so that
+        every way the RPC ends (client gone, cancelled mid-write, protocol
+        error) unwinds through the finally blocks below at once. A generator
+        handler that grpc abandons while a write is pending is only closed
+        when the garbage collector finds it, and until then the stream keeps
+        its watch, its reader task and its proxy status.
+        """
+        stream_class: type[XdsStream[Any, Any]] = DeltaStream if delta else SotwStream
+        stream = stream_class(
             self.cache,
             self.observers,
             kind=kind,
@@ -66,11 +83,17 @@ class XdsEngine:
             on_clusters_changed=self._clusters_changed,
         )
         self.open_streams.add(stream)
+        tracked = self._tracked(stream, requests)
         try:
-            async for response in stream.serve(self._tracked(stream, requests)):
-                yield response
+            # The stream closes first: it stops the reader iterating `tracked`.
+            async with aclosing(tracked), aclosing(stream.serve(tracked)) as responses:
+                async for response in responses:
+                    await context.write(response)
         except ProtocolError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            # Not context.abort(): grpc keeps the abort exception, and through
+            # its traceback this stream, for as long as it keeps the RPC.
+            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_details(str(error))
         finally:
             self.open_streams.discard(stream)
             if stream.info is not None:
@@ -80,7 +103,9 @@ class XdsEngine:
                     if not peers:
                         del self._streams_by_node[stream.info.node_id]
 
-    async def _tracked(self, stream: SotwStream, requests: Requests) -> Requests:
+    async def _tracked(
+        self, stream: XdsStream[Any, Any], requests: AsyncIterator[Any]
+    ) -> AsyncGenerator[Any, None]:
         """Index the stream by node once its first request names the node."""
         async for request in requests:
             yield request
@@ -93,13 +118,12 @@ class XdsEngine:
             stream.forget_endpoints(eds_names)
 
 
-def _stream_handler(kind: str, type_url: str | None) -> Callable[..., Responses]:
-    # grpc.aio recognises streaming handlers by their being async generators.
+def _stream_handler(kind: str, type_url: str | None, delta: bool) -> Callable[..., Awaitable[None]]:
+    # A coroutine handler: grpc.aio's reader-writer API (see XdsEngine.serve).
     async def handle(
-        self: _Servicer, requests: Requests, context: grpc.aio.ServicerContext
-    ) -> Responses:
-        async for response in self.engine.serve(requests, context, kind, type_url):
-            yield response
+        self: _Servicer, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> None:
+        await self.engine.serve(requests, context, kind, type_url, delta=delta)
 
     return handle
 
@@ -109,31 +133,60 @@ class _Servicer:
         self.engine = engine
 
 
-# (servicer base class, its SotW method, stream kind, the type it serves)
+# (servicer base, its SotW method, its Delta method, stream kind, the type it serves, adder)
 _SERVICES = (
-    (ads_pb2_grpc.AggregatedDiscoveryServiceServicer, "StreamAggregatedResources", "ads", None),
-    (cds_pb2_grpc.ClusterDiscoveryServiceServicer, "StreamClusters", "cds", CLUSTER),
-    (eds_pb2_grpc.EndpointDiscoveryServiceServicer, "StreamEndpoints", "eds", ENDPOINT),
-    (lds_pb2_grpc.ListenerDiscoveryServiceServicer, "StreamListeners", "lds", LISTENER),
-    (rds_pb2_grpc.RouteDiscoveryServiceServicer, "StreamRoutes", "rds", ROUTE),
-)
-_ADDERS = (
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server,
-    cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server,
-    eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server,
-    lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server,
-    rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server,
+    (
+        ads_pb2_grpc.AggregatedDiscoveryServiceServicer,
+        "StreamAggregatedResources",
+        "DeltaAggregatedResources",
+        "ads",
+        None,
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server,
+    ),
+    (
+        cds_pb2_grpc.ClusterDiscoveryServiceServicer,
+        "StreamClusters",
+        "DeltaClusters",
+        "cds",
+        CLUSTER,
+        cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server,
+    ),
+    (
+        eds_pb2_grpc.EndpointDiscoveryServiceServicer,
+        "StreamEndpoints",
+        "DeltaEndpoints",
+        "eds",
+        ENDPOINT,
+        eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server,
+    ),
+    (
+        lds_pb2_grpc.ListenerDiscoveryServiceServicer,
+        "StreamListeners",
+        "DeltaListeners",
+        "lds",
+        LISTENER,
+        lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server,
+    ),
+    (
+        rds_pb2_grpc.RouteDiscoveryServiceServicer,
+        "StreamRoutes",
+        "DeltaRoutes",
+        "rds",
+        ROUTE,
+        rds_pb2_grpc.add_RouteDiscoveryServiceServicer_to_server,
+    ),
 )
 
 
 def build_server(engine: XdsEngine) -> grpc.aio.Server:
-    """Every SotW service; the Delta methods keep the generated UNIMPLEMENTED."""
+    """Every SotW and Delta service; the unary Fetch methods stay UNIMPLEMENTED."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    for (base, method, kind, type_url), add in zip(_SERVICES, _ADDERS, strict=True):
-        servicer_class = type(
-            base.__name__, (_Servicer, base), {method: _stream_handler(kind, type_url)}
-        )
-        add(servicer_class(engine), server)
+    for base, sotw_method, delta_method, kind, type_url, add in _SERVICES:
+        methods = {
+            sotw_method: _stream_handler(kind, type_url, delta=False),
+            delta_method: _stream_handler(f"{kind}-delta", type_url, delta=True),
+        }
+        add(type(base.__name__, (_Servicer, base), methods)(engine), server)
     return server
 
 

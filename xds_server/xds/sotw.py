@@ -1,33 +1,22 @@
 """One state-of-the-world xDS stream: subscriptions, nonces, ACK/NACK, what to send.
 
-A reader task applies each request to per-type state and wakes the writer; the
-writer compares the current snapshot with what this client was sent and
-answers only with differences. Because the writer always works from the
-latest state, a newer request supersedes older ones (rule 10) and a burst of
-snapshot changes coalesces (latest wins, never a queue). Rule numbers refer
-to ../shared/docs/xds-protocol.md.
+SotW responses carry whole resources: the complete set for CDS and LDS
+(rule 14), only what changed for EDS and RDS (rule 15). What this client
+holds is tracked per name, so a NACKed version is never re-sent (rule 7) and
+a re-subscribed name is sent again (rule 11).
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from xds_server.cache import Resource, Snapshot, SnapshotCache, TypeSnapshot, version_of
+from xds_server.cache import Resource, Snapshot, TypeSnapshot, version_of
 from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, ROUTE
-from xds_server.xds.observe import Observers, StreamInfo
-
-WILDCARD = "*"
-# Only these types have a legacy wildcard (an empty first request means "all").
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
-
-
-class ProtocolError(Exception):
-    """The client broke the protocol; the stream ends with INVALID_ARGUMENT."""
+from xds_server.xds.stream import WILDCARD, WILDCARD_TYPES, XdsStream, digest_of
 
 
 @dataclass
@@ -73,139 +62,51 @@ class Outgoing:
     changed: tuple[str, ...]  # names whose content differs from what the client had
 
 
-class SotwStream:
+class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]):
     """Serves one ADS or per-type SotW stream until the client goes away."""
 
-    _ids = itertools.count(1)
-
-    def __init__(
-        self,
-        cache: SnapshotCache,
-        observers: Observers,
-        *,
-        kind: str,
-        fixed_type: str | None,
-        legacy_wildcard: bool = True,
-        on_clusters_changed: Callable[[str, set[str]], None] | None = None,
-    ) -> None:
-        self.stream_id = next(self._ids)
-        self._cache = cache
-        self._observers = observers
-        self._kind = kind
-        self._fixed_type = fixed_type
-        self._legacy_wildcard = legacy_wildcard
-        self._on_clusters_changed = on_clusters_changed
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._states: dict[str, TypeState] = {}
-        self._wake = asyncio.Event()
-        self._done = False
-        self._error: Exception | None = None
-        self._nonces = itertools.count(1)
-        self.info: StreamInfo | None = None
-
-    # ---- the stream's life ---------------------------------------------------
-
-    async def serve(
-        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        unwatch = self._cache.watch(self._wake.set)
-        reader = asyncio.create_task(self._read(requests))
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                if self._error is not None:
-                    raise self._error
-                if self._done:
-                    return
-                for response in self._responses():
-                    yield response
-        finally:
-            # Rule 31: a closed stream releases its watch, its task and its status.
-            unwatch()
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            if self.info is not None:
-                self._observers.emit("stream_closed", self.info)
-
-    async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
-        try:
-            async for request in requests:
-                self.handle_request(request)
-        except ProtocolError as error:
-            self._error = error
-        except Exception:
-            pass  # the transport is gone; the writer ends below
-        self._done = True
-        self._wake.set()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     # ---- requests ------------------------------------------------------------
 
     def handle_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
-        if self.info is None:
-            self._open(request)  # rule 1: only the first request must carry node
-        type_url = self._type_of(request)
+        type_url = self._open_and_type(request)
         state = self._states.get(type_url)
         if state is None:
             state = self._states[type_url] = TypeState(type_url)
             state.must_answer = True
         elif state.nonce is not None and request.response_nonce not in ("", state.nonce):
-            self._observers.emit("stale_nonce", self.info, type_url)  # rule 8
+            self._stale(type_url)  # rule 8
             return
         elif request.response_nonce == state.nonce:
             self._settle(state, request)
         state.subscribe(request.resource_names, self._legacy_wildcard)
         self._wake.set()
 
-    def _open(self, request: discovery_pb2.DiscoveryRequest) -> None:
-        node = request.node
-        admin = node.metadata.fields.get("admin_address")
-        self.info = StreamInfo(
-            stream_id=self.stream_id,
-            kind=self._kind,
-            node_id=node.id,
-            node_cluster=node.cluster,
-            envoy_admin=admin.string_value if admin is not None else None,
-        )
-        self._observers.emit("stream_opened", self.info)
-
-    def _type_of(self, request: discovery_pb2.DiscoveryRequest) -> str:
-        """Rule 2: ADS requests must name their type; per-type streams may not."""
-        if self._fixed_type is None:
-            if not request.type_url:
-                raise ProtocolError("type_url is required on an aggregated stream")
-            return str(request.type_url)
-        if request.type_url not in ("", self._fixed_type):
-            raise ProtocolError(f"this stream serves {self._fixed_type}, not {request.type_url}")
-        return self._fixed_type
-
     def _settle(self, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
-        """The client answered our latest response: an ACK, or a NACK when
-        error_detail is present (rule 6). After a NACK nothing is re-sent until
-        the config changes (rule 7): `sent` keeps the rejected content."""
-        if not state.in_flight:
-            return
-        state.in_flight = False
-        generation = state.evaluated_generation
-        if request.HasField("error_detail"):
-            message = request.error_detail.message
-            rejected = state.version_sent
-            self._observers.emit("nacked", self.info, state.type_url, rejected, message, generation)
-        else:
-            self._observers.emit(
-                "acked", self.info, state.type_url, request.version_info, generation
+        """After a NACK nothing is re-sent until the config changes (rule 7):
+        `sent` keeps the rejected content."""
+        if state.in_flight:
+            state.in_flight = False
+            self._report_answer(
+                state.type_url, request, state.version_sent, state.evaluated_generation
             )
 
     # ---- responses -----------------------------------------------------------
 
-    def _responses(self) -> list[discovery_pb2.DiscoveryResponse]:
+    def responses(self) -> list[discovery_pb2.DiscoveryResponse]:
         snapshot = self._cache.snapshot
         if snapshot is None or self.info is None:
             return []
-        outgoing = [*self._make_before_break(snapshot)]
-        for type_url in self._send_order():
+        outgoing = self._make_before_break(snapshot)
+        for early in outgoing:
+            # Rule 23: clusters changed in the old+new set re-warm now.
+            self._after_clusters_sent(early)
+        # Rule 24: after an old+new CDS, the final cluster set goes out last,
+        # behind the endpoints, listeners and routes that stop using the old.
+        for type_url in self._send_order(clusters_last=bool(outgoing)):
             state = self._states[type_url]
             out = self._evaluate(state, snapshot)
             if out is not None:
@@ -214,9 +115,13 @@ class SotwStream:
                     self._after_clusters_sent(out)
         return [self._response(out, snapshot.generation) for out in outgoing]
 
-    def _send_order(self) -> list[str]:
+    def _send_order(self, clusters_last: bool = False) -> list[str]:
         known = [t for t in ADS_ORDER if t in self._states]
-        return known + sorted(t for t in self._states if t not in ADS_ORDER)
+        order = known + sorted(t for t in self._states if t not in ADS_ORDER)
+        if clusters_last and CLUSTER in order:
+            order.remove(CLUSTER)
+            order.append(CLUSTER)
+        return order
 
     def _evaluate(self, state: TypeState, snapshot: Snapshot) -> Outgoing | None:
         current = snapshot.of(state.type_url)
@@ -224,12 +129,12 @@ class SotwStream:
         if current is None:  # a type we do not serve: stay silent
             return None
         wanted = state.wanted(current)
-        changed = [n for n in wanted if _digest(state.sent.get(n)) != current.resources[n].digest]
+        changed = [n for n in wanted if digest_of(state.sent.get(n)) != current.resources[n].digest]
         gone = [n for n in state.sent if n not in current.resources]
         if state.type_url in FULL_STATE_TYPES:
             # Rule 14: the complete set, whenever anything in it changed.
             if not (changed or gone or (state.must_answer and state.wildcard)):
-                self._quiet(state)
+                self._quiet(state.type_url, state.in_flight, snapshot.generation)
                 return None
             names = wanted
             state.sent = {n: current.resources[n] for n in wanted}
@@ -238,7 +143,7 @@ class SotwStream:
             for name in gone:
                 del state.sent[name]
             if not changed:
-                self._quiet(state)
+                self._quiet(state.type_url, state.in_flight, snapshot.generation)
                 return None
             names = changed
             state.sent.update((n, current.resources[n]) for n in changed)
@@ -246,22 +151,12 @@ class SotwStream:
         resources = tuple(current.resources[n] for n in names)
         return Outgoing(state.type_url, resources, current.version, tuple(changed))
 
-    def _quiet(self, state: TypeState) -> None:
-        if not state.in_flight and self.info is not None:
-            self._observers.emit(
-                "up_to_date", self.info, state.type_url, state.evaluated_generation
-            )
-        return None
-
     def _response(self, out: Outgoing, generation: int) -> discovery_pb2.DiscoveryResponse:
         state = self._states[out.type_url]
-        state.nonce = f"{self.stream_id}-{next(self._nonces)}"  # rule 3
+        state.nonce = self._next_nonce()
         state.in_flight = True
         state.version_sent = out.version
-        names = [r.name for r in out.resources]
-        self._observers.emit(
-            "response_sent", self.info, out.type_url, out.version, names, generation
-        )
+        self._sent(out.type_url, out.version, [r.name for r in out.resources], generation)
         return discovery_pb2.DiscoveryResponse(
             version_info=out.version,
             type_url=out.type_url,
@@ -272,14 +167,10 @@ class SotwStream:
     # ---- cluster changes: warming and make-before-break ----------------------
 
     def _after_clusters_sent(self, out: Outgoing) -> None:
-        """Rule 23: a changed cluster re-warms in Envoy and waits for its
-        endpoints, so its EDS resource must be sent again even if unchanged."""
-        eds_names = {_eds_name(r) for r in out.resources if r.name in out.changed}
-        if self._on_clusters_changed is not None and self.info is not None:
-            self._on_clusters_changed(self.info.node_id, eds_names)
+        self._clusters_sent([r for r in out.resources if r.name in out.changed])
 
     def forget_endpoints(self, names: set[str]) -> None:
-        state = self._states.get(ENDPOINT)
+        state = self._states.get(ENDPOINT)  # rule 23
         if state is not None and names & state.sent.keys():
             state.sent = {n: r for n, r in state.sent.items() if n not in names}
             self._wake.set()
@@ -296,7 +187,7 @@ class SotwStream:
         if not removed or not self._routing_changes(snapshot):
             return []
         kept = [current.resources[n] for n in state.wanted(current)]
-        changed = tuple(r.name for r in kept if _digest(state.sent.get(r.name)) != r.digest)
+        changed = tuple(r.name for r in kept if digest_of(state.sent.get(r.name)) != r.digest)
         union = tuple(sorted([*kept, *removed], key=lambda r: r.name))
         state.sent = {r.name: r for r in union}
         version = version_of((r.name, r.digest) for r in union)
@@ -308,16 +199,6 @@ class SotwStream:
             state, current = self._states.get(type_url), snapshot.of(type_url)
             if state is not None and current is not None:
                 wanted = state.wanted(current)
-                if any(_digest(state.sent.get(n)) != current.resources[n].digest for n in wanted):
+                if any(digest_of(state.sent.get(n)) != current.resources[n].digest for n in wanted):
                     return True
         return False
-
-
-def _digest(resource: Resource | None) -> str | None:
-    return None if resource is None else resource.digest
-
-
-def _eds_name(resource: Resource) -> str:
-    cluster = resource.message
-    config = getattr(cluster, "eds_cluster_config", None)
-    return (config.service_name if config is not None else "") or resource.name

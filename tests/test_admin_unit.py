@@ -1,0 +1,545 @@
+"""The admin API without Envoy: validation, error classes, auth, OpenAPI, stats parsing.
+
+A real controller (store, publisher, xDS and admin servers on free loopback
+ports) with no proxy connected, so every change is "applied" at once unless a
+test registers a proxy that never ACKs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import local_settings
+from xds_server import envoy_stats
+from xds_server.admin import ROUTE_SETS, make_admin_app
+from xds_server.admin.openapi import document, openapi_path
+from xds_server.app import Controller
+from xds_server.errors import ConfigError
+from xds_server.model import Strategy
+from xds_server.resources import CLUSTER, ENDPOINT
+from xds_server.settings import MAX_WEIGHT, Settings, parse_settings
+from xds_server.xds.observe import StreamInfo
+
+STRATEGY = "/api/v1/router/strategy"
+QDRANT = "/api/v1/router/services/qdrant/backends"
+TOKEN = "s3cret-token"
+
+
+async def running(settings: Settings) -> AsyncIterator[Controller]:
+    controller = Controller(settings)
+    await controller.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop))
+    try:
+        yield controller
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def controller() -> AsyncIterator[Controller]:
+    async for started in running(local_settings()):
+        yield started
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        yield session
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    controller: Controller,
+    method: str,
+    path: str,
+    body: object = None,
+    *,
+    data: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    url = f"http://{controller.admin_address}{path}"
+    kwargs: dict[str, Any] = {"headers": headers or {}}
+    if data is not None:
+        kwargs["data"] = data
+        kwargs["headers"]["Content-Type"] = "application/json"
+    elif body is not None:
+        kwargs["json"] = body
+    async with http.request(method, url, **kwargs) as response:
+        return response.status, await response.json()
+
+
+# ---- OpenAPI ---------------------------------------------------------------------------
+
+
+def mounted_routes() -> set[tuple[str, str]]:
+    app = make_admin_app(Controller(local_settings()))
+    return {
+        (route.method.lower(), openapi_path(route.resource.canonical))
+        for route in app.router.routes()
+        if route.resource is not None
+    }
+
+
+def documented_routes(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(method, path) for path, ops in doc["paths"].items() for method in ops}
+
+
+def test_openapi_documents_exactly_the_mounted_routes() -> None:
+    """Every route the admin app serves is in the document and nothing else is,
+    whichever module (or helper) added it."""
+    mounted = mounted_routes()
+    backend = "/api/v1/router/services/{service}/backends/{backend}"
+    assert ("put", STRATEGY) in mounted and ("delete", backend) in mounted
+    assert documented_routes(document(ROUTE_SETS)) == mounted
+
+
+def test_openapi_document_is_structurally_valid_openapi_3() -> None:
+    """openapi 3.0.x, info, paths; each operation has a summary, an operationId
+    unique in the document, responses keyed by status code with descriptions,
+    every path variable declared, and every $ref resolvable."""
+    doc = document(ROUTE_SETS)
+    assert doc["openapi"].startswith("3.0.")
+    assert doc["info"]["title"] and doc["info"]["version"]
+    operation_ids: list[str] = []
+    for path, operations in doc["paths"].items():
+        assert path.startswith("/")
+        for method, op in operations.items():
+            assert method in {"get", "put", "post", "patch", "delete", "head", "options"}
+            assert op["summary"] and op["responses"], (method, path)
+            assert all(code.isdigit() and r["description"] for code, r in op["responses"].items())
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == set(_path_variables(path)), (method, path)
+            operation_ids.append(op["operationId"])
+    assert len(operation_ids) == len(set(operation_ids))
+    for ref in _refs(doc):
+        assert ref.startswith("#/components/schemas/")
+        assert ref.rsplit("/", 1)[1] in doc["components"]["schemas"]
+
+
+def _path_variables(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if "$ref" in node else []
+        return own + [ref for value in node.values() for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for value in node for ref in _refs(value)]
+    return []
+
+
+def test_openapi_says_what_least_connections_really_is() -> None:
+    """The strategy PUT documents that least_connections is Envoy's LEAST_REQUEST."""
+    put = document(ROUTE_SETS)["paths"][STRATEGY]["put"]
+    assert "LEAST_REQUEST" in put["description"]
+    assert "active requests" in str(put["requestBody"])
+    assert put["security"] == [{"bearerAuth": []}] and "401" in put["responses"]
+
+
+async def test_openapi_is_served(controller: Controller, http: aiohttp.ClientSession) -> None:
+    """GET /api/v1/router/openapi.json answers the document of the mounted route sets."""
+    status, body = await call(http, controller, "GET", "/api/v1/router/openapi.json")
+    assert status == 200
+    assert body == document(ROUTE_SETS)
+
+
+# ---- strategy --------------------------------------------------------------------------
+
+
+async def test_global_strategy_change_sets_default_and_clears_overrides(
+    controller: Controller, http: aiohttp.ClientSession
+) -> None:
+    """No service: the default changes and per-service overrides are cleared;
+    the answer has the spec's strategy_change fields."""
+    await call(http, controller, "PUT", STRATEGY, {"strategy": "random", "service": "qdrant"})
+    status, body = await call(http, controller, "PUT", STRATEGY, {"strategy": "least_connections"})
+    assert status == 200, body
+    change = body["strategy_change"]
+    assert change["previous_strategy"] == "mixed"  # qdrant was random, the rest round_robin
+    assert change["new_strategy"] == "least_connections"
+    assert change["strategy_applied"] is True and change["proxies"] == 0
+    assert change["change_timestamp"].endswith("Z")
+    all_backends = {b.name for b in controller.store.intent.backends()}
+    assert set(change["active_connections_before"]) == all_backends
+    assert set(change["active_connections_after"]) == all_backends
+    intent = controller.store.intent
+    assert intent.default_strategy is Strategy.LEAST_CONNECTIONS
+    assert all(s.strategy is None for s in intent.services)
+    status, current = await call(http, controller, "GET", STRATEGY)
+    assert current["default_strategy"] == "least_connections"
+    assert {s["strategy"] for s in current["services"].values()} == {"least_connections"}
+
+
+async def test_service_strategy_change_touches_only_that_service(
+    controller: Controller, http: aiohttp.ClientSession
+) -> None:
+    """With a service, only it changes (hash key included); others keep the default."""
+    body = {"strategy": "maglev", "service": "embedding", "hash_header": "x-user"}
+    status, answer = await call(http, controller, "PUT", STRATEGY, body)
+    assert status == 200, answer
+    change = answer["strategy_change"]
+    assert change["changed_services"] == ["embedding"]
+    assert set(change["active_connections_before"]) == {"embedding-gpu0", "embedding-gpu1"}
+    intent = controller.store.intent
+    embedding = intent.service("embedding")
+    assert embedding is not None and (embedding.strategy, embedding.hash_header) == (
+        Strategy.MAGLEV,
+        "x-user",
+    )
+    assert intent.default_strategy is Strategy.ROUND_ROBIN
+    assert [s.name for s in intent.services if s.strategy is not None] == ["embedding"]
+
+
+@pytest.fixture
+async def silent_admin() -> AsyncIterator[str]:
+    """An 'Envoy admin' that accepts connections and never answers."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"127.0.0.1:{port}"
+    server.close()
+
+
+async def test_unacked_change_is_reported_not_applied(
+    controller: Controller, http: aiohttp.ClientSession, silent_admin: str
+) -> None:
+    """A connected proxy that never ACKs: 202, strategy_applied false, the proxy
+    and the reason named; its unreadable admin is reported, not waited on."""
+    info = StreamInfo(1_000, "ads", "silent-envoy", "test", silent_admin)
+    controller.proxies.stream_opened(info)
+    controller.proxies.response_sent(info, CLUSTER, "v0", [], 0)
+    try:
+        started = time.monotonic()
+        body = {"strategy": "random", "wait_s": 0.3}
+        status, answer = await call(http, controller, "PUT", STRATEGY, body)
+        elapsed = time.monotonic() - started
+    finally:
+        controller.proxies.stream_closed(info)
+    change = answer["strategy_change"]
+    assert status == 202 and change["strategy_applied"] is False
+    assert change["failures"] == [{"node_id": "silent-envoy", "reason": "no ACK within 0.3 s"}]
+    assert [e["node_id"] for e in change["stats_errors"]] == ["silent-envoy"] * 2
+    assert elapsed < 2 * envoy_stats.READ_TIMEOUT_S + 0.3 + 1.0
+    assert controller.store.intent.default_strategy is Strategy.RANDOM  # stored all the same
+
+
+# ---- backends --------------------------------------------------------------------------
+
+
+async def test_backend_add_update_drain_remove(
+    controller: Controller, http: aiohttp.ClientSession
+) -> None:
+    """Add (201), list, change weight and drain (200), remove (200); the intent follows."""
+    new = {"name": "qdrant-tertiary", "address": "127.0.0.2", "port": 6335, "weight": 2}
+    status, body = await call(http, controller, "POST", QDRANT, new)
+    assert status == 201 and body["applied"] is True, body
+    assert body["backend"]["weight"] == 2 and body["backend"]["health"] in {"unknown", "unhealthy"}
+    status, listed = await call(http, controller, "GET", QDRANT)
+    assert [b["name"] for b in listed["backends"]][-1] == "qdrant-tertiary"
+
+    patch = {"weight": 5, "draining": True}
+    status, body = await call(http, controller, "PATCH", QDRANT + "/qdrant-tertiary", patch)
+    assert status == 200 and (body["backend"]["weight"], body["backend"]["draining"]) == (5, True)
+    qdrant = controller.store.intent.service("qdrant")
+    assert qdrant is not None and qdrant.backend("qdrant-tertiary") is not None
+
+    status, body = await call(http, controller, "DELETE", QDRANT + "/qdrant-tertiary")
+    assert status == 200 and body["action"] == "removed", body
+    qdrant = controller.store.intent.service("qdrant")
+    assert qdrant is not None and qdrant.backend("qdrant-tertiary") is None
+
+
+async def test_services_listing(controller: Controller, http: aiohttp.ClientSession) -> None:
+    """GET services lists every configured service with its backends and group."""
+    status, body = await call(http, controller, "GET", "/api/v1/router/services")
+    assert status == 200
+    by_name = {s["name"]: s for s in body["services"]}
+    assert set(by_name) == {s.name for s in controller.store.intent.services}
+    assert by_name["qdrant"]["backends"] == ["qdrant-primary", "qdrant-secondary"]
+    assert by_name["phi3"]["group"] == "external"
+
+
+# ---- errors: every class, and nothing changes -----------------------------------------
+
+ERRORS: list[tuple[str, str, object, int, str, str | None]] = [
+    # method, path, body (str = raw text), status, error, field
+    ("PUT", STRATEGY, "{not json", 400, "bad_request", None),
+    ("PUT", STRATEGY, "[1, 2]", 400, "bad_request", None),
+    ("PUT", STRATEGY, {"strategy": "fastest"}, 422, "invalid_value", "strategy"),
+    ("PUT", STRATEGY, {}, 422, "invalid_value", "strategy"),
+    ("PUT", STRATEGY, {"strategy": "random", "colour": 1}, 422, "invalid_value", "colour"),
+    ("PUT", STRATEGY, {"strategy": "random", "wait_s": -1}, 422, "invalid_value", "wait_s"),
+    ("PUT", STRATEGY, '{"strategy": "random", "wait_s": NaN}', 422, "invalid_value", "wait_s"),
+    (
+        "PUT",
+        STRATEGY,
+        {"strategy": "random", "hash_header": "x-a"},
+        422,
+        "invalid_value",
+        "hash_header",
+    ),
+    ("PUT", STRATEGY, {"strategy": "random", "service": "nope"}, 404, "not_found", "service"),
+    ("GET", "/api/v1/router/services/nope/backends", None, 404, "not_found", "service"),
+    ("POST", "/api/v1/router/services/nope/backends", {"name": "x"}, 404, "not_found", "service"),
+    ("POST", QDRANT, "", 400, "bad_request", None),
+    (
+        "POST",
+        QDRANT,
+        {"name": "q3", "address": "127.0.0.1", "port": 70000},
+        422,
+        "invalid_value",
+        "port",
+    ),
+    (
+        "POST",
+        QDRANT,
+        {"name": "q3", "address": "127.0.0.1", "port": 0},
+        422,
+        "invalid_value",
+        "port",
+    ),
+    (
+        "POST",
+        QDRANT,
+        {"name": "q3", "address": "127.0.0.1", "port": 9, "weight": 0},
+        422,
+        "invalid_value",
+        "weight",
+    ),
+    (
+        "POST",
+        QDRANT,
+        {"name": "q3", "address": "qdrant.local", "port": 9},
+        422,
+        "invalid_value",
+        "address",
+    ),
+    ("POST", QDRANT, {"address": "127.0.0.1", "port": 9}, 422, "invalid_value", "name"),
+    (
+        "POST",
+        QDRANT,
+        {"name": "Q 3", "address": "127.0.0.1", "port": 9},
+        422,
+        "invalid_value",
+        "name",
+    ),
+    (
+        "POST",
+        QDRANT,
+        {"name": "qdrant-secondary", "address": "127.0.0.1", "port": 9},
+        409,
+        "conflict",
+        "name",
+    ),
+    (
+        "POST",
+        QDRANT,
+        {"name": "embedding-gpu0", "address": "127.0.0.1", "port": 9},
+        409,
+        "conflict",
+        "name",
+    ),
+    ("PATCH", QDRANT + "/nope", {"weight": 2}, 404, "not_found", "backend"),
+    ("PATCH", QDRANT + "/qdrant-primary", {"weight": 0}, 422, "invalid_value", "weight"),
+    (
+        "PATCH",
+        QDRANT + "/qdrant-primary",
+        {"weight": MAX_WEIGHT + 1},
+        422,
+        "invalid_value",
+        "weight",
+    ),
+    ("PATCH", QDRANT + "/qdrant-primary", {"port": 1}, 422, "invalid_value", "port"),
+    ("PATCH", QDRANT + "/qdrant-primary", {}, 422, "invalid_value", None),
+    (
+        "PATCH",
+        QDRANT + "/qdrant-primary",
+        {"draining": "yes"},
+        422,
+        "invalid_value",
+        "draining",
+    ),
+    ("DELETE", QDRANT + "/nope", None, 404, "not_found", "backend"),
+    ("DELETE", "/api/v1/router/services/phi3/backends/phi3", None, 409, "conflict", "backend"),
+    ("DELETE", QDRANT + "/qdrant-primary?wait_s=soon", None, 422, "invalid_value", "wait_s"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status", "error", "field"), ERRORS)
+async def test_rejected_request_is_json_and_changes_nothing(
+    controller: Controller,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: object,
+    status: int,
+    error: str,
+    field: str | None,
+) -> None:
+    """Each error class answers its status with {error, detail, field}, and the
+    intent, its revision and the published config stay as they were."""
+    intent, revision = controller.store.intent, controller.store.revision
+    published = intent_driven_versions(controller)
+    raw = body if isinstance(body, str) else None
+    got, answer = await call(http, controller, method, path, None if raw else body, data=raw)
+    assert (got, answer["error"], answer.get("field")) == (status, error, field), answer
+    assert answer["detail"]
+    assert controller.store.intent is intent and controller.store.revision == revision
+    assert intent_driven_versions(controller) == published
+
+
+def intent_driven_versions(controller: Controller) -> dict[str, str]:
+    """Published versions of every type but EDS, which health probes may change
+    at any moment (they are not in the intent)."""
+    assert controller.cache.snapshot is not None
+    versions = controller.cache.snapshot.versions()
+    return {t: v for t, v in versions.items() if t != ENDPOINT}
+
+
+async def test_duplicate_address_in_a_service_is_a_conflict(
+    controller: Controller, http: aiohttp.ClientSession
+) -> None:
+    """A second backend at an address:port the service already has is a 409."""
+    qdrant = controller.store.intent.service("qdrant")
+    assert qdrant is not None
+    taken = qdrant.backends[0]
+    body = {"name": "qdrant-copy", "address": taken.address, "port": taken.port}
+    status, answer = await call(http, controller, "POST", QDRANT, body)
+    assert (status, answer["error"]) == (409, "conflict")
+    assert controller.store.intent.service("qdrant") == qdrant
+
+
+# ---- bearer token ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def guarded() -> AsyncIterator[Controller]:
+    async for started in running(local_settings(admin_token=TOKEN)):
+        yield started
+
+
+async def test_token_guards_every_mutating_call(
+    guarded: Controller, http: aiohttp.ClientSession
+) -> None:
+    """With ROUTER_ADMIN_TOKEN set: a change without or with a wrong bearer token
+    is a 401 JSON error and changes nothing; reads need no token; the right token works."""
+    revision = guarded.store.revision
+    change = {"strategy": "random"}
+    wrong = [{}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}]
+    for headers in wrong:
+        status, body = await call(http, guarded, "PUT", STRATEGY, change, headers=headers)
+        assert (status, body["error"]) == (401, "unauthorized"), headers
+    status, body = await call(http, guarded, "DELETE", QDRANT + "/qdrant-primary")
+    assert status == 401
+    assert guarded.store.revision == revision
+    assert (await call(http, guarded, "GET", STRATEGY))[0] == 200
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    status, body = await call(http, guarded, "PUT", STRATEGY, change, headers=good)
+    assert status == 200 and guarded.store.intent.default_strategy is Strategy.RANDOM
+
+
+# ---- Envoy stats parsing -----------------------------------------------------------------
+
+CLUSTERS_DOC = {
+    "cluster_statuses": [
+        {
+            "name": "qdrant",
+            "host_statuses": [
+                {
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 6333}},
+                    "hostname": "qdrant-primary",
+                    "stats": [
+                        {"name": "cx_connect_fail"},
+                        {"value": "5", "name": "cx_total"},
+                        {"type": "GAUGE", "value": "3", "name": "cx_active"},
+                        {"type": "GAUGE", "name": "rq_active"},
+                        {"value": "10", "name": "rq_total"},
+                    ],
+                    "health_status": {"eds_health_status": "HEALTHY"},
+                },
+                {"hostname": "qdrant-secondary", "stats": [{"name": "cx_active"}]},
+            ],
+        }
+    ]
+}
+
+
+def test_clusters_json_strings_and_omitted_zeros() -> None:
+    """Envoy's string numbers become ints, omitted zeros read 0, hosts keep their cluster."""
+    hosts = envoy_stats.parse_clusters(CLUSTERS_DOC)
+    primary, secondary = hosts
+    assert (primary.cluster, primary.hostname, primary.address) == (
+        "qdrant",
+        "qdrant-primary",
+        "127.0.0.1:6333",
+    )
+    assert (primary.get("cx_active"), primary.get("rq_active"), primary.get("rq_total")) == (
+        3,
+        0,
+        10,
+    )
+    assert secondary.get("cx_active") == 0 and secondary.get("never_reported") == 0
+
+
+def test_per_backend_sums_over_proxies_and_ignores_unreadable_ones() -> None:
+    """Counters are summed over proxies; unknown hostnames are ignored; a backend
+    nobody reports reads 0; an unreadable proxy is listed with its error."""
+    hosts = envoy_stats.parse_clusters(CLUSTERS_DOC)
+    stats = [
+        envoy_stats.ProxyStats("a", "127.0.0.1:1", hosts),
+        envoy_stats.ProxyStats("b", "127.0.0.1:2", hosts),
+        envoy_stats.ProxyStats("c", None, error="no admin_address in node metadata"),
+    ]
+    counts = envoy_stats.per_backend(stats, "cx_active", ["qdrant-primary", "mixtral"])
+    assert counts == {"mixtral": 0, "qdrant-primary": 6}
+    assert envoy_stats.unreadable(stats) == [
+        {"node_id": "c", "envoy_admin": None, "error": "no admin_address in node metadata"}
+    ]
+
+
+async def test_read_proxies_is_bounded(silent_admin: str) -> None:
+    """A silent admin and a closed port are reported within the read timeout."""
+    from xds_server.xds.status import ProxyStatus
+
+    closed = await _closed_port()
+    proxies = [
+        ProxyStatus("silent", "c", silent_admin, 0.0),
+        ProxyStatus("closed", "c", f"127.0.0.1:{closed}", 0.0),
+    ]
+    started = time.monotonic()
+    stats = await envoy_stats.read_proxies(proxies, timeout_s=0.3)
+    assert time.monotonic() - started < 1.0
+    assert [(s.node_id, s.hosts, s.error is not None) for s in stats] == [
+        ("silent", (), True),
+        ("closed", (), True),
+    ]
+
+
+async def _closed_port() -> int:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port: int = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    return port
+
+
+def test_settings_cap_backend_weight() -> None:
+    """The file refuses a weight Envoy could not sum per locality (shared API rule)."""
+    backend = {"name": "a", "address": "127.0.0.1", "port": 1, "weight": MAX_WEIGHT + 1}
+    document = {"services": [{"name": "s", "routes": ["/s/"], "backends": [backend]}]}
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(document, {}, "test")
+    assert [p.path for p in raised.value.problems] == ["services[0].backends[0].weight"]

@@ -1,0 +1,82 @@
+"""What every intent-changing admin call shares: the bounded wait, the timing,
+and how "applied" is reported.
+
+Status codes of a change that passed validation:
+- 200/201: stored, published, and ACKed by every connected proxy;
+- 202: stored and published, but some proxy NACKed it or did not ACK within
+  the wait; the body says which proxy and why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from xds_server.admin.apply import MAX_WAIT_S, Applied, apply_change, wait_seconds
+from xds_server.model import Intent
+from xds_server.settings import InvalidValue
+
+if TYPE_CHECKING:
+    from xds_server.app import Controller
+
+WAIT_S_SCHEMA: dict[str, Any] = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": MAX_WAIT_S,
+    "default": 5,
+    "description": "How long to wait for every proxy's ACK, in seconds (clamped to 60).",
+}
+NOT_CONFIRMED = "stored, but not ACKed by every proxy in time (or NACKed): see failures"
+# Error answers every changing route can give (besides its own 404/409).
+CHANGE_ERRORS: dict[int, str] = {
+    400: "malformed body (not JSON, or not an object)",
+    401: "missing or wrong bearer token (only when ROUTER_ADMIN_TOKEN is set)",
+    422: "invalid value; `field` names it",
+    503: "the store (Redis) is unreachable: nothing was stored",
+}
+
+
+def wait_value(value: object) -> float:
+    """`wait_s` as a check_fields converter."""
+    try:
+        return wait_seconds(value)
+    except ValueError as error:
+        raise InvalidValue(str(error)) from None
+
+
+@dataclass(frozen=True)
+class Timed:
+    applied: Applied
+    seconds: float
+
+
+async def timed_apply(
+    controller: Controller, change: Callable[[Intent], Intent], wait_s: float
+) -> Timed:
+    started = time.monotonic()
+    applied = await apply_change(controller, change, wait_s)
+    return Timed(applied, time.monotonic() - started)
+
+
+def outcome(timed: Timed) -> dict[str, Any]:
+    """The confirmation part of a change's answer."""
+    applied = timed.applied
+    return {
+        "applied": applied.applied,
+        "generation": applied.generation,
+        "proxies": applied.proxies,
+        "failures": [{"node_id": f.node_id, "reason": f.reason} for f in applied.failures],
+        "apply_ms": round(timed.seconds * 1000, 1),
+    }
+
+
+def status_of(timed: Timed, success: int = 200) -> int:
+    return success if timed.applied.applied else 202
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC with milliseconds, e.g. 2025-07-15T14:30:00.123Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

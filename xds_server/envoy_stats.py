@@ -1,0 +1,125 @@
+"""Read back what the proxies see: per-backend counters from each Envoy's admin.
+
+`GET /clusters?format=json` lists, per cluster, every host with its hostname
+(our backend name, see translate/endpoints.py) and counters such as
+`cx_active`, `rq_active`, `rq_total`. Envoy writes the numbers as strings and
+leaves zeros out (envoy-notes.md); here every missing counter reads as 0.
+
+Promises: every read is bounded by a short timeout, proxies are read
+concurrently, and a proxy that cannot be read is reported with the reason in
+`ProxyStats.error`; it never makes the caller hang or fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from xds_server.xds.status import ProxyStatus
+
+READ_TIMEOUT_S = 1.0
+CLUSTERS_PATH = "/clusters?format=json"
+
+
+@dataclass(frozen=True)
+class HostStats:
+    """One host of one cluster as one Envoy reports it."""
+
+    cluster: str
+    hostname: str
+    address: str
+    counters: Mapping[str, int] = field(default_factory=dict)
+    health: Mapping[str, Any] = field(default_factory=dict)
+
+    def get(self, counter: str) -> int:
+        return self.counters.get(counter, 0)
+
+
+@dataclass(frozen=True)
+class ProxyStats:
+    """Everything read from one proxy, or why nothing could be read."""
+
+    node_id: str
+    envoy_admin: str | None
+    hosts: tuple[HostStats, ...] = ()
+    error: str | None = None
+
+
+def parse_clusters(document: object) -> tuple[HostStats, ...]:
+    """Every host of every cluster in a `/clusters?format=json` document."""
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    return tuple(
+        _host(cluster.get("name", ""), host)
+        for cluster in document.get("cluster_statuses", [])
+        for host in cluster.get("host_statuses", [])
+    )
+
+
+def _host(cluster: str, host: Mapping[str, Any]) -> HostStats:
+    socket = host.get("address", {}).get("socket_address", {})
+    return HostStats(
+        cluster=cluster,
+        hostname=host.get("hostname", ""),
+        address=f"{socket.get('address', '')}:{socket.get('port_value', '')}",
+        counters={s["name"]: int(s.get("value", 0)) for s in host.get("stats", []) if "name" in s},
+        health=host.get("health_status", {}),
+    )
+
+
+async def read_proxy(
+    session: aiohttp.ClientSession, node_id: str, envoy_admin: str | None
+) -> ProxyStats:
+    """One proxy's hosts; any failure (no address, refused, timeout, junk) is reported."""
+    if not envoy_admin:
+        return ProxyStats(node_id, envoy_admin, error="no admin_address in node metadata")
+    try:
+        async with session.get(f"http://{envoy_admin}{CLUSTERS_PATH}") as response:
+            text = await response.text()
+            if response.status != 200:
+                return ProxyStats(node_id, envoy_admin, error=f"HTTP {response.status}")
+        return ProxyStats(node_id, envoy_admin, hosts=parse_clusters(json.loads(text)))
+    except TimeoutError:
+        return ProxyStats(node_id, envoy_admin, error="no answer within the read timeout")
+    except (aiohttp.ClientError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return ProxyStats(node_id, envoy_admin, error=f"{type(error).__name__}: {error}")
+
+
+async def read_proxies(
+    proxies: Iterable[ProxyStatus], timeout_s: float = READ_TIMEOUT_S
+) -> list[ProxyStats]:
+    """Read every given proxy concurrently; the whole call takes at most ~timeout_s."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        return list(
+            await asyncio.gather(*(read_proxy(session, p.node_id, p.envoy_admin) for p in proxies))
+        )
+
+
+def per_backend(
+    stats: Sequence[ProxyStats], counter: str, backends: Iterable[str]
+) -> dict[str, int]:
+    """`counter` per backend name, summed over proxies; 0 for a backend none reports.
+
+    Matching is by hostname, which the translator sets to the backend name.
+    """
+    totals = dict.fromkeys(sorted(backends), 0)
+    for proxy in stats:
+        for host in proxy.hosts:
+            if host.hostname in totals:
+                totals[host.hostname] += host.get(counter)
+    return totals
+
+
+def unreadable(stats: Sequence[ProxyStats]) -> list[dict[str, str | None]]:
+    """The proxies that could not be read, and why (for API answers)."""
+    return [
+        {"node_id": p.node_id, "envoy_admin": p.envoy_admin, "error": p.error}
+        for p in stats
+        if p.error is not None
+    ]

@@ -1,0 +1,225 @@
+"""Making a backend fail for real, and the temporary intent changes an
+experiment makes; each is undone on exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiohttp
+
+from xds_server.errors import Conflict, DependencyUnavailable
+from xds_server.experiments.lab import (
+    APPLY_WAIT_S,
+    CONNECTION_REFUSED,
+    DEFAULT_EJECTION_S,
+    HTTP_503,
+    POLL_S,
+    Lab,
+    Limits,
+)
+from xds_server.model import Backend, Intent, SocketAddress
+from xds_server.publisher import translate_or_raise
+
+if TYPE_CHECKING:
+    from xds_server.app import Controller
+
+# --- making the backend fail, and undoing it -------------------------------------------
+
+
+class Failure(Protocol):
+    mode: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class SampleFault:
+    """The sample backend's own fault injection: 503 to every request, /health untouched."""
+
+    mode = HTTP_503
+
+    def __init__(self, session: aiohttp.ClientSession, backend: Backend) -> None:
+        self._session = session
+        self._url = f"http://{SocketAddress(backend.address, backend.port)}/_control/fault"
+        self._previous: dict[str, Any] | None = None
+
+    async def start(self) -> None:
+        self._previous = await fault_state(self._session, self._url)
+        await self._post({"status": 503, "delay_ms": 0})
+
+    async def stop(self) -> None:
+        if self._previous is not None:
+            previous = self._previous
+            await self._post({"status": previous["status"], "delay_ms": previous["delay_ms"]})
+
+    async def _post(self, body: dict[str, Any]) -> None:
+        async with self._session.post(self._url, json=body) as response:
+            if response.status != 200:
+                raise DependencyUnavailable(f"{self._url} answered {response.status}")
+
+
+async def fault_state(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    """The sample backend's fault settings, or None when it has no such control."""
+    try:
+        async with session.get(url) as response:
+            body = json.loads(await response.text()) if response.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    return body if isinstance(body, dict) and "status" in body else None
+
+
+class RefusedPort:
+    """Point the backend at a loopback port that refuses connections, by intent."""
+
+    mode = CONNECTION_REFUSED
+
+    def __init__(self, lab: Lab) -> None:
+        self._lab = lab
+        self._socket: socket.socket | None = None
+        self._original = lab.target
+
+    async def start(self) -> None:
+        # Bound but never listening: connects are refused, and nobody else can
+        # take the port while the experiment holds it.
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        port = self._socket.getsockname()[1]
+        moved = dataclasses.replace(self._original, address="127.0.0.1", port=port)
+        await change_intent(self._lab.controller, _swap_backend(self._original, moved))
+        self._lab.temporary_changes.append(
+            f"{self._original.name} pointed at refusing port 127.0.0.1:{port} (restored)"
+        )
+
+    async def stop(self) -> None:
+        try:
+            current = self._lab.controller.store.intent
+            moved = _find_backend(current, self._original.name)
+            if moved is not None and moved != self._original:
+                await change_intent(self._lab.controller, _swap_backend(moved, self._original))
+        finally:
+            if self._socket is not None:
+                self._socket.close()
+
+
+def _find_backend(intent: Intent, name: str) -> Backend | None:
+    return next((b for b in intent.backends() if b.name == name), None)
+
+
+def _swap_backend(old: Backend, new: Backend) -> Callable[[Intent], Intent]:
+    """Replace `old` by `new` only if it is still exactly `old` (someone may have changed it)."""
+
+    def change(intent: Intent) -> Intent:
+        services = tuple(
+            dataclasses.replace(s, backends=tuple(new if b == old else b for b in s.backends))
+            for s in intent.services
+        )
+        return dataclasses.replace(intent, services=services)
+
+    return change
+
+
+async def choose_failure(lab: Lab, wanted: str | None) -> Failure:
+    url = f"http://{SocketAddress(lab.target.address, lab.target.port)}/_control/fault"
+    controllable = await fault_state(lab.admin, url) is not None
+    if wanted == HTTP_503 and not controllable:
+        raise Conflict(f"{lab.target.name} has no /_control/fault; use connection_refused")
+    if wanted == CONNECTION_REFUSED or not controllable:
+        return RefusedPort(lab)
+    return SampleFault(lab.admin, lab.target)
+
+
+@contextlib.asynccontextmanager
+async def failing(failure: Failure) -> AsyncIterator[None]:
+    await failure.start()
+    try:
+        yield
+    finally:
+        await failure.stop()
+
+
+# --- temporary intent changes ------------------------------------------------------------
+
+
+async def change_intent(controller: Controller, change: Callable[[Intent], Intent]) -> None:
+    """Store, publish and wait (bounded) for every proxy's ACK; DependencyUnavailable if not."""
+
+    def checked(intent: Intent) -> Intent:
+        updated = change(intent)
+        translate_or_raise(updated, controller.health)
+        return updated
+
+    _, revision = await controller.store.update(checked)
+    try:
+        generation = await asyncio.wait_for(
+            controller.publisher.wait_for_revision(revision), APPLY_WAIT_S
+        )
+    except TimeoutError as error:
+        raise DependencyUnavailable("the experiment's intent change was not published") from error
+    failures = await controller.proxies.wait_until_applied(generation, APPLY_WAIT_S)
+    if failures:
+        reasons = "; ".join(f"{f.node_id}: {f.reason}" for f in failures)
+        raise DependencyUnavailable(f"the experiment's intent change was not applied: {reasons}")
+
+
+def ejection_time(intent: Intent, limits: Limits) -> float:
+    configured = intent.policies.circuit_breaker_timeout_s
+    return limits.ejection_time_s or min(configured, DEFAULT_EJECTION_S)
+
+
+def _with_ejection(seconds: float, only_if: float) -> Callable[[Intent], Intent]:
+    def change(intent: Intent) -> Intent:
+        if intent.policies.circuit_breaker_timeout_s != only_if:
+            return intent  # changed by someone else meanwhile: theirs wins
+        policies = dataclasses.replace(intent.policies, circuit_breaker_timeout_s=seconds)
+        return dataclasses.replace(intent, policies=policies)
+
+    return change
+
+
+@contextlib.asynccontextmanager
+async def ejection_time_set(lab: Lab, seconds: float) -> AsyncIterator[None]:
+    """Run the block with `seconds` as the ejection time, restoring the configured one."""
+    controller = lab.controller
+    configured = controller.store.intent.policies.circuit_breaker_timeout_s
+    if seconds == configured:
+        yield
+        return
+    lab.temporary_changes.append(
+        f"circuit_breaker_timeout {configured:g} s -> {seconds:g} s during the test (restored)"
+    )
+    try:
+        await change_intent(controller, _with_ejection(seconds, only_if=configured))
+        await wait_cluster_ejection(lab, seconds)
+        yield
+    finally:
+        await change_intent(controller, _with_ejection(configured, only_if=seconds))
+
+
+async def wait_cluster_ejection(lab: Lab, seconds: float) -> None:
+    """Wait until the proxy's active cluster carries `seconds` (it is rebuilt and re-warmed)."""
+    url = f"http://{lab.proxy.envoy_admin}/config_dump?resource=dynamic_active_clusters"
+    while time.monotonic() < lab.deadline:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            async with lab.admin.get(url) as response:
+                dump = json.loads(await response.text())
+            if cluster_ejection_s(dump, lab.service.name) == seconds:
+                return
+        await asyncio.sleep(POLL_S)
+    raise DependencyUnavailable("Envoy did not activate the temporary ejection time in time")
+
+
+def cluster_ejection_s(dump: Any, name: str) -> float | None:
+    for entry in dump.get("configs", []):
+        cluster = entry.get("cluster", {})
+        if cluster.get("name") == name:
+            text = cluster.get("outlier_detection", {}).get("base_ejection_time", "")
+            return float(text.removesuffix("s")) if text.endswith("s") else None
+    return None

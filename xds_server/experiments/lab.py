@@ -1,0 +1,251 @@
+"""Where an experiment runs: limits, the one-at-a-time claim, Envoy's view of
+the service, and probe traffic through the Envoy listener."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from xds_server import envoy_stats
+from xds_server.envoy_stats import HostStats
+from xds_server.errors import Conflict, DependencyUnavailable, NotFound
+from xds_server.model import Backend, Intent, Service
+from xds_server.xds.status import ProxyStatus
+
+if TYPE_CHECKING:
+    from xds_server.app import Controller
+
+POLL_S = 0.02
+APPLY_WAIT_S = 5.0
+DEFAULT_EJECTION_S = 2.0  # used when the configured ejection time is longer
+CONFIRM_PROBES = 10  # requests sent after the ejection to see who serves them
+MAX_PROBES = 20_000  # per experiment, whatever the duration
+PROBE_HEADER = "x-xds-server-experiment"
+HTTP_503, CONNECTION_REFUSED = "http_503", "connection_refused"
+FAILURE_MODES = (HTTP_503, CONNECTION_REFUSED)
+_OUT_EDS = frozenset({"UNHEALTHY", "DRAINING", "TIMEOUT"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a caller may set; everything is bounded."""
+
+    max_duration_s: float = 30.0
+    ejection_time_s: float | None = None  # None: min(configured, DEFAULT_EJECTION_S)
+    concurrency: int = 4
+    failure: str | None = None  # None: http_503 if the backend has the control, else refused
+
+
+class Experiments:
+    """At most one experiment at a time; the last answers kept for other readers
+    (the metrics API's failover figures)."""
+
+    def __init__(self) -> None:
+        self.running: str | None = None
+        self.results: deque[dict[str, Any]] = deque(maxlen=100)
+
+    @contextlib.contextmanager
+    def claim(self, kind: str) -> Iterator[None]:
+        if self.running is not None:
+            raise Conflict(f"the {self.running} experiment is running; retry when it has ended")
+        self.running = kind
+        try:
+            yield
+        finally:
+            self.running = None
+
+
+# --- where: the service, the backend, the proxy -------------------------------------
+
+
+def resolve(intent: Intent, name: str) -> tuple[Service, Backend]:
+    """A service name means its first backend; otherwise a backend name."""
+    service = intent.service(name)
+    if service is not None:
+        if not service.backends:
+            raise NotFound(f"service {name!r} has no backends")
+        return service, service.backends[0]
+    for service in intent.services:
+        backend = service.backend(name)
+        if backend is not None:
+            return service, backend
+    raise NotFound(f"no service or backend named {name!r}")
+
+
+def observed_proxy(controller: Controller) -> ProxyStatus:
+    for proxy in controller.proxies.connected():
+        if proxy.envoy_admin:
+            return proxy
+    raise DependencyUnavailable(
+        "no connected Envoy with an admin address in its node metadata: nothing to observe"
+    )
+
+
+@dataclass
+class Lab:
+    """Everything one experiment works with."""
+
+    controller: Controller
+    admin: aiohttp.ClientSession
+    traffic: aiohttp.ClientSession
+    proxy: ProxyStatus
+    service: Service
+    target: Backend
+    deadline: float
+    temporary_changes: list[str] = field(default_factory=list)
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def probe_url(self) -> str:
+        return f"http://{self.controller.store.intent.listen}{self.service.routes[0]}"
+
+
+@contextlib.asynccontextmanager
+async def open_lab(
+    controller: Controller, kind: str, service: Service, target: Backend, limits: Limits
+) -> AsyncIterator[Lab]:
+    proxy = observed_proxy(controller)
+    timeout = aiohttp.ClientTimeout(total=controller.store.intent.policies.request_timeout_s + 1)
+    with controller.experiments.claim(kind), controller.health_checker.held(target.name):
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as admin,
+            aiohttp.ClientSession(timeout=timeout) as traffic,
+        ):
+            deadline = time.monotonic() + limits.max_duration_s
+            yield Lab(controller, admin, traffic, proxy, service, target, deadline)
+
+
+# --- reading Envoy -------------------------------------------------------------------
+
+Counters = dict[tuple[str, str], HostStats]  # (hostname, address) -> host
+
+
+async def hosts(lab: Lab) -> tuple[HostStats, ...] | None:
+    """The service cluster's hosts as the proxy sees them; None if unreadable."""
+    read = await envoy_stats.read_proxy(lab.admin, lab.proxy.node_id, lab.proxy.envoy_admin)
+    if read.error is not None:
+        return None
+    return tuple(h for h in read.hosts if h.cluster == lab.service.name)
+
+
+async def counters(lab: Lab) -> Counters:
+    return {(h.hostname, h.address): h for h in await hosts(lab) or ()}
+
+
+def delta(before: Counters, after: Counters, name: str, counter: str) -> int:
+    """How much `counter` grew for backend `name` (a host new since `before` counts from 0)."""
+    grown = 0
+    for key, host in after.items():
+        if key[0] == name:
+            old = before.get(key)
+            grown += host.get(counter) - (old.get(counter) if old is not None else 0)
+    return grown
+
+
+def is_ejected(host: HostStats) -> bool:
+    return bool(host.health.get("failed_outlier_check"))
+
+
+def out_of_rotation(host: HostStats) -> bool:
+    health = host.health
+    failed = health.get("failed_active_health_check") or health.get("eds_health_status") in _OUT_EDS
+    return is_ejected(host) or bool(failed)
+
+
+def named(found: Sequence[HostStats], name: str) -> list[HostStats]:
+    return [h for h in found if h.hostname == name]
+
+
+def circuit_state(found: Sequence[HostStats] | None, name: str) -> str:
+    """ "open" while Envoy's outlier detection ejects the backend, else "closed"."""
+    if found is None:
+        return "unknown"
+    return "open" if any(is_ejected(h) for h in named(found, name)) else "closed"
+
+
+async def wait_until(lab: Lab, check: Callable[[Sequence[HostStats]], bool]) -> float | None:
+    """Poll until `check(hosts)` holds; the monotonic time it was seen, or None at the deadline."""
+    while time.monotonic() < lab.deadline:
+        found = await hosts(lab)
+        if found is not None and check(found):
+            return time.monotonic()
+        await asyncio.sleep(POLL_S)
+    return None
+
+
+def target_out(name: str) -> Callable[[Sequence[HostStats]], bool]:
+    return lambda found: (
+        bool(named(found, name)) and all(out_of_rotation(h) for h in named(found, name))
+    )
+
+
+def target_back(name: str) -> Callable[[Sequence[HostStats]], bool]:
+    return lambda found: any(not out_of_rotation(h) for h in named(found, name))
+
+
+# --- probe traffic through the Envoy listener -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    started: float
+    ended: float
+    status: int | None  # None: no answer (connection error, timeout)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and self.status < 500
+
+
+class Traffic:
+    """`concurrency` clients sending GET <service route> until stopped."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.probes: list[Probe] = []
+        self._session, self._url = session, url
+        self._stop = asyncio.Event()
+
+    async def run(self, concurrency: int) -> None:
+        await asyncio.gather(*(self._client() for _ in range(concurrency)))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def send(self, count: int) -> list[Probe]:
+        """`count` requests one after the other."""
+        return [await self._one() for _ in range(count)]
+
+    async def _client(self) -> None:
+        while not self._stop.is_set() and len(self.probes) < MAX_PROBES:
+            await self._one()
+
+    async def _one(self) -> Probe:
+        started, status = time.monotonic(), None
+        try:
+            async with self._session.get(self._url, headers={PROBE_HEADER: "1"}) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        probe = Probe(started, time.monotonic(), status)
+        self.probes.append(probe)
+        return probe
+
+
+@contextlib.asynccontextmanager
+async def running(traffic: Traffic, concurrency: int) -> AsyncIterator[Traffic]:
+    """Traffic runs while the block runs; on exit it stops and in-flight requests end."""
+    task = asyncio.create_task(traffic.run(concurrency))
+    try:
+        yield traffic
+    finally:
+        traffic.stop()
+        await task

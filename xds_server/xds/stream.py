@@ -1,0 +1,202 @@
+"""What every xDS stream shares, SotW or Delta: its life, its node, its types.
+
+A reader task applies each request to per-type state and wakes the writer;
+the writer compares the current snapshot with what this client holds and
+answers only with differences. Because the writer always works from the
+latest state, a newer request supersedes older ones (rule 10) and a burst of
+snapshot changes coalesces (latest wins, never a queue). Rule numbers refer
+to ../shared/docs/xds-protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, Generic, TypeVar
+
+from xds_server.cache import Resource, SnapshotCache
+from xds_server.resources import CLUSTER, LISTENER
+from xds_server.xds.observe import Observers, StreamInfo
+
+WILDCARD = "*"
+# Only these types have a legacy wildcard (an empty first request means "all").
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol; the stream ends with INVALID_ARGUMENT."""
+
+
+class XdsStream(Generic[Request, Response]):
+    """Serves one stream until the client goes away. Subclasses apply requests
+    (`handle_request`) and compute responses (`responses`)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        observers: Observers,
+        *,
+        kind: str,
+        fixed_type: str | None,
+        legacy_wildcard: bool = True,
+        on_clusters_changed: Callable[[str, set[str]], None] | None = None,
+    ) -> None:
+        self.stream_id = next(self._ids)
+        self._cache = cache
+        self._observers = observers
+        self._kind = kind
+        self._fixed_type = fixed_type
+        self._legacy_wildcard = legacy_wildcard
+        self._on_clusters_changed = on_clusters_changed
+        self._wake = asyncio.Event()
+        self._done = False
+        self._error: Exception | None = None
+        self._nonces = itertools.count(1)
+        self.info: StreamInfo | None = None
+
+    # ---- the stream's life ---------------------------------------------------
+
+    async def serve(self, requests: AsyncIterator[Request]) -> AsyncGenerator[Response, None]:
+        unwatch = self._cache.watch(self._wake.set)
+        reader = asyncio.create_task(self._read(requests))
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._error is not None:
+                    # Drop our reference: the error's traceback holds this
+                    # stream's frames, and a cycle would outlive the stream.
+                    error, self._error = self._error, None
+                    raise error
+                if self._done:
+                    return
+                for response in self.responses():
+                    yield response
+        finally:
+            # Rule 31: a closed stream releases its watch, its task and its status.
+            unwatch()
+            try:
+                await _stop(reader)
+            finally:
+                if self.info is not None:
+                    self._observers.emit("stream_closed", self.info)
+
+    async def _read(self, requests: AsyncIterator[Request]) -> None:
+        try:
+            async for request in requests:
+                self.handle_request(request)
+        except ProtocolError as error:
+            self._error = error
+        except Exception:
+            pass  # the transport is gone; the writer ends below
+        self._done = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def handle_request(self, request: Request) -> None:
+        raise NotImplementedError
+
+    def responses(self) -> list[Response]:
+        raise NotImplementedError
+
+    def forget_endpoints(self, names: set[str]) -> None:
+        """Rule 23: the client must get these EDS resources again."""
+        raise NotImplementedError
+
+    # ---- shared request handling ---------------------------------------------
+
+    def _open_and_type(self, request: Any) -> str:
+        if self.info is None:
+            self._open(request)  # rule 1: only the first request must carry node
+        return self._type_of(request)
+
+    def _open(self, request: Any) -> None:
+        node = request.node
+        admin = node.metadata.fields.get("admin_address")
+        self.info = StreamInfo(
+            stream_id=self.stream_id,
+            kind=self._kind,
+            node_id=node.id,
+            node_cluster=node.cluster,
+            envoy_admin=admin.string_value if admin is not None else None,
+        )
+        self._observers.emit("stream_opened", self.info)
+
+    def _type_of(self, request: Any) -> str:
+        """Rule 2: ADS requests must name their type; per-type streams may not."""
+        if self._fixed_type is None:
+            if not request.type_url:
+                raise ProtocolError("type_url is required on an aggregated stream")
+            return str(request.type_url)
+        if request.type_url not in ("", self._fixed_type):
+            raise ProtocolError(f"this stream serves {self._fixed_type}, not {request.type_url}")
+        return self._fixed_type
+
+    def _report_answer(
+        self, type_url: str, request: Any, version_sent: str, generation: int
+    ) -> None:
+        """The client answered our latest response: an ACK, or a NACK when
+        error_detail is present (rule 6), never judged by comparing versions."""
+        if request.HasField("error_detail"):
+            message = request.error_detail.message
+            self._observers.emit("nacked", self.info, type_url, version_sent, message, generation)
+        else:
+            version = getattr(request, "version_info", "") or version_sent
+            self._observers.emit("acked", self.info, type_url, version, generation)
+
+    def _stale(self, type_url: str) -> None:
+        self._observers.emit("stale_nonce", self.info, type_url)
+
+    # ---- shared response handling --------------------------------------------
+
+    def _next_nonce(self) -> str:
+        return f"{self.stream_id}-{next(self._nonces)}"  # rule 3
+
+    def _quiet(self, type_url: str, in_flight: bool, generation: int) -> None:
+        """Nothing to send: the client is up to date unless an answer is pending."""
+        if not in_flight and self.info is not None:
+            self._observers.emit("up_to_date", self.info, type_url, generation)
+
+    def _sent(self, type_url: str, version: str, names: list[str], generation: int) -> None:
+        self._observers.emit("response_sent", self.info, type_url, version, names, generation)
+
+    def _clusters_sent(self, clusters: list[Resource]) -> None:
+        """Rule 23: a changed cluster re-warms in Envoy and waits for its
+        endpoints, so its EDS resource must be sent again even if unchanged."""
+        if clusters and self._on_clusters_changed is not None and self.info is not None:
+            self._on_clusters_changed(self.info.node_id, {eds_name(r) for r in clusters})
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has ended, even when the caller is
+    cancelled meanwhile (grpc cancels a handler again when the client goes
+    away during cleanup); that cancellation is re-raised afterwards. So no
+    request is handled after the stream closed, and its request iterator is
+    idle when the server closes it."""
+    task.cancel()
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
+
+
+def digest_of(resource: Resource | None) -> str | None:
+    return None if resource is None else resource.digest
+
+
+def eds_name(resource: Resource) -> str:
+    cluster = resource.message
+    config = getattr(cluster, "eds_cluster_config", None)
+    return (config.service_name if config is not None else "") or resource.name
