@@ -13,11 +13,17 @@ from xds_server.settings import Settings
 StackFactory = Callable[[Settings], Awaitable[Stack]]
 
 
-@pytest.fixture
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    """Sample backends + controller + a real Envoy 1.40, all on free loopback ports."""
+@pytest.fixture(params=["sotw", "delta"])
+async def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    """Sample backends + controller + a real Envoy 1.40, all on free loopback
+    ports; every test using it runs twice, with Envoy bootstrapped for
+    state-of-the-world (GRPC) and for incremental (DELTA_GRPC) ADS."""
     settings = local_settings(worker_threads=2)
-    async with running_stack(settings, workdir=tmp_path_factory.mktemp("stack")) as running:
+    workdir = tmp_path_factory.mktemp("stack")
+    delta = request.param == "delta"
+    async with running_stack(settings, workdir=workdir, delta=delta) as running:
         yield running
 
 

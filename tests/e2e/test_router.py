@@ -154,3 +154,12 @@ async def test_spec_load_test_with_ab_has_no_failures(stack: Stack, tmp_path: ob
     assert "Failed requests:        0" in output, output
     assert "Non-2xx responses" not in output, output
     assert "Complete requests:      300" in output, output
+
+
+async def test_envoy_speaks_the_transport_it_was_bootstrapped_with(stack: Stack) -> None:
+    """The Delta runs of this suite really are Delta: the stream kind the
+    controller serves matches the api_type in Envoy's own bootstrap."""
+    dump = await stack.envoy.admin_json("/config_dump?mask=bootstrap")
+    api_type = dump["configs"][0]["bootstrap"]["dynamic_resources"]["ads_config"]["api_type"]
+    kinds = {s.info.kind for s in stack.controller.engine.open_streams if s.info is not None}
+    assert kinds == ({"ads-delta"} if api_type == "DELTA_GRPC" else {"ads"})

@@ -17,10 +17,13 @@ from typing import Any
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import Resource, Snapshot, TypeSnapshot
-from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT
+from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.xds.stream import WILDCARD, WILDCARD_TYPES, XdsStream
 
 ABSENT = None  # "the client was told this name does not exist"
+# Removals go referrer first: listeners name routes, routes name clusters,
+# clusters name their endpoints.
+REMOVAL_ORDER = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
 
 
 @dataclass
@@ -111,26 +114,28 @@ class DeltaStream(
     # ---- responses -----------------------------------------------------------
 
     def responses(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-        """ADS order, make-before-break (rule 24): cluster upserts first, then
-        endpoints, listeners and routes, and cluster removals last."""
+        """Make-before-break (rule 24): additions and updates first, in ADS
+        order; then removals, referrers before what they refer to, so no
+        listener or route ever points at something already removed."""
         snapshot = self._cache.snapshot
         if snapshot is None or self.info is None:
             return []
-        outgoing: list[DeltaOut] = []
-        late_removals: list[DeltaOut] = []
-        for type_url in self._send_order():
-            out = self._evaluate(self._states[type_url], snapshot)
-            if out is None:
-                continue
-            if type_url == CLUSTER:
+        evaluated = [self._evaluate(self._states[t], snapshot) for t in self._send_order()]
+        outs = [out for out in evaluated if out is not None]
+        for out in outs:
+            if out.type_url == CLUSTER:
                 self._clusters_sent(list(out.resources))
-                if out.removed and self._fixed_type is None:
-                    late_removals.append(dataclasses.replace(out, resources=()))
-                    out = dataclasses.replace(out, removed=())
-                    if not out.resources:
-                        continue
-            outgoing.append(out)
-        outgoing += late_removals
+        upserts: list[DeltaOut] = []
+        removals: dict[str, DeltaOut] = {}
+        for out in outs:
+            others_change = any(o.resources for o in outs if o.type_url != out.type_url)
+            if out.removed and others_change and self._fixed_type is None:
+                removals[out.type_url] = dataclasses.replace(out, resources=())
+                out = dataclasses.replace(out, removed=())
+            if out.resources or out.removed or out.type_url not in removals:
+                upserts.append(out)
+        late = [removals[t] for t in REMOVAL_ORDER if t in removals]
+        outgoing = upserts + late + [r for t, r in removals.items() if t not in REMOVAL_ORDER]
         return [self._response(out, snapshot.generation) for out in outgoing]
 
     def _send_order(self) -> list[str]:
