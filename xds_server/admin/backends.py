@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from xds_server.admin.api import RouteSet
-from xds_server.admin.apply import DEFAULT_WAIT_S
 from xds_server.admin.changes import (
     CHANGE_ERRORS,
     NOT_CONFIRMED,
@@ -26,6 +25,7 @@ from xds_server.admin.changes import (
 )
 from xds_server.admin.context import controller_of
 from xds_server.admin.errors import ApiError, invalid, json_body
+from xds_server.apply import DEFAULT_WAIT_S
 from xds_server.model import Backend, Health, Intent, Service
 from xds_server.settings import BACKEND_FIELDS, MAX_WEIGHT, InvalidValue, check_fields, ip_literal
 

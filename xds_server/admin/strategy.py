@@ -15,7 +15,6 @@ from aiohttp import web
 
 from xds_server import envoy_stats
 from xds_server.admin.api import RouteSet
-from xds_server.admin.apply import DEFAULT_WAIT_S
 from xds_server.admin.changes import (
     CHANGE_ERRORS,
     NOT_CONFIRMED,
@@ -28,6 +27,7 @@ from xds_server.admin.changes import (
 )
 from xds_server.admin.context import controller_of
 from xds_server.admin.errors import ApiError, invalid, json_body
+from xds_server.apply import DEFAULT_WAIT_S
 from xds_server.errors import NotFound
 from xds_server.model import Intent, Service, Strategy
 from xds_server.settings import check_fields, header_name_value, name_value, strategy_value

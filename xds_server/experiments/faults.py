@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
+from xds_server.apply import apply_change
 from xds_server.errors import Conflict, DependencyUnavailable
 from xds_server.experiments.lab import (
     APPLY_WAIT_S,
@@ -25,7 +26,6 @@ from xds_server.experiments.lab import (
     Limits,
 )
 from xds_server.model import Backend, Intent, SocketAddress
-from xds_server.publisher import translate_or_raise
 
 if TYPE_CHECKING:
     from xds_server.app import Controller
@@ -149,23 +149,11 @@ async def failing(failure: Failure) -> AsyncIterator[None]:
 
 
 async def change_intent(controller: Controller, change: Callable[[Intent], Intent]) -> None:
-    """Store, publish and wait (bounded) for every proxy's ACK; DependencyUnavailable if not."""
-
-    def checked(intent: Intent) -> Intent:
-        updated = change(intent)
-        translate_or_raise(updated, controller.health)
-        return updated
-
-    _, revision = await controller.store.update(checked)
-    try:
-        generation = await asyncio.wait_for(
-            controller.publisher.wait_for_revision(revision), APPLY_WAIT_S
-        )
-    except TimeoutError as error:
-        raise DependencyUnavailable("the experiment's intent change was not published") from error
-    failures = await controller.proxies.wait_until_applied(generation, APPLY_WAIT_S)
-    if failures:
-        reasons = "; ".join(f"{f.node_id}: {f.reason}" for f in failures)
+    """Store, publish and wait (bounded) for every proxy's ACK; DependencyUnavailable if not:
+    an experiment must not run on a config some proxy does not have."""
+    applied = await apply_change(controller, change, APPLY_WAIT_S)
+    if not applied.applied:
+        reasons = "; ".join(f"{f.node_id}: {f.reason}" for f in applied.failures)
         raise DependencyUnavailable(f"the experiment's intent change was not applied: {reasons}")
 
 

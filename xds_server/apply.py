@@ -1,5 +1,7 @@
 """Change the intent and confirm the change by ACK from every connected proxy.
 
+Used by the admin API and by the experiments alike.
+
 This is where the admin API keeps its promise: "applied" is true only once
 every connected proxy ACKed a snapshot containing the change. A change that
 cannot be translated into a consistent snapshot is refused before anything is
