@@ -1,5 +1,7 @@
 # The controller image (also runs the sample backends in compose.yaml).
 FROM python:3.11-slim
+# Logs and READY lines reach `docker compose logs` at once.
+ENV PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY xds_server ./xds_server

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint typecheck unit bench-push bench-load golden clean
+.PHONY: demo test lint typecheck unit bench-push bench-load bench-ads bench-large bench-churn golden clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ bench-push: $(STAMP)
 bench-load: $(STAMP)
 	scripts/ensure-system-tools
 	$(BIN)/python -m bench.load_ab
+
+bench-ads: $(STAMP)
+	$(BIN)/python -m bench.ads_clients
+
+bench-large: $(STAMP)
+	$(BIN)/python -m bench.large_config
+
+bench-churn: $(STAMP)
+	$(BIN)/python -m bench.stream_churn
 
 golden: $(STAMP)
 	$(BIN)/pytest -q tests/test_translate_golden.py --regenerate-golden

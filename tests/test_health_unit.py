@@ -25,9 +25,10 @@ from xds_server.health import (
     health_report,
     iso_utc,
     new_session,
+    probed_backends,
     summarize,
 )
-from xds_server.model import Backend, Health, Intent, Service
+from xds_server.model import Backend, Health, Intent, Protocol, Service
 from xds_server.samples.backend import make_app
 from xds_server.store import MemoryStore
 
@@ -362,3 +363,11 @@ def test_colliding_short_keys_fall_back_to_full_names() -> None:
 def test_iso_utc_is_utc_with_milliseconds() -> None:
     """last_check: ISO-8601 UTC with a Z, as the spec shows."""
     assert iso_utc(1752589800.25) == "2025-07-15T14:30:00.250Z"
+
+
+def test_grpc_only_backends_are_not_http_probed() -> None:
+    """A gRPC service's backends would fail an HTTP GET and be dropped from EDS;
+    the prober leaves them out (UNKNOWN: still routed to)."""
+    http = Service("web", ("/web/",), (Backend("web-a", "127.0.0.1", 1),))
+    grpc = Service("greeter", (), (Backend("greeter-a", "127.0.0.1", 2),), protocol=Protocol.GRPC)
+    assert list(probed_backends(Intent(services=(http, grpc)))) == ["web-a"]

@@ -17,7 +17,15 @@ from tests.support import eventually, local_settings
 from xds_server import codec
 from xds_server.app import Controller
 from xds_server.errors import ConfigError, DependencyUnavailable, NotFound
-from xds_server.model import Backend, Intent, Policies, Service, SocketAddress, Strategy
+from xds_server.model import (
+    Backend,
+    Intent,
+    Policies,
+    Protocol,
+    Service,
+    SocketAddress,
+    Strategy,
+)
 from xds_server.processes import free_port
 from xds_server.redis_store import DEFAULT_PREFIX, RedisStore
 
@@ -83,6 +91,7 @@ def every_field_set() -> Intent:
         strategy=Strategy.MAGLEV,
         group="grp",
         hash_header="x-user",
+        protocol=Protocol.GRPC,
     )
     defaults = Policies()
     policies = Policies(
@@ -380,3 +389,18 @@ async def test_replicas_serve_byte_identical_resources(redis_server: RedisServer
             await b.stop()
     finally:
         await a.stop()
+
+
+def test_codec_reads_an_intent_stored_before_a_field_existed() -> None:
+    """A field with a default (say `protocol`, added after the first release)
+    may be missing from stored JSON: it takes its default. One without a
+    default may not."""
+    intent = local_settings().intent
+    document = json.loads(codec.encode_intent(intent))
+    for service in document["intent"]["services"]:
+        del service["protocol"]
+    assert codec.decode_intent(json.dumps(document)) == intent
+    del document["intent"]["services"][0]["name"]
+    with pytest.raises(ConfigError) as raised:
+        codec.decode_intent(json.dumps(document))
+    assert [p.path for p in raised.value.problems] == ["intent.services[0].name"]

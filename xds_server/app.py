@@ -17,17 +17,22 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from xds_server.admin import make_admin_app
 from xds_server.cache import SnapshotCache
 from xds_server.errors import ConfigError, DependencyUnavailable
 from xds_server.experiments import Experiments
-from xds_server.health import HealthChecker, HealthPolicy
+from xds_server.failover import FailoverEvent, FailoverTracker
+from xds_server.health import HealthChecker, HealthObserver, HealthPolicy
+from xds_server.logs import XdsEventLog
+from xds_server.metrics import ControllerMetrics, StateReaders, rejecting
 from xds_server.model import Health, SocketAddress
 from xds_server.publisher import Publisher
+from xds_server.router_metrics import TrafficSampler
 from xds_server.settings import Settings, format_problems, load_settings
 from xds_server.store import IntentStore, open_store
-from xds_server.xds.observe import LoggingObserver, Observers
+from xds_server.xds.observe import Observers, XdsObserver
 from xds_server.xds.server import XdsEngine, start_server
 from xds_server.xds.status import ProxyRegistry
 
@@ -35,6 +40,7 @@ log = logging.getLogger("xds_server.app")
 
 CONFIG_POLL_S = 1.0
 SHUTDOWN_GRACE_S = 2.0
+PRE_CHANGE_READ_S = 0.3
 
 
 class Controller:
@@ -50,13 +56,22 @@ class Controller:
         self.store: IntentStore = store or open_store(settings)
         self.cache = SnapshotCache()
         self.proxies = ProxyRegistry()
-        self.observers = Observers([self.proxies, LoggingObserver()])
-        self.engine = XdsEngine(self.cache, self.observers)
         self.health: dict[str, Health] = {}
-        self.publisher = Publisher(self.store, self.cache, lambda: self.health)
+        self._observe(settings.metrics_enabled)
+        self.engine = XdsEngine(self.cache, self.observers)
+        self.publisher = Publisher(
+            self.store,
+            self.cache,
+            lambda: self.health,
+            on_build=self.metrics.publish.observe_build if self.metrics else None,
+        )
         # Writes verdicts into self.health; each change marks the publisher dirty.
         self.health_checker = HealthChecker(
-            self.store, self.health, self.publisher.mark_dirty, health_policy(settings)
+            self.store,
+            self.health,
+            self.publisher.mark_dirty,
+            health_policy(settings),
+            observers=self._health_observers(),
         )
         self.experiments = Experiments()  # at most one resilience experiment at a time
         self.xds_address = settings.xds_address
@@ -64,6 +79,60 @@ class Controller:
         self._grpc: grpc.aio.Server | None = None
         self._admin: web.AppRunner | None = None
         self._reload_requested = asyncio.Event()
+
+    # ---- observation (style.md, items 9 and 10) -------------------------------
+
+    def _observe(self, metrics_enabled: bool) -> None:
+        """Metrics, the traffic sampler and failover timing exist only with metrics on;
+        logs and proxy status always."""
+        self.registry = CollectorRegistry()
+        self.metrics: ControllerMetrics | None = None
+        self.traffic: TrafficSampler | None = None
+        self.failovers: FailoverTracker | None = None
+        observers: list[XdsObserver] = [self.proxies, XdsEventLog()]
+        if metrics_enabled:
+            self.metrics = ControllerMetrics(self.registry, self._state_readers())
+            self.traffic = TrafficSampler(self.proxies, lambda: self.store.intent)
+            self.failovers = FailoverTracker(
+                self.cache, self.proxies, lambda: self.store.intent, lambda: self.health
+            )
+            observers.append(self.metrics.xds)
+        self.observers = Observers(observers)
+
+    def _health_observers(self) -> list[HealthObserver]:
+        observers: list[HealthObserver] = []
+        if self.metrics is not None:
+            observers.append(self.metrics.health)
+        if self.failovers is not None:
+            observers.append(self.failovers)
+        return observers
+
+    def _state_readers(self) -> StateReaders:
+        """Read at scrape time: nothing to keep in step."""
+        return StateReaders(
+            generation=lambda: self.cache.generation,
+            connected_proxies=lambda: len(self.proxies.connected()),
+            open_streams=lambda: sum(len(p.streams) for p in self.proxies.connected()),
+            nacked_proxies=lambda: rejecting(self.proxies.connected()),
+            backend_verdicts=lambda: [
+                (s.name, b.name, self.health.get(b.name, Health.UNKNOWN))
+                for s in self.store.intent.services
+                for b in s.backends
+            ],
+        )
+
+    async def count_traffic(self) -> None:
+        """Take a traffic reading now (before a change that may reset Envoy's counters).
+
+        Bounded by PRE_CHANGE_READ_S: a local Envoy answers in milliseconds, and a
+        hung admin must not hold up the change (its reading is simply skipped)."""
+        if self.traffic is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PRE_CHANGE_READ_S):
+                    await self.traffic.sample()
+
+    def failover_events(self) -> list[FailoverEvent]:
+        return list(self.failovers.events) if self.failovers is not None else []
 
     # ---- life ----------------------------------------------------------------
 
@@ -93,6 +162,9 @@ class Controller:
                     tasks.create_task(self._watch_config()),
                     tasks.create_task(self.health_checker.run()),
                 ]
+                if self.traffic is not None and self.failovers is not None:
+                    background.append(tasks.create_task(self.traffic.run()))
+                    background.append(tasks.create_task(self.failovers.run()))
                 await stop.wait()
                 for task in background:
                     task.cancel()

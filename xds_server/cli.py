@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,14 +16,39 @@ from xds_server.bootstrap import make_bootstrap, render_bootstrap
 from xds_server.demo import running_stack
 from xds_server.envoy_process import find_envoy_binary
 from xds_server.errors import ConfigError, DependencyUnavailable
+from xds_server.logs import JSON, LOG_FORMATS, TEXT, configure_logging
 from xds_server.settings import Settings, format_problems, load_settings
 
 log = logging.getLogger("xds_server")
+LOG_FORMAT_ENV = "ROUTER_LOG_FORMAT"  # text (default) or json
+
+
+# The options every command takes, before or after the command name.
+COMMON_DEFAULTS: dict[str, object] = {
+    "config": None,
+    "debug": False,
+    "verbose": False,
+    "log_json": False,
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The common options are SUPPRESSed in the parsers: otherwise the command's
+    parser would overwrite `xds-server --debug run` with its own default."""
+    args = parser().parse_args(argv)
+    for name, default in COMMON_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    configure_logging(args.debug, args.verbose)
+    args = parse_args(argv)
+    log_format = JSON if args.log_json else os.environ.get(LOG_FORMAT_ENV, TEXT) or TEXT
+    if log_format not in LOG_FORMATS:
+        print(f"{LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}", file=sys.stderr)
+        return 2
+    configure_logging(args.debug, args.verbose, log_format)
     try:
         settings = load_settings(args.config)
     except ConfigError as error:
@@ -34,10 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--config", type=Path, help="router_config.yaml (default: embedded)")
     common.add_argument("--debug", action="store_true", help="debug logging")
     common.add_argument("--verbose", action="store_true", help="info logging")
+    common.add_argument(
+        "--log-json",
+        action="store_true",
+        help=f"one JSON object per log line (also: {LOG_FORMAT_ENV}=json)",
+    )
     top = argparse.ArgumentParser(prog="xds-server", description=__doc__, parents=[common])
     commands = top.add_subparsers(required=True, metavar="COMMAND")
     run = commands.add_parser("run", parents=[common], help="run the controller")
@@ -54,13 +85,6 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--delta", action="store_true")
     boot.set_defaults(command=cmd_bootstrap)
     return top
-
-
-def configure_logging(debug: bool, verbose: bool) -> None:
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not debug:
-        logging.getLogger("xds_server.demo").setLevel(logging.INFO)
 
 
 def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:

@@ -5,8 +5,8 @@ Promises:
   whitespace, floats written as floats), so stored text can be compared;
 - versioned: the document is `{"format": FORMAT, "intent": {...}}`; a reader
   refuses a format it does not know rather than guess at it;
-- strict: decoding checks every field's type, refuses unknown and missing
-  fields and non-finite numbers, and reports every problem with its path
+- strict: decoding checks every field's type, refuses unknown fields, missing
+  fields that have no default, and non-finite numbers, and reports every problem with its path
   (`intent.services[0].backends[1].weight`) in one ConfigError;
 - complete by construction: both directions walk the model's dataclass fields
   and type hints, so a field added to `xds_server.model` is stored without
@@ -113,13 +113,18 @@ def _decode_dataclass(raw: Json, cls: type, path: str, problems: list[Problem]) 
         return _BAD
     fields = _fields(cls)
     problems.extend(Problem(f"{path}.{k}", "unknown field") for k in sorted(raw.keys() - fields))
-    problems.extend(Problem(f"{path}.{k}", "missing") for k in fields if k not in raw)
+    # A field with a default may be missing: intents stored before the field
+    # existed still load, taking the default. A field without one may not.
+    required = _required(cls)
+    problems.extend(
+        Problem(f"{path}.{k}", "missing") for k in fields if k not in raw and k in required
+    )
     values = {
         name: _decode(raw[name], sub, f"{path}.{name}", problems)
         for name, sub in fields.items()
         if name in raw
     }
-    if len(values) != len(fields) or any(v is _BAD for v in values.values()):
+    if required - values.keys() or any(v is _BAD for v in values.values()):
         return _BAD
     return cls(**values)
 
@@ -165,6 +170,16 @@ def _fields(cls: type) -> dict[str, Any]:
     """Field name -> resolved type hint, in declaration order."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+@functools.cache
+def _required(cls: type) -> frozenset[str]:
+    """The fields without a default."""
+    return frozenset(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
 
 
 def _optional(hint: Any) -> Any:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -123,3 +125,112 @@ def unreadable(stats: Sequence[ProxyStats]) -> list[dict[str, str | None]]:
         for p in stats
         if p.error is not None
     ]
+
+
+# --- what the traffic sampler reads (xds_server/traffic) ----------------------------------
+
+# Cluster-level figures that no per-host counter has: every request answered for
+# the cluster (once per client request, retries not double counted), the 5xx
+# among those answers, the requests Envoy refused itself (queue overflow, the
+# concurrency limit: one 503 counts in exactly one of the two overflow counters;
+# no healthy host), and the upstream response-time histogram.
+CLUSTER_COUNTERS = (
+    "upstream_rq_completed",
+    "upstream_rq_5xx",
+    "upstream_rq_pending_overflow",
+    "upstream_rq_active_overflow",
+    "upstream_cx_none_healthy",
+)
+RQ_TIME = "upstream_rq_time"
+_STATS_FILTER = rf"^cluster\.[^.]+\.({'|'.join((*CLUSTER_COUNTERS, RQ_TIME))})$"
+STATS_PATH = "/stats/prometheus?" + urlencode({"filter": _STATS_FILTER})
+# last_updated changes exactly when Envoy (re)builds a cluster, which gives every
+# host of it fresh counters starting at 0 (envoy-notes.md).
+VERSIONS_PATH = "/config_dump?resource=dynamic_active_clusters&mask=cluster.name,last_updated"
+_SAMPLE = re.compile(r"^envoy_cluster_(\w+)\{([^}]*)\} (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class TrafficReading:
+    """One proxy's counters at one moment, or why they could not be read."""
+
+    node_id: str
+    envoy_admin: str | None
+    hosts: tuple[HostStats, ...] = ()
+    # (cluster, counter) -> value; the histogram as RQ_TIME + "_sum" / "_count" (ms)
+    clusters: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    built: Mapping[str, str] = field(default_factory=dict)  # cluster -> last_updated
+    error: str | None = None
+
+
+def parse_cluster_stats(text: str) -> dict[tuple[str, str], float]:
+    """(cluster, counter) -> value from Envoy's Prometheus text; other lines are ignored."""
+    wanted = {*CLUSTER_COUNTERS, f"{RQ_TIME}_sum", f"{RQ_TIME}_count"}
+    values: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or match.group(1) not in wanted:
+            continue
+        labels = dict(_LABEL.findall(match.group(2)))
+        if "envoy_cluster_name" in labels:
+            values[(labels["envoy_cluster_name"], match.group(1))] = float(match.group(3))
+    return values
+
+
+def parse_cluster_builds(document: object) -> dict[str, str]:
+    """cluster -> last_updated from a masked `/config_dump` of the active clusters."""
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    return {
+        entry["cluster"]["name"]: str(entry.get("last_updated", ""))
+        for entry in document.get("configs", [])
+        if "name" in entry.get("cluster", {})
+    }
+
+
+async def read_traffic(
+    session: aiohttp.ClientSession, node_id: str, envoy_admin: str | None
+) -> TrafficReading:
+    """Hosts, cluster counters and cluster build times of one proxy, read concurrently."""
+    if not envoy_admin:
+        return TrafficReading(node_id, envoy_admin, error="no admin_address in node metadata")
+    base = f"http://{envoy_admin}"
+    try:
+        hosts, stats, builds = await asyncio.gather(
+            _get(session, base + CLUSTERS_PATH),
+            _get(session, base + STATS_PATH),
+            _get(session, base + VERSIONS_PATH),
+        )
+        return TrafficReading(
+            node_id,
+            envoy_admin,
+            hosts=parse_clusters(json.loads(hosts)),
+            clusters=parse_cluster_stats(stats),
+            built=parse_cluster_builds(json.loads(builds)),
+        )
+    except TimeoutError:
+        return TrafficReading(node_id, envoy_admin, error="no answer within the read timeout")
+    except (aiohttp.ClientError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return TrafficReading(node_id, envoy_admin, error=f"{type(error).__name__}: {error}")
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> str:
+    async with session.get(url) as response:
+        text = await response.text()
+        if response.status != 200:
+            raise ValueError(f"HTTP {response.status} from {url}")
+        return text
+
+
+async def read_traffic_of(
+    proxies: Iterable[ProxyStatus], timeout_s: float = READ_TIMEOUT_S
+) -> list[TrafficReading]:
+    """`read_traffic` of every given proxy concurrently, bounded by ~timeout_s."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        return list(
+            await asyncio.gather(
+                *(read_traffic(session, p.node_id, p.envoy_admin) for p in proxies)
+            )
+        )

@@ -31,13 +31,15 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 
 from xds_server.model import Backend, Health, Intent, Service, SocketAddress
+from xds_server.model import Protocol as ServiceProtocol
 from xds_server.store import IntentStore
 
 log = logging.getLogger("xds_server.health")
@@ -62,6 +64,17 @@ class ProbeResult:
 
 
 Prober = Callable[[Backend], Awaitable[ProbeResult]]
+
+
+class HealthObserver(Protocol):
+    """What the checker reports (metrics, failover timing); called synchronously,
+    after the verdict is written and the publisher marked dirty."""
+
+    def probed(self, name: str, result: ProbeResult) -> None: ...
+
+    def verdict_changed(
+        self, name: str, previous: Health, current: Health, result: ProbeResult
+    ) -> None: ...
 
 
 @dataclass
@@ -149,6 +162,15 @@ def new_session() -> aiohttp.ClientSession:
 Target = tuple[str, int, str]  # what a probe talks to: address, port, health path
 
 
+def probed_backends(intent: Intent) -> dict[str, Backend]:
+    """Backends the HTTP prober can judge. A gRPC-only backend never answers an
+    HTTP GET of its health path, and a verdict from that would remove it from
+    EDS; it stays UNKNOWN, which Envoy and gRPC clients route to."""
+    return {
+        b.name: b for s in intent.services if s.protocol is ServiceProtocol.HTTP for b in s.backends
+    }
+
+
 def _target(backend: Backend) -> Target:
     return backend.address, backend.port, backend.health_path
 
@@ -171,8 +193,10 @@ class HealthChecker:
         *,
         prober: Prober | None = None,
         rng: random.Random | None = None,
+        observers: Sequence[HealthObserver] = (),
     ) -> None:
         self.policy = policy
+        self.observers = list(observers)
         self.states: dict[str, BackendHealth] = {}
         self._store = store
         self._verdicts = verdicts
@@ -213,7 +237,7 @@ class HealthChecker:
                 await self._intent_changed.wait()
 
     def _reconcile(self, intent: Intent, tasks: asyncio.TaskGroup, prober: Prober) -> None:
-        wanted = {b.name: b for b in intent.backends()}
+        wanted = probed_backends(intent)
         for name, probing in list(self._probing.items()):
             backend = wanted.get(name)
             if name in self._held and backend is not None:
@@ -249,11 +273,31 @@ class HealthChecker:
 
     def _apply(self, name: str, result: ProbeResult) -> None:
         state = self.states.get(name)
-        if state is None or not state.record(result, self.policy):
+        if state is None:
+            return
+        previous = state.verdict
+        changed = state.record(result, self.policy)
+        self._tell("probed", name, result)
+        if not changed:
             return
         self._verdicts[name] = state.verdict
-        log.info("backend %s is %s (%s)", name, state.verdict, result.error or "probe passed")
+        log.info(
+            "backend %s is %s (%s)",
+            name,
+            state.verdict,
+            result.error or "probe passed",
+            extra={"backend": name, "verdict": str(state.verdict)},
+        )
         self._on_change()
+        self._tell("verdict_changed", name, previous, state.verdict, result)
+
+    def _tell(self, hook: str, *args: object) -> None:
+        # An observer that fails is logged; it must not end the probe loop.
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(*args)
+            except Exception:
+                log.exception("health observer %r failed in %s", observer, hook)
 
 
 async def _safely(prober: Prober, backend: Backend) -> ProbeResult:

@@ -1,27 +1,38 @@
-"""Controller metrics for Prometheus.
+"""Controller metrics for Prometheus, served at the admin API's /metrics.
 
-The registry is passed in (style.md, item 10). Events are counted by an
-XdsObserver; state (connected proxies, open streams, generation) is read by a
-collector at scrape time, so nothing can drift from the truth.
+The registry is passed in (style.md, item 10). Events are counted by
+observers: XdsMetrics of the protocol engine, HealthMetrics of the probes,
+AdminMetrics of admin requests (an aiohttp middleware in admin/metrics.py).
+State (connected proxies, open streams, generation, backend verdicts) is read
+by a collector at scrape time, so nothing can drift from the truth.
 Push-to-ACK is measured to the ACK, not to the send.
+
+Every labelled counter that can stay at zero (NACKs above all) is created
+for each known label value at start, so a dashboard shows 0, not "no data".
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from xds_server.health import ProbeResult
+from xds_server.model import Health
 from xds_server.resources import SHORT_NAMES
 from xds_server.xds.observe import StreamInfo
+from xds_server.xds.status import ProxyStatus
 
 PREFIX = "xds_server"
 CONVERGENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15)
 BUILD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+ADMIN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60)
+STREAM_KINDS = ("ads", "cds", "eds", "lds", "rds")
 
 
 def _short(type_url: str) -> str:
@@ -59,6 +70,11 @@ class XdsMetrics:
             registry=registry,
         )
         self._sent_at: dict[tuple[int, str], float] = {}
+        for short in SHORT_NAMES.values():
+            for counter in (self.responses, self.acks, self.nacks, self.stale):
+                counter.labels(short)
+        for kind in STREAM_KINDS:
+            self.streams.labels(kind)
 
     def stream_opened(self, info: StreamInfo) -> None:
         self.streams.labels(info.kind).inc()
@@ -107,6 +123,63 @@ class PublishMetrics:
         self.build.observe(seconds)
 
 
+class HealthMetrics:
+    """Probe durations and outcomes per backend; a HealthObserver."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(
+            f"{PREFIX}_probe_duration_seconds",
+            "duration of one health probe (connect included), pass or fail",
+            ["backend"],
+            buckets=PROBE_BUCKETS,
+            registry=registry,
+        )
+        self.probes = Counter(
+            f"{PREFIX}_probes",
+            "health probes by outcome",
+            ["backend", "result"],
+            registry=registry,
+        )
+        self.changes = Counter(
+            f"{PREFIX}_health_verdict_changes",
+            "health verdict changes by the verdict reached",
+            ["backend", "verdict"],
+            registry=registry,
+        )
+
+    def probed(self, name: str, result: ProbeResult) -> None:
+        self.duration.labels(name).observe(result.elapsed_s)
+        self.probes.labels(name, "pass" if result.ok else "fail").inc()
+
+    def verdict_changed(
+        self, name: str, previous: Health, current: Health, result: ProbeResult
+    ) -> None:
+        self.changes.labels(name, str(current)).inc()
+
+
+class AdminMetrics:
+    """Admin API requests by route template (never the raw path: unbounded), method, status."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            f"{PREFIX}_admin_requests",
+            "admin API requests answered",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            f"{PREFIX}_admin_request_duration_seconds",
+            "time to answer an admin API request",
+            ["route", "method"],
+            buckets=ADMIN_BUCKETS,
+            registry=registry,
+        )
+
+    def answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.duration.labels(route, method).observe(seconds)
+
+
 @dataclass(frozen=True)
 class StateReaders:
     """Where the scrape-time collector reads the controller's state."""
@@ -115,6 +188,8 @@ class StateReaders:
     connected_proxies: Callable[[], int]
     open_streams: Callable[[], int]
     nacked_proxies: Callable[[], int]
+    # (service, backend, verdict) for every backend of the current intent
+    backend_verdicts: Callable[[], Iterable[tuple[str, str, Health]]]
 
 
 class StateCollector(Collector):
@@ -135,3 +210,38 @@ class StateCollector(Collector):
             "connected proxies whose latest response of some type was rejected",
             r.nacked_proxies(),
         )
+        yield self._backends()
+
+    def _backends(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            f"{PREFIX}_backend_healthy",
+            "controller probe verdict: 1 healthy, 0 unhealthy or not probed yet",
+            labels=["service", "backend"],
+        )
+        for service, backend, verdict in self._readers.backend_verdicts():
+            family.add_metric([service, backend], 1.0 if verdict is Health.HEALTHY else 0.0)
+        return family
+
+
+def rejecting(proxies: Iterable[ProxyStatus]) -> int:
+    """Proxies whose latest response of some type was NACKed (nothing newer sent since)."""
+    return sum(
+        1
+        for p in proxies
+        if any(
+            s.last_nack is not None and s.last_nack.version == s.version_sent
+            for s in p.types.values()
+        )
+    )
+
+
+class ControllerMetrics:
+    """Every controller metric, registered in the one registry passed in."""
+
+    def __init__(self, registry: CollectorRegistry, readers: StateReaders) -> None:
+        self.registry = registry
+        self.xds = XdsMetrics(registry)
+        self.publish = PublishMetrics(registry)
+        self.health = HealthMetrics(registry)
+        self.admin = AdminMetrics(registry)
+        registry.register(StateCollector(readers))

@@ -24,6 +24,15 @@ class Strategy(StrEnum):
     MAGLEV = "maglev"
 
 
+class Protocol(StrEnum):
+    """What a service's backends speak, and so which clients it is built for."""
+
+    HTTP = "http"  # routed by Envoy on the router listener
+    # Also served to proxyless gRPC clients (target xds:///<service name>): an
+    # API listener and route configuration named after the service.
+    GRPC = "grpc"
+
+
 class Health(StrEnum):
     """A backend's health verdict as the controller sees it."""
 
@@ -63,7 +72,8 @@ class Service:
     """A routed service: URL prefixes in, a set of backends out.
 
     `group` only groups services for display (the spec shows phi3, hermes and
-    mixtral under "external"); it defaults to the service name.
+    mixtral under "external"); it defaults to the service name. A gRPC service
+    may have no routes: then only proxyless gRPC clients reach it.
     """
 
     name: str
@@ -72,6 +82,7 @@ class Service:
     strategy: Strategy | None = None  # None: the intent's default strategy
     group: str = ""
     hash_header: str = "x-session-id"  # hash key of ring_hash and maglev
+    protocol: Protocol = Protocol.HTTP
 
     @property
     def display_group(self) -> str:

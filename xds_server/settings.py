@@ -27,7 +27,8 @@ from typing import Any
 import yaml
 
 from xds_server.errors import ConfigError, Problem
-from xds_server.model import Backend, Intent, Policies, Service, SocketAddress, Strategy
+from xds_server.model import Backend, Intent, Policies, Protocol, Service, SocketAddress, Strategy
+from xds_server.translate.grpc import grpc_problems
 
 EMBEDDED_DEFAULTS: Path = Path(__file__).parent / "defaults" / "router_config.yaml"
 EMBEDDED_SOURCE = "<embedded defaults>"
@@ -134,6 +135,13 @@ def _strategy(value: object) -> Strategy:
     if not isinstance(value, str) or value not in {s.value for s in Strategy}:
         raise InvalidValue(f"must be one of {allowed}, got {_show(value)}")
     return Strategy(value)
+
+
+def _protocol(value: object) -> Protocol:
+    allowed = ", ".join(p.value for p in Protocol)
+    if not isinstance(value, str) or value not in {p.value for p in Protocol}:
+        raise InvalidValue(f"must be one of {allowed}, got {_show(value)}")
+    return Protocol(value)
 
 
 def _header_name(value: object) -> str:
@@ -334,9 +342,10 @@ _SERVICE_SCALARS: dict[str, Convert] = {
     "strategy": _strategy,
     "group": _name,
     "hash_header": _header_name,
+    "protocol": _protocol,
 }
 _SERVICE_KEYS = (*_SERVICE_SCALARS, "routes", "backends")
-_SERVICE_REQUIRED = ("name", "routes", "backends")
+_SERVICE_REQUIRED = ("name", "backends")  # and routes, unless the service is grpc
 
 _BACKEND_SCALARS: dict[str, Convert] = {
     "name": _name,
@@ -492,11 +501,29 @@ def _parse_service(problems: list[Problem], path: str, raw: object, seen: _Seen)
     fields = _scalars(problems, path, item, _SERVICE_SCALARS)
     if "name" in fields:
         seen.claim(problems, f"{path}.name", "service name", fields["name"])
-    if "routes" in item:
-        fields["routes"] = _parse_routes(problems, f"{path}.routes", item["routes"], seen)
+    _service_routes(problems, path, item, fields, seen)
     if "backends" in item:
         fields["backends"] = _parse_backends(problems, f"{path}.backends", item["backends"], seen)
     return Service(**fields) if len(problems) == before else None
+
+
+def _service_routes(
+    problems: list[Problem],
+    path: str,
+    item: Mapping[str, object],
+    fields: dict[str, Any],
+    seen: _Seen,
+) -> None:
+    """A gRPC service may have no routes (`[]` or none): only proxyless gRPC
+    clients reach it then, not Envoy."""
+    grpc = fields.get("protocol") is Protocol.GRPC
+    raw = item.get("routes", [] if grpc else None)
+    if grpc and raw == []:
+        fields["routes"] = ()
+    elif "routes" in item:
+        fields["routes"] = _parse_routes(problems, f"{path}.routes", raw, seen)
+    else:
+        problems.append(Problem(f"{path}.routes", "required (only grpc services may omit it)"))
 
 
 def _parse_routes(problems: list[Problem], path: str, raw: object, seen: _Seen) -> tuple[str, ...]:
@@ -581,7 +608,13 @@ def parse_settings(document: object, environ: Mapping[str, str], source: str) ->
     services = _parse_services(problems, top["services"]) if top and "services" in top else ()
     if problems:
         raise ConfigError(problems)
-    return _build(router, services, source)
+    settings = _build(router, services, source)
+    # Needs the whole intent (a service may inherit router.strategy), so it
+    # runs once everything else is valid; the translator checks the same.
+    problems = grpc_problems(settings.intent)
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
 def _build(values: Mapping[str, Any], services: tuple[Service, ...], source: str) -> Settings:

@@ -11,7 +11,7 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -20,7 +20,8 @@ from google.protobuf import json_format
 
 from xds_server.model import SocketAddress
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
-from xds_server.translate.common import address_of
+from xds_server.translate.common import address_of, socket_address
+from xds_server.translate.listeners import HCM_FILTER
 
 
 def static_bootstrap(resources: Resources, admin: SocketAddress) -> dict[str, Any]:
@@ -51,6 +52,8 @@ def _static_cluster(cluster: Any, endpoints: Any) -> cluster_pb2.Cluster:
 def _static_listener(listener: Any, route_configs: Any) -> listener_pb2.Listener:
     static = listener_pb2.Listener()
     static.CopyFrom(listener)
+    if static.HasField("api_listener"):
+        static = _served_api_listener(static)
     for chain in static.filter_chains:
         for network_filter in chain.filters:
             hcm = hcm_pb2.HttpConnectionManager()
@@ -60,6 +63,26 @@ def _static_listener(listener: Any, route_configs: Any) -> listener_pb2.Listener
                 hcm.route_config.CopyFrom(routes)
                 network_filter.typed_config.Pack(hcm)
     return static
+
+
+def _served_api_listener(listener: listener_pb2.Listener) -> listener_pb2.Listener:
+    """A proxyless gRPC client's API listener, as an ordinary listener on a
+    loopback port, so that Envoy checks its connection manager and routes.
+    (Envoy's server build has no API listener extension; over LDS it skips
+    API listeners with a warning.)"""
+    return listener_pb2.Listener(
+        name=listener.name,
+        address=socket_address("127.0.0.1", 0),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[
+                    listener_components_pb2.Filter(
+                        name=HCM_FILTER, typed_config=listener.api_listener.api_listener
+                    )
+                ]
+            )
+        ],
+    )
 
 
 def _dict(message: Any) -> dict[str, Any]:

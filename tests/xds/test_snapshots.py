@@ -15,6 +15,7 @@ import pytest
 from tests.xds.conftest import Harness, intent_of, names_of, with_backend, without_service
 from xds_server.cache import build_snapshot
 from xds_server.errors import InconsistentSnapshot
+from xds_server.model import Protocol
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.translate import translate
 
@@ -148,3 +149,18 @@ async def test_client_reporting_old_version_gets_new_content_after_restart(
     same: Harness = await make_harness()
     await same.publish(intent_of(2))
     assert same.snapshot.versions() == {t: r.version_info for t, r in held.items()}
+
+
+def test_api_listener_without_its_route_config_is_refused() -> None:
+    """Rule 25 for proxyless gRPC: an API listener's RDS name is checked too."""
+    intent = intent_of(2)
+    grpc_service = dataclasses.replace(intent.services[0], protocol=Protocol.GRPC)
+    resources = {
+        t: dict(m)
+        for t, m in translate(dataclasses.replace(intent, services=(grpc_service,))).items()
+    }
+    assert "svc-0" in resources[ROUTE]
+    del resources[ROUTE]["svc-0"]
+    with pytest.raises(InconsistentSnapshot) as refused:
+        build_snapshot(resources, 2)
+    assert "RouteConfiguration 'svc-0'" in str(refused.value)

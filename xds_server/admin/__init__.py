@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from xds_server.admin import backends, core, experiments, health, openapi, strategy
+from xds_server.admin import backends, core, experiments, health, metrics, openapi, strategy
 from xds_server.admin.api import RouteSet
 from xds_server.admin.context import CONTROLLER
 from xds_server.admin.errors import error_response, json_errors
@@ -27,13 +27,15 @@ ROUTE_SETS: tuple[RouteSet, ...] = (
     backends.routes,
     health.routes,
     experiments.routes,
+    metrics.routes,
     openapi.routes,
 )
 MUTATING_KEY: web.AppKey[set[tuple[str, str]]] = web.AppKey("mutating")
 
 
 def make_admin_app(controller: Controller) -> web.Application:
-    app = web.Application(middlewares=[json_errors, bearer_token_auth])
+    # Outermost first: the request counter sees the final status of every answer.
+    app = web.Application(middlewares=[metrics.count_requests, json_errors, bearer_token_auth])
     app[CONTROLLER] = controller
     app[MUTATING_KEY] = set()
     for route_set in ROUTE_SETS:

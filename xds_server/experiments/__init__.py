@@ -20,7 +20,14 @@ What both experiments promise (issue 4):
   bound within one poll (plus one admin read).
 """
 
-from xds_server.experiments.lab import FAILURE_MODES, Experiments, Limits
+from xds_server.experiments.lab import FAILURE_MODES, Experiments, Limits, Recorded
 from xds_server.experiments.runs import circuit_breaker_test, failover_test
 
-__all__ = ["FAILURE_MODES", "Experiments", "Limits", "circuit_breaker_test", "failover_test"]
+__all__ = [
+    "FAILURE_MODES",
+    "Experiments",
+    "Limits",
+    "Recorded",
+    "circuit_breaker_test",
+    "failover_test",
+]

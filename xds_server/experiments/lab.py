@@ -43,13 +43,24 @@ class Limits:
     failure: str | None = None  # None: http_503 if the backend has the control, else refused
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """One experiment's answer and when it was given (wall clock)."""
+
+    at: float
+    answer: dict[str, Any]
+
+
 class Experiments:
     """At most one experiment at a time; the last answers kept for other readers
     (the metrics API's failover figures)."""
 
     def __init__(self) -> None:
         self.running: str | None = None
-        self.results: deque[dict[str, Any]] = deque(maxlen=100)
+        self.results: deque[Recorded] = deque(maxlen=100)
+
+    def record(self, answer: dict[str, Any]) -> None:
+        self.results.append(Recorded(time.time(), answer))
 
     @contextlib.contextmanager
     def claim(self, kind: str) -> Iterator[None]:

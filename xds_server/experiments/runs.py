@@ -62,7 +62,7 @@ def lost(probes: Sequence[Probe]) -> list[Probe]:
 
 
 def remember(controller: Controller, result: dict[str, Any]) -> dict[str, Any]:
-    controller.experiments.results.append(result)
+    controller.experiments.record(result)
     return result
 
 

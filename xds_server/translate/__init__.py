@@ -1,26 +1,48 @@
 """The pure translator: intent + health verdicts -> Envoy resources.
 
 No I/O, no clock, no environment: equal inputs give equal resources on every
-replica, which is what makes content-hash versions meaningful.
+replica, which is what makes content-hash versions meaningful. A `Memory`
+(translate.memo) only saves work: the output is the same with or without it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+
+from google.protobuf.message import Message
 
 from xds_server.model import Health, Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 from xds_server.translate.clusters import clusters
 from xds_server.translate.endpoints import load_assignments
+from xds_server.translate.grpc import with_grpc_services
 from xds_server.translate.listeners import listeners
+from xds_server.translate.memo import Memory
 from xds_server.translate.routes import route_configurations
 
 
-def translate(intent: Intent, health: Mapping[str, Health] | None = None) -> Resources:
+def translate(
+    intent: Intent, health: Mapping[str, Health] | None = None, memory: Memory | None = None
+) -> Resources:
+    """With a `memory` kept across calls, builders whose inputs did not change
+    return their previous messages (the very same objects), which the cache
+    then does not serialize again."""
     verdicts = health or {}
+    memory = memory if memory is not None else Memory()
+    of_intent = memory.intent_types.get(
+        "", (intent,), functools.partial(_of_intent, intent, memory)
+    )
+    resources = {**of_intent, ENDPOINT: load_assignments(intent, verdicts, memory.assignments)}
+    memory.sweep()
+    # Proxyless gRPC clients: raises ConfigError for what they cannot take.
+    return with_grpc_services(intent, verdicts, resources)
+
+
+def _of_intent(intent: Intent, memory: Memory) -> dict[str, Mapping[str, Message]]:
+    """The types health does not affect."""
     return {
-        CLUSTER: clusters(intent),
-        ENDPOINT: load_assignments(intent, verdicts),
-        LISTENER: listeners(intent),
-        ROUTE: route_configurations(intent),
+        CLUSTER: clusters(intent, memory.clusters),
+        LISTENER: listeners(intent, memory.listeners),
+        ROUTE: route_configurations(intent, memory.service_routes, memory.route_configurations),
     }

@@ -8,15 +8,18 @@ limit (see ../shared/docs/envoy-notes.md, "Mapping of the spec").
 
 from __future__ import annotations
 
+import functools
+
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
-from xds_server.model import Intent, Policies, Service, Strategy
+from xds_server.model import Intent, Policies, Service, SocketAddress, Strategy
 from xds_server.resources import ADMIN_CLUSTER
 from xds_server.translate.common import address_of, ads_config_source, duration
+from xds_server.translate.memo import Memo
 
 CONNECT_TIMEOUT_S = 1.0
 
@@ -30,12 +33,19 @@ _LB_POLICIES = {
 }
 
 
-def clusters(intent: Intent) -> dict[str, cluster_pb2.Cluster]:
-    built = {
-        s.name: service_cluster(s, intent.strategy_of(s), intent.policies) for s in intent.services
-    }
-    built[ADMIN_CLUSTER] = admin_cluster(intent)
+def clusters(intent: Intent, memo: Memo[cluster_pb2.Cluster]) -> dict[str, cluster_pb2.Cluster]:
+    built = {s.name: _service_cluster(s, intent, memo) for s in intent.services}
+    built[ADMIN_CLUSTER] = memo.get(
+        ADMIN_CLUSTER, (intent.admin,), functools.partial(admin_cluster, intent.admin)
+    )
     return built
+
+
+def _service_cluster(
+    service: Service, intent: Intent, memo: Memo[cluster_pb2.Cluster]
+) -> cluster_pb2.Cluster:
+    arguments = (service, intent.strategy_of(service), intent.policies)
+    return memo.get(service.name, arguments, functools.partial(service_cluster, *arguments))
 
 
 def service_cluster(
@@ -105,7 +115,7 @@ def outlier_detection(policies: Policies) -> outlier_detection_pb2.OutlierDetect
     )
 
 
-def admin_cluster(intent: Intent) -> cluster_pb2.Cluster:
+def admin_cluster(admin: SocketAddress) -> cluster_pb2.Cluster:
     """The controller's admin API behind the same listener, at a fixed address."""
     return cluster_pb2.Cluster(
         name=ADMIN_CLUSTER,
@@ -118,7 +128,7 @@ def admin_cluster(intent: Intent) -> cluster_pb2.Cluster:
                     lb_endpoints=[
                         endpoint_components_pb2.LbEndpoint(
                             endpoint=endpoint_components_pb2.Endpoint(
-                                address=address_of(intent.admin), hostname=ADMIN_CLUSTER
+                                address=address_of(admin), hostname=ADMIN_CLUSTER
                             )
                         )
                     ]

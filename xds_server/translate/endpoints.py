@@ -7,6 +7,8 @@ P0 takes traffic, P1 only when P0 is short of healthy hosts (failover).
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping
 from itertools import groupby
 
@@ -16,7 +18,9 @@ from google.protobuf import wrappers_pb2
 
 from xds_server.model import Backend, Health, Intent, Service, Strategy
 from xds_server.translate.common import socket_address
+from xds_server.translate.memo import Memo
 
+_NAME = operator.attrgetter("name")
 _HEALTH: dict[Health, int] = {
     Health.UNKNOWN: health_check_pb2.UNKNOWN,  # Envoy routes to UNKNOWN hosts
     Health.HEALTHY: health_check_pb2.HEALTHY,
@@ -25,12 +29,27 @@ _HEALTH: dict[Health, int] = {
 
 
 def load_assignments(
-    intent: Intent, health: Mapping[str, Health]
+    intent: Intent, health: Mapping[str, Health], memo: Memo[endpoint_pb2.ClusterLoadAssignment]
 ) -> dict[str, endpoint_pb2.ClusterLoadAssignment]:
-    return {
-        s.name: load_assignment(s, intent.strategy_of(s) is Strategy.WEIGHTED, health)
-        for s in intent.services
-    }
+    return {s.name: _load_assignment(s, intent, health, memo) for s in intent.services}
+
+
+def _load_assignment(
+    service: Service,
+    intent: Intent,
+    health: Mapping[str, Health],
+    memo: Memo[endpoint_pb2.ClusterLoadAssignment],
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Remembered per service: of the health map, load_assignment reads only
+    the verdicts of this service's backends, so those are the arguments. A
+    health flip rebuilds one assignment."""
+    weighted = intent.strategy_of(service) is Strategy.WEIGHTED
+    verdicts = tuple(map(health.get, map(_NAME, service.backends)))  # C loops: 10k backends
+    return memo.get(
+        service.name,
+        (service, weighted, verdicts),
+        functools.partial(load_assignment, service, weighted, health),
+    )
 
 
 def load_assignment(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from envoy.config.core.v3 import protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -9,22 +11,26 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from xds_server.model import Intent
+from xds_server.model import Intent, SocketAddress
 from xds_server.resources import LISTENER_NAME, ROUTE_CONFIG_NAME
 from xds_server.translate.common import address_of, ads_config_source, packed
+from xds_server.translate.memo import Memo
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
 
 
-def listeners(intent: Intent) -> dict[str, listener_pb2.Listener]:
-    return {LISTENER_NAME: router_listener(intent)}
+def listeners(
+    intent: Intent, memo: Memo[listener_pb2.Listener]
+) -> dict[str, listener_pb2.Listener]:
+    build = functools.partial(router_listener, intent.listen)
+    return {LISTENER_NAME: memo.get(LISTENER_NAME, (intent.listen,), build)}
 
 
-def router_listener(intent: Intent) -> listener_pb2.Listener:
+def router_listener(listen: SocketAddress) -> listener_pb2.Listener:
     return listener_pb2.Listener(
         name=LISTENER_NAME,
-        address=address_of(intent.listen),
+        address=address_of(listen),
         filter_chains=[
             listener_components_pb2.FilterChain(
                 filters=[

@@ -7,6 +7,9 @@ retries (its calls are not idempotent).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
+
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
@@ -18,6 +21,7 @@ from google.protobuf import wrappers_pb2
 from xds_server.model import Intent, Policies, Service
 from xds_server.resources import ADMIN_CLUSTER, ADMIN_PREFIX, OVERALL_HEALTH_PATH, ROUTE_CONFIG_NAME
 from xds_server.translate.common import duration, packed
+from xds_server.translate.memo import Memo
 
 # What a retry is for: a refused or reset connection and any 5xx. Together with
 # the previous-host predicate this is what made a SIGKILLed backend cost no
@@ -27,28 +31,49 @@ HOST_SELECTION_ATTEMPTS = 5
 ADMIN_TIMEOUT_S = 120.0
 
 
-def route_configurations(intent: Intent) -> dict[str, route_pb2.RouteConfiguration]:
-    return {ROUTE_CONFIG_NAME: route_configuration(intent)}
+def route_configurations(
+    intent: Intent,
+    per_service: Memo[list[tuple[str, rc_pb2.Route]]],
+    memo: Memo[route_pb2.RouteConfiguration],
+) -> dict[str, route_pb2.RouteConfiguration]:
+    """Each service's routes are remembered on (service, policies); the whole
+    configuration on the routes themselves, so a change to a service that
+    leaves its routes equal (a backend's weight or port) reuses it."""
+    by_service = tuple(
+        per_service.get(
+            s.name,
+            (s, intent.policies),
+            functools.partial(service_routes, s, intent.policies),
+        )
+        for s in intent.services
+    )
+    build = functools.partial(route_configuration, by_service)
+    return {ROUTE_CONFIG_NAME: memo.get(ROUTE_CONFIG_NAME, by_service, build)}
 
 
-def route_configuration(intent: Intent) -> route_pb2.RouteConfiguration:
+def route_configuration(
+    by_service: Iterable[list[tuple[str, rc_pb2.Route]]],
+) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
-            rc_pb2.VirtualHost(name=ROUTE_CONFIG_NAME, domains=["*"], routes=routes(intent))
+            rc_pb2.VirtualHost(name=ROUTE_CONFIG_NAME, domains=["*"], routes=routes(by_service))
         ],
     )
 
 
-def routes(intent: Intent) -> list[rc_pb2.Route]:
+def service_routes(service: Service, policies: Policies) -> list[tuple[str, rc_pb2.Route]]:
+    """(prefix, route) for every prefix of the service."""
+    return [(prefix, service_route(prefix, service, policies)) for prefix in service.routes]
+
+
+def routes(by_service: Iterable[list[tuple[str, rc_pb2.Route]]]) -> list[rc_pb2.Route]:
     """Envoy takes the first match, so longer prefixes go first."""
-    service_routes = [
-        (prefix, service_route(prefix, s, intent.policies))
-        for s in intent.services
-        for prefix in s.routes
-    ]
-    service_routes.sort(key=lambda pair: (-len(pair[0]), pair[0]))
-    return [*admin_routes(), *(route for _, route in service_routes)]
+    ordered = sorted(
+        (pair for pairs in by_service for pair in pairs),
+        key=lambda pair: (-len(pair[0]), pair[0]),
+    )
+    return [*admin_routes(), *(route for _, route in ordered)]
 
 
 def admin_routes() -> list[rc_pb2.Route]:

@@ -109,6 +109,7 @@ class DeltaStream(
             self._report_answer(type_url, request, state.version_sent, state.evaluated_generation)
         # ...but rule 9: subscription changes count whatever the nonce.
         state.apply(request, first, self._legacy_wildcard)
+        self._interest(type_url, state.names, state.wildcard)
         self._wake.set()
 
     # ---- responses -----------------------------------------------------------

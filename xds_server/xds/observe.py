@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from xds_server.resources import SHORT_NAMES
-
 log = logging.getLogger("xds_server.xds")
 
 
@@ -52,7 +50,14 @@ class XdsObserver(Protocol):
 
 class Observers:
     """Calls every registered observer in order; one failing observer is logged,
-    never allowed to break the stream."""
+    never allowed to break the stream.
+
+    Optional hook, called only on observers that define it:
+    `notified(info, type_url, generation)`: a published snapshot changed
+    resources this stream subscribes to, so this type owes its client an
+    answer for `generation`. Streams a snapshot does not concern hear nothing
+    (per-name watches, issue 6); ProxyRegistry needs it to know who is behind.
+    """
 
     def __init__(self, observers: Sequence[XdsObserver] = ()) -> None:
         self._observers = list(observers)
@@ -62,44 +67,10 @@ class Observers:
 
     def emit(self, hook: str, *args: object) -> None:
         for observer in self._observers:
+            method = getattr(observer, hook, None)
+            if method is None:
+                continue  # an optional hook this observer does not take
             try:
-                getattr(observer, hook)(*args)
+                method(*args)
             except Exception:
                 log.exception("observer %r failed in %s", observer, hook)
-
-
-class LoggingObserver:
-    """xDS events as log records carrying proxy id and version."""
-
-    def stream_opened(self, info: StreamInfo) -> None:
-        log.info("stream %d opened (%s) by %s", info.stream_id, info.kind, info.node_id)
-
-    def stream_closed(self, info: StreamInfo) -> None:
-        log.info("stream %d closed (%s) by %s", info.stream_id, info.kind, info.node_id)
-
-    def response_sent(
-        self, info: StreamInfo, type_url: str, version: str, names: Sequence[str], generation: int
-    ) -> None:
-        log.debug(
-            "sent %s version %s (%d resources) to %s",
-            SHORT_NAMES.get(type_url, type_url),
-            version,
-            len(names),
-            info.node_id,
-        )
-
-    def acked(self, info: StreamInfo, type_url: str, version: str, generation: int) -> None:
-        log.debug("%s ACKed %s version %s", info.node_id, SHORT_NAMES.get(type_url), version)
-
-    def nacked(
-        self, info: StreamInfo, type_url: str, version: str, message: str, generation: int
-    ) -> None:
-        log.warning(
-            "%s NACKed %s version %s: %s", info.node_id, SHORT_NAMES.get(type_url), version, message
-        )
-
-    def up_to_date(self, info: StreamInfo, type_url: str, generation: int) -> None:
-        pass
-
-    def stale_nonce(self, info: StreamInfo, type_url: str) -> None:
-        log.debug("%s sent a stale nonce for %s", info.node_id, SHORT_NAMES.get(type_url))

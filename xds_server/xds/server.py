@@ -22,6 +22,7 @@ from envoy.service.route.v3 import rds_pb2_grpc
 
 from xds_server.cache import SnapshotCache
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.xds import csds
 from xds_server.xds.delta import DeltaStream
 from xds_server.xds.observe import Observers
 from xds_server.xds.sotw import SotwStream
@@ -179,7 +180,8 @@ _SERVICES = (
 
 
 def build_server(engine: XdsEngine) -> grpc.aio.Server:
-    """Every SotW and Delta service; the unary Fetch methods stay UNIMPLEMENTED."""
+    """Every SotW and Delta service, and CSDS; the unary xDS Fetch methods stay
+    UNIMPLEMENTED."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     for base, sotw_method, delta_method, kind, type_url, add in _SERVICES:
         methods = {
@@ -187,6 +189,7 @@ def build_server(engine: XdsEngine) -> grpc.aio.Server:
             delta_method: _stream_handler(f"{kind}-delta", type_url, delta=True),
         }
         add(type(base.__name__, (_Servicer, base), methods)(engine), server)
+    csds.add_to_server(engine, server)  # what each client was sent, ACKed, NACKed
     return server
 
 

@@ -83,6 +83,7 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
         elif request.response_nonce == state.nonce:
             self._settle(state, request)
         state.subscribe(request.resource_names, self._legacy_wildcard)
+        self._interest(type_url, state.names, state.wildcard)
         self._wake.set()
 
     def _settle(self, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> None:

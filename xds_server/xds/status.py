@@ -29,6 +29,9 @@ class TypeStatus:
     version_sent: str | None = None
     version_acked: str | None = None
     synced_generation: int = 0
+    # Latest generation that concerned this type: its stream was woken for it
+    # (the optional `notified` hook) or sent a response built from it.
+    notified_generation: int = 0
     last_nack: Nack | None = None
     sent_at: float | None = None  # monotonic, of the response awaiting its ACK
     responses: int = 0
@@ -98,6 +101,7 @@ class ProxyRegistry:
     ) -> None:
         status = self._type(info, type_url)
         status.version_sent = version
+        status.notified_generation = max(status.notified_generation, generation)
         status.responses += 1
         status.sent_at = time.monotonic()
 
@@ -129,6 +133,10 @@ class ProxyRegistry:
     def stale_nonce(self, info: StreamInfo, type_url: str) -> None:
         self._type(info, type_url).stale_nonces += 1
 
+    def notified(self, info: StreamInfo, type_url: str, generation: int) -> None:
+        status = self._type(info, type_url)
+        status.notified_generation = max(status.notified_generation, generation)
+
     def failures(self, generation: int) -> list[ApplyFailure]:
         """Proxies that rejected some response at or after `generation`."""
         return [
@@ -143,7 +151,7 @@ class ProxyRegistry:
         return [
             p.node_id
             for p in self.connected()
-            if any(s.synced_generation < generation for s in p.types.values())
+            if any(_behind(s, generation) for s in p.types.values())
         ]
 
     async def wait_until_applied(self, generation: int, timeout_s: float) -> list[ApplyFailure]:
@@ -180,6 +188,21 @@ class ProxyRegistry:
         self._changed = asyncio.Event()
 
 
+def _behind(status: TypeStatus, generation: int) -> bool:
+    """A response awaits its ACK, or a change up to `generation` that concerns
+    this type is neither ACKed (or found already held) nor NACKed. Changes
+    that concern a stream's subscriptions are the only ones it hears of
+    (per-name watches), so a type no snapshot concerned since its last sync
+    is current as it is."""
+    if status.sent_at is not None:
+        return True
+    owed = min(generation, status.notified_generation)
+    if status.synced_generation >= owed:
+        return False
+    nack = status.last_nack
+    return nack is None or nack.generation < owed  # a NACK settles it (rule 7)
+
+
 def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
@@ -190,6 +213,7 @@ def _type_json(status: TypeStatus) -> dict[str, object]:
         "version_sent": status.version_sent,
         "version_acked": status.version_acked,
         "synced_generation": status.synced_generation,
+        "notified_generation": status.notified_generation,
         "responses": status.responses,
         "acks": status.acks,
         "nacks": status.nacks,

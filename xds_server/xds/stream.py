@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import Set as AbstractSet
 from typing import Any, Generic, TypeVar
 
-from xds_server.cache import Resource, SnapshotCache
+from xds_server.cache import Resource, SnapshotCache, Watch
 from xds_server.resources import CLUSTER, LISTENER
 from xds_server.xds.observe import Observers, StreamInfo
 
@@ -55,6 +56,8 @@ class XdsStream(Generic[Request, Response]):
         self._legacy_wildcard = legacy_wildcard
         self._on_clusters_changed = on_clusters_changed
         self._wake = asyncio.Event()
+        self._watch: Watch | None = None  # while serving
+        self.wakeups = 0  # times the writer woke up, for tests and benchmarks
         self._done = False
         self._error: Exception | None = None
         self._nonces = itertools.count(1)
@@ -63,12 +66,13 @@ class XdsStream(Generic[Request, Response]):
     # ---- the stream's life ---------------------------------------------------
 
     async def serve(self, requests: AsyncIterator[Request]) -> AsyncGenerator[Response, None]:
-        unwatch = self._cache.watch(self._wake.set)
+        watch = self._watch = self._cache.watch(self._snapshot_changed)
         reader = asyncio.create_task(self._read(requests))
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                self.wakeups += 1
                 if self._error is not None:
                     # Drop our reference: the error's traceback holds this
                     # stream's frames, and a cycle would outlive the stream.
@@ -80,7 +84,7 @@ class XdsStream(Generic[Request, Response]):
                     yield response
         finally:
             # Rule 31: a closed stream releases its watch, its task and its status.
-            unwatch()
+            watch.close()
             try:
                 await _stop(reader)
             finally:
@@ -100,6 +104,25 @@ class XdsStream(Generic[Request, Response]):
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def pending(self) -> bool:
+        """Woken, and the writer has not yet taken it up."""
+        return self._wake.is_set()
+
+    def _snapshot_changed(self, types: AbstractSet[str], generation: int) -> None:
+        """The cache calls this only when `generation` changed names this
+        stream subscribes to (per-name watches, issue 6 item 2): the writer
+        wakes and these types owe the client an answer for `generation`."""
+        if self.info is not None:
+            for type_url in types:
+                self._observers.emit("notified", self.info, type_url, generation)
+        self._wake.set()
+
+    def _interest(self, type_url: str, names: AbstractSet[str], wildcard: bool) -> None:
+        """Tell the cache what this stream now subscribes to for `type_url`."""
+        if self._watch is not None:
+            self._watch.subscribe(type_url, names, wildcard)
 
     def handle_request(self, request: Request) -> None:
         raise NotImplementedError

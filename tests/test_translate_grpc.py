@@ -1,0 +1,166 @@
+"""`protocol: grpc` services: the settings that declare them, the validation
+that refuses what gRPC clients cannot take, and the resources built for them."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
+from xds_server.admin.strategy import StrategyRequest, set_strategy
+from xds_server.cache import build_snapshot
+from xds_server.errors import ConfigError
+from xds_server.model import Intent, Protocol, Strategy
+from xds_server.publisher import translate_or_raise
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.settings import parse_settings
+from xds_server.translate import translate
+from xds_server.translate.listeners import ROUTER_FILTER
+
+
+def document(*services: dict[str, Any], strategy: str = "round_robin") -> dict[str, Any]:
+    return {"router": {"strategy": strategy}, "services": list(services)}
+
+
+def grpc_service(name: str = "greeter", **keys: Any) -> dict[str, Any]:
+    backends = [
+        {"name": f"{name}-a", "address": "127.0.0.1", "port": 50051},
+        {"name": f"{name}-b", "address": "127.0.0.1", "port": 50052},
+    ]
+    return {"name": name, "protocol": "grpc", "backends": backends, **keys}
+
+
+def http_service(name: str = "web", **keys: Any) -> dict[str, Any]:
+    backends = [{"name": f"{name}-a", "address": "127.0.0.1", "port": 9001}]
+    return {"name": name, "routes": [f"/{name}/"], "backends": backends, **keys}
+
+
+def intent_of(*services: dict[str, Any], strategy: str = "round_robin") -> Intent:
+    return parse_settings(document(*services, strategy=strategy), {}, "test").intent
+
+
+def problems(doc: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(doc, {}, "test")
+    return {p.path: p.message for p in raised.value.problems}
+
+
+# ---- settings and validation ---------------------------------------------------------
+
+
+def test_grpc_service_needs_no_routes_but_http_does() -> None:
+    """A gRPC service without routes serves only proxyless clients; an HTTP
+    service still needs its routes, and protocol takes only http or grpc."""
+    intent = intent_of(grpc_service(), grpc_service("echo", routes=[]))
+    assert [(s.protocol, s.routes) for s in intent.services] == [(Protocol.GRPC, ())] * 2
+    assert intent_of(http_service()).services[0].protocol is Protocol.HTTP
+    web = http_service()
+    del web["routes"]
+    assert problems(document(web)) == {
+        "services[0].routes": "required (only grpc services may omit it)"
+    }
+    assert "services[0].protocol" in problems(document(grpc_service(protocol="h2")))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "reason"),
+    [
+        ("least_connections", "NACK lb_policy LEAST_REQUEST"),
+        ("random", "NACK lb_policy RANDOM"),
+        ("maglev", "NACK lb_policy MAGLEV"),
+        ("weighted", "ignores endpoint weights"),
+    ],
+)
+def test_strategies_grpc_cannot_apply_are_refused(strategy: str, reason: str) -> None:
+    """Strategies a gRPC client would NACK or silently ignore are refused with
+    the service's field path, whether set on the service or inherited."""
+    own = problems(document(http_service(), grpc_service(strategy=strategy)))
+    assert list(own) == ["services[1].strategy"]
+    assert reason in own["services[1].strategy"]
+    inherited = problems(document(grpc_service(), strategy=strategy))
+    assert "router.strategy" in inherited["services[0].strategy"]
+    # An HTTP service may use it: Envoy implements every strategy.
+    assert intent_of(http_service(strategy=strategy)).services[0].strategy == strategy
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "ring_hash"])
+def test_strategies_grpc_implements_are_accepted(strategy: str) -> None:
+    intent = intent_of(grpc_service(strategy=strategy), strategy="maglev")
+    cluster = translate(intent)[CLUSTER]["greeter"]
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    assert cluster_pb2.Cluster.LbPolicy.Name(cluster.lb_policy) == strategy.upper()
+
+
+def test_a_grpc_service_cannot_take_the_envoy_listener_name() -> None:
+    assert list(problems(document(grpc_service("router")))) == ["services[0].name"]
+
+
+def test_admin_strategy_change_that_grpc_cannot_apply_is_refused() -> None:
+    """The admin API checks a change by translating it: switching every
+    service to maglev fails on the gRPC service, and nothing is published."""
+    intent = intent_of(http_service(), grpc_service())
+    change = StrategyRequest(Strategy.MAGLEV, service=None, hash_header=None, wait_s=0)
+    with pytest.raises(ConfigError) as raised:
+        translate_or_raise(set_strategy(intent, change), {})
+    assert [p.path for p in raised.value.problems] == ["services[1].strategy"]
+    only_web = dataclasses.replace(change, service="web")
+    translate_or_raise(set_strategy(intent, only_web), {})
+
+
+# ---- resources -----------------------------------------------------------------------
+
+
+def test_grpc_service_gets_an_api_listener_and_its_route_configuration() -> None:
+    """LDS: a listener named after the service holding an HCM (RDS over ADS,
+    the router last); RDS: one virtual host matching the target's name."""
+    resources = translate(intent_of(http_service(), grpc_service()))
+    assert sorted(resources[LISTENER]) == ["greeter", "router"]
+    listener = resources[LISTENER]["greeter"]
+    assert isinstance(listener, listener_pb2.Listener)
+    assert not listener.HasField("address") and not listener.filter_chains
+    hcm = hcm_pb2.HttpConnectionManager()
+    assert listener.api_listener.api_listener.Unpack(hcm)
+    assert hcm.rds.route_config_name == "greeter" and hcm.rds.config_source.HasField("ads")
+    assert [f.name for f in hcm.http_filters][-1] == ROUTER_FILTER
+    config = resources[ROUTE]["greeter"]
+    assert isinstance(config, route_pb2.RouteConfiguration)
+    [virtual_host] = config.virtual_hosts
+    assert list(virtual_host.domains) == ["greeter"]
+    [route] = virtual_host.routes
+    assert (route.match.prefix, route.route.cluster) == ("/", "greeter")
+    assert route.route.retry_policy.retry_on == "unavailable"
+    build_snapshot(resources, 1)  # consistent: every name referenced exists
+
+
+def test_grpc_endpoints_have_weighted_named_localities() -> None:
+    """gRPC drops a locality without a weight and NACKs one without a
+    locality; HTTP services keep their plain assignments."""
+    backends = grpc_service()["backends"]
+    backends[1]["priority"] = 3
+    resources = translate(intent_of(http_service(), grpc_service(backends=backends)))
+    assignment = resources[ENDPOINT]["greeter"]
+    assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
+    assert [
+        (g.priority, g.locality.sub_zone, g.load_balancing_weight.value)
+        for g in assignment.endpoints
+    ] == [(0, "priority-0", 1), (1, "priority-1", 1)]
+    web = resources[ENDPOINT]["web"]
+    assert isinstance(web, endpoint_pb2.ClusterLoadAssignment)
+    assert not web.endpoints[0].HasField("locality")
+
+
+def test_no_retry_policy_when_retries_are_off() -> None:
+    """gRPC NACKs num_retries 0, so max_retries 0 means no retry policy."""
+    doc = document(grpc_service())
+    doc["router"]["max_retries"] = 0
+    config = translate(parse_settings(doc, {}, "test").intent)[ROUTE]["greeter"]
+    assert isinstance(config, route_pb2.RouteConfiguration)
+    assert not config.virtual_hosts[0].routes[0].route.HasField("retry_policy")

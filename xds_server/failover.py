@@ -1,0 +1,216 @@
+"""Failover events: when traffic moved off a failing backend, and how long it took.
+
+Two sources (the OpenAPI description of GET /api/v1/router/metrics says the same):
+
+- The health checker: a verdict change to "unhealthy" of a backend that was
+  taking traffic (not draining) while at least one proxy was connected. Its
+  failover time runs from the verdict change to the moment every connected
+  proxy ACKed the first snapshot published after it, which is the EDS update
+  that takes the host out. It is successful when every proxy ACKed within
+  ACK_TIMEOUT_S and some other backend of the service could take the traffic
+  (not unhealthy, not draining). Detection time (probe interval, thresholds)
+  is not part of it: that is the health policy.
+- The resilience experiments (POST .../failover/test, .../circuit-breaker/test):
+  one event each. Failover test: successful when Envoy took the primary out
+  and a backup served; time = its failover_time_ms. Circuit-breaker test:
+  successful when the circuit opened and the backup took the traffic; time =
+  its time_to_open_ms.
+
+Why "the first snapshot published after it" is the right one: the verdict is
+written, and the generation read, in one synchronous step on the event loop,
+and a snapshot is built and installed without yielding, so every snapshot of
+a later generation was translated from the new verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from xds_server.cache import SnapshotCache
+from xds_server.experiments import Recorded
+from xds_server.health import ProbeResult, iso_utc
+from xds_server.model import Health, Intent, Service
+from xds_server.xds.status import ProxyRegistry
+
+log = logging.getLogger("xds_server.failover")
+
+ACK_TIMEOUT_S = 10.0
+MAX_IN_FLIGHT = 64  # verdict changes being timed at once; more are dropped (and logged)
+KEPT_EVENTS = 1000
+HEALTH_CHECK, FAILOVER_TEST, CIRCUIT_BREAKER_TEST = (
+    "health_check",
+    "failover_test",
+    "circuit_breaker_test",
+)
+
+
+@dataclass(frozen=True)
+class FailoverEvent:
+    source: str
+    backend: str
+    at: float  # wall clock: the last proxy's ACK, or the experiment's end
+    successful: bool
+    failover_time_ms: float | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "backend": self.backend,
+            "at": iso_utc(self.at),
+            "successful": self.successful,
+            "failover_time_ms": self.failover_time_ms,
+        }
+
+
+@dataclass(frozen=True)
+class _Pending:
+    backend: str
+    backup_available: bool
+    since: float  # monotonic, at the verdict change
+    generation: int  # the published generation at that moment
+
+
+class FailoverTracker:
+    """A health observer that times verdict-driven failovers to the last ACK."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        proxies: ProxyRegistry,
+        intent: Callable[[], Intent],
+        verdicts: Callable[[], dict[str, Health]],
+    ) -> None:
+        self.events: deque[FailoverEvent] = deque(maxlen=KEPT_EVENTS)
+        self._cache, self._proxies = cache, proxies
+        self._intent, self._verdicts = intent, verdicts
+        self._pending: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._in_flight = 0
+
+    def probed(self, name: str, result: ProbeResult) -> None:
+        pass
+
+    def verdict_changed(
+        self, name: str, previous: Health, current: Health, result: ProbeResult
+    ) -> None:
+        if current is not Health.UNHEALTHY or not self._proxies.connected():
+            return
+        service = _service_of(self._intent(), name)
+        backend = service.backend(name) if service is not None else None
+        if service is None or backend is None or backend.draining:
+            return  # a draining backend takes no traffic: nothing moves
+        if self._in_flight + len(self._pending) >= MAX_IN_FLIGHT:
+            log.warning("failover of %s not timed: %d already in flight", name, MAX_IN_FLIGHT)
+            return
+        backup = _backup_available(service, name, self._verdicts())
+        self._pending.append(_Pending(name, backup, time.monotonic(), self._cache.generation))
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Time every pending failover concurrently, until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending:
+                    self._in_flight += 1
+                    tasks.create_task(self._time(self._pending.popleft()))
+
+    async def _time(self, pending: _Pending) -> None:
+        try:
+            acked = await self._acked_by_all(pending)
+        except Exception:  # metrics must never take the controller down
+            log.exception("timing the failover of %s failed", pending.backend)
+            return
+        finally:
+            self._in_flight -= 1
+        took = time.monotonic() - pending.since
+        event = FailoverEvent(
+            source=HEALTH_CHECK,
+            backend=pending.backend,
+            at=time.time(),
+            successful=acked and pending.backup_available,
+            failover_time_ms=round(took * 1000, 1) if acked else None,
+        )
+        self.events.append(event)
+        log.info(
+            "failover off %s %s in %.1f ms",
+            pending.backend,
+            "done" if event.successful else "failed",
+            took * 1000,
+            extra={"backend": pending.backend, "successful": event.successful},
+        )
+
+    async def _acked_by_all(self, pending: _Pending) -> bool:
+        deadline = pending.since + ACK_TIMEOUT_S
+        try:
+            async with asyncio.timeout(ACK_TIMEOUT_S):
+                snapshot = await self._cache.wait_for_generation(pending.generation + 1)
+        except TimeoutError:
+            return False
+        remaining = max(0.0, deadline - time.monotonic())
+        failures = await self._proxies.wait_until_applied(snapshot.generation, remaining)
+        return not failures
+
+
+def _service_of(intent: Intent, name: str) -> Service | None:
+    return next((s for s in intent.services if s.backend(name) is not None), None)
+
+
+def _backup_available(service: Service, name: str, verdicts: dict[str, Health]) -> bool:
+    return any(
+        b.name != name and not b.draining and verdicts.get(b.name) is not Health.UNHEALTHY
+        for b in service.backends
+    )
+
+
+# --- experiments -------------------------------------------------------------------------------
+
+
+def experiment_events(recorded: Iterable[Recorded]) -> list[FailoverEvent]:
+    """One event per failover or circuit-breaker experiment, oldest first."""
+    events = []
+    for record in recorded:
+        event = _experiment_event(record.answer, record.at)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _experiment_event(answer: dict[str, Any], at: float) -> FailoverEvent | None:
+    if FAILOVER_TEST in answer:
+        run = answer[FAILOVER_TEST]
+        ok = bool(run.get("failover_triggered")) and run.get("backup_backend") is not None
+        return FailoverEvent(
+            FAILOVER_TEST, run["primary_backend"], at, ok, run.get("failover_time_ms")
+        )
+    if CIRCUIT_BREAKER_TEST in answer:
+        run = answer[CIRCUIT_BREAKER_TEST]
+        ok = bool(run.get("circuit_breaker_triggered")) and bool(run.get("failover_activated"))
+        return FailoverEvent(
+            CIRCUIT_BREAKER_TEST, run["target_backend"], at, ok, run.get("time_to_open_ms")
+        )
+    return None
+
+
+def summary(events: Iterable[FailoverEvent], recent: int = 10) -> dict[str, Any]:
+    """The spec's failover_events block, plus counts by source and the latest events."""
+    ordered = sorted(events, key=lambda e: e.at)
+    times = [e.failover_time_ms for e in ordered if e.failover_time_ms is not None]
+    by_source = {s: 0 for s in (HEALTH_CHECK, FAILOVER_TEST, CIRCUIT_BREAKER_TEST)}
+    for event in ordered:
+        by_source[event.source] += 1
+    return {
+        "total_failovers": len(ordered),
+        "successful_failovers": sum(1 for e in ordered if e.successful),
+        "avg_failover_time_ms": round(sum(times) / len(times), 1) if times else None,
+        "last_failover": iso_utc(ordered[-1].at) if ordered else None,
+        "by_source": by_source,
+        "recent": [e.as_json() for e in ordered[-recent:]],
+    }

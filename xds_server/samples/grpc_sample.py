@@ -1,0 +1,152 @@
+"""A sample gRPC backend and a proxyless gRPC client, with no generated code.
+
+The backend answers the unary method `/xds_server.sample.Who/Name` with its
+own name: a generic handler with identity (de)serializers, so raw bytes and no
+protoc step. The client dials `xds:///<service>` through grpcio's built-in xDS
+resolver, which reads its bootstrap from GRPC_XDS_BOOTSTRAP (a file) or
+GRPC_XDS_BOOTSTRAP_CONFIG (the JSON itself); `bootstrap_config` writes one for
+our controller.
+
+    python -m xds_server.samples.grpc_sample serve --name greeter-a --port 0
+        prints `READY <name> <host>:<port>`; SIGTERM or SIGINT stop it.
+    python -m xds_server.samples.grpc_sample call --target xds:///greeter \\
+            --expect greeter-a,greeter-b --calls 10
+        calls until every expected backend has answered (all subchannels
+        ready), then makes --calls calls and prints `ANSWERS <name> ...`, one
+        name per call, in order; on failure `ERROR <reason>` and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from xds_server.model import SocketAddress
+
+METHOD = "/xds_server.sample.Who/Name"
+CALL_TIMEOUT_S = 5.0
+
+
+# ---- the backend -----------------------------------------------------------------------
+
+
+def _who_handler(name: str) -> grpc.GenericRpcHandler:
+    answer = name.encode()
+
+    async def who(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return answer
+
+    handler = grpc.unary_unary_rpc_method_handler(who)  # no (de)serializers: raw bytes
+    return grpc.method_handlers_generic_handler("xds_server.sample.Who", {"Name": handler})
+
+
+async def start_backend(name: str, host: str = "127.0.0.1", port: int = 0) -> tuple[Any, int]:
+    """A started grpc.aio server answering with `name`; returns it and its port."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_who_handler(name),))
+    bound = server.add_insecure_port(str(SocketAddress(host, port)))
+    if bound == 0:
+        raise OSError(f"cannot listen on {SocketAddress(host, port)}")
+    await server.start()
+    return server, bound
+
+
+async def serve(name: str, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    server, bound = await start_backend(name, host, port)
+    try:
+        print(f"READY {name} {SocketAddress(host, bound)}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await server.stop(1.0)
+
+
+# ---- the proxyless client --------------------------------------------------------------
+
+
+def bootstrap_config(
+    xds: SocketAddress, node_id: str, node_cluster: str = "proxyless"
+) -> dict[str, Any]:
+    """A gRPC xDS bootstrap for our controller: plaintext ADS, xDS v3."""
+    return {
+        "xds_servers": [
+            {
+                "server_uri": str(xds),
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }
+        ],
+        "node": {"id": node_id, "cluster": node_cluster, "locality": {}},
+    }
+
+
+def who(channel: grpc.Channel) -> str:
+    """One call: the name of the backend that answered it."""
+    call = channel.unary_unary(METHOD)  # no (de)serializers: raw bytes
+    answer: bytes = call(b"", timeout=CALL_TIMEOUT_S, wait_for_ready=True)
+    return answer.decode()
+
+
+def warm_up(channel: grpc.Channel, expect: set[str], deadline: float) -> None:
+    """Call until every expected backend answered: round robin then cycles
+    over all of them (it starts with whichever subchannel is ready first)."""
+    seen: set[str] = set()
+    while not expect <= seen:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {sorted(seen)} answered, expected {sorted(expect)}")
+        seen.add(who(channel))
+
+
+def call(target: str, expect: set[str], calls: int, timeout_s: float) -> list[str]:
+    # The xDS server is on loopback: never through an HTTP proxy from the env.
+    with grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        warm_up(channel, expect, time.monotonic() + timeout_s)
+        return [who(channel) for _ in range(calls)]
+
+
+# ---- the command line ------------------------------------------------------------------
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m xds_server.samples.grpc_sample")
+    commands = parser.add_subparsers(dest="command", required=True)
+    backend = commands.add_parser("serve", help="run a backend that answers with its name")
+    backend.add_argument("--name", required=True)
+    backend.add_argument("--host", default="127.0.0.1")
+    backend.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    client = commands.add_parser("call", help="call a service through xDS")
+    client.add_argument("--target", required=True, help="e.g. xds:///greeter")
+    client.add_argument("--expect", default="", help="backend names, comma separated")
+    client.add_argument("--calls", type=int, default=10)
+    client.add_argument("--timeout", type=float, default=20.0, help="for the warm-up, seconds")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.command == "serve":
+        asyncio.run(serve(args.name, args.host, args.port))
+        return 0
+    expect = {name for name in args.expect.split(",") if name}
+    try:
+        answers = call(args.target, expect, args.calls, args.timeout)
+    except (grpc.RpcError, TimeoutError) as error:
+        print(f"ERROR {error}", flush=True)
+        return 1
+    print("ANSWERS " + " ".join(answers), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
