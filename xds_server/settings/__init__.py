@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import math
 import os
-import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -27,23 +25,59 @@ from typing import Any
 import yaml
 
 from xds_server.errors import ConfigError, Problem
-from xds_server.model import Backend, Intent, Policies, Protocol, Service, SocketAddress, Strategy
+from xds_server.model import Backend, Intent, Policies, Protocol, Service, SocketAddress
+from xds_server.settings.values import (
+    ADDRESS,
+    MAX_WEIGHT,
+    RESERVED_ROUTE_PREFIX,
+    RESERVED_ROUTES,
+    SECONDS,
+    Convert,
+    InvalidValue,
+    RouterField,
+    flag_from_text,
+    int_field,
+    integer_between,
+    is_ip,
+    number_field,
+    optional_text,
+    shown,
+    to_flag,
+    to_header_name,
+    to_host,
+    to_name,
+    to_path,
+    to_protocol,
+    to_redis_url,
+    to_route,
+    to_strategy,
+    to_text,
+)
 from xds_server.translate.grpc import grpc_problems
 
-EMBEDDED_DEFAULTS: Path = Path(__file__).parent / "defaults" / "router_config.yaml"
+__all__ = [
+    "BACKEND_FIELDS",
+    "EMBEDDED_DEFAULTS",
+    "EMBEDDED_SOURCE",
+    "ENV_PREFIX",
+    "MAX_WEIGHT",
+    "RESERVED_ROUTES",
+    "RESERVED_ROUTE_PREFIX",
+    "InvalidValue",
+    "Settings",
+    "check_fields",
+    "format_problems",
+    "header_name_value",
+    "ip_literal",
+    "load_settings",
+    "name_value",
+    "parse_settings",
+    "strategy_value",
+]
+
+EMBEDDED_DEFAULTS: Path = Path(__file__).parent.parent / "defaults" / "router_config.yaml"
 EMBEDDED_SOURCE = "<embedded defaults>"
 ENV_PREFIX = "ROUTER_"
-
-# Paths Envoy sends to the controller; a service route there would hijack them.
-RESERVED_ROUTE_PREFIX = "/api/v1/router/"
-RESERVED_ROUTES = frozenset({"/api/v1/router", "/api/v1/health"})
-
-_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
-_HEADER = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token, lower case
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-MAX_WEIGHT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -69,231 +103,30 @@ class Settings:
     health_check_jitter: float = 0.1
 
 
-class InvalidValue(ValueError):
-    """A single value is wrong; the message says how. Caught and turned into a Problem.
-
-    Public because the admin API checks its request bodies with these same
-    converters (`check_fields`), so the file and the API cannot disagree."""
-
-
-Convert = Callable[[object], Any]
-
-
-# --- leaf converters: YAML value -> typed value, or InvalidValue -------------------------
-
-
-def _integer(minimum: int, maximum: int | None = None) -> Convert:
-    def convert(value: object) -> int:
-        # bool is an int subclass; `port: yes` must not become 1.
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidValue(f"must be an integer, got {_show(value)}")
-        if value < minimum or (maximum is not None and value > maximum):
-            raise InvalidValue(f"must be an integer {_range(minimum, maximum)}, got {value}")
-        return value
-
-    return convert
-
-
-def _number(minimum: float, *, inclusive: bool, maximum: float | None = None) -> Convert:
-    def convert(value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidValue(f"must be a number, got {_show(value)}")
-        low_ok = value >= minimum if inclusive else value > minimum
-        if not math.isfinite(value) or not low_ok or (maximum is not None and value > maximum):
-            bounds = _range(minimum, maximum) if inclusive else f"> {minimum:g}"
-            raise InvalidValue(f"must be a number {bounds}, got {value}")
-        return float(value)
-
-    return convert
-
-
-def _range(minimum: float, maximum: float | None) -> str:
-    return f">= {minimum:g}" if maximum is None else f"between {minimum:g} and {maximum:g}"
-
-
-def _flag(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidValue(f"must be true or false, got {_show(value)}")
-    return value
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise InvalidValue(f"must be a string, got {_show(value)}")
-    return value
-
-
-def _name(value: object) -> str:
-    text = _text(value)
-    if not _NAME.fullmatch(text):
-        raise InvalidValue(f"{text!r} must match {_NAME.pattern} (lower case, up to 63 characters)")
-    return text
-
-
-def _strategy(value: object) -> Strategy:
-    allowed = ", ".join(s.value for s in Strategy)
-    if not isinstance(value, str) or value not in {s.value for s in Strategy}:
-        raise InvalidValue(f"must be one of {allowed}, got {_show(value)}")
-    return Strategy(value)
-
-
-def _protocol(value: object) -> Protocol:
-    allowed = ", ".join(p.value for p in Protocol)
-    if not isinstance(value, str) or value not in {p.value for p in Protocol}:
-        raise InvalidValue(f"must be one of {allowed}, got {_show(value)}")
-    return Protocol(value)
-
-
-def _header_name(value: object) -> str:
-    text = _text(value)
-    if not _HEADER.fullmatch(text):
-        raise InvalidValue(f"{text!r} is not a lower-case HTTP header name")
-    return text
-
-
-def _path(value: object) -> str:
-    text = _text(value)
-    if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
-        raise InvalidValue(f"{text!r} must start with '/' and hold no spaces, '?' or '#'")
-    return text
-
-
-def _route(value: object) -> str:
-    text = _path(value)
-    if text.startswith(RESERVED_ROUTE_PREFIX) or text in RESERVED_ROUTES:
-        raise InvalidValue(f"{text!r} is reserved for the controller ({RESERVED_ROUTE_PREFIX}*)")
-    return text
-
-
-def _host(value: object) -> str:
-    text = _text(value)
-    if "://" in text:
-        raise InvalidValue(f"{text!r} must be a bare host, without a scheme")
-    if _is_ip(text) or _is_hostname(text):
-        return text
-    if ":" in text:
-        raise InvalidValue(f"{text!r} must be a bare host; give the port separately")
-    raise InvalidValue(f"{text!r} is neither an IP address nor a hostname")
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_hostname(text: str) -> bool:
-    labels = text.removesuffix(".").split(".")
-    # An all-digit last label is a mistyped IPv4 address (999.1.1.1), not a name.
-    valid = all(_HOST_LABEL.fullmatch(label) for label in labels) and not labels[-1].isdigit()
-    return len(text) <= 253 and valid
-
-
-def _socket_address(value: object) -> SocketAddress:
-    text = _text(value)
-    host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()):
-        raise InvalidValue(f"{text!r} must be host:port (IPv6 as [::1]:port)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if ":" not in host or not _is_ip(host):
-            raise InvalidValue(f"{text!r}: only IPv6 addresses go in brackets")
-    elif ":" in host:
-        raise InvalidValue(f"{text!r}: write an IPv6 host in brackets, as [::1]:port")
-    return SocketAddress(_host(host), _integer(1, 65535)(int(port)))
-
-
-def _optional_text(check: Callable[[str], str]) -> Convert:
-    def convert(value: object) -> str | None:
-        # Empty means unset, so `ROUTER_ADMIN_TOKEN=` can switch a file's value off.
-        return None if value is None or value == "" else check(_text(value))
-
-    return convert
-
-
-def _redis_url(text: str) -> str:
-    if not text.startswith(_REDIS_SCHEMES):
-        raise InvalidValue(f"must start with one of {', '.join(_REDIS_SCHEMES)}")
-    return text
-
-
-def _show(value: object) -> str:
-    return "null" if value is None else f"{value!r} ({type(value).__name__})"
-
-
-# --- environment text -> YAML-like value --------------------------------------------
-
-
-def _text_int(text: str) -> object:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise InvalidValue(f"must be an integer, got {text!r}") from None
-
-
-def _text_number(text: str) -> object:
-    try:
-        return float(text.strip())
-    except ValueError:
-        raise InvalidValue(f"must be a number, got {text!r}") from None
-
-
-def _text_flag(text: str) -> object:
-    flag = _FLAGS.get(text.strip().lower())
-    if flag is None:
-        raise InvalidValue(f"must be one of true/false/yes/no/1/0, got {text!r}")
-    return flag
-
-
-def _text_str(text: str) -> object:
-    return text.strip()
-
-
-@dataclass(frozen=True)
-class _Field:
-    """One `router:` key: how to check a YAML value and how to read its env text."""
-
-    convert: Convert
-    from_text: Callable[[str], object] = _text_str
-
-
-def _int_field(minimum: int, maximum: int | None = None) -> _Field:
-    return _Field(_integer(minimum, maximum), _text_int)
-
-
-def _number_field(minimum: float, *, inclusive: bool, maximum: float | None = None) -> _Field:
-    return _Field(_number(minimum, inclusive=inclusive, maximum=maximum), _text_number)
-
-
-_SECONDS = _number_field(0, inclusive=False)
-_ADDRESS = _Field(_socket_address)
-
-_ROUTER_FIELDS: dict[str, _Field] = {
-    "strategy": _Field(_strategy),
-    "health_check_interval": _SECONDS,
-    "health_check_timeout": _SECONDS,
-    "health_check_healthy_threshold": _int_field(1),
-    "health_check_unhealthy_threshold": _int_field(1),
-    "health_check_jitter": _number_field(0, inclusive=True, maximum=1),
-    "circuit_breaker_threshold": _int_field(1),
-    "circuit_breaker_timeout": _SECONDS,
-    "max_retries": _int_field(0),
-    "retry_delay": _number_field(0.001, inclusive=True),  # Envoy's back-off is in ms
-    "queue_size": _int_field(1),
-    "worker_threads": _int_field(1),
-    "metrics_enabled": _Field(_flag, _text_flag),
-    "max_requests": _int_field(1),
-    "max_connections": _int_field(1),
-    "request_timeout": _SECONDS,
-    "healthy_panic_threshold": _number_field(0, inclusive=True, maximum=100),
-    "listen_address": _ADDRESS,
-    "envoy_admin_address": _ADDRESS,
-    "xds_address": _ADDRESS,
-    "admin_address": _ADDRESS,
-    "redis_url": _Field(_optional_text(_redis_url)),
-    "admin_token": _Field(_optional_text(str)),
+_ROUTER_FIELDS: dict[str, RouterField] = {
+    "strategy": RouterField(to_strategy),
+    "health_check_interval": SECONDS,
+    "health_check_timeout": SECONDS,
+    "health_check_healthy_threshold": int_field(1),
+    "health_check_unhealthy_threshold": int_field(1),
+    "health_check_jitter": number_field(0, inclusive=True, maximum=1),
+    "circuit_breaker_threshold": int_field(1),
+    "circuit_breaker_timeout": SECONDS,
+    "max_retries": int_field(0),
+    "retry_delay": number_field(0.001, inclusive=True),  # Envoy's back-off is in ms
+    "queue_size": int_field(1),
+    "worker_threads": int_field(1),
+    "metrics_enabled": RouterField(to_flag, flag_from_text),
+    "max_requests": int_field(1),
+    "max_connections": int_field(1),
+    "request_timeout": SECONDS,
+    "healthy_panic_threshold": number_field(0, inclusive=True, maximum=100),
+    "listen_address": ADDRESS,
+    "envoy_admin_address": ADDRESS,
+    "xds_address": ADDRESS,
+    "admin_address": ADDRESS,
+    "redis_url": RouterField(optional_text(to_redis_url)),
+    "admin_token": RouterField(optional_text(str)),
 }
 
 # router keys named like their Settings field, defaults taken from it
@@ -338,25 +171,25 @@ def _router_defaults() -> dict[str, Any]:
 
 
 _SERVICE_SCALARS: dict[str, Convert] = {
-    "name": _name,
-    "strategy": _strategy,
-    "group": _name,
-    "hash_header": _header_name,
-    "protocol": _protocol,
+    "name": to_name,
+    "strategy": to_strategy,
+    "group": to_name,
+    "hash_header": to_header_name,
+    "protocol": to_protocol,
 }
 _SERVICE_KEYS = (*_SERVICE_SCALARS, "routes", "backends")
 _SERVICE_REQUIRED = ("name", "backends")  # and routes, unless the service is grpc
 
 _BACKEND_SCALARS: dict[str, Convert] = {
-    "name": _name,
-    "address": _host,
-    "port": _integer(1, 65535),
+    "name": to_name,
+    "address": to_host,
+    "port": integer_between(1, 65535),
     # Envoy rejects a locality whose weights sum above 2**32 - 1; a cap per
     # backend keeps any realistic service far below that.
-    "weight": _integer(1, MAX_WEIGHT),
-    "priority": _integer(0),
-    "health_path": _path,
-    "draining": _flag,
+    "weight": integer_between(1, MAX_WEIGHT),
+    "priority": integer_between(0),
+    "health_path": to_path,
+    "draining": to_flag,
 }
 _BACKEND_REQUIRED = ("name", "address", "port")
 
@@ -378,7 +211,7 @@ def _mapping(
     """Check keys; return the mapping even with bad keys so its values are checked too."""
     if not isinstance(raw, dict):
         subject = "" if path else "the configuration "
-        problems.append(Problem(path, f"{subject}must be a mapping, got {_show(raw)}"))
+        problems.append(Problem(path, f"{subject}must be a mapping, got {shown(raw)}"))
         return None
     for key in raw:
         if key not in allowed:
@@ -397,7 +230,7 @@ def _unknown_key(key: str, allowed: Collection[str]) -> str:
 
 def _items(problems: list[Problem], path: str, raw: object, what: str) -> list[object]:
     if not isinstance(raw, list) or not raw:
-        problems.append(Problem(path, f"must be a non-empty list of {what}, got {_show(raw)}"))
+        problems.append(Problem(path, f"must be a non-empty list of {what}, got {shown(raw)}"))
         return []
     return raw
 
@@ -480,7 +313,7 @@ def _check_router(problems: list[Problem], values: Mapping[str, Any]) -> None:
 def _is_loopback(host: str) -> bool:
     if host.lower().removesuffix(".") == "localhost":
         return True
-    return _is_ip(host) and ipaddress.ip_address(host).is_loopback
+    return is_ip(host) and ipaddress.ip_address(host).is_loopback
 
 
 # --- services -------------------------------------------------------------------------
@@ -530,7 +363,7 @@ def _parse_routes(problems: list[Problem], path: str, raw: object, seen: _Seen) 
     routes: list[str] = []
     for i, value in enumerate(_items(problems, path, raw, "path prefixes")):
         try:
-            routes.append(_route(value))
+            routes.append(to_route(value))
         except InvalidValue as invalid:
             problems.append(Problem(f"{path}[{i}]", str(invalid)))
             continue
@@ -563,15 +396,15 @@ def _parse_backend(problems: list[Problem], path: str, raw: object, seen: _Seen)
 # The admin API validates request bodies by the file's rules: same messages,
 # same limits. Each converter raises InvalidValue.
 BACKEND_FIELDS: Mapping[str, Convert] = MappingProxyType(_BACKEND_SCALARS)
-name_value: Convert = _name
-strategy_value: Convert = _strategy
-header_name_value: Convert = _header_name
+name_value: Convert = to_name
+strategy_value: Convert = to_strategy
+header_name_value: Convert = to_header_name
 
 
 def ip_literal(value: object) -> str:
     """An IP address, not a hostname: Envoy's EDS rejects hostnames in endpoints."""
-    text = _text(value)
-    if not _is_ip(text):
+    text = to_text(value)
+    if not is_ip(text):
         raise InvalidValue(f"{text!r} must be an IPv4 or IPv6 address (EDS takes no hostnames)")
     return text
 

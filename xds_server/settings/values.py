@@ -1,0 +1,239 @@
+"""Value converters shared by the settings file and the admin API.
+
+Each converter takes a parsed YAML (or JSON) value and returns the typed value,
+or raises InvalidValue with a message that says how it is wrong. The admin API
+checks its request bodies with these same converters, so the file and the API
+cannot disagree on a limit or a message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from xds_server.model import Protocol, SocketAddress, Strategy
+
+# Paths Envoy sends to the controller; a service route there would hijack them.
+RESERVED_ROUTE_PREFIX = "/api/v1/router/"
+RESERVED_ROUTES = frozenset({"/api/v1/router", "/api/v1/health"})
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+HEADER_PATTERN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token, lower case
+HOST_LABEL_PATTERN = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+MAX_WEIGHT = 1_000_000
+
+
+class InvalidValue(ValueError):
+    """A single value is wrong; the message says how. Caught and turned into a Problem.
+
+    Public because the admin API checks its request bodies with these same
+    converters (`check_fields`), so the file and the API cannot disagree."""
+
+
+Convert = Callable[[object], Any]
+
+
+# --- leaf converters: YAML value -> typed value, or InvalidValue -------------------------
+
+
+def integer_between(minimum: int, maximum: int | None = None) -> Convert:
+    def convert(value: object) -> int:
+        # bool is an int subclass; `port: yes` must not become 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidValue(f"must be an integer, got {shown(value)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise InvalidValue(
+                f"must be an integer {describe_range(minimum, maximum)}, got {value}"
+            )
+        return value
+
+    return convert
+
+
+def number_between(minimum: float, *, inclusive: bool, maximum: float | None = None) -> Convert:
+    def convert(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidValue(f"must be a number, got {shown(value)}")
+        low_ok = value >= minimum if inclusive else value > minimum
+        if not math.isfinite(value) or not low_ok or (maximum is not None and value > maximum):
+            bounds = describe_range(minimum, maximum) if inclusive else f"> {minimum:g}"
+            raise InvalidValue(f"must be a number {bounds}, got {value}")
+        return float(value)
+
+    return convert
+
+
+def describe_range(minimum: float, maximum: float | None) -> str:
+    return f">= {minimum:g}" if maximum is None else f"between {minimum:g} and {maximum:g}"
+
+
+def to_flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValue(f"must be true or false, got {shown(value)}")
+    return value
+
+
+def to_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidValue(f"must be a string, got {shown(value)}")
+    return value
+
+
+def to_name(value: object) -> str:
+    text = to_text(value)
+    if not NAME_PATTERN.fullmatch(text):
+        raise InvalidValue(
+            f"{text!r} must match {NAME_PATTERN.pattern} (lower case, up to 63 characters)"
+        )
+    return text
+
+
+def to_strategy(value: object) -> Strategy:
+    allowed = ", ".join(s.value for s in Strategy)
+    if not isinstance(value, str) or value not in {s.value for s in Strategy}:
+        raise InvalidValue(f"must be one of {allowed}, got {shown(value)}")
+    return Strategy(value)
+
+
+def to_protocol(value: object) -> Protocol:
+    allowed = ", ".join(p.value for p in Protocol)
+    if not isinstance(value, str) or value not in {p.value for p in Protocol}:
+        raise InvalidValue(f"must be one of {allowed}, got {shown(value)}")
+    return Protocol(value)
+
+
+def to_header_name(value: object) -> str:
+    text = to_text(value)
+    if not HEADER_PATTERN.fullmatch(text):
+        raise InvalidValue(f"{text!r} is not a lower-case HTTP header name")
+    return text
+
+
+def to_path(value: object) -> str:
+    text = to_text(value)
+    if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
+        raise InvalidValue(f"{text!r} must start with '/' and hold no spaces, '?' or '#'")
+    return text
+
+
+def to_route(value: object) -> str:
+    text = to_path(value)
+    if text.startswith(RESERVED_ROUTE_PREFIX) or text in RESERVED_ROUTES:
+        raise InvalidValue(f"{text!r} is reserved for the controller ({RESERVED_ROUTE_PREFIX}*)")
+    return text
+
+
+def to_host(value: object) -> str:
+    text = to_text(value)
+    if "://" in text:
+        raise InvalidValue(f"{text!r} must be a bare host, without a scheme")
+    if is_ip(text) or is_hostname(text):
+        return text
+    if ":" in text:
+        raise InvalidValue(f"{text!r} must be a bare host; give the port separately")
+    raise InvalidValue(f"{text!r} is neither an IP address nor a hostname")
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_hostname(text: str) -> bool:
+    labels = text.removesuffix(".").split(".")
+    # An all-digit last label is a mistyped IPv4 address (999.1.1.1), not a name.
+    valid = (
+        all(HOST_LABEL_PATTERN.fullmatch(label) for label in labels) and not labels[-1].isdigit()
+    )
+    return len(text) <= 253 and valid
+
+
+def to_socket_address(value: object) -> SocketAddress:
+    text = to_text(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()):
+        raise InvalidValue(f"{text!r} must be host:port (IPv6 as [::1]:port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host or not is_ip(host):
+            raise InvalidValue(f"{text!r}: only IPv6 addresses go in brackets")
+    elif ":" in host:
+        raise InvalidValue(f"{text!r}: write an IPv6 host in brackets, as [::1]:port")
+    return SocketAddress(to_host(host), integer_between(1, 65535)(int(port)))
+
+
+def optional_text(check: Callable[[str], str]) -> Convert:
+    def convert(value: object) -> str | None:
+        # Empty means unset, so `ROUTER_ADMIN_TOKEN=` can switch a file's value off.
+        return None if value is None or value == "" else check(to_text(value))
+
+    return convert
+
+
+def to_redis_url(text: str) -> str:
+    if not text.startswith(REDIS_SCHEMES):
+        raise InvalidValue(f"must start with one of {', '.join(REDIS_SCHEMES)}")
+    return text
+
+
+def shown(value: object) -> str:
+    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+
+
+# --- environment text -> YAML-like value --------------------------------------------
+
+
+def int_from_text(text: str) -> object:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise InvalidValue(f"must be an integer, got {text!r}") from None
+
+
+def number_from_text(text: str) -> object:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise InvalidValue(f"must be a number, got {text!r}") from None
+
+
+def flag_from_text(text: str) -> object:
+    flag = FLAGS.get(text.strip().lower())
+    if flag is None:
+        raise InvalidValue(f"must be one of true/false/yes/no/1/0, got {text!r}")
+    return flag
+
+
+def str_from_text(text: str) -> object:
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class RouterField:
+    """One `router:` key: how to check a YAML value and how to read its env text."""
+
+    convert: Convert
+    from_text: Callable[[str], object] = str_from_text
+
+
+def int_field(minimum: int, maximum: int | None = None) -> RouterField:
+    return RouterField(integer_between(minimum, maximum), int_from_text)
+
+
+def number_field(minimum: float, *, inclusive: bool, maximum: float | None = None) -> RouterField:
+    return RouterField(
+        number_between(minimum, inclusive=inclusive, maximum=maximum), number_from_text
+    )
+
+
+SECONDS = number_field(0, inclusive=False)
+ADDRESS = RouterField(to_socket_address)
