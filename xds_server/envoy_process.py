@@ -86,10 +86,6 @@ class EnvoyProcess:
         """GET an admin path (e.g. `/clusters?format=json`); EnvoyFailed on >= 400."""
         return await self._admin("GET", path)
 
-    async def admin_post(self, path: str) -> str:
-        """POST an admin path (Envoy requires POST for mutating ones, e.g. `/healthcheck/fail`)."""
-        return await self._admin("POST", path)
-
     async def admin_json(self, path: str) -> Any:
         return json.loads(await self.admin_get(path))
 
