@@ -423,12 +423,21 @@ def test_bad_socket_addresses_are_rejected(text: str) -> None:
     }
 
 
-@pytest.mark.parametrize("host", ["10.0.0.7", "::1", "gpu-0.internal", "localhost"])
-def test_backend_address_accepts_ips_and_hostnames(host: str) -> None:
-    """A backend address is an IPv4/IPv6 address or a DNS hostname."""
+@pytest.mark.parametrize("host", ["10.0.0.7", "::1", "127.0.0.1"])
+def test_backend_address_accepts_ip_addresses(host: str) -> None:
+    """A backend address is an IPv4/IPv6 address."""
     document = minimal_document()
     document["services"][0]["backends"][0]["address"] = host
     assert parse_settings(document, {}, "x").intent.backends()[0].address == host
+
+
+@pytest.mark.parametrize("host", ["gpu-0.internal", "localhost"])
+def test_backend_hostnames_are_refused(host: str) -> None:
+    """Envoy's EDS takes no hostnames: a config with one would be NACKed, so it
+    is refused here, with the same rule as the admin API."""
+    document = minimal_document()
+    document["services"][0]["backends"][0]["address"] = host
+    assert problem_paths(document) == {"services[0].backends[0].address"}
 
 
 def test_health_verdict_settings_are_read_from_file_and_environment() -> None:

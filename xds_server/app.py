@@ -4,6 +4,11 @@ Start-up: load the intent from the store (Redis: adopt the shared intent, or
 seed it), publish the first snapshot, then open the admin API, then the xDS
 port, so the first proxy to connect already gets configuration. Shutdown runs
 in reverse. One TaskGroup owns every background task.
+
+With a Redis store, the state replicas must agree on is shared there too:
+health verdicts (one elected prober, xds_server/redis_health.py), routing
+totals and failover events (xds_server/redis_metrics.py). With the memory
+store all of it stays in this process. docs/replicas.md has the why.
 """
 
 from __future__ import annotations
@@ -13,23 +18,34 @@ import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from xds_server.admin import make_admin_app
 from xds_server.cache import SnapshotCache
 from xds_server.errors import ConfigError, DependencyUnavailable
-from xds_server.experiments import Experiments
-from xds_server.failover import FailoverEvent, FailoverTracker
-from xds_server.health import HealthChecker, HealthObserver, HealthPolicy
+from xds_server.experiments import Experiments, Recorded
+from xds_server.failover import (
+    EventLog,
+    FailoverEvent,
+    FailoverTracker,
+    MemoryEventLog,
+    experiment_event,
+)
+from xds_server.health import BackendHealth, HealthChecker, HealthObserver, HealthPolicy, Seed
 from xds_server.logs import XdsEventLog
 from xds_server.metrics import ControllerMetrics, StateReaders, rejecting
 from xds_server.model import Health, SocketAddress
 from xds_server.publisher import Publisher
-from xds_server.router_metrics import TrafficSampler
+from xds_server.redis_health import SharedHealth
+from xds_server.redis_metrics import RedisEventLog, RedisLedger
+from xds_server.redis_store import RedisStore, connect
+from xds_server.router_metrics import Ledger, MemoryLedger, TrafficSampler
 from xds_server.settings import Settings, format_problems, load_settings
 from xds_server.store import IntentStore, open_store
 from xds_server.xds.observe import Observers, XdsObserver
@@ -50,10 +66,15 @@ class Controller:
         *,
         config_path: Path | None = None,
         store: IntentStore | None = None,
+        health_lease_s: float | None = None,  # default: settings.health_prober_lease
     ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.store: IntentStore = store or open_store(settings)
+        # Shared state of replicas; None with the memory store.
+        self.redis: Redis | None = None
+        if isinstance(self.store, RedisStore):
+            self.redis = connect(self.store.url)
         self.cache = SnapshotCache()
         self.proxies = ProxyRegistry()
         self.health: dict[str, Health] = {}
@@ -65,15 +86,11 @@ class Controller:
             lambda: self.health,
             on_build=self.metrics.publish.observe_build if self.metrics else None,
         )
-        # Writes verdicts into self.health; each change marks the publisher dirty.
-        self.health_checker = HealthChecker(
-            self.store,
-            self.health,
-            self.publisher.mark_dirty,
-            health_policy(settings),
-            observers=self._health_observers(),
-        )
-        self.experiments = Experiments()  # at most one resilience experiment at a time
+        self.shared_health: SharedHealth | None = None
+        lease = health_lease_s if health_lease_s is not None else settings.health_prober_lease
+        self.health_checker = self._health(lease)
+        # At most one resilience experiment at a time; each answer is a failover event.
+        self.experiments = Experiments(on_record=self._experiment_recorded)
         self.xds_address = settings.xds_address
         self.admin_address = settings.intent.admin
         self._grpc: grpc.aio.Server | None = None
@@ -89,23 +106,85 @@ class Controller:
         self.metrics: ControllerMetrics | None = None
         self.traffic: TrafficSampler | None = None
         self.failovers: FailoverTracker | None = None
+        self.event_log: EventLog = MemoryEventLog()
         observers: list[XdsObserver] = [self.proxies, XdsEventLog()]
         if metrics_enabled:
             self.metrics = ControllerMetrics(self.registry, self._state_readers())
-            self.traffic = TrafficSampler(self.proxies, lambda: self.store.intent)
+            ledger: Ledger = MemoryLedger()
+            if self.redis is not None:
+                prefix = self._redis_prefix()
+                ledger = RedisLedger(self.redis, prefix)
+                self.event_log = RedisEventLog(self.redis, prefix)
+            self.traffic = TrafficSampler(self.proxies, lambda: self.store.intent, ledger=ledger)
             self.failovers = FailoverTracker(
-                self.cache, self.proxies, lambda: self.store.intent, lambda: self.health
+                self.cache,
+                self.proxies,
+                lambda: self.store.intent,
+                lambda: self.health,
+                on_event=self.event_log.add,
             )
             observers.append(self.metrics.xds)
         self.observers = Observers(observers)
 
-    def _health_observers(self) -> list[HealthObserver]:
-        observers: list[HealthObserver] = []
-        if self.metrics is not None:
-            observers.append(self.metrics.health)
-        if self.failovers is not None:
-            observers.append(self.failovers)
-        return observers
+    def _redis_prefix(self) -> str:
+        assert isinstance(self.store, RedisStore)
+        return self.store.prefix
+
+    def _health(self, lease_s: float) -> HealthChecker:
+        """The checker. Memory store: it writes verdicts into self.health, each change
+        marks the publisher dirty. Redis store: it runs only on the elected prober and
+        writes records; every replica's mirror writes self.health (redis_health.py)."""
+        probes: list[HealthObserver] = [self.metrics.health] if self.metrics else []
+        verdicts: list[HealthObserver] = [self.failovers] if self.failovers else []
+        if self.redis is None:
+            return HealthChecker(
+                self.store,
+                self.health,
+                self.publisher.mark_dirty,
+                health_policy(self.settings),
+                observers=[*probes, *verdicts],
+            )
+
+        def make_checker(on_state: Callable[[str], None], seed: Seed) -> HealthChecker:
+            # Its own verdicts are private: only verdicts read back from Redis publish.
+            policy = health_policy(self.settings)
+            return HealthChecker(
+                self.store, {}, _nothing, policy, observers=probes, on_state=on_state, seed=seed
+            )
+
+        self.shared_health = SharedHealth(
+            self.redis,
+            self._redis_prefix(),
+            self.store,
+            self.health,
+            self.publisher.mark_dirty,
+            make_checker,
+            observers=verdicts,
+            lease_s=lease_s,
+        )
+        return self.shared_health.checker
+
+    def health_states(self) -> dict[str, BackendHealth]:
+        """What the health report shows: the verdicts this replica publishes, with the
+        probe figures behind them (the prober's, with replicas)."""
+        if self.shared_health is not None:
+            return self.shared_health.states
+        return self.health_checker.states
+
+    @contextlib.asynccontextmanager
+    async def hold_health(self, name: str, ttl_s: float) -> AsyncIterator[None]:
+        """Freeze one backend's health (experiments); on every replica with Redis."""
+        if self.shared_health is None:
+            with self.health_checker.held(name):
+                yield
+            return
+        async with self.shared_health.held(name, ttl_s):
+            yield
+
+    def _experiment_recorded(self, recorded: Recorded) -> None:
+        event = experiment_event(recorded)
+        if event is not None:
+            self.event_log.add(event)
 
     def _state_readers(self) -> StateReaders:
         """Read at scrape time: nothing to keep in step."""
@@ -131,13 +210,17 @@ class Controller:
                 async with asyncio.timeout(PRE_CHANGE_READ_S):
                     await self.traffic.sample()
 
-    def failover_events(self) -> list[FailoverEvent]:
-        return list(self.failovers.events) if self.failovers is not None else []
+    async def failover_events(self) -> list[FailoverEvent]:
+        """Health-check and experiment failovers (with Redis: of every replica, kept
+        across restarts)."""
+        return await self.event_log.events()
 
     # ---- life ----------------------------------------------------------------
 
     async def start(self) -> None:
         await self.store.start()
+        if self.shared_health is not None:
+            await self.shared_health.start()
         await self._start_admin()
         await self.publisher.publish_now()
         self._grpc, port = await start_server(self.engine, str(self.settings.xds_address))
@@ -150,17 +233,26 @@ class Controller:
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
+        if self.shared_health is not None:
+            await self.shared_health.stop()  # hands the prober lease over at once
+        if self.redis is not None:
+            with contextlib.suppress(Exception):  # closing a dead connection may fail
+                await self.redis.aclose()
         await self.store.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set. Expects start() to have run."""
         try:
             async with asyncio.TaskGroup() as tasks:
+                health = (
+                    self.shared_health.run() if self.shared_health else self.health_checker.run()
+                )
                 background = [
                     tasks.create_task(self.publisher.run()),
                     tasks.create_task(self.store.run()),
                     tasks.create_task(self._watch_config()),
-                    tasks.create_task(self.health_checker.run()),
+                    tasks.create_task(health),
+                    tasks.create_task(self.event_log.run()),
                 ]
                 if self.traffic is not None and self.failovers is not None:
                     background.append(tasks.create_task(self.traffic.run()))
@@ -233,6 +325,10 @@ def health_policy(settings: Settings) -> HealthPolicy:
         unhealthy_threshold=settings.health_check_unhealthy_threshold,
         jitter=settings.health_check_jitter,
     )
+
+
+def _nothing() -> None:
+    pass
 
 
 def _mtime(path: Path | None) -> float | None:

@@ -20,6 +20,14 @@ Why "the first snapshot published after it" is the right one: the verdict is
 written, and the generation read, in one synchronous step on the event loop,
 and a snapshot is built and installed without yielding, so every snapshot of
 a later generation was translated from the new verdict.
+
+Where events are kept: an `EventLog`, in memory (`MemoryEventLog`) or, with a
+Redis store, in Redis (xds_server/redis_metrics.py), so they survive a restart.
+With several replicas, every replica that has proxies connected times the same
+verdict change for its own proxies; the events carry one id (backend and the
+time of the verdict change, identical on every replica since verdicts are
+shared), and `merge` makes them one event: successful only if every replica's
+proxies ACKed in time and a backup existed, timed to the last ACK.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from xds_server.cache import SnapshotCache
 from xds_server.experiments import Recorded
@@ -57,6 +65,8 @@ class FailoverEvent:
     at: float  # wall clock: the last proxy's ACK, or the experiment's end
     successful: bool
     failover_time_ms: float | None
+    # The same failover recorded by several replicas shares one id (`merge`; "" = never merged).
+    id: str = ""
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -68,12 +78,70 @@ class FailoverEvent:
         }
 
 
+class EventLog(Protocol):
+    """Where failover events are kept (memory, or Redis to survive restarts)."""
+
+    def add(self, event: FailoverEvent) -> None:
+        """Keep `event`; never blocks and never raises (a shared log writes later)."""
+
+    async def events(self) -> list[FailoverEvent]:
+        """Every kept event, merged by id."""
+
+    async def run(self) -> None:
+        """Background work until cancelled (may return at once)."""
+
+
+class MemoryEventLog:
+    """The last KEPT_EVENTS events of this process."""
+
+    def __init__(self) -> None:
+        self._events: deque[FailoverEvent] = deque(maxlen=KEPT_EVENTS)
+
+    def add(self, event: FailoverEvent) -> None:
+        self._events.append(event)
+
+    async def events(self) -> list[FailoverEvent]:
+        return merge(self._events)
+
+    async def run(self) -> None:
+        pass
+
+
+def merge(events: Iterable[FailoverEvent]) -> list[FailoverEvent]:
+    """One event per id, in first-seen order: several replicas timing one verdict
+    change for their own proxies make one failover, done when the last proxy ACKed."""
+    merged: dict[str, FailoverEvent] = {}
+    single: list[FailoverEvent] = []
+    for event in events:
+        if not event.id:
+            single.append(event)
+            continue
+        seen = merged.get(event.id)
+        merged[event.id] = event if seen is None else _combined(seen, event)
+    return [*single, *merged.values()]
+
+
+def _combined(a: FailoverEvent, b: FailoverEvent) -> FailoverEvent:
+    if a == b:
+        return a  # the same record read twice (a write in flight while reading)
+    times = (a.failover_time_ms, b.failover_time_ms)
+    return FailoverEvent(
+        source=a.source,
+        backend=a.backend,
+        at=max(a.at, b.at),
+        successful=a.successful and b.successful,
+        failover_time_ms=None if None in times else max(t for t in times if t is not None),
+        id=a.id,
+    )
+
+
 @dataclass(frozen=True)
 class _Pending:
     backend: str
     backup_available: bool
     since: float  # monotonic, at the verdict change
     generation: int  # the published generation at that moment
+    changed_at: float  # wall clock of the verdict change, the same on every replica
 
 
 class FailoverTracker:
@@ -85,8 +153,10 @@ class FailoverTracker:
         proxies: ProxyRegistry,
         intent: Callable[[], Intent],
         verdicts: Callable[[], dict[str, Health]],
+        on_event: Callable[[FailoverEvent], None] | None = None,
     ) -> None:
-        self.events: deque[FailoverEvent] = deque(maxlen=KEPT_EVENTS)
+        self.events: deque[FailoverEvent] = deque(maxlen=KEPT_EVENTS)  # timed here
+        self._on_event = on_event
         self._cache, self._proxies = cache, proxies
         self._intent, self._verdicts = intent, verdicts
         self._pending: deque[_Pending] = deque()
@@ -109,7 +179,8 @@ class FailoverTracker:
             log.warning("failover of %s not timed: %d already in flight", name, MAX_IN_FLIGHT)
             return
         backup = _backup_available(service, name, self._verdicts())
-        self._pending.append(_Pending(name, backup, time.monotonic(), self._cache.generation))
+        pending = _Pending(name, backup, time.monotonic(), self._cache.generation, result.at)
+        self._pending.append(pending)
         self._wake.set()
 
     async def run(self) -> None:
@@ -137,8 +208,11 @@ class FailoverTracker:
             at=time.time(),
             successful=acked and pending.backup_available,
             failover_time_ms=round(took * 1000, 1) if acked else None,
+            id=_id(HEALTH_CHECK, pending.backend, pending.changed_at),
         )
         self.events.append(event)
+        if self._on_event is not None:
+            self._on_event(event)
         log.info(
             "failover off %s %s in %.1f ms",
             pending.backend,
@@ -177,26 +251,36 @@ def experiment_events(recorded: Iterable[Recorded]) -> list[FailoverEvent]:
     """One event per failover or circuit-breaker experiment, oldest first."""
     events = []
     for record in recorded:
-        event = _experiment_event(record.answer, record.at)
+        event = experiment_event(record)
         if event is not None:
             events.append(event)
     return events
 
 
-def _experiment_event(answer: dict[str, Any], at: float) -> FailoverEvent | None:
+def experiment_event(record: Recorded) -> FailoverEvent | None:
+    """The failover event of one experiment's answer; None for other answers."""
+    answer, at = record.answer, record.at
     if FAILOVER_TEST in answer:
         run = answer[FAILOVER_TEST]
         ok = bool(run.get("failover_triggered")) and run.get("backup_backend") is not None
+        time_ms = run.get("failover_time_ms")
+        backend = run["primary_backend"]
         return FailoverEvent(
-            FAILOVER_TEST, run["primary_backend"], at, ok, run.get("failover_time_ms")
+            FAILOVER_TEST, backend, at, ok, time_ms, _id(FAILOVER_TEST, backend, at)
         )
     if CIRCUIT_BREAKER_TEST in answer:
         run = answer[CIRCUIT_BREAKER_TEST]
         ok = bool(run.get("circuit_breaker_triggered")) and bool(run.get("failover_activated"))
-        return FailoverEvent(
-            CIRCUIT_BREAKER_TEST, run["target_backend"], at, ok, run.get("time_to_open_ms")
-        )
+        time_ms = run.get("time_to_open_ms")
+        backend = run["target_backend"]
+        event_id = _id(CIRCUIT_BREAKER_TEST, backend, at)
+        return FailoverEvent(CIRCUIT_BREAKER_TEST, backend, at, ok, time_ms, event_id)
     return None
+
+
+def _id(source: str, backend: str, at: float) -> str:
+    """Identical for the same failover wherever it is recorded (`merge`)."""
+    return f"{source}:{backend}@{at!r}"
 
 
 def summary(events: Iterable[FailoverEvent], recent: int = 10) -> dict[str, Any]:

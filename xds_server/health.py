@@ -23,6 +23,11 @@ Rules (tests/test_health_unit.py pins them):
 - The checker follows the intent: a new backend starts UNKNOWN, a removed one is
   forgotten, one whose address, port or health path changed starts over as
   UNKNOWN (it is another target now).
+
+With several replicas (xds_server/redis_health.py, docs/replicas.md) only the
+elected prober runs this checker; it starts each backend from the shared record
+(`seed`) instead of UNKNOWN, reports every state change (`on_state`) so the
+record can be written, and is run again from scratch on a later term.
 """
 
 from __future__ import annotations
@@ -160,6 +165,8 @@ def new_session() -> aiohttp.ClientSession:
 # --- the checker -----------------------------------------------------------------------
 
 Target = tuple[str, int, str]  # what a probe talks to: address, port, health path
+# The state to start a backend from (a shared record), or None for a fresh UNKNOWN.
+Seed = Callable[[str, Target], BackendHealth | None]
 
 
 def probed_backends(intent: Intent) -> dict[str, Backend]:
@@ -171,7 +178,7 @@ def probed_backends(intent: Intent) -> dict[str, Backend]:
     }
 
 
-def _target(backend: Backend) -> Target:
+def probe_target(backend: Backend) -> Target:
     return backend.address, backend.port, backend.health_path
 
 
@@ -194,6 +201,8 @@ class HealthChecker:
         prober: Prober | None = None,
         rng: random.Random | None = None,
         observers: Sequence[HealthObserver] = (),
+        on_state: Callable[[str], None] | None = None,
+        seed: Seed | None = None,
     ) -> None:
         self.policy = policy
         self.observers = list(observers)
@@ -202,6 +211,8 @@ class HealthChecker:
         self._verdicts = verdicts
         self._on_change = on_change
         self._prober = prober
+        self._on_state = on_state  # any change to one backend's state: probe counted, forgotten
+        self._seed = seed
         self._rng = rng or random.Random()
         self._probing: dict[str, _Probing] = {}
         self._held: set[str] = set()
@@ -209,7 +220,10 @@ class HealthChecker:
         store.on_change(self._intent_changed.set)
 
     async def run(self) -> None:
-        """Probe until cancelled, following every intent change."""
+        """Probe until cancelled, following every intent change. A later run (the
+        replica is elected prober again) starts over from the intent and the seed."""
+        self._probing.clear()
+        self.states.clear()
         if self._prober is not None:
             await self._follow_intent(self._prober)
             return
@@ -221,12 +235,36 @@ class HealthChecker:
         """Freeze one backend: no probes, and its verdict stays even if the intent
         moves it. An experiment fails it on purpose and wants the circuit breaker,
         not this checker, to react; on release it is probed (or retargeted) again."""
-        self._held.add(name)
+        self.hold(name)
         try:
             yield
         finally:
-            self._held.discard(name)
-            self._intent_changed.set()
+            self.release(name)
+
+    def hold(self, name: str) -> None:
+        self._held.add(name)
+
+    def release(self, name: str) -> None:
+        """End a hold. With a seed, the state starts again from it: the shared record
+        is the truth, and a probe that raced the hold may have moved the local state."""
+        if name not in self._held:
+            return
+        self._held.discard(name)
+        probing = self._probing.get(name)
+        if self._seed is not None and probing is not None:
+            seeded = self._seed(name, probing.target)
+            if seeded is not None:
+                self.states[name] = seeded
+        self._intent_changed.set()
+
+    @property
+    def holds(self) -> frozenset[str]:
+        return frozenset(self._held)
+
+    def target_of(self, name: str) -> Target | None:
+        """What `name` is probed at now; None when it is not probed."""
+        probing = self._probing.get(name)
+        return None if probing is None else probing.target
 
     async def _follow_intent(self, prober: Prober) -> None:
         # Cancelling run() cancels this TaskGroup and with it every probe loop.
@@ -242,20 +280,33 @@ class HealthChecker:
             backend = wanted.get(name)
             if name in self._held and backend is not None:
                 continue  # frozen; reconciled on release
-            if backend is None or _target(backend) != probing.target:
+            if backend is None or probe_target(backend) != probing.target:
                 probing.task.cancel()
                 del self._probing[name]
                 self._forget(name)
         for name, backend in wanted.items():
             if name not in self._probing:
-                self.states[name] = BackendHealth()
+                self.states[name] = self._initial(name, backend)
                 task = tasks.create_task(self._probe_loop(backend, prober), name=f"probe {name}")
-                self._probing[name] = _Probing(_target(backend), task)
+                self._probing[name] = _Probing(probe_target(backend), task)
+
+    def _initial(self, name: str, backend: Backend) -> BackendHealth:
+        seeded = self._seed(name, probe_target(backend)) if self._seed is not None else None
+        if seeded is None:
+            return BackendHealth()
+        if seeded.verdict is not Health.UNKNOWN:
+            self._verdicts[name] = seeded.verdict  # already published: no on_change
+        return seeded
 
     def _forget(self, name: str) -> None:
         self.states.pop(name, None)
         if self._verdicts.pop(name, Health.UNKNOWN) is not Health.UNKNOWN:
             self._on_change()
+        self._state_changed(name)
+
+    def _state_changed(self, name: str) -> None:
+        if self._on_state is not None:
+            self._on_state(name)
 
     async def _probe_loop(self, backend: Backend, prober: Prober) -> None:
         loop = asyncio.get_running_loop()
@@ -277,6 +328,7 @@ class HealthChecker:
             return
         previous = state.verdict
         changed = state.record(result, self.policy)
+        self._state_changed(name)
         self._tell("probed", name, result)
         if not changed:
             return

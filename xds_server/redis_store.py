@@ -32,8 +32,9 @@ One caveat inherent to any remote store: if the connection drops after Redis
 executed a write but before its reply arrived, the caller sees 503 although the
 write took effect; the next resync adopts it, so replicas still agree.
 
-Redis errors become DependencyUnavailable in exactly one place, `_redis_errors`
-(style.md, item 12).
+Redis errors become DependencyUnavailable in exactly one place, `redis_errors`
+(style.md, item 12); the shared health and metrics (redis_health.py,
+redis_metrics.py) use it too.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class RedisStore:
         prefix: str = DEFAULT_PREFIX,
         start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
+        self.url, self.prefix = url, prefix  # for the other shared state (health, metrics)
         self._client = connect(url)
         self._start_timeout_s = start_timeout_s
         self._key = f"{prefix}:intent"
@@ -227,7 +229,7 @@ class RedisStore:
         try:
             with self._redis_errors("subscribing"):
                 await pubsub.subscribe(self._channel)
-                await _confirmed(pubsub)
+                await confirmed(pubsub)
             self._broken.clear()
             await self._resync()
             if not self._connected:
@@ -328,16 +330,30 @@ class RedisStore:
 
     @contextlib.contextmanager
     def _redis_errors(self, doing: str) -> Iterator[None]:
-        """The one place where Redis errors become DependencyUnavailable."""
         try:
-            yield
-        except (RedisError, OSError) as error:  # OSError: redis-py lets some socket errors through
+            with redis_errors(doing):
+                yield
+        except DependencyUnavailable:
             self._connected = False
             self._broken.set()
-            raise DependencyUnavailable(f"Redis unavailable while {doing}: {error}") from error
+            raise
 
 
-async def _confirmed(pubsub: PubSub) -> None:
+@contextlib.contextmanager
+def redis_errors(doing: str) -> Iterator[None]:
+    """The one place where Redis errors become DependencyUnavailable."""
+    try:
+        yield
+    except (RedisError, OSError) as error:  # OSError: redis-py lets some socket errors through
+        raise DependencyUnavailable(f"Redis unavailable while {doing}: {error}") from error
+
+
+def as_text(value: bytes | str) -> str:
+    """A reply as str (the client decodes responses; its types allow bytes too)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def confirmed(pubsub: PubSub) -> None:
     """Wait for the server's subscribe confirmation, so that a write made after it is
     certain to be notified (a read made after it then misses nothing)."""
     loop = asyncio.get_running_loop()

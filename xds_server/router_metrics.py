@@ -6,6 +6,13 @@ when the metrics are asked for, into a TrafficBook (xds_server/traffic.py),
 which keeps monotonic totals across Envoy's counter resets. `report` shapes
 the book, the latest readings and the failover events into the spec's JSON;
 the OpenAPI description (admin/metrics.py) defines every figure.
+
+Where the totals live is the sampler's `Ledger`: `MemoryLedger` (the book
+itself) or, with a Redis store, `RedisLedger` (xds_server/redis_metrics.py),
+which keeps the totals and each proxy's last reading in Redis, so they survive
+a controller restart and several replicas add to the same totals. Each replica
+reads only the proxies connected to it (an Envoy holds one ADS stream, so it is
+read by exactly one replica), never every proxy of the fleet.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from xds_server.envoy_stats import RQ_TIME, TrafficReading, read_traffic_of
 from xds_server.failover import FailoverEvent, summary
@@ -29,27 +36,55 @@ SAMPLE_INTERVAL_S = 2.0
 log = logging.getLogger("xds_server.metrics")
 
 
+class Ledger(Protocol):
+    """Where the totals are kept; `book` holds them (or a copy) for the report."""
+
+    book: TrafficBook
+
+    async def apply(
+        self, readings: Sequence[TrafficReading], clusters: set[str], at: float, wall: float
+    ) -> None:
+        """Count readings taken at `at` (monotonic) / `wall`; never raises for an outage."""
+
+
+class MemoryLedger:
+    """The totals of this process only."""
+
+    def __init__(self) -> None:
+        self.book = TrafficBook()
+
+    async def apply(
+        self, readings: Sequence[TrafficReading], clusters: set[str], at: float, wall: float
+    ) -> None:
+        self.book.apply(readings, clusters, at, wall)
+
+
 class TrafficSampler:
-    """Reads every connected proxy into one TrafficBook; readings never overlap."""
+    """Reads every connected proxy into one ledger; readings never overlap."""
 
     def __init__(
         self,
         proxies: ProxyRegistry,
         intent: Callable[[], Intent],
         interval_s: float = SAMPLE_INTERVAL_S,
+        ledger: Ledger | None = None,
     ) -> None:
-        self.book = TrafficBook()
+        self.ledger: Ledger = ledger or MemoryLedger()
         self.readings: list[TrafficReading] = []  # the latest, one per proxy read
         self._proxies, self._intent, self._interval_s = proxies, intent, interval_s
         # Readings must be applied in the order they were taken (traffic.py).
         self._lock = asyncio.Lock()
+
+    @property
+    def book(self) -> TrafficBook:
+        return self.ledger.book
 
     async def sample(self) -> list[TrafficReading]:
         """Read every connected proxy now (bounded by the read timeout) and count it."""
         async with self._lock:
             readings = await read_traffic_of(self._proxies.connected())
             clusters = {s.name for s in self._intent().services}
-            self.book.apply(readings, clusters, time.monotonic(), time.time())
+            await self.ledger.apply(readings, clusters, time.monotonic(), time.time())
             self.readings = readings
             return readings
 
@@ -213,4 +248,4 @@ def _spread(intent: Intent, name: str) -> bool:
     return service is not None and len(service.backends) > 1
 
 
-__all__ = ["WINDOW_S", "TrafficSampler", "report"]
+__all__ = ["WINDOW_S", "Ledger", "MemoryLedger", "TrafficSampler", "report"]

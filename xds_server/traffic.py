@@ -62,10 +62,49 @@ class Point:
 
 
 @dataclass
-class _Proxy:
+class ProxyBaseline:
+    """What one proxy's counters read last: the reference for its next growth."""
+
     last: dict[Key, float] = field(default_factory=dict)
     built: Mapping[str, str] = field(default_factory=dict)
-    read_at: float = 0.0
+    read_at: float = 0.0  # the caller's clock: monotonic here, wall clock in Redis
+
+
+@dataclass
+class Growth:
+    """What one reading adds to the totals."""
+
+    backends: dict[tuple[str, str, str], float] = field(default_factory=dict)  # cluster, host, ctr
+    clusters: dict[tuple[str, str], float] = field(default_factory=dict)  # cluster, figure
+    failed: set[tuple[str, str]] = field(default_factory=set)  # (cluster, host): rq_error grew
+
+
+def measure(
+    reading: TrafficReading, baseline: ProxyBaseline, clusters: set[str], at: float
+) -> tuple[Growth, ProxyBaseline]:
+    """How much `reading` (taken at `at`) adds over `baseline`, and the next baseline.
+    Pure, so a shared store can apply it with a compare-and-set (redis_metrics.py)."""
+    growth = Growth()
+    rebuilt = {c for c, built in reading.built.items() if baseline.built.get(c) != built}
+    seen: dict[Key, float] = {}
+    for host in reading.hosts:
+        if host.cluster not in clusters:
+            continue
+        key = (host.cluster, host.hostname, host.address)
+        for counter in HOST_COUNTERS:
+            value = float(host.get(counter))
+            grown = _growth(baseline.last.get((*key, counter)), value, host.cluster in rebuilt)
+            seen[(*key, counter)] = value
+            total = (host.cluster, host.hostname, counter)
+            growth.backends[total] = growth.backends.get(total, 0.0) + grown
+            if counter == "rq_error" and grown > 0:
+                growth.failed.add((host.cluster, host.hostname))
+    for (cluster, figure), value in reading.clusters.items():
+        if cluster in clusters and figure in CLUSTER_FIGURES:
+            grown = _growth(baseline.last.get((cluster, figure)), value, False)
+            seen[(cluster, figure)] = value
+            growth.clusters[(cluster, figure)] = growth.clusters.get((cluster, figure), 0) + grown
+    return growth, ProxyBaseline(seen, dict(reading.built), at)
 
 
 class TrafficBook:
@@ -76,7 +115,7 @@ class TrafficBook:
         self.clusters: dict[tuple[str, str], float] = {}  # (cluster, figure) -> total
         self.points: deque[Point] = deque(maxlen=MAX_POINTS)
         self.first_reading_at: float | None = None  # wall clock
-        self._proxies: dict[str, _Proxy] = {}
+        self._proxies: dict[str, ProxyBaseline] = {}
 
     def apply(
         self, readings: Iterable[TrafficReading], clusters: set[str], at: float, wall: float
@@ -84,37 +123,38 @@ class TrafficBook:
         """Count readings taken at `at` (monotonic) / `wall`; only `clusters` are counted."""
         for reading in readings:
             if reading.error is None:
-                self._apply_one(reading, clusters, at, wall)
+                baseline = self._proxies.get(reading.node_id, ProxyBaseline())
+                growth, self._proxies[reading.node_id] = measure(reading, baseline, clusters, at)
+                self.add(growth, wall)
+        self.mark(at, wall)
+        self._forget(at)
+
+    def add(self, growth: Growth, wall: float) -> None:
+        for (cluster, hostname, counter), amount in growth.backends.items():
+            totals = self.backends.setdefault((cluster, hostname), BackendTotals())
+            totals.add(counter, amount)
+        for backend in growth.failed:
+            self.backends[backend].last_failure_at = wall
+        for key, amount in growth.clusters.items():
+            self.clusters[key] = self.clusters.get(key, 0) + amount
+
+    def load(
+        self,
+        backends: dict[tuple[str, str], BackendTotals],
+        clusters: dict[tuple[str, str], float],
+        first_reading_at: float | None,
+    ) -> None:
+        """Take totals kept elsewhere (Redis) as this book's."""
+        self.backends, self.clusters = backends, clusters
+        self.first_reading_at = first_reading_at
+
+    def mark(self, at: float, wall: float) -> None:
+        """Close one round of readings: a point of the window at `at`."""
         if self.first_reading_at is None:
             self.first_reading_at = wall
         self.points.append(Point(at, dict(self.clusters)))
         while self.points[0].at < at - WINDOW_S:  # the newest point always stays
             self.points.popleft()
-        self._forget(at)
-
-    def _apply_one(
-        self, reading: TrafficReading, clusters: set[str], at: float, wall: float
-    ) -> None:
-        proxy = self._proxies.setdefault(reading.node_id, _Proxy())
-        rebuilt = {c for c, built in reading.built.items() if proxy.built.get(c) != built}
-        seen: dict[Key, float] = {}
-        for host in reading.hosts:
-            if host.cluster in clusters:
-                key = (host.cluster, host.hostname, host.address)
-                totals = self.backends.setdefault((host.cluster, host.hostname), BackendTotals())
-                for counter in HOST_COUNTERS:
-                    value = float(host.get(counter))
-                    grown = _growth(proxy.last.get((*key, counter)), value, host.cluster in rebuilt)
-                    seen[(*key, counter)] = value
-                    totals.add(counter, grown)
-                    if counter == "rq_error" and grown > 0:
-                        totals.last_failure_at = wall
-        for (cluster, figure), value in reading.clusters.items():
-            if cluster in clusters and figure in CLUSTER_FIGURES:
-                grown = _growth(proxy.last.get((cluster, figure)), value, False)
-                seen[(cluster, figure)] = value
-                self.clusters[(cluster, figure)] = self.clusters.get((cluster, figure), 0) + grown
-        proxy.last, proxy.built, proxy.read_at = seen, dict(reading.built), at
 
     def cluster_total(self, figure: str, clusters: Iterable[str] | None = None) -> float:
         return sum(v for (c, f), v in self.clusters.items() if f == figure and _in(c, clusters))

@@ -67,7 +67,7 @@ REPORT_SCHEMA: dict[str, Any] = {
 )
 async def router_health(request: web.Request) -> web.Response:
     controller = controller_of(request)
-    states = controller.health_checker.states
+    states = controller.health_states()
     return web.json_response(health_report(controller.store.intent, states))
 
 
@@ -87,7 +87,7 @@ async def router_health(request: web.Request) -> web.Response:
 )
 async def overall_health(request: web.Request) -> web.Response:
     controller = controller_of(request)
-    summary = summarize(controller.store.intent, controller.health_checker.states)
+    summary = summarize(controller.store.intent, controller.health_states())
     body = {
         "status": summary.overall,
         "total_backends": summary.total,

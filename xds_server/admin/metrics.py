@@ -16,7 +16,6 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from xds_server.admin.api import RouteSet
 from xds_server.admin.context import controller_of
 from xds_server.admin.errors import ApiError
-from xds_server.failover import experiment_events
 from xds_server.router_metrics import SAMPLE_INTERVAL_S, WINDOW_S, report
 
 if TYPE_CHECKING:
@@ -36,6 +35,14 @@ restarts, and the controller counts across those resets. Totals run from `since`
 controller's first reading); Envoy is read every {SAMPLE_INTERVAL_S:g} s and once more for \
 each call, so requests served between the last reading and a cluster rebuild (at most one \
 interval) can be missed.
+
+With a Redis store (ROUTER_REDIS_URL) the totals, each proxy's last reading and the \
+failover events are kept in Redis: they survive a controller restart, and with several \
+replicas each reads the Envoys connected to it and all add to the same totals, so every \
+replica reports the figures of the whole fleet (`since` is then the first reading of any \
+replica). The window rates are computed from those shared totals at this replica's \
+readings, so they cover the fleet too (other replicas' Envoys as of their last reading, \
+at most one interval behind). See docs/replicas.md.
 
 routing_metrics counts requests as clients saw them, for the services' clusters (the \
 controller's own admin API behind the listener is not counted): total_requests = requests \
@@ -168,7 +175,7 @@ async def router_metrics(request: web.Request) -> web.Response:
     if name is not None and service is None:
         raise ApiError(404, "not_found", f"no service named {name!r}")
     readings = await sampler.sample()
-    events = [*controller.failover_events(), *experiment_events(controller.experiments.results)]
+    events = await controller.failover_events()
     body = report(sampler.book, readings, intent, events, time.monotonic(), service)
     return web.json_response(body)
 

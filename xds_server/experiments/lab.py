@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 POLL_S = 0.02
 APPLY_WAIT_S = 5.0
 DEFAULT_EJECTION_S = 2.0  # used when the configured ejection time is longer
+HOLD_MARGIN_S = 60.0  # restoring after the deadline: a few bounded steps
 CONFIRM_PROBES = 10  # requests sent after the ejection to see who serves them
 MAX_PROBES = 20_000  # per experiment, whatever the duration
 PROBE_HEADER = "x-xds-server-experiment"
@@ -55,12 +56,16 @@ class Experiments:
     """At most one experiment at a time; the last answers kept for other readers
     (the metrics API's failover figures)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_record: Callable[[Recorded], None] | None = None) -> None:
         self.running: str | None = None
         self.results: deque[Recorded] = deque(maxlen=100)
+        self._on_record = on_record  # the failover event log
 
     def record(self, answer: dict[str, Any]) -> None:
-        self.results.append(Recorded(time.time(), answer))
+        recorded = Recorded(time.time(), answer)
+        self.results.append(recorded)
+        if self._on_record is not None:
+            self._on_record(recorded)
 
     @contextlib.contextmanager
     def claim(self, kind: str) -> Iterator[None]:
@@ -125,8 +130,12 @@ async def open_lab(
 ) -> AsyncIterator[Lab]:
     proxy = observed_proxy(controller)
     timeout = aiohttp.ClientTimeout(total=controller.store.intent.policies.request_timeout_s + 1)
-    with controller.experiments.claim(kind), controller.health_checker.held(target.name):
+    # The hold outlives every bounded step of the experiment; with replicas it is
+    # shared and expires by itself should this controller die meanwhile.
+    hold_s = limits.max_duration_s + HOLD_MARGIN_S
+    with controller.experiments.claim(kind):
         async with (
+            controller.hold_health(target.name, hold_s),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as admin,
             aiohttp.ClientSession(timeout=timeout) as traffic,
         ):

@@ -28,6 +28,7 @@ from xds_server.errors import ConfigError, Problem
 from xds_server.model import Backend, Intent, Policies, Protocol, Service, SocketAddress
 from xds_server.settings.values import (
     ADDRESS,
+    IP_ADDRESS,
     MAX_WEIGHT,
     RESERVED_ROUTE_PREFIX,
     RESERVED_ROUTES,
@@ -44,14 +45,13 @@ from xds_server.settings.values import (
     shown,
     to_flag,
     to_header_name,
-    to_host,
+    to_ip,
     to_name,
     to_path,
     to_protocol,
     to_redis_url,
     to_route,
     to_strategy,
-    to_text,
 )
 from xds_server.translate.grpc import grpc_problems
 
@@ -101,6 +101,8 @@ class Settings:
     health_check_healthy_threshold: int = 2
     health_check_unhealthy_threshold: int = 3
     health_check_jitter: float = 0.1
+    # With Redis: how long the elected prober's lease lasts (docs/replicas.md).
+    health_prober_lease: float = 5.0
 
 
 _ROUTER_FIELDS: dict[str, RouterField] = {
@@ -110,6 +112,7 @@ _ROUTER_FIELDS: dict[str, RouterField] = {
     "health_check_healthy_threshold": int_field(1),
     "health_check_unhealthy_threshold": int_field(1),
     "health_check_jitter": number_field(0, inclusive=True, maximum=1),
+    "health_prober_lease": SECONDS,
     "circuit_breaker_threshold": int_field(1),
     "circuit_breaker_timeout": SECONDS,
     "max_retries": int_field(0),
@@ -121,8 +124,8 @@ _ROUTER_FIELDS: dict[str, RouterField] = {
     "max_connections": int_field(1),
     "request_timeout": SECONDS,
     "healthy_panic_threshold": number_field(0, inclusive=True, maximum=100),
-    "listen_address": ADDRESS,
-    "envoy_admin_address": ADDRESS,
+    "listen_address": IP_ADDRESS,
+    "envoy_admin_address": IP_ADDRESS,
     "xds_address": ADDRESS,
     "admin_address": ADDRESS,
     "redis_url": RouterField(optional_text(to_redis_url)),
@@ -134,6 +137,7 @@ _HEALTH_VERDICT_KEYS = (
     "health_check_healthy_threshold",
     "health_check_unhealthy_threshold",
     "health_check_jitter",
+    "health_prober_lease",
 )
 
 # router key -> Policies field
@@ -182,7 +186,7 @@ _SERVICE_REQUIRED = ("name", "backends")  # and routes, unless the service is gr
 
 _BACKEND_SCALARS: dict[str, Convert] = {
     "name": to_name,
-    "address": to_host,
+    "address": to_ip,
     "port": integer_between(1, 65535),
     # Envoy rejects a locality whose weights sum above 2**32 - 1; a cap per
     # backend keeps any realistic service far below that.
@@ -397,16 +401,9 @@ def _parse_backend(problems: list[Problem], path: str, raw: object, seen: _Seen)
 # same limits. Each converter raises InvalidValue.
 BACKEND_FIELDS: Mapping[str, Convert] = MappingProxyType(_BACKEND_SCALARS)
 name_value: Convert = to_name
+ip_literal: Convert = to_ip
 strategy_value: Convert = to_strategy
 header_name_value: Convert = to_header_name
-
-
-def ip_literal(value: object) -> str:
-    """An IP address, not a hostname: Envoy's EDS rejects hostnames in endpoints."""
-    text = to_text(value)
-    if not is_ip(text):
-        raise InvalidValue(f"{text!r} must be an IPv4 or IPv6 address (EDS takes no hostnames)")
-    return text
 
 
 def check_fields(

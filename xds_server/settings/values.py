@@ -140,6 +140,17 @@ def to_host(value: object) -> str:
     raise InvalidValue(f"{text!r} is neither an IP address nor a hostname")
 
 
+def to_ip(value: object) -> str:
+    """An IP address, not a hostname: Envoy takes no hostnames in EDS endpoints
+    or listener addresses (a hostname there would be NACKed)."""
+    text = to_text(value)
+    if not is_ip(text):
+        raise InvalidValue(
+            f"{text!r} must be an IPv4 or IPv6 address (Envoy resolves no names here)"
+        )
+    return text
+
+
 def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -157,7 +168,7 @@ def is_hostname(text: str) -> bool:
     return len(text) <= 253 and valid
 
 
-def to_socket_address(value: object) -> SocketAddress:
+def to_socket_address(value: object, host_check: Convert = to_host) -> SocketAddress:
     text = to_text(value)
     host, sep, port = text.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()):
@@ -168,7 +179,12 @@ def to_socket_address(value: object) -> SocketAddress:
             raise InvalidValue(f"{text!r}: only IPv6 addresses go in brackets")
     elif ":" in host:
         raise InvalidValue(f"{text!r}: write an IPv6 host in brackets, as [::1]:port")
-    return SocketAddress(to_host(host), integer_between(1, 65535)(int(port)))
+    return SocketAddress(host_check(host), integer_between(1, 65535)(int(port)))
+
+
+def to_ip_socket_address(value: object) -> SocketAddress:
+    """host:port where Envoy binds (its listener and admin): an IP host."""
+    return to_socket_address(value, to_ip)
 
 
 def optional_text(check: Callable[[str], str]) -> Convert:
@@ -237,3 +253,4 @@ def number_field(minimum: float, *, inclusive: bool, maximum: float | None = Non
 
 SECONDS = number_field(0, inclusive=False)
 ADDRESS = RouterField(to_socket_address)
+IP_ADDRESS = RouterField(to_ip_socket_address)

@@ -1,0 +1,216 @@
+"""Shared health and shared routing metrics, below the controller: the pure rules
+(which record counts, seeding, merging events) and the Redis scripts and ledgers
+against a private redis-server (no Envoy)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.redis_support import RedisServer
+from tests.support import eventually
+from xds_server.envoy_stats import HostStats, TrafficReading
+from xds_server.failover import FailoverEvent, merge
+from xds_server.health import BackendHealth, HealthChecker, HealthPolicy, ProbeResult
+from xds_server.model import Backend, Health, Intent, Protocol, Service
+from xds_server.redis_health import (
+    CLAIM,
+    HOLD,
+    WRITE,
+    HealthMirror,
+    Record,
+    decode_record,
+    effective,
+    encode_record,
+)
+from xds_server.redis_metrics import RedisEventLog, RedisLedger
+from xds_server.redis_store import connect
+from xds_server.store import MemoryStore
+
+A = Backend("svc-a", "127.0.0.1", 1001)
+B = Backend("svc-b", "127.0.0.1", 1002)
+INTENT = Intent(services=(Service("svc", ("/svc/",), (A, B)),))
+TARGET_A = ("127.0.0.1", 1001, "/health")
+
+
+def failed(at: float = 100.0) -> ProbeResult:
+    return ProbeResult(ok=False, definitive=True, elapsed_s=0.002, at=at, error="HTTP 503")
+
+
+def unhealthy(at: float = 100.0) -> BackendHealth:
+    return BackendHealth(Health.UNHEALTHY, passes=0, failures=1, last=failed(at), since=at)
+
+
+# --- which record counts ---------------------------------------------------------------
+
+
+def test_a_record_counts_only_for_its_target_unless_held() -> None:
+    """As one controller's checker: a backend moved to another address starts over
+    (UNKNOWN), except while held by an experiment; gRPC backends are never probed."""
+    records = {"svc-a": Record(TARGET_A, unhealthy()), "svc-b": Record(TARGET_A, unhealthy())}
+    assert set(effective(INTENT, records, ())) == {"svc-a"}  # svc-b's record is elsewhere
+    assert set(effective(INTENT, records, {"svc-b"})) == {"svc-a", "svc-b"}
+    grpc = Intent(services=(Service("g", ("/g/",), (A,), protocol=Protocol.GRPC),))
+    assert effective(grpc, records, ()) == {}
+
+
+def test_records_round_trip_and_junk_is_skipped() -> None:
+    """A record keeps verdict, counts, probe figures and target; an unreadable one is
+    None (the backend stays UNKNOWN), never an exception in the follower."""
+    record = decode_record(encode_record(TARGET_A, unhealthy()))
+    assert record == Record(TARGET_A, unhealthy())
+    assert decode_record('{"verdict": "sideways"}') is None
+
+
+def test_mirror_writes_every_verdict_before_observers_hear_and_keeps_on_an_empty_read() -> None:
+    """Observers (failover timing) see the complete new verdicts; a change back to
+    UNKNOWN removes the verdict; an empty full read (Redis lost its data) keeps them."""
+    verdicts: dict[str, Health] = {}
+    heard: list[tuple[str, dict[str, Health], float]] = []
+    marks: list[int] = []
+
+    class Ear:
+        def probed(self, name: str, result: ProbeResult) -> None:
+            raise AssertionError("the mirror reports verdicts, not probes")
+
+        def verdict_changed(
+            self, name: str, previous: Health, current: Health, result: ProbeResult
+        ) -> None:
+            heard.append((name, dict(verdicts), result.at))
+
+    mirror = HealthMirror(lambda: INTENT, verdicts, lambda: marks.append(1), [Ear()])
+    later = dataclasses.replace(unhealthy(100.0), last=failed(130.0))  # probed again since
+    target_b = ("127.0.0.1", 1002, "/health")
+    mirror.replace({"svc-a": Record(TARGET_A, later), "svc-b": Record(target_b, unhealthy())})
+    both = {"svc-a": Health.UNHEALTHY, "svc-b": Health.UNHEALTHY}
+    assert verdicts == both and len(marks) == 1
+    assert [(n, seen) for n, seen, _ in heard] == [("svc-a", both), ("svc-b", both)]
+    assert heard[0][2] == 100.0  # the time of the change, identical on every replica
+    mirror.replace({})
+    assert verdicts == both
+    mirror.update({"svc-a": None})
+    assert verdicts == {"svc-b": Health.UNHEALTHY}
+
+
+async def test_a_seeded_checker_continues_the_thresholds() -> None:
+    """A new prober starts from the shared record: an UNHEALTHY backend that answers
+    again needs healthy_threshold passes (a fresh checker would pass it at once)."""
+    passes: list[float] = []
+
+    async def prober(backend: Backend) -> ProbeResult:
+        passes.append(time.monotonic())
+        return ProbeResult(ok=True, definitive=False, elapsed_s=0.001, at=time.time())
+
+    seen: list[Health] = []
+    policy = HealthPolicy(interval_s=0.05, timeout_s=0.01, healthy_threshold=3, jitter=0)
+    checker = HealthChecker(
+        MemoryStore(Intent(services=(Service("svc", ("/svc/",), (A,)),))),
+        {},
+        lambda: None,
+        policy,
+        prober=prober,
+        on_state=lambda name: seen.append(checker.states[name].verdict),
+        seed=lambda name, target: unhealthy() if target == TARGET_A else None,
+    )
+    task = asyncio.create_task(checker.run())
+    await eventually(lambda: _true(len(seen) >= 3), timeout_s=2)
+    task.cancel()
+    assert seen[:3] == [Health.UNHEALTHY, Health.UNHEALTHY, Health.HEALTHY]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_one_failover_timed_by_two_replicas_is_one_event() -> None:
+    """Same id: one event, successful only if both were, timed to the slower replica;
+    events without an id are never merged."""
+    fast = FailoverEvent("health_check", "svc-a", 10.0, True, 12.0, id="x")
+    slow = FailoverEvent("health_check", "svc-a", 11.0, True, 30.0, id="x")
+    late = FailoverEvent("health_check", "svc-a", 12.0, False, None, id="x")
+    assert merge([fast, slow]) == [dataclasses.replace(slow, at=11.0)]
+    assert merge([fast, slow, late]) == [dataclasses.replace(late, failover_time_ms=None)]
+    plain = FailoverEvent("failover_test", "svc-a", 1.0, True, 5.0)
+    assert merge([plain, plain]) == [plain, plain]
+
+
+# --- the scripts against Redis ----------------------------------------------------------------
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    redis = connect(redis_server.url)
+    yield redis
+    await redis.aclose()
+
+
+async def test_only_the_lease_holder_writes_and_held_backends_are_skipped(client: Redis) -> None:
+    """The prober lease is taken by one replica and renewed only by it; a replica
+    that does not hold it writes nothing (the fence); a held backend's record is not
+    written even by the holder; an expired lease can be taken by another."""
+    claim, write, hold = map(client.register_script, (CLAIM, WRITE, HOLD))
+    lease, keys = "t:prober", ["t:prober", "t:records", "t:holds"]
+    assert await claim(keys=[lease], args=["a", "300"]) == "a"
+    assert await claim(keys=[lease], args=["b", "300"]) == "a"
+    assert await write(keys=keys, args=["b", "t:ch", "svc-a", "from-b"]) == -1
+    assert await write(keys=keys, args=["a", "t:ch", "svc-a", "one"]) == 1
+    await hold(keys=["t:holds"], args=["svc-a", "60000", "t:ch"])
+    assert await write(keys=keys, args=["a", "t:ch", "svc-a", "two", "svc-b", "b1"]) == 1
+    assert await client.hgetall("t:records") == {"svc-a": "one", "svc-b": "b1"}
+    await hold(keys=["t:holds"], args=["svc-a", "", "t:ch"])  # released
+    assert await write(keys=keys, args=["a", "t:ch", "svc-a", ""]) == 1  # "" deletes
+    assert await client.hgetall("t:records") == {"svc-b": "b1"}
+    await asyncio.sleep(0.4)  # a's lease expires unrenewed
+    assert await claim(keys=[lease], args=["b", "300"]) == "b"
+
+
+def reading(node: str, total: int, completed: float, built: str = "t0") -> TrafficReading:
+    host = HostStats("svc", "svc-a", "127.0.0.1:1001", {"rq_total": total})
+    clusters = {("svc", "upstream_rq_completed"): completed}
+    return TrafficReading(node, "x", hosts=(host,), clusters=clusters, built={"svc": built})
+
+
+def completed(ledger: RedisLedger) -> float:
+    return ledger.book.cluster_total("upstream_rq_completed")
+
+
+async def test_ledgers_share_totals_without_double_counting(client: Redis) -> None:
+    """Replica A counts an Envoy to 10; the Envoy moves to replica B, which continues
+    from A's last reading (10 -> 25 adds 15, not 25); a stale reading A took before
+    is dropped; a restarted replica (a new ledger) continues too, across an Envoy
+    counter reset (25 -> 4: Envoy restarted, 4 more)."""
+    a, b = RedisLedger(client, "t"), RedisLedger(client, "t")
+    await a.apply([reading("envoy", 10, 10)], {"svc"}, 1.0, 1000.0)
+    await b.apply([reading("envoy", 25, 25)], {"svc"}, 1.0, 1002.0)
+    await a.apply([reading("envoy", 20, 20)], {"svc"}, 2.0, 1001.0)  # taken before B's
+    assert completed(b) == 25 and completed(a) == 25
+    restarted = RedisLedger(client, "t")
+    await restarted.apply([reading("envoy", 4, 4, built="t1")], {"svc"}, 1.0, 1003.0)
+    assert completed(restarted) == 29
+    assert restarted.book.backends[("svc", "svc-a")].rq_total == 29
+    assert restarted.book.first_reading_at == 1000.0
+
+
+async def test_failover_events_outlive_the_log_that_wrote_them(client: Redis) -> None:
+    """Events written by one log (one controller) are read by a new one (after a
+    restart), and the same failover recorded by two replicas counts once."""
+    first = RedisEventLog(client, "t")
+    writer = asyncio.create_task(first.run())
+    event = FailoverEvent("health_check", "svc-a", 10.0, True, 12.0, id="svc-a@1")
+    first.add(event)
+    first.add(dataclasses.replace(event, failover_time_ms=20.0))  # another replica's timing
+    first.add(FailoverEvent("failover_test", "svc-b", 11.0, False, None, id="t@2"))
+    await eventually(lambda: _stored(client, 3), timeout_s=2)
+    writer.cancel()
+    again = RedisEventLog(client, "t")
+    events = await again.events()
+    assert [(e.backend, e.failover_time_ms) for e in events] == [("svc-a", 20.0), ("svc-b", None)]
+
+
+async def _stored(client: Redis, count: int) -> bool:
+    return bool(await client.llen("t:failover:events") == count)
