@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 
+from xds_server.app import Controller
 from xds_server.model import SocketAddress
 from xds_server.processes import free_port
 from xds_server.settings import Settings, load_settings
@@ -79,3 +81,17 @@ async def eventually(
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(interval_s)
     return time.monotonic() - start
+
+
+@contextlib.asynccontextmanager
+async def running_controller(settings: Settings) -> AsyncIterator[Controller]:
+    """A started controller running its background tasks; stopped (bounded) at exit."""
+    controller = Controller(settings)
+    await controller.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop))
+    try:
+        yield controller
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

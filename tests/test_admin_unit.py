@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import local_settings
+from tests.support import local_settings, running_controller
 from xds_server import envoy_stats
 from xds_server.admin import ROUTE_SETS, make_admin_app
 from xds_server.admin.openapi import document, openapi_path
@@ -23,7 +23,7 @@ from xds_server.app import Controller
 from xds_server.errors import ConfigError
 from xds_server.model import Strategy
 from xds_server.resources import CLUSTER, ENDPOINT
-from xds_server.settings import MAX_WEIGHT, Settings, parse_settings
+from xds_server.settings import MAX_WEIGHT, parse_settings
 from xds_server.xds.observe import StreamInfo
 
 STRATEGY = "/api/v1/router/strategy"
@@ -31,21 +31,9 @@ QDRANT = "/api/v1/router/services/qdrant/backends"
 TOKEN = "s3cret-token"
 
 
-async def running(settings: Settings) -> AsyncIterator[Controller]:
-    controller = Controller(settings)
-    await controller.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield controller
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
 @pytest.fixture
 async def controller() -> AsyncIterator[Controller]:
-    async for started in running(local_settings()):
+    async with running_controller(local_settings()) as started:
         yield started
 
 
@@ -427,7 +415,7 @@ async def test_duplicate_address_in_a_service_is_a_conflict(
 
 @pytest.fixture
 async def guarded() -> AsyncIterator[Controller]:
-    async for started in running(local_settings(admin_token=TOKEN)):
+    async with running_controller(local_settings(admin_token=TOKEN)) as started:
         yield started
 
 

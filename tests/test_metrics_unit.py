@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.support import local_settings
+from tests.support import local_settings, running_controller
 from xds_server import cli
 from xds_server.app import Controller
 from xds_server.cache import Snapshot
@@ -25,7 +24,6 @@ from xds_server.logs import JsonFormatter, XdsEventLog
 from xds_server.model import Backend, Health, Intent, Service
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.router_metrics import report
-from xds_server.settings import Settings
 from xds_server.store import MemoryStore
 from xds_server.traffic import TrafficBook
 from xds_server.xds.observe import StreamInfo
@@ -412,18 +410,6 @@ def test_log_format_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- /metrics and the switch ---------------------------------------------------------------------
 
 
-async def running(settings: Settings) -> AsyncIterator[Controller]:
-    controller = Controller(settings)
-    await controller.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield controller
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
 async def get(controller: Controller, path: str) -> tuple[int, str]:
     async with (
         aiohttp.ClientSession() as http,
@@ -435,7 +421,7 @@ async def get(controller: Controller, path: str) -> tuple[int, str]:
 async def test_prometheus_metrics_use_route_templates_and_show_zero_nacks() -> None:
     """/metrics is Prometheus text: NACK counters exist at 0 per type, verdicts per
     backend, and admin requests are labelled by route template, not raw path."""
-    async for controller in running(local_settings()):
+    async with running_controller(local_settings()) as controller:
         assert (await get(controller, "/api/v1/router/services/qdrant/backends"))[0] == 200
         assert (await get(controller, "/no/such/path"))[0] == 404
         status, text = await get(controller, "/metrics")
@@ -462,7 +448,7 @@ async def test_metrics_disabled_turns_endpoints_and_collection_off(
     monkeypatch.setenv("ROUTER_METRICS_ENABLED", "false")
     settings = local_settings()
     assert settings.metrics_enabled is False
-    async for controller in running(settings):
+    async with running_controller(settings) as controller:
         assert controller.metrics is None and controller.traffic is None
         for path in ("/metrics", "/api/v1/router/metrics"):
             status, text = await get(controller, path)

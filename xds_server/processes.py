@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 from collections import deque
@@ -207,10 +208,40 @@ def _open_log(log_path: Path | None) -> IO[bytes] | None:
     return log_path.open("ab")
 
 
+# Ports the demo's defaults use: never handed out for tests.
+_RESERVED_PORTS = frozenset({8000, 9901, 18000, 18080})
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on `host` (the OS picks it; racy by nature)."""
+    """A TCP port that is free on `host` and stays free until we bind it.
+
+    Picked below the kernel's ephemeral range: a port the kernel chose (port 0)
+    is one it may give to the next outgoing connection too, and under load it
+    did, before the backend meant for it could bind. Below the range only our
+    own choices compete, and none is handed out twice in a process."""
+    low, _ = _ephemeral_range()
+    for _ in range(500):
+        port = random.randint(max(1024, low - 16384), low - 1)
+        if port not in _handed_out and port not in _RESERVED_PORTS and _bindable(host, port):
+            _handed_out.add(port)
+            return port
+    raise OSError(f"no free port below the ephemeral range ({low}) on {host}")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.redis_support import RedisServer, moved, redis_settings
-from tests.support import SEARCH_BODY, eventually
+from tests.support import SEARCH_BODY, eventually, running_controller
 from xds_server.app import Controller
 from xds_server.bootstrap import make_bootstrap
 from xds_server.demo import start_backend
@@ -58,19 +58,6 @@ def qdrant_only(settings: Settings) -> Settings:
     # weighted: a weight change then changes the EDS resource Envoy gets.
     intent = dataclasses.replace(intent, services=(qdrant,), default_strategy=Strategy.WEIGHTED)
     return dataclasses.replace(settings, intent=intent, health_check_jitter=0.0)
-
-
-@contextlib.asynccontextmanager
-async def running_controller(settings: Settings) -> AsyncIterator[Controller]:
-    controller = Controller(settings)
-    await controller.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield controller
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 @contextlib.asynccontextmanager
