@@ -166,14 +166,12 @@ class DeltaStream(
 
     def _response(self, out: DeltaOut, generation: int) -> discovery_pb2.DeltaDiscoveryResponse:
         state = self._states[out.type_url]
-        state.nonce = self._next_nonce()
-        state.in_flight = True
-        state.version_sent = out.version
-        self._sent(out.type_url, out.version, [r.name for r in out.resources], generation)
+        names = [r.name for r in out.resources]
+        nonce = self._mark_sent(state, out.version, names, generation)
         return discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=out.version,
             type_url=out.type_url,
-            nonce=state.nonce,
+            nonce=nonce,
             resources=[
                 discovery_pb2.Resource(name=r.name, version=r.digest, resource=r.packed)
                 for r in out.resources

@@ -154,14 +154,12 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
 
     def _response(self, out: Outgoing, generation: int) -> discovery_pb2.DiscoveryResponse:
         state = self._states[out.type_url]
-        state.nonce = self._next_nonce()
-        state.in_flight = True
-        state.version_sent = out.version
-        self._sent(out.type_url, out.version, [r.name for r in out.resources], generation)
+        names = [r.name for r in out.resources]
+        nonce = self._mark_sent(state, out.version, names, generation)
         return discovery_pb2.DiscoveryResponse(
             version_info=out.version,
             type_url=out.type_url,
-            nonce=state.nonce,
+            nonce=nonce,
             resources=[r.packed for r in out.resources],
         )
 

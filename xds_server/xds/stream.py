@@ -14,7 +14,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from collections.abc import Set as AbstractSet
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from xds_server.cache import Resource, SnapshotCache, Watch
 from xds_server.resources import CLUSTER, LISTENER
@@ -26,6 +26,15 @@ WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+
+
+class SentState(Protocol):
+    """The per-type fields every stream keeps about its latest response."""
+
+    type_url: str
+    nonce: str | None
+    in_flight: bool
+    version_sent: str
 
 
 class ProtocolError(Exception):
@@ -188,8 +197,14 @@ class XdsStream(Generic[Request, Response]):
         if not in_flight and self.info is not None:
             self._observers.emit("up_to_date", self.info, type_url, generation)
 
-    def _sent(self, type_url: str, version: str, names: list[str], generation: int) -> None:
-        self._observers.emit("response_sent", self.info, type_url, version, names, generation)
+    def _mark_sent(self, state: SentState, version: str, names: list[str], generation: int) -> str:
+        """Bookkeeping of every response, SotW or Delta: a fresh nonce (rule 3),
+        an answer now awaited, the version it carries. Returns the nonce."""
+        state.nonce = self._next_nonce()
+        state.in_flight = True
+        state.version_sent = version
+        self._observers.emit("response_sent", self.info, state.type_url, version, names, generation)
+        return state.nonce
 
     def _clusters_sent(self, clusters: list[Resource]) -> None:
         """Rule 23: a changed cluster re-warms in Envoy and waits for its
