@@ -94,4 +94,37 @@ async def running_controller(settings: Settings) -> AsyncIterator[Controller]:
         yield controller
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        await finished(task, 10)
+
+
+async def finished(task: asyncio.Task[None], timeout_s: float) -> None:
+    """Wait for `task` to end by itself. A task that does not end in time fails the
+    test with the stack of every task still running, rather than hanging: on 3.11,
+    wait_for waits without bound for a task that ignores its cancellation."""
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if done:
+        task.result()
+        return
+    stacks = []
+    for other in asyncio.all_tasks():
+        if not other.done() and other is not asyncio.current_task():
+            stacks.append("\n".join([f"{other.get_name()}:", *awaiting(other.get_coro())]))
+    raise AssertionError(
+        f"{task.get_name()} still running after {timeout_s} s:\n" + "\n".join(stacks)
+    )
+
+
+def awaiting(coro: object) -> list[str]:
+    """Where a suspended coroutine waits, outermost first: its frame, then the frame of
+    what it awaits, down the chain (Task.get_stack shows only the outermost)."""
+    lines = []
+    for _ in range(50):  # bounded: chains are short
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is None:
+            lines.append(f"  {coro!r}"[:200])
+            break
+        lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        if coro is None:
+            break
+    return lines

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import eventually, local_settings
+from tests.support import eventually, finished, local_settings
 from xds_server.app import Controller
 from xds_server.cache import SnapshotCache
 from xds_server.model import Strategy
@@ -30,7 +30,7 @@ async def controller(tmp_path: Path) -> AsyncIterator[Controller]:
     task = asyncio.create_task(running.run(stop))
     yield running
     stop.set()
-    await asyncio.wait_for(task, 10)
+    await finished(task, 10)
 
 
 def rewrite(path: Path, old: str, new: str) -> None:

@@ -308,7 +308,8 @@ class Controller:
         last = _mtime(self.config_path)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reload_requested.wait(), CONFIG_POLL_S)
+                async with asyncio.timeout(CONFIG_POLL_S):
+                    await self._reload_requested.wait()
             now = _mtime(self.config_path)
             if self._reload_requested.is_set() or now != last:
                 self._reload_requested.clear()

@@ -69,9 +69,8 @@ async def apply_change(
     # From here on the change is stored: whatever happens, the answer says so
     # (applied or not), never an error that would claim nothing changed.
     try:
-        generation = await asyncio.wait_for(
-            controller.publisher.wait_for_revision(revision), max(wait_s, PUBLISH_WAIT_S)
-        )
+        async with asyncio.timeout(max(wait_s, PUBLISH_WAIT_S)):
+            generation = await controller.publisher.wait_for_revision(revision)
     except TimeoutError:
         unpublished = ApplyFailure("controller", "stored, but not yet published")
         return Applied(captured[-1], after, controller.cache.generation, False, (unpublished,), 0)

@@ -79,7 +79,8 @@ class ChildProcess:
 
     async def wait(self, timeout_s: float) -> int:
         """Wait for the child to exit on its own; TimeoutError if it has not in time."""
-        return await asyncio.wait_for(self._proc.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await self._proc.wait()
 
     def kill(self) -> None:
         """SIGKILL now, for failure tests; `stop()` still reaps afterwards."""
@@ -97,10 +98,10 @@ class ChildProcess:
     async def _shutdown(self, grace_s: float) -> int:
         self._signal(signal.SIGTERM)
         try:
-            code = await asyncio.wait_for(self._proc.wait(), grace_s)
+            code = await self.wait(grace_s)
         except TimeoutError:
             self._signal(signal.SIGKILL)
-            code = await asyncio.wait_for(self._proc.wait(), _KILL_WAIT_S)
+            code = await self.wait(_KILL_WAIT_S)
         await self._finish_output()
         return code
 
@@ -114,7 +115,8 @@ class ChildProcess:
     async def _finish_output(self) -> None:
         # A grandchild could hold the pipe open after the child died; do not wait for it.
         try:
-            await asyncio.wait_for(asyncio.shield(self._drain), 1.0)
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(self._drain)
         except TimeoutError:
             self._drain.cancel()
         if self._log is not None:
@@ -144,11 +146,12 @@ class ChildProcess:
 
     async def _await_ready(self, prefix: str, timeout_s: float) -> None:
         try:
-            line = await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                line = await asyncio.shield(self._ready)
         except TimeoutError:
             raise self._failure(f"no line starting {prefix!r} within {timeout_s:g} s") from None
         if line is None:
-            code = await asyncio.wait_for(self._proc.wait(), _KILL_WAIT_S)
+            code = await self.wait(_KILL_WAIT_S)
             raise self._failure(f"exited with code {code} before printing {prefix!r}")
         self.ready_line = line
 

@@ -464,7 +464,7 @@ class SharedHealth:
         if not self.release_on_stop:
             return
         try:
-            with redis_errors("releasing the prober lease"):
+            async with redis_errors("releasing the prober lease"):
                 await self._release(
                     keys=[self._keys["prober"]], args=[self.replica_id, self._channel]
                 )
@@ -505,14 +505,15 @@ class SharedHealth:
                 if self.probing:  # wake at the lease's end even if Redis stays silent
                     timeout = min(timeout, max(0.0, self._lease_until - loop.time()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
                 self._wake.clear()
         finally:
             await self._stop_probing()
 
     async def _claim_once(self, asked: float) -> None:
         try:
-            with redis_errors("claiming the prober lease"):
+            async with redis_errors("claiming the prober lease"):
                 args = [self.replica_id, str(int(self.lease_s * 1000))]
                 holder = await self._claim(keys=[self._keys["prober"]], args=args)
         except DependencyUnavailable:
@@ -555,12 +556,12 @@ class SharedHealth:
         for name, text in batch.items():
             args += [name, text]
         keys = [self._keys["prober"], self._keys["records"], self._keys["holds"]]
-        with redis_errors("writing health records"):
+        async with redis_errors("writing health records"):
             written = await self._write(keys=keys, args=args)
         return int(written)
 
     async def _set_hold(self, name: str, ttl_ms: str) -> None:
-        with redis_errors("holding a backend's health"):
+        async with redis_errors("holding a backend's health"):
             await self._hold(keys=[self._keys["holds"]], args=[name, ttl_ms, self._channel])
 
     def _sync_holds(self, held: frozenset[str]) -> None:
@@ -588,7 +589,7 @@ class SharedHealth:
         loop = asyncio.get_running_loop()
         pubsub = self._client.pubsub()
         try:
-            with redis_errors("subscribing to health changes"):
+            async with redis_errors("subscribing to health changes"):
                 await pubsub.subscribe(self._channel)
                 await confirmed(pubsub)
             await self._resync()  # after the subscription: no write falls between
@@ -605,7 +606,7 @@ class SharedHealth:
     async def _notified(self, pubsub: PubSub) -> list[dict[str, Any]]:
         """Notifications within LISTEN_TIMEOUT_S, a burst drained at once."""
         notes: list[dict[str, Any]] = []
-        with redis_errors("listening for health changes"):
+        async with redis_errors("listening for health changes"):
             message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
             for _ in range(DRAIN_MAX):
                 if message is None:
@@ -619,7 +620,7 @@ class SharedHealth:
     async def _handle(self, notes: list[dict[str, Any]]) -> None:
         names = sorted({str(n) for note in notes for n in note.get("verdicts", ())})
         if names:
-            with redis_errors("reading health records"):
+            async with redis_errors("reading health records"):
                 texts = await self._client.hmget(self._keys["records"], names)
             self.mirror.update({n: _decoded(t) for n, t in zip(names, texts, strict=True)})
         if any("holds" in note for note in notes):
@@ -628,14 +629,14 @@ class SharedHealth:
             self._wake.set()  # the prober stepped down: claim now, not at the next period
 
     async def _resync(self) -> None:
-        with redis_errors("reading health records"):
+        async with redis_errors("reading health records"):
             texts = await self._client.hgetall(self._keys["records"])
         records = {as_text(n): _decoded(t) for n, t in texts.items()}
         self.mirror.replace({n: r for n, r in records.items() if r is not None})
         await self._resync_holds()
 
     async def _resync_holds(self) -> None:
-        with redis_errors("reading health holds"):
+        async with redis_errors("reading health holds"):
             flat = await self._read_holds(keys=[self._keys["holds"]])
         now = asyncio.get_running_loop().time()
         pairs = zip(flat[::2], flat[1::2], strict=True)

@@ -128,7 +128,7 @@ class RedisLedger:
         log.warning("reading of %s not counted: its reference kept moving", reading.node_id)
 
     async def _reference(self, key: str) -> tuple[str, ProxyBaseline]:
-        with redis_errors("reading a proxy's last reading"):
+        async with redis_errors("reading a proxy's last reading"):
             rev, body = await self._client.hmget(key, ["rev", "body"])
         if rev is None or body is None:
             return "", ProxyBaseline()
@@ -143,12 +143,12 @@ class RedisLedger:
         args += [int(FORGET_PROXY_S * 1000), len(increments)]
         for name, value in [*increments, *failures]:
             args += [name, repr(value)]
-        with redis_errors("counting a reading"):
+        async with redis_errors("counting a reading"):
             counted = await self._count(keys=[key, self._totals], args=args)
         return bool(counted)
 
     async def _load(self, wall: float) -> None:
-        with redis_errors("loading the routing totals"):
+        async with redis_errors("loading the routing totals"):
             await self._client.set(self._since, repr(wall), nx=True)
             since = await self._client.get(self._since)
             fields = await self._client.hgetall(self._totals)
@@ -217,7 +217,7 @@ class RedisEventLog:
 
     async def events(self) -> list[FailoverEvent]:
         try:
-            with redis_errors("reading failover events"):
+            async with redis_errors("reading failover events"):
                 texts = await self._client.lrange(self._key, 0, -1)
             self._known = [e for e in (decode_event(as_text(t)) for t in texts) if e is not None]
         except DependencyUnavailable:
@@ -245,7 +245,7 @@ class RedisEventLog:
         batch = list(self._pending)
         if not batch:
             return
-        with redis_errors("storing failover events"):
+        async with redis_errors("storing failover events"):
             await self._append(
                 keys=[self._key], args=[KEPT_EVENTS, *(encode_event(e) for e in batch)]
             )

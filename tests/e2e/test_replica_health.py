@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 
 from tests.e2e.test_replicas import in_sync, qdrant_only, running_envoy, serving
 from tests.redis_support import RedisServer, moved, redis_settings
-from tests.support import eventually, send_many
+from tests.support import eventually, finished, send_many
 from xds_server.app import Controller
 from xds_server.demo import start_backend
 from xds_server.model import Health, SocketAddress
@@ -57,7 +56,7 @@ class Replica:
 
     async def stop(self) -> None:
         self.stop_event.set()
-        await asyncio.wait_for(self.task, 10)
+        await finished(self.task, 10)
 
 
 async def start_replica(settings: Settings) -> Replica:
@@ -117,19 +116,21 @@ async def _true(value: bool) -> bool:
     return value
 
 
+EDS_STATUS = {Health.HEALTHY: 1, Health.UNHEALTHY: 2}  # core.v3.HealthStatus
+
+
 async def agree(replicas: list[Replica], expected: dict[str, Health]) -> bool:
-    """Every replica publishes `expected` verdicts, at one EDS version."""
+    """Every replica holds `expected` verdicts and serves them in its EDS (not only
+    decided: the publisher may not have run yet), all at one EDS version."""
     controllers = [r.controller for r in replicas]
-    verdicts_ok = all(c.health == expected for c in controllers)
-    return verdicts_ok and len({serving(c)["eds"] for c in controllers}) == 1
+    published = all(
+        c.health == expected
+        and all(eds_health(c, name) == EDS_STATUS[health] for name, health in expected.items())
+        for c in controllers
+    )
+    return published and len({serving(c)["eds"] for c in controllers}) == 1
 
 
-@pytest.mark.skipif(
-    os.environ.get("XDS_RUN_FLAKY") != "1",
-    reason="intermittently hangs until the 300 s timeout in full-suite runs (2 of 5), "
-    "not alone; cause not yet found (a replica's stop never completes). "
-    "XDS_RUN_FLAKY=1 runs it.",
-)
 async def test_one_replica_probes_all_publish_its_verdicts_and_another_takes_over(
     redis_server: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -164,7 +164,8 @@ class ProxyRegistry:
         while not self._settled(generation) and time.monotonic() < deadline:
             changed = self._changed
             try:
-                await asyncio.wait_for(changed.wait(), deadline - time.monotonic())
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await changed.wait()
             except TimeoutError:
                 break
         failures = self.failures(generation)
