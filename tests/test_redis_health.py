@@ -152,17 +152,21 @@ async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
 async def test_only_the_lease_holder_writes_and_held_backends_are_skipped(client: Redis) -> None:
     """The prober lease is taken by one replica and renewed only by it; a replica
     that does not hold it writes nothing (the fence); a held backend's record is not
-    written even by the holder; an expired lease can be taken by another."""
+    written even by the holder, while any of its holds lasts; an expired lease can
+    be taken by another."""
     claim, write, hold = map(client.register_script, (CLAIM, WRITE, HOLD))
     lease, keys = "t:prober", ["t:prober", "t:records", "t:holds"]
     assert await claim(keys=[lease], args=["a", "300"]) == "a"
     assert await claim(keys=[lease], args=["b", "300"]) == "a"
     assert await write(keys=keys, args=["b", "t:ch", "svc-a", "from-b"]) == -1
     assert await write(keys=keys, args=["a", "t:ch", "svc-a", "one"]) == 1
-    await hold(keys=["t:holds"], args=["svc-a", "60000", "t:ch"])
+    await hold(keys=["t:holds"], args=["svc-a/x1", "60000", "t:ch"])
+    await hold(keys=["t:holds"], args=["svc-a/y1", "60000", "t:ch"])  # a second experiment
     assert await write(keys=keys, args=["a", "t:ch", "svc-a", "two", "svc-b", "b1"]) == 1
     assert await client.hgetall("t:records") == {"svc-a": "one", "svc-b": "b1"}
-    await hold(keys=["t:holds"], args=["svc-a", "", "t:ch"])  # released
+    await hold(keys=["t:holds"], args=["svc-a/y1", "", "t:ch"])  # one released: still held
+    assert await write(keys=keys, args=["a", "t:ch", "svc-a", "three"]) == 0
+    await hold(keys=["t:holds"], args=["svc-a/x1", "", "t:ch"])  # both released
     assert await write(keys=keys, args=["a", "t:ch", "svc-a", ""]) == 1  # "" deletes
     assert await client.hgetall("t:records") == {"svc-b": "b1"}
     await asyncio.sleep(0.4)  # a's lease expires unrenewed

@@ -19,7 +19,7 @@ Layout (`prefix` as the intent's, xds_server/redis_store.py):
 
     {prefix}:health:prober    string: the prober's id, set NX with a PX lease
     {prefix}:health:records   hash: backend -> JSON record (verdict, probe figures, target)
-    {prefix}:health:holds     hash: backend -> hold expiry (Redis TIME, ms)
+    {prefix}:health:holds     hash: "backend/hold id" -> hold expiry (Redis TIME, ms)
     {prefix}:health:changes   pub/sub channel: {"verdicts": [...]}, {"holds": 1},
                               {"released": id}
 
@@ -49,7 +49,9 @@ where the last prober left them (an UNHEALTHY backend still needs
 Holds: an experiment freezes one backend's health (health.py, `held`). The
 hold is shared state with an expiry (so a replica that dies mid-experiment
 cannot freeze a backend forever): the prober, wherever it runs, stops probing
-that backend, and the fenced write refuses its record meanwhile.
+that backend, and the fenced write refuses its record meanwhile. Each hold is
+its own entry, so experiments on one backend through two replicas each keep
+it held until they end: the first to finish releases only its own.
 
 Outage: every replica keeps its last verdicts, so Envoys keep their EDS. The
 prober keeps probing until its lease runs out (probes that cannot be written
@@ -131,17 +133,27 @@ redis.call('PUBLISH', ARGV[2], cjson.encode({released = ARGV[1]}))
 return 1
 """
 
+# A hold's field is "backend/hold id" (backend names cannot contain "/"); a field
+# without one is a hold stored by an earlier version, on the whole backend.
+_HELD = """
+local held = {}
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) > now then held[string.match(all[i], '^(.*)/') or all[i]] = true end
+end
+"""
+
 # KEYS: the lease, the records, the holds. ARGV: this replica's id, the channel, then
 # (backend, record JSON or "" to delete) pairs. Returns -1 when the lease is not ours
 # (nothing written), else how many records were written (held backends are skipped).
 WRITE = (
     _NOW_MS
+    + _HELD
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local changed = {}
 for i = 3, #ARGV, 2 do
-  local hold = tonumber(redis.call('HGET', KEYS[3], ARGV[i]))
-  if not hold or hold <= now then
+  if not held[ARGV[i]] then
     if ARGV[i + 1] == '' then
       redis.call('HDEL', KEYS[2], ARGV[i])
     else
@@ -155,7 +167,7 @@ return #changed
 """
 )
 
-# KEYS: the holds. ARGV: backend, hold in ms ("" = release), the channel.
+# KEYS: the holds. ARGV: "backend/hold id", hold in ms ("" = release), the channel.
 HOLD = (
     _NOW_MS
     + """
@@ -169,7 +181,7 @@ return 1
 """
 )
 
-# KEYS: the holds. Returns (backend, ms left) pairs; expired holds are deleted.
+# KEYS: the holds. Returns ("backend/hold id", ms left) pairs; expired holds are deleted.
 READ_HOLDS = (
     _NOW_MS
     + """
@@ -474,17 +486,20 @@ class SharedHealth:
     @contextlib.asynccontextmanager
     async def held(self, name: str, ttl_s: float) -> AsyncIterator[None]:
         """Freeze `name`'s health on every replica for at most `ttl_s` (experiments)."""
-        await self._set_hold(name, str(int(ttl_s * 1000)))
+        field = f"{name}/{uuid.uuid4().hex}"
+        await self._set_hold(field, str(int(ttl_s * 1000)))
         loop = asyncio.get_running_loop()
-        self.mirror.set_holds({**self.mirror.holds, name: loop.time() + ttl_s})  # no wait
+        deadline = max(loop.time() + ttl_s, self.mirror.holds.get(name, 0.0))
+        self.mirror.set_holds({**self.mirror.holds, name: deadline})  # no wait
         try:
             yield
         finally:
             try:
-                await self._set_hold(name, "")
+                await self._set_hold(field, "")
+                await self._resync_holds()  # another replica's hold may remain
             except DependencyUnavailable as error:
                 log.warning("hold on %s not released (it expires by itself): %s", name, error)
-            self.mirror.set_holds({n: t for n, t in self.mirror.holds.items() if n != name})
+                self.mirror.set_holds({n: t for n, t in self.mirror.holds.items() if n != name})
 
     # ---- election ----------------------------------------------------------------------
 
@@ -560,9 +575,9 @@ class SharedHealth:
             written = await self._write(keys=keys, args=args)
         return int(written)
 
-    async def _set_hold(self, name: str, ttl_ms: str) -> None:
+    async def _set_hold(self, field: str, ttl_ms: str) -> None:
         async with redis_errors("holding a backend's health"):
-            await self._hold(keys=[self._keys["holds"]], args=[name, ttl_ms, self._channel])
+            await self._hold(keys=[self._keys["holds"]], args=[field, ttl_ms, self._channel])
 
     def _sync_holds(self, held: frozenset[str]) -> None:
         for name in held - self.checker.holds:
@@ -639,8 +654,12 @@ class SharedHealth:
         async with redis_errors("reading health holds"):
             flat = await self._read_holds(keys=[self._keys["holds"]])
         now = asyncio.get_running_loop().time()
-        pairs = zip(flat[::2], flat[1::2], strict=True)
-        self.mirror.set_holds({as_text(n): now + int(left) / 1000 for n, left in pairs})
+        holds: dict[str, float] = {}
+        for field, left in zip(flat[::2], flat[1::2], strict=True):
+            text = as_text(field)
+            name = text.rpartition("/")[0] or text  # or a hold stored before hold ids
+            holds[name] = max(holds.get(name, 0.0), now + int(left) / 1000)
+        self.mirror.set_holds(holds)
 
 
 def _decoded(text: bytes | str | None) -> Record | None:

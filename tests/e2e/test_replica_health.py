@@ -266,3 +266,30 @@ async def test_a_hold_taken_through_one_replica_freezes_the_probes_of_another(
             assert await agree(both, healthy)
         unhealthy = {PRIMARY: Health.HEALTHY, SECONDARY: Health.UNHEALTHY}
         await eventually(lambda: agree(both, unhealthy), timeout_s=3)
+
+
+async def test_holds_through_two_replicas_on_one_backend_each_last_until_their_own_end(
+    redis_server: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Experiments through replicas A and B hold the same backend. B's ends first:
+    the backend stays held (not probed, verdict kept although it fails its health
+    check) until A's ends too; then it is probed again and marked UNHEALTHY."""
+    settings = fast_health(redis_settings(redis_server))
+    backend = next(b for b in settings.intent.backends() if b.name == SECONDARY)
+    fault = f"http://{backend.address}:{backend.port}/_control/fault"
+    healthy = {PRIMARY: Health.HEALTHY, SECONDARY: Health.HEALTHY}
+    async with backends(settings, tmp_path), replicas(settings, moved(settings)) as both:
+        a, b = both
+        await eventually(lambda: agree(both, healthy), timeout_s=5)
+        async with a.controller.hold_health(SECONDARY, 30):
+            async with (
+                b.controller.hold_health(SECONDARY, 30),
+                http.post(fault, json={"health_status": 503}) as response,
+            ):
+                assert response.status == 200
+            before = await health_requests(http, settings, SECONDARY)
+            await asyncio.sleep(3 * INTERVAL_S)
+            assert await health_requests(http, settings, SECONDARY) == before
+            assert await agree(both, healthy)
+        unhealthy = {PRIMARY: Health.HEALTHY, SECONDARY: Health.UNHEALTHY}
+        await eventually(lambda: agree(both, unhealthy), timeout_s=3)
