@@ -99,3 +99,25 @@ async def test_port_change_leaves_routes_and_listeners_alone() -> None:
     snapshot = await second_snapshot(move)
     assert snapshot.serialized[ROUTE] == () and snapshot.serialized[LISTENER] == ()
     assert snapshot.serialized[ENDPOINT] == ("svc-1",)
+
+
+async def test_checks_publish_nothing_and_leave_publishes_equal_to_full_rebuilds() -> None:
+    """Publisher.check (admin validation) builds with the publisher's memory. The
+    intents it checks are not published, and a publish after checking another
+    intent still has the versions of a full rebuild, after every kind of change."""
+    health: Health_ = {"svc-1-b0": Health.HEALTHY}
+    store, cache = MemoryStore(intent_of(4)), SnapshotCache()
+    publisher = Publisher(store, cache, lambda: health)
+    await publisher.publish_now()
+    for (label, checked), (_, applied) in zip(STEPS, STEPS[1:], strict=False):
+        generation = cache.generation
+        publisher.check(checked(store.intent, health)[0])
+        assert cache.generation == generation, label
+        intent, after = applied(store.intent, health)
+        health.clear()
+        health.update(after)
+        await store.put(intent)
+        await publisher.publish_now()
+        assert cache.snapshot is not None
+        full = build_snapshot(translate(intent, health), cache.generation)
+        assert cache.snapshot.versions() == full.versions(), label

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xds_server.model import Intent
-from xds_server.publisher import translate_or_raise
 from xds_server.xds.status import ApplyFailure
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ async def apply_change(
     def checked(intent: Intent) -> Intent:
         captured.append(intent)
         updated = change(intent)
-        translate_or_raise(updated, controller.health)
+        controller.publisher.check(updated)
         return updated
 
     # A change may rebuild clusters, and Envoy restarts their per-host counters

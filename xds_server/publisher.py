@@ -79,6 +79,14 @@ class Publisher:
         self._advance(revision)
         return self._cache.generation
 
+    def check(self, intent: Intent) -> None:
+        """Raise if `intent` could not be published (admin validation), at the cost of
+        what it changes: built with this publisher's memory and against the current
+        snapshot, so checking a one-service change does not rebuild a thousand. The
+        memory then holds the checked intent's pass, which its publish reuses; the
+        output never depends on what the memory holds (translate.memo)."""
+        self._build(intent)
+
     def _build(self, intent: Intent) -> Snapshot:
         resources = translate(intent, self._health(), self._memory)
         current = self._cache.snapshot
@@ -108,5 +116,6 @@ class Publisher:
 
 
 def translate_or_raise(intent: Intent, health: Mapping[str, Health]) -> None:
-    """Check that an intent would publish, without publishing it (for admin validation)."""
+    """Check that an intent would publish, from scratch (Publisher.check is the
+    incremental one)."""
     build_snapshot(translate(intent, health), 0)
