@@ -4,6 +4,7 @@ snapshot's reuse of serialized resources save work and change nothing else."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Awaitable, Callable
 
 from tests.xds.conftest import intent_of, service, with_backend, with_policies, with_service
@@ -109,7 +110,7 @@ async def test_checks_publish_nothing_and_leave_publishes_equal_to_full_rebuilds
     store, cache = MemoryStore(intent_of(4)), SnapshotCache()
     publisher = Publisher(store, cache, lambda: health)
     await publisher.publish_now()
-    for (label, checked), (_, applied) in zip(STEPS, STEPS[1:], strict=False):
+    for (label, checked), (_, applied) in itertools.pairwise(STEPS):
         generation = cache.generation
         publisher.check(checked(store.intent, health)[0])
         assert cache.generation == generation, label

@@ -85,6 +85,7 @@ class Controller:
             self.cache,
             lambda: self.health,
             on_build=self.metrics.publish.observe_build if self.metrics else None,
+            before_cluster_change=self.count_traffic,
         )
         self.shared_health: SharedHealth | None = None
         lease = health_lease_s if health_lease_s is not None else settings.health_prober_lease

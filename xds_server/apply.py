@@ -61,9 +61,6 @@ async def apply_change(
         controller.publisher.check(updated)
         return updated
 
-    # A change may rebuild clusters, and Envoy restarts their per-host counters
-    # then: count what they hold first, so the routing metrics lose nothing.
-    await controller.count_traffic()
     after, revision = await controller.store.update(checked)
     # From here on the change is stored: whatever happens, the answer says so
     # (applied or not), never an error that would claim nothing changed.

@@ -13,6 +13,12 @@ Publishing is incremental: the translator keeps a memory across publishes and
 the snapshot is built against the current one, so a change costs what it
 touches (a health flip re-translates and re-serializes one
 ClusterLoadAssignment; issue 6). The output is what a full rebuild gives.
+
+A snapshot that changes clusters is published only after `before_cluster_change`
+has run (the controller reads its Envoys' counters then): Envoy rebuilds a
+changed cluster and restarts its per-host counters, so whatever changed the
+intent (the admin API, a config reload, another replica through Redis), the
+routing metrics lose no request served before the change.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
 from xds_server.model import Health, Intent
+from xds_server.resources import CLUSTER
 from xds_server.store import IntentStore
 from xds_server.translate import translate
 from xds_server.translate.memo import Memory
@@ -43,9 +50,13 @@ class Publisher:
         *,
         min_hold_off_s: float = 0.0,
         on_build: Callable[[float], None] | None = None,  # seconds one build took (metrics)
+        before_cluster_change: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._on_build = on_build
+        self._before_cluster_change = before_cluster_change
+        self._publishing = asyncio.Lock()  # the hook awaits; publishes must not interleave
+        self._hook_s = 0.0  # the last publish's wait for before_cluster_change
         self._cache = cache
         self._health = health
         self._min_hold_off_s = min_hold_off_s
@@ -61,6 +72,11 @@ class Publisher:
 
     async def publish_now(self) -> int:
         """Translate the current intent and publish it if it differs; returns the generation."""
+        async with self._publishing:
+            return await self._publish_current()
+
+    async def _publish_current(self) -> int:
+        self._hook_s = 0.0
         revision, intent = self._store.revision, self._store.intent
         started = time.perf_counter()
         try:
@@ -74,6 +90,16 @@ class Publisher:
             self._on_build(time.perf_counter() - started)
         current = self._cache.snapshot
         if current is None or current.versions() != snapshot.versions():
+            changes_clusters = current is not None and (
+                current.versions().get(CLUSTER) != snapshot.versions().get(CLUSTER)
+            )
+            if changes_clusters and self._before_cluster_change is not None:
+                waited = time.perf_counter()
+                try:
+                    await self._before_cluster_change()
+                except Exception:  # metrics must never hold a change back
+                    log.exception("reading counters before a cluster change failed")
+                self._hook_s = time.perf_counter() - waited
             await self._cache.publish(snapshot)
         self.last_error = None
         self._advance(revision)
@@ -99,7 +125,8 @@ class Publisher:
             self._dirty.clear()
             started = time.perf_counter()
             await self.publish_now()
-            cost = time.perf_counter() - started
+            # The hold-off bounds the CPU spent rebuilding; waiting on Envoy is not that.
+            cost = time.perf_counter() - started - self._hook_s
             await asyncio.sleep(min(MAX_HOLD_OFF_S, max(self._min_hold_off_s, COST_FACTOR * cost)))
 
     async def wait_for_revision(self, revision: int) -> int:

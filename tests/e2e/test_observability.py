@@ -10,7 +10,7 @@ import collections
 import contextlib
 import json
 import statistics
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ import pytest
 from tests.e2e.conftest import StackFactory
 from tests.prometheus_support import PrometheusServer, has_data
 from tests.support import SEARCH_BODY, eventually, local_settings, send_many
+from xds_server.admin.strategy import StrategyRequest, set_strategy
 from xds_server.demo import Stack
-from xds_server.model import Health
+from xds_server.model import Health, Strategy
 
 pytestmark = pytest.mark.envoy
 
@@ -67,16 +68,9 @@ async def envoy_rq_total(stack: Stack, cluster: str) -> dict[str, int]:
 # --- the spec's routing metrics ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stack", ["sotw"], indirect=True)
-async def test_metrics_totals_and_distribution_match_the_requests_sent(
+async def least_connections_through_the_admin_api(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    """230 requests (200 qdrant, 30 embedding) with a strategy change in between,
-    which rebuilds every cluster and restarts Envoy's per-host counters: the
-    totals are exactly 230 and each backend's count is exactly what the
-    backends answered (x-backend), percentages and variance follow from them."""
-    first = await send_many(http, url(stack, SEARCH), 120)
-    embedded = await send_many(http, url(stack, EMBED), 30, json={"input": "x"})
     async with http.put(
         url(stack, "/api/v1/router/strategy"), json={"strategy": "least_connections"}
     ) as response:
@@ -84,6 +78,35 @@ async def test_metrics_totals_and_distribution_match_the_requests_sent(
             response.status == 200
             and (await response.json())["strategy_change"]["strategy_applied"]
         )
+
+
+async def least_connections_through_the_store(stack: Stack, _http: aiohttp.ClientSession) -> None:
+    """As a config reload or another replica (through Redis) changes it: no admin call."""
+    controller = stack.controller
+    wanted = StrategyRequest(Strategy.LEAST_CONNECTIONS, None, None, 0)
+    _, revision = await controller.store.update(lambda i: set_strategy(i, wanted))
+    generation = await controller.publisher.wait_for_revision(revision)
+    assert await controller.proxies.wait_until_applied(generation, 5) == []
+
+
+@pytest.mark.parametrize("stack", ["sotw"], indirect=True)
+@pytest.mark.parametrize(
+    "change", [least_connections_through_the_admin_api, least_connections_through_the_store]
+)
+async def test_metrics_totals_and_distribution_match_the_requests_sent(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    change: Callable[[Stack, aiohttp.ClientSession], Awaitable[None]],
+) -> None:
+    """230 requests (200 qdrant, 30 embedding) with a strategy change in between,
+    which rebuilds every cluster and restarts Envoy's per-host counters: the
+    totals are exactly 230 and each backend's count is exactly what the
+    backends answered (x-backend), percentages and variance follow from them.
+    Whichever way the change came (the publisher reads the counters before it
+    publishes a cluster change, not the admin API)."""
+    first = await send_many(http, url(stack, SEARCH), 120)
+    embedded = await send_many(http, url(stack, EMBED), 30, json={"input": "x"})
+    await change(stack, http)
     second = await send_many(http, url(stack, SEARCH), 80)
     seen = first + second + embedded
     assert sum(seen.values()) == 230 and all(k.startswith(("qdrant", "embed")) for k in seen)
