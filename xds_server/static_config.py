@@ -18,6 +18,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
+from xds_server.bootstrap import STATS_FLUSH_S
 from xds_server.model import SocketAddress
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 from xds_server.translate.common import address_of, socket_address
@@ -30,6 +31,7 @@ def static_bootstrap(resources: Resources, admin: SocketAddress) -> dict[str, An
     return {
         "node": {"id": "envoy-static", "cluster": "xds-server"},
         "admin": {"address": _dict(address_of(admin))},
+        "stats_flush_interval": f"{STATS_FLUSH_S:g}s",  # as the xDS bootstrap: a fair baseline
         "static_resources": {
             "clusters": [_dict(c) for c in clusters],
             "listeners": [_dict(lst) for lst in listeners],

@@ -255,7 +255,7 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
                 answers = [await prometheus.query(http, q) for q in queries]
                 return [q for q, a in zip(queries, answers, strict=True) if not has_data(a)]
 
-            for _ in range(40):  # Envoy publishes histograms every 5 s: give it a few
+            for _ in range(40):  # Envoy publishes histograms at each stats flush (1 s)
                 dead = await dead_panels()
                 if not dead:
                     break

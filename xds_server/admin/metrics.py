@@ -54,7 +54,7 @@ percent (null before the first request); overloaded_requests = 503s with \
 x-envoy-overloaded (queue or concurrency limit). requests_per_second and \
 avg_response_time_ms are over the last window_s seconds (at most {WINDOW_S:g} s): client \
 requests per second, and the mean of Envoy's upstream_rq_time (per attempt, request sent to \
-response complete; Envoy publishes this histogram at its stats flush, every 5 s by default).
+response complete; Envoy publishes this histogram at its stats flush, every 1 s in our bootstraps).
 
 load_balancing.backend_distribution: per backend, the requests Envoy sent to it (every \
 attempt, retries included; Envoy's per-host rq_total) and its share of its service's \
