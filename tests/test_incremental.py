@@ -7,9 +7,11 @@ import dataclasses
 import itertools
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from tests.xds.conftest import intent_of, service, with_backend, with_policies, with_service
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
-from xds_server.model import Health, Intent, SocketAddress, Strategy
+from xds_server.model import Health, Intent, Protocol, SocketAddress, Strategy
 from xds_server.publisher import Publisher
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.store import MemoryStore
@@ -40,11 +42,19 @@ def contents(snapshot: Snapshot) -> dict[str, dict[str, bytes]]:
     }
 
 
-def test_incremental_builds_equal_full_rebuilds() -> None:
+def with_grpc_service(intent: Intent) -> Intent:
+    """svc-1 served to proxyless gRPC clients too (the overlay of translate.grpc)."""
+    return with_service(intent, "svc-1", protocol=Protocol.GRPC)
+
+
+@pytest.mark.parametrize(
+    "base", [intent_of(4), with_grpc_service(intent_of(4))], ids=["http", "grpc"]
+)
+def test_incremental_builds_equal_full_rebuilds(base: Intent) -> None:
     """After every kind of change, the snapshot built with the translator's
     memory and the previous snapshot has the bytes and versions of one built
-    from scratch (determinism, rule 27)."""
-    intent, health = intent_of(4), {"svc-1-b0": Health.HEALTHY}
+    from scratch (determinism, rule 27), with and without a gRPC service."""
+    intent, health = base, {"svc-1-b0": Health.HEALTHY}
     memory = Memory()
     previous = build_snapshot(translate(intent, health, memory), 1)
     for generation, (label, step) in enumerate(STEPS, start=2):
@@ -65,11 +75,13 @@ def test_memory_holds_only_the_current_intent() -> None:
     assert len(memory.clusters) == 3  # and the admin cluster
 
 
-async def second_snapshot(change: Callable[[MemoryStore, Health_], Awaitable[object]]) -> Snapshot:
-    """Publish intent_of(3), apply `change` to the store or the health
+async def second_snapshot(
+    change: Callable[[MemoryStore, Health_], Awaitable[object]], first: Intent | None = None
+) -> Snapshot:
+    """Publish `first` (intent_of(3)), apply `change` to the store or the health
     verdicts, publish again; returns the second snapshot."""
     health: Health_ = {}
-    store, cache = MemoryStore(intent_of(3)), SnapshotCache()
+    store, cache = MemoryStore(first or intent_of(3)), SnapshotCache()
     publisher = Publisher(store, cache, lambda: health)
     await publisher.publish_now()
     await change(store, health)
@@ -87,6 +99,19 @@ async def test_health_flip_serializes_only_the_changed_assignment() -> None:
 
     snapshot = await second_snapshot(flip)
     assert dict(snapshot.serialized) == {CLUSTER: (), ENDPOINT: ("svc-1",), LISTENER: (), ROUTE: ()}
+
+
+@pytest.mark.parametrize("flipped", ["svc-1-b0", "svc-2-b0"])
+async def test_with_a_grpc_service_a_health_flip_serializes_one_assignment(flipped: str) -> None:
+    """svc-1 is a gRPC service: a flip of its backend re-serializes its one
+    (gRPC-shaped) assignment, a flip elsewhere leaves every gRPC resource alone."""
+
+    async def flip(_store: MemoryStore, health: Health_) -> None:
+        health[flipped] = Health.UNHEALTHY
+
+    snapshot = await second_snapshot(flip, with_grpc_service(intent_of(3)))
+    changed = flipped.rsplit("-", 1)[0]
+    assert dict(snapshot.serialized) == {CLUSTER: (), ENDPOINT: (changed,), LISTENER: (), ROUTE: ()}
 
 
 async def test_port_change_leaves_routes_and_listeners_alone() -> None:

@@ -33,10 +33,12 @@ def translate(
     of_intent = memory.intent_types.get(
         "", (intent,), functools.partial(_of_intent, intent, memory)
     )
-    resources = {**of_intent, ENDPOINT: load_assignments(intent, verdicts, memory.assignments)}
-    memory.sweep()
-    # Proxyless gRPC clients: raises ConfigError for what they cannot take.
-    return with_grpc_services(intent, verdicts, resources)
+    for_envoy = {**of_intent, ENDPOINT: load_assignments(intent, verdicts, memory.assignments)}
+    try:
+        # Proxyless gRPC clients: raises ConfigError for what they cannot take.
+        return with_grpc_services(intent, verdicts, for_envoy, memory)
+    finally:
+        memory.sweep()  # a refused pass too: it must not leave a half pass behind
 
 
 def _of_intent(intent: Intent, memory: Memory) -> dict[str, Mapping[str, Message]]:

@@ -31,6 +31,7 @@ clients; of the circuit breakers only max_requests applies (gRFC A32); route
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -54,6 +55,7 @@ from xds_server.translate.clusters import service_cluster
 from xds_server.translate.common import ads_config_source, duration, packed
 from xds_server.translate.endpoints import load_assignment
 from xds_server.translate.listeners import ROUTER_FILTER
+from xds_server.translate.memo import Memory
 
 GRPC_STRATEGIES = frozenset({Strategy.ROUND_ROBIN, Strategy.RING_HASH})
 _UNSUPPORTED: dict[Strategy, str] = {
@@ -117,21 +119,34 @@ def check_grpc(intent: Intent) -> None:
 
 
 def with_grpc_services(
-    intent: Intent, health: Mapping[str, Health], resources: Mapping[str, Mapping[str, Message]]
+    intent: Intent,
+    health: Mapping[str, Health],
+    resources: Mapping[str, Mapping[str, Message]],
+    memory: Memory,
 ) -> Resources:
     """`resources` plus, for every gRPC service, its API listener and route
     configuration, and its cluster and endpoints in the form gRPC accepts.
-    New dicts and copied messages: the inputs are never changed."""
+    New dicts and copied messages: the inputs are never changed. Each builder
+    is remembered per service on exactly what it reads (translate.memo)."""
     check_grpc(intent)
     services = [s for s in intent.services if s.protocol is Protocol.GRPC]
-    extra: dict[str, dict[str, Message]] = {
-        CLUSTER: {
-            s.name: grpc_cluster(s, intent.strategy_of(s), intent.policies) for s in services
-        },
-        ENDPOINT: {s.name: grpc_load_assignment(s, health) for s in services},
-        LISTENER: {s.name: api_listener(s) for s in services},
-        ROUTE: {s.name: grpc_route_configuration(s, intent.policies) for s in services},
-    }
+    policies = intent.policies
+    extra: dict[str, dict[str, Message]] = {CLUSTER: {}, ENDPOINT: {}, LISTENER: {}, ROUTE: {}}
+    for s in services:
+        strategy = intent.strategy_of(s)
+        verdicts = tuple(health.get(b.name) for b in s.backends)
+        extra[CLUSTER][s.name] = memory.grpc_clusters.get(
+            s.name, (s, strategy, policies), partial(grpc_cluster, s, strategy, policies)
+        )
+        extra[ENDPOINT][s.name] = memory.grpc_assignments.get(
+            s.name, (s, verdicts), partial(grpc_load_assignment, s, health)
+        )
+        extra[LISTENER][s.name] = memory.grpc_listeners.get(
+            s.name, (s.name,), partial(api_listener, s)
+        )
+        extra[ROUTE][s.name] = memory.grpc_routes.get(
+            s.name, (s, policies), partial(grpc_route_configuration, s, policies)
+        )
     types = [*resources, *(t for t in extra if t not in resources)]
     return {t: {**resources.get(t, {}), **extra.get(t, {})} for t in types}
 

@@ -71,6 +71,11 @@ class Memory:
     listeners: Memo[listener_pb2.Listener] = field(default_factory=Memo)
     service_routes: Memo[list[tuple[str, rc_pb2.Route]]] = field(default_factory=Memo)
     route_configurations: Memo[route_pb2.RouteConfiguration] = field(default_factory=Memo)
+    # The proxyless gRPC overlay (translate.grpc), per gRPC service.
+    grpc_clusters: Memo[cluster_pb2.Cluster] = field(default_factory=Memo)
+    grpc_assignments: Memo[endpoint_pb2.ClusterLoadAssignment] = field(default_factory=Memo)
+    grpc_listeners: Memo[listener_pb2.Listener] = field(default_factory=Memo)
+    grpc_routes: Memo[route_pb2.RouteConfiguration] = field(default_factory=Memo)
 
     def sweep(self) -> None:
         for memo in (
@@ -80,5 +85,9 @@ class Memory:
             self.listeners,
             self.service_routes,
             self.route_configurations,
+            self.grpc_clusters,
+            self.grpc_assignments,
+            self.grpc_listeners,
+            self.grpc_routes,
         ):
             memo.sweep()
