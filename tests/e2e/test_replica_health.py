@@ -242,13 +242,15 @@ async def test_routing_totals_and_failover_events_survive_a_controller_restart(
     assert after["failover_events"]["by_source"]["health_check"] == 1
 
 
-async def test_a_hold_taken_through_one_replica_freezes_the_probes_of_another(
-    redis_server: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
+@pytest.mark.parametrize("second_hold", [False, True], ids=["one hold", "two holds"])
+async def test_a_held_backend_is_not_probed_until_every_hold_has_ended(
+    redis_server: RedisServer, http: aiohttp.ClientSession, tmp_path: Path, second_hold: bool
 ) -> None:
     """An experiment on replica B holds a backend while replica A probes: A stops
     probing it (its health endpoint counts no request) and both keep its verdict
     although it now fails its health check; on release A probes it again and both
-    replicas mark it UNHEALTHY."""
+    replicas mark it UNHEALTHY. With a second experiment on the same backend
+    through A, B's ending first leaves the backend held until A's ends too."""
     settings = fast_health(redis_settings(redis_server))
     backend = next(b for b in settings.intent.backends() if b.name == SECONDARY)
     fault = f"http://{backend.address}:{backend.port}/_control/fault"
@@ -257,36 +259,13 @@ async def test_a_hold_taken_through_one_replica_freezes_the_probes_of_another(
         a, b = both
         await eventually(lambda: agree(both, healthy), timeout_s=5)
         assert a.controller.shared_health and a.controller.shared_health.probing
-        async with b.controller.hold_health(SECONDARY, 30):
-            async with http.post(fault, json={"health_status": 503}) as response:
-                assert response.status == 200
-            before = await health_requests(http, settings, SECONDARY)
-            await asyncio.sleep(3 * INTERVAL_S)
-            assert await health_requests(http, settings, SECONDARY) == before
-            assert await agree(both, healthy)
-        unhealthy = {PRIMARY: Health.HEALTHY, SECONDARY: Health.UNHEALTHY}
-        await eventually(lambda: agree(both, unhealthy), timeout_s=3)
-
-
-async def test_holds_through_two_replicas_on_one_backend_each_last_until_their_own_end(
-    redis_server: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
-    """Experiments through replicas A and B hold the same backend. B's ends first:
-    the backend stays held (not probed, verdict kept although it fails its health
-    check) until A's ends too; then it is probed again and marked UNHEALTHY."""
-    settings = fast_health(redis_settings(redis_server))
-    backend = next(b for b in settings.intent.backends() if b.name == SECONDARY)
-    fault = f"http://{backend.address}:{backend.port}/_control/fault"
-    healthy = {PRIMARY: Health.HEALTHY, SECONDARY: Health.HEALTHY}
-    async with backends(settings, tmp_path), replicas(settings, moved(settings)) as both:
-        a, b = both
-        await eventually(lambda: agree(both, healthy), timeout_s=5)
-        async with a.controller.hold_health(SECONDARY, 30):
-            async with (
-                b.controller.hold_health(SECONDARY, 30),
-                http.post(fault, json={"health_status": 503}) as response,
-            ):
-                assert response.status == 200
+        lasting = a if second_hold else b
+        async with lasting.controller.hold_health(SECONDARY, 30):
+            async with contextlib.AsyncExitStack() as ending_first:
+                if second_hold:
+                    await ending_first.enter_async_context(b.controller.hold_health(SECONDARY, 30))
+                async with http.post(fault, json={"health_status": 503}) as response:
+                    assert response.status == 200
             before = await health_requests(http, settings, SECONDARY)
             await asyncio.sleep(3 * INTERVAL_S)
             assert await health_requests(http, settings, SECONDARY) == before
