@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.redis_support import RedisServer, moved, redis_settings
-from tests.support import eventually, local_settings
+from tests.support import eventually, finished, local_settings
 from xds_server import codec
 from xds_server.app import Controller
 from xds_server.errors import ConfigError, DependencyUnavailable, NotFound
@@ -435,3 +435,41 @@ async def test_a_task_looping_on_redis_always_ends_when_cancelled(
     finally:
         await client.aclose()
     assert survived == 0, f"{survived} of 300 loops outlived their cancellation"
+
+
+async def test_a_replica_stopped_at_any_moment_ends(redis_server: RedisServer) -> None:
+    """What the loop above guards, for a whole controller: replica B, stopped at a
+    random moment while replica A writes the intent and both probe, follow and
+    claim the prober lease in quick succession, always ends (15 times)."""
+    fast = dataclasses.replace(
+        redis_settings(redis_server),
+        health_check_interval_s=0.05,
+        health_check_timeout_s=0.05,
+        health_check_jitter=0.0,
+    )
+    a = Controller(fast, health_lease_s=0.3)
+    await a.start()
+    a_stop = asyncio.Event()
+    a_task = asyncio.create_task(a.run(a_stop))
+
+    async def keep_writing() -> None:
+        for n in range(100_000):  # bounded; cancelled long before
+            await a.store.update(lambda i, n=n: bumped(i, "mixtral", 1 if n % 2 == 0 else -1))
+            await asyncio.sleep(0.005)
+
+    writer = asyncio.create_task(keep_writing())
+    try:
+        for _ in range(15):
+            b = Controller(moved(fast), health_lease_s=0.3)
+            await b.start()
+            b_stop = asyncio.Event()
+            b_task = asyncio.create_task(b.run(b_stop))
+            await asyncio.sleep(random.uniform(0, 0.5))
+            b_stop.set()
+            await finished(b_task, 5)
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        a_stop.set()
+        await finished(a_task, 5)
