@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -53,6 +55,16 @@ class RedisServer:
         if self.child is not None:
             await self.child.stop(grace_s=3.0)
             self.child = None
+
+    def pause(self) -> None:
+        """SIGSTOP by PID: connections stay open and nothing answers (a hung Redis).
+        `resume()` must follow, or `stop()` waits out its grace before SIGKILL."""
+        assert self.child is not None and self.child.returncode is None
+        os.kill(self.child.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.child is not None and self.child.returncode is None
+        os.kill(self.child.pid, signal.SIGCONT)
 
     async def restart(self) -> None:
         await self.stop()

@@ -28,7 +28,13 @@ from xds_server.model import (
     Strategy,
 )
 from xds_server.processes import free_port
-from xds_server.redis_store import DEFAULT_PREFIX, RedisStore, connect, redis_errors
+from xds_server.redis_store import (
+    COMMAND_TIMEOUT_S,
+    DEFAULT_PREFIX,
+    RedisStore,
+    connect,
+    redis_errors,
+)
 
 KEY = f"{DEFAULT_PREFIX}:intent"
 
@@ -325,6 +331,33 @@ async def test_outage_refuses_writes_then_recovers_and_restores(
         assert await stored(redis_server) == (2, known)
         await store.update(lambda i: bumped(i, "hermes"))
         assert weight((await stored(redis_server))[1], "hermes") == weight(known, "hermes") + 1
+
+
+async def test_a_hung_redis_fails_calls_within_their_bound_then_recovers(
+    redis_server: RedisServer,
+) -> None:
+    """redis-server stopped (SIGSTOP): connections stay open and nothing answers.
+    A write fails with DependencyUnavailable within the command bound instead of
+    hanging (the client has no socket timeout: the bound is redis_errors'), and the
+    store keeps its intent. Resumed: the store reconnects and writes again."""
+    seed = local_settings().intent
+    async with running_store(redis_server.url, seed) as store:
+        known = store.intent
+        redis_server.pause()
+        try:
+            started = time.monotonic()
+            async with asyncio.timeout(COMMAND_TIMEOUT_S + 5):  # a hang fails here
+                with pytest.raises(DependencyUnavailable):
+                    await store.update(lambda i: bumped(i, "hermes"))
+            took = time.monotonic() - started
+            assert store.intent == known and not store.connected
+        finally:
+            redis_server.resume()
+        await eventually(lambda: _true(store.connected), timeout_s=10)
+        await store.update(lambda i: bumped(i, "hermes"))
+        assert weight((await stored(redis_server))[1], "hermes") == weight(known, "hermes") + 1
+    print(f"\nhung Redis: the write failed after {took * 1000:.0f} ms")
+    assert took < COMMAND_TIMEOUT_S + 0.5
 
 
 # ---- controllers on one Redis ------------------------------------------------------
