@@ -22,15 +22,9 @@ from pathlib import Path
 
 from bench.common import summary_ms
 from tests.support import local_settings
+from tests.xds.conftest import with_service
 from xds_server.demo import running_stack
-from xds_server.model import Intent, Service, Strategy
-
-
-def with_service(intent: Intent, name: str, **changes: object) -> Intent:
-    def changed(s: Service) -> Service:
-        return dataclasses.replace(s, **changes) if s.name == name else s  # type: ignore[arg-type]
-
-    return dataclasses.replace(intent, services=tuple(changed(s) for s in intent.services))
+from xds_server.model import Intent, Strategy
 
 
 def weight_change(intent: Intent, n: int) -> Intent:

@@ -16,12 +16,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from xds_server.admin.strategy import StrategyRequest, set_strategy
-from xds_server.cache import build_snapshot
+from xds_server.cache import SnapshotCache, build_snapshot
 from xds_server.errors import ConfigError
 from xds_server.model import Intent, Protocol, Strategy
-from xds_server.publisher import translate_or_raise
+from xds_server.publisher import Publisher
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.settings import parse_settings
+from xds_server.store import MemoryStore
 from xds_server.translate import translate
 from xds_server.translate.listeners import ROUTER_FILTER
 
@@ -104,15 +105,18 @@ def test_a_grpc_service_cannot_take_the_envoy_listener_name() -> None:
 
 
 def test_admin_strategy_change_that_grpc_cannot_apply_is_refused() -> None:
-    """The admin API checks a change by translating it: switching every
+    """The admin API checks a change with Publisher.check: switching every
     service to maglev fails on the gRPC service, and nothing is published."""
     intent = intent_of(http_service(), grpc_service())
+    cache = SnapshotCache()
+    publisher = Publisher(MemoryStore(intent), cache)
     change = StrategyRequest(Strategy.MAGLEV, service=None, hash_header=None, wait_s=0)
     with pytest.raises(ConfigError) as raised:
-        translate_or_raise(set_strategy(intent, change), {})
+        publisher.check(set_strategy(intent, change))
     assert [p.path for p in raised.value.problems] == ["services[1].strategy"]
     only_web = dataclasses.replace(change, service="web")
-    translate_or_raise(set_strategy(intent, only_web), {})
+    publisher.check(set_strategy(intent, only_web))
+    assert cache.snapshot is None
 
 
 # ---- resources -----------------------------------------------------------------------

@@ -140,9 +140,3 @@ class Publisher:
         self.published_revision = max(self.published_revision, revision)
         self._published.set()
         self._published = asyncio.Event()
-
-
-def translate_or_raise(intent: Intent, health: Mapping[str, Health]) -> None:
-    """Check that an intent would publish, from scratch (Publisher.check is the
-    incremental one)."""
-    build_snapshot(translate(intent, health), 0)
