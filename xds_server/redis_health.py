@@ -97,14 +97,18 @@ from xds_server.health import (
     probed_backends,
 )
 from xds_server.model import Health, Intent
-from xds_server.redis_store import as_text, backoff_s, confirmed, redis_errors
+from xds_server.redis_store import (
+    as_text,
+    backoff_s,
+    confirmed,
+    notifications,
+    redis_errors,
+)
 from xds_server.store import IntentStore
 
 log = logging.getLogger("xds_server.redis_health")
 
 LEASE_S = 5.0  # how long a prober's claim lasts without renewal
-LISTEN_TIMEOUT_S = 0.5  # how often the follower looks up from pub/sub (hold expiry, health)
-DRAIN_MAX = 1000  # notifications coalesced into one read
 
 _NOW_MS = """
 local t = redis.call('TIME')
@@ -619,17 +623,13 @@ class SharedHealth:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
 
     async def _notified(self, pubsub: PubSub) -> list[dict[str, Any]]:
-        """Notifications within LISTEN_TIMEOUT_S, a burst drained at once."""
-        notes: list[dict[str, Any]] = []
+        """The notifications of one listening period (redis_store.notifications)."""
         async with redis_errors("listening for health changes"):
-            message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
-            for _ in range(DRAIN_MAX):
-                if message is None:
-                    break
-                if message.get("type") == "message":
-                    with contextlib.suppress(ValueError, TypeError):
-                        notes.append(json.loads(message["data"]))
-                message = await pubsub.get_message(timeout=0)
+            texts = await notifications(pubsub)
+        notes: list[dict[str, Any]] = []
+        for text in texts:
+            with contextlib.suppress(ValueError, TypeError):
+                notes.append(json.loads(text))
         return notes
 
     async def _handle(self, notes: list[dict[str, Any]]) -> None:

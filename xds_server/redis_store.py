@@ -65,7 +65,7 @@ COMMAND_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 10.0  # how long start() waits for Redis before the controller gives up
 BACKOFF_START_S = 0.05
 BACKOFF_MAX_S = 1.0  # reconnect attempts at least once a second: recovery is quick
-LISTEN_TIMEOUT_S = 0.5  # how often the listener looks up from pub/sub to check its health
+LISTEN_TIMEOUT_S = 0.5  # how often a listener looks up from pub/sub (its health, expiries)
 DRAIN_MAX = 1000  # notifications coalesced into one read
 
 # KEYS[1]: the intent hash. ARGV: expected revision ("" = no intent stored),
@@ -247,15 +247,8 @@ class RedisStore:
 
     async def _notified(self, pubsub: PubSub) -> bool:
         """Wait (bounded) for notifications; True if any arrived. Drains a burst into one."""
-        seen = False
         async with self._redis_errors("listening"):
-            message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
-            for _ in range(DRAIN_MAX):
-                if message is None:
-                    break
-                seen = seen or message.get("type") == "message"
-                message = await pubsub.get_message(timeout=0)
-        return seen
+            return bool(await notifications(pubsub))
 
     async def _refresh(self) -> None:
         async with self._lock:
@@ -360,6 +353,20 @@ async def redis_errors(doing: str) -> AsyncIterator[None]:
 def as_text(value: bytes | str) -> str:
     """A reply as str (the client decodes responses; its types allow bytes too)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def notifications(pubsub: PubSub) -> list[str]:
+    """The data of the messages published within LISTEN_TIMEOUT_S; a burst is drained
+    at once (up to DRAIN_MAX), so that it costs one read of what it names."""
+    data: list[str] = []
+    message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
+    for _ in range(DRAIN_MAX):
+        if message is None:
+            break
+        if message.get("type") == "message":
+            data.append(message["data"])
+        message = await pubsub.get_message(timeout=0)
+    return data
 
 
 async def confirmed(pubsub: PubSub) -> None:
