@@ -102,6 +102,7 @@ from xds_server.redis_store import (
     backoff_s,
     confirmed,
     notifications,
+    reconnecting,
     redis_errors,
 )
 from xds_server.store import IntentStore
@@ -593,16 +594,9 @@ class SharedHealth:
 
     async def _follow(self) -> None:
         """Mirror the records until cancelled, reconnecting with bounded backoff."""
-        attempt = 0
-        while True:
-            subscribed = self._subscriptions
-            try:
-                await self._follow_once()
-            except DependencyUnavailable as error:
-                if subscribed != self._subscriptions or attempt == 0:
-                    log.warning("Redis unreachable, keeping the last health verdicts: %s", error)
-            attempt = 0 if subscribed != self._subscriptions else attempt + 1
-            await asyncio.sleep(backoff_s(attempt))
+        await reconnecting(
+            self._follow_once, lambda: self._subscriptions, "keeping the last health verdicts"
+        )
 
     async def _follow_once(self) -> None:
         loop = asyncio.get_running_loop()

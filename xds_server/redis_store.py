@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -204,17 +204,9 @@ class RedisStore:
 
     async def run(self) -> None:
         """Follow writes made elsewhere until cancelled, reconnecting with bounded backoff."""
-        attempt = 0
-        while True:
-            subscribed = self._subscriptions
-            try:
-                await self._follow()
-            except DependencyUnavailable as error:
-                if subscribed != self._subscriptions or attempt == 0:
-                    log.warning("Redis unreachable, serving the last known intent: %s", error)
-            # Back off from scratch once a subscription had worked since the last failure.
-            attempt = 0 if subscribed != self._subscriptions else attempt + 1
-            await asyncio.sleep(backoff_s(attempt))
+        await reconnecting(
+            self._follow, lambda: self._subscriptions, "serving the last known intent"
+        )
 
     async def stop(self) -> None:
         self._connected = False
@@ -353,6 +345,25 @@ async def redis_errors(doing: str) -> AsyncIterator[None]:
 def as_text(value: bytes | str) -> str:
     """A reply as str (the client decodes responses; its types allow bytes too)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def reconnecting(
+    follow: Callable[[], Awaitable[None]], subscriptions: Callable[[], int], meanwhile: str
+) -> None:
+    """Run `follow` (one subscription's life) again and again until cancelled, with
+    bounded backoff. `subscriptions` counts the subscriptions that worked: once one
+    did since the last failure, the backoff starts from scratch and the next outage
+    is logged again (one warning per outage, saying what is done `meanwhile`)."""
+    attempt = 0
+    while True:
+        subscribed = subscriptions()
+        try:
+            await follow()
+        except DependencyUnavailable as error:
+            if subscribed != subscriptions() or attempt == 0:
+                log.warning("Redis unreachable, %s: %s", meanwhile, error)
+        attempt = 0 if subscribed != subscriptions() else attempt + 1
+        await asyncio.sleep(backoff_s(attempt))
 
 
 async def notifications(pubsub: PubSub) -> list[str]:
