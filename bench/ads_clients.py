@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bench.clients import BenchClient, Core, channels_for, envoy_like, large_intent
 from bench.common import summary_ms
-from xds_server.model import Intent, Strategy
+from xds_server.model.intent import Intent, Strategy
 
 KIB = 1024
 

@@ -20,10 +20,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from xds_server.cache import SnapshotCache
-from xds_server.model import Backend, Health, Intent, Service
-from xds_server.publisher import Publisher
+from xds_server.model.intent import Backend, Health, Intent, Service
+from xds_server.pipeline.publisher import Publisher
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, ROUTE_CONFIG_NAME
-from xds_server.store import MemoryStore
+from xds_server.store.memory import MemoryStore
 from xds_server.xds.observe import Observers
 from xds_server.xds.server import XdsEngine, start_server
 from xds_server.xds.status import ProxyRegistry, ProxyStatus

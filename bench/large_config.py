@@ -39,7 +39,7 @@ from bench.clients import (
 from bench.common import summary_ms
 from tests.xds.conftest import with_backend
 from xds_server.cache import build_snapshot
-from xds_server.model import Intent
+from xds_server.model.intent import Intent
 from xds_server.resources import ENDPOINT, SHORT_NAMES
 from xds_server.translate import translate
 

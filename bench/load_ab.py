@@ -23,10 +23,10 @@ import aiohttp
 
 from tests.support import SEARCH_BODY, local_settings
 from xds_server.demo import Stack, running_stack
-from xds_server.envoy_process import EnvoyProcess, start_envoy
-from xds_server.model import SocketAddress
-from xds_server.processes import free_port
-from xds_server.static_config import static_bootstrap
+from xds_server.model.intent import SocketAddress
+from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
+from xds_server.proxy.processes import free_port
+from xds_server.proxy.static_config import static_bootstrap
 
 FIGURES = {
     "rps": r"Requests per second:\s+([\d.]+)",

@@ -24,7 +24,7 @@ from bench.common import summary_ms
 from tests.support import local_settings
 from tests.xds.conftest import with_service
 from xds_server.demo import running_stack
-from xds_server.model import Intent, Strategy
+from xds_server.model.intent import Intent, Strategy
 
 
 def weight_change(intent: Intent, n: int) -> Intent:

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from xds_server.processes import ChildProcess, free_port, start_process
+from xds_server.proxy.processes import ChildProcess, free_port, start_process
 
 START_TIMEOUT_S = 20.0
 SCRAPE_INTERVAL = "1s"

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tests.support import local_settings
-from xds_server.processes import ChildProcess, free_port, start_process
+from xds_server.proxy.processes import ChildProcess, free_port, start_process
 from xds_server.settings import Settings
 
 REDIS_BIN = "/usr/bin/redis-server"

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 
 from xds_server.app import Controller
-from xds_server.model import SocketAddress
-from xds_server.processes import free_port
+from xds_server.model.intent import SocketAddress
+from xds_server.proxy.processes import free_port
 from xds_server.settings import Settings, load_settings
 
 LOOPBACK = "127.0.0.1"

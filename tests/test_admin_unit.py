@@ -16,14 +16,14 @@ import aiohttp
 import pytest
 
 from tests.support import local_settings, running_controller
-from xds_server import envoy_stats
 from xds_server.admin import ROUTE_SETS, make_admin_app
 from xds_server.admin.openapi import document, openapi_path
 from xds_server.app import Controller
 from xds_server.errors import ConfigError
-from xds_server.model import Strategy
+from xds_server.model.intent import Strategy
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.settings import MAX_WEIGHT, parse_settings
+from xds_server.telemetry import envoy_stats
 from xds_server.xds.observe import StreamInfo
 
 STRATEGY = "/api/v1/router/strategy"

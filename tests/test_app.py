@@ -14,10 +14,10 @@ import pytest
 from tests.support import eventually, finished, local_settings
 from xds_server.app import Controller
 from xds_server.cache import SnapshotCache
-from xds_server.model import Strategy
-from xds_server.publisher import Publisher
+from xds_server.model.intent import Strategy
+from xds_server.pipeline.publisher import Publisher
 from xds_server.settings import EMBEDDED_DEFAULTS
-from xds_server.store import MemoryStore
+from xds_server.store.memory import MemoryStore
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 import xds_server
-from xds_server.bootstrap import SAMPLE_FILES, sample_file_text
-from xds_server.envoy_process import EnvoyFailed, start_envoy, validate_bootstrap
-from xds_server.model import SocketAddress
-from xds_server.processes import ChildProcess, free_port, start_process
+from xds_server.model.intent import SocketAddress
+from xds_server.proxy.bootstrap import SAMPLE_FILES, sample_file_text
+from xds_server.proxy.envoy_process import EnvoyFailed, start_envoy, validate_bootstrap
+from xds_server.proxy.processes import ChildProcess, free_port, start_process
 
 pytestmark = pytest.mark.envoy
 

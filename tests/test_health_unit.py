@@ -16,21 +16,14 @@ import pytest
 from aiohttp import web
 
 from tests.support import eventually
-from xds_server.health import (
-    BackendHealth,
-    HealthChecker,
-    HealthPolicy,
-    HttpProber,
-    ProbeResult,
-    health_report,
-    iso_utc,
-    new_session,
-    probed_backends,
-    summarize,
-)
-from xds_server.model import Backend, Health, Intent, Protocol, Service
+from xds_server.admin.health_report import health_report
+from xds_server.health.checker import HealthChecker, probed_backends
+from xds_server.health.probe import HttpProber, new_session
+from xds_server.health.verdict import BackendHealth, HealthPolicy, ProbeResult, summarize
+from xds_server.model.intent import Backend, Health, Intent, Protocol, Service
 from xds_server.samples.backend import make_app
-from xds_server.store import MemoryStore
+from xds_server.store.memory import MemoryStore
+from xds_server.timefmt import iso_utc
 
 POLICY = HealthPolicy(
     interval_s=0.1, timeout_s=0.05, healthy_threshold=2, unhealthy_threshold=3, jitter=0.5

@@ -11,10 +11,10 @@ import pytest
 
 from tests.xds.conftest import intent_of, service, with_backend, with_policies, with_service
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
-from xds_server.model import Health, Intent, Protocol, SocketAddress, Strategy
-from xds_server.publisher import Publisher
+from xds_server.model.intent import Health, Intent, Protocol, SocketAddress, Strategy
+from xds_server.pipeline.publisher import Publisher
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from xds_server.store import MemoryStore
+from xds_server.store.memory import MemoryStore
 from xds_server.translate import translate
 from xds_server.translate.memo import Memory
 

@@ -16,16 +16,17 @@ from tests.support import local_settings, running_controller
 from xds_server import cli
 from xds_server.app import Controller
 from xds_server.cache import Snapshot
-from xds_server.envoy_stats import HostStats, TrafficReading, parse_cluster_stats
 from xds_server.experiments import Recorded
-from xds_server.failover import FailoverTracker, experiment_events, summary
-from xds_server.health import BackendHealth, HealthChecker, HealthPolicy, ProbeResult
-from xds_server.logs import JsonFormatter, XdsEventLog
-from xds_server.model import Backend, Health, Intent, Service
+from xds_server.health.checker import HealthChecker
+from xds_server.health.verdict import BackendHealth, HealthPolicy, ProbeResult
+from xds_server.model.intent import Backend, Health, Intent, Service
 from xds_server.resources import CLUSTER, ENDPOINT
-from xds_server.router_metrics import report
-from xds_server.store import MemoryStore
-from xds_server.traffic import TrafficBook
+from xds_server.store.memory import MemoryStore
+from xds_server.telemetry.envoy_stats import HostStats, TrafficReading, parse_cluster_stats
+from xds_server.telemetry.failover import FailoverTracker, experiment_events, summary
+from xds_server.telemetry.logs import JsonFormatter, XdsEventLog
+from xds_server.telemetry.routing import report
+from xds_server.telemetry.traffic import TrafficBook
 from xds_server.xds.observe import StreamInfo
 from xds_server.xds.status import ProxyRegistry
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from xds_server.processes import _ephemeral_range, free_port
+from xds_server.proxy.processes import _ephemeral_range, free_port
 
 
 def test_free_ports_are_below_the_ephemeral_range_distinct_and_bindable() -> None:

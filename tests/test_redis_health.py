@@ -14,11 +14,8 @@ from redis.asyncio import Redis
 
 from tests.redis_support import RedisServer
 from tests.support import eventually
-from xds_server.envoy_stats import HostStats, TrafficReading
-from xds_server.failover import FailoverEvent, merge
-from xds_server.health import BackendHealth, HealthChecker, HealthPolicy, ProbeResult
-from xds_server.model import Backend, Health, Intent, Protocol, Service
-from xds_server.redis_health import (
+from xds_server.health.checker import HealthChecker
+from xds_server.health.shared import (
     CLAIM,
     HOLD,
     WRITE,
@@ -28,9 +25,13 @@ from xds_server.redis_health import (
     effective,
     encode_record,
 )
-from xds_server.redis_metrics import RedisEventLog, RedisLedger
-from xds_server.redis_store import connect
-from xds_server.store import MemoryStore
+from xds_server.health.verdict import BackendHealth, HealthPolicy, ProbeResult
+from xds_server.model.intent import Backend, Health, Intent, Protocol, Service
+from xds_server.redis_io import connect
+from xds_server.store.memory import MemoryStore
+from xds_server.telemetry.envoy_stats import HostStats, TrafficReading
+from xds_server.telemetry.failover import FailoverEvent, merge
+from xds_server.telemetry.shared import RedisEventLog, RedisLedger
 
 A = Backend("svc-a", "127.0.0.1", 1001)
 B = Backend("svc-b", "127.0.0.1", 1002)

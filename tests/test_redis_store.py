@@ -15,10 +15,10 @@ import pytest
 
 from tests.redis_support import RedisServer, moved, redis_settings
 from tests.support import eventually, finished, local_settings
-from xds_server import codec
 from xds_server.app import Controller
 from xds_server.errors import ConfigError, DependencyUnavailable, NotFound
-from xds_server.model import (
+from xds_server.model import codec
+from xds_server.model.intent import (
     Backend,
     Intent,
     Policies,
@@ -27,14 +27,9 @@ from xds_server.model import (
     SocketAddress,
     Strategy,
 )
-from xds_server.processes import free_port
-from xds_server.redis_store import (
-    COMMAND_TIMEOUT_S,
-    DEFAULT_PREFIX,
-    RedisStore,
-    connect,
-    redis_errors,
-)
+from xds_server.proxy.processes import free_port
+from xds_server.redis_io import COMMAND_TIMEOUT_S, connect, redis_errors
+from xds_server.store.redis import DEFAULT_PREFIX, RedisStore
 
 KEY = f"{DEFAULT_PREFIX}:intent"
 

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 import xds_server
-from xds_server.processes import ProcessFailed, start_process
+from xds_server.proxy.processes import ProcessFailed, start_process
 from xds_server.samples import make_app
 
 REPO_ROOT = Path(xds_server.__file__).resolve().parents[1]

@@ -11,13 +11,8 @@ import pytest
 import yaml
 
 from xds_server.errors import ConfigError
-from xds_server.model import Intent, Policies, SocketAddress, Strategy
-from xds_server.settings import (
-    EMBEDDED_DEFAULTS,
-    format_problems,
-    load_settings,
-    parse_settings,
-)
+from xds_server.model.intent import Intent, Policies, SocketAddress, Strategy
+from xds_server.settings import EMBEDDED_DEFAULTS, format_problems, load_settings, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "router_config.yaml"

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from xds_server.envoy_process import validate_bootstrap
-from xds_server.model import Health, SocketAddress
+from xds_server.model.intent import Health, SocketAddress
+from xds_server.proxy.envoy_process import validate_bootstrap
+from xds_server.proxy.static_config import static_bootstrap
 from xds_server.resources import SHORT_NAMES
 from xds_server.settings import parse_settings
-from xds_server.static_config import static_bootstrap
 from xds_server.translate import translate
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -18,11 +18,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from xds_server.admin.strategy import StrategyRequest, set_strategy
 from xds_server.cache import SnapshotCache, build_snapshot
 from xds_server.errors import ConfigError
-from xds_server.model import Intent, Protocol, Strategy
-from xds_server.publisher import Publisher
+from xds_server.model.intent import Intent, Protocol, Strategy
+from xds_server.pipeline.publisher import Publisher
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.settings import parse_settings
-from xds_server.store import MemoryStore
+from xds_server.store.memory import MemoryStore
 from xds_server.translate import translate
 from xds_server.translate.listeners import ROUTER_FILTER
 

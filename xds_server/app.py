@@ -30,24 +30,27 @@ from xds_server.admin import make_admin_app
 from xds_server.cache import SnapshotCache
 from xds_server.errors import ConfigError, DependencyUnavailable
 from xds_server.experiments import Experiments, Recorded
-from xds_server.failover import (
+from xds_server.health.checker import HealthChecker, Seed
+from xds_server.health.shared import SharedHealth
+from xds_server.health.verdict import BackendHealth, HealthObserver, HealthPolicy
+from xds_server.model.intent import Health, SocketAddress
+from xds_server.pipeline.publisher import Publisher
+from xds_server.redis_io import connect
+from xds_server.settings import Settings, format_problems, load_settings
+from xds_server.store.base import IntentStore
+from xds_server.store.factory import open_store
+from xds_server.store.redis import RedisStore
+from xds_server.telemetry.failover import (
     EventLog,
     FailoverEvent,
     FailoverTracker,
     MemoryEventLog,
     experiment_event,
 )
-from xds_server.health import BackendHealth, HealthChecker, HealthObserver, HealthPolicy, Seed
-from xds_server.logs import XdsEventLog
-from xds_server.metrics import ControllerMetrics, StateReaders, rejecting
-from xds_server.model import Health, SocketAddress
-from xds_server.publisher import Publisher
-from xds_server.redis_health import SharedHealth
-from xds_server.redis_metrics import RedisEventLog, RedisLedger
-from xds_server.redis_store import RedisStore, connect
-from xds_server.router_metrics import Ledger, MemoryLedger, TrafficSampler
-from xds_server.settings import Settings, format_problems, load_settings
-from xds_server.store import IntentStore, open_store
+from xds_server.telemetry.logs import XdsEventLog
+from xds_server.telemetry.prometheus import ControllerMetrics, StateReaders, rejecting
+from xds_server.telemetry.sampler import Ledger, MemoryLedger, TrafficSampler
+from xds_server.telemetry.shared import RedisEventLog, RedisLedger
 from xds_server.xds.observe import Observers, XdsObserver
 from xds_server.xds.server import XdsEngine, start_server
 from xds_server.xds.status import ProxyRegistry

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from xds_server.app import Controller
-from xds_server.bootstrap import make_bootstrap, render_bootstrap
 from xds_server.demo import running_stack
-from xds_server.envoy_process import find_envoy_binary
 from xds_server.errors import ConfigError, DependencyUnavailable
-from xds_server.logs import JSON, LOG_FORMATS, TEXT, configure_logging
+from xds_server.proxy.bootstrap import make_bootstrap, render_bootstrap
+from xds_server.proxy.envoy_process import find_envoy_binary
 from xds_server.settings import Settings, format_problems, load_settings
+from xds_server.telemetry.logs import JSON, LOG_FORMATS, TEXT, configure_logging
 
 log = logging.getLogger("xds_server")
 LOG_FORMAT_ENV = "ROUTER_LOG_FORMAT"  # text (default) or json

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xds_server.app import Controller
-from xds_server.bootstrap import make_bootstrap
-from xds_server.envoy_process import EnvoyProcess, start_envoy
-from xds_server.model import Backend, Service
-from xds_server.processes import ChildProcess, start_process
+from xds_server.model.intent import Backend, Service
+from xds_server.proxy.bootstrap import make_bootstrap
+from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
+from xds_server.proxy.processes import ChildProcess, start_process
 from xds_server.settings import Settings
 
 BACKEND_START_TIMEOUT_S = 15.0

@@ -14,8 +14,8 @@ import pytest
 
 from tests.support import LOOPBACK, SEARCH_BODY, send_many
 from xds_server.demo import Stack, start_backend
-from xds_server.model import Backend
-from xds_server.processes import free_port
+from xds_server.model.intent import Backend
+from xds_server.proxy.processes import free_port
 from xds_server.resources import CLUSTER
 
 pytestmark = pytest.mark.envoy

@@ -22,7 +22,7 @@ from tests.prometheus_support import PrometheusServer, has_data
 from tests.support import SEARCH_BODY, eventually, local_settings, send_many
 from xds_server.admin.strategy import StrategyRequest, set_strategy
 from xds_server.demo import Stack
-from xds_server.model import Health, Strategy
+from xds_server.model.intent import Health, Strategy
 
 pytestmark = pytest.mark.envoy
 
@@ -323,7 +323,7 @@ async def test_routing_script_passes_against_the_stack(
 
 async def test_routing_script_says_what_failed() -> None:
     """Against an address where nothing listens the script says FAIL and exits 1."""
-    from xds_server.processes import free_port
+    from xds_server.proxy.processes import free_port
 
     code, output = await run_script(f"http://127.0.0.1:{free_port()}")
     assert code == 1, output

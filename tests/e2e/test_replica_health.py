@@ -26,8 +26,8 @@ from tests.redis_support import RedisServer, moved, redis_settings
 from tests.support import eventually, finished, send_many
 from xds_server.app import Controller
 from xds_server.demo import start_backend
-from xds_server.model import Health, SocketAddress
-from xds_server.processes import ChildProcess
+from xds_server.model.intent import Health, SocketAddress
+from xds_server.proxy.processes import ChildProcess
 from xds_server.resources import ENDPOINT
 from xds_server.settings import Settings
 

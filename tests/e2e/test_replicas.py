@@ -25,11 +25,11 @@ import yaml
 from tests.redis_support import RedisServer, moved, redis_settings
 from tests.support import SEARCH_BODY, eventually, running_controller
 from xds_server.app import Controller
-from xds_server.bootstrap import make_bootstrap
 from xds_server.demo import start_backend
-from xds_server.envoy_process import EnvoyProcess, start_envoy
-from xds_server.model import Intent, SocketAddress, Strategy
-from xds_server.processes import ChildProcess, start_process
+from xds_server.model.intent import Intent, SocketAddress, Strategy
+from xds_server.proxy.bootstrap import make_bootstrap
+from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
+from xds_server.proxy.processes import ChildProcess, start_process
 from xds_server.resources import ADS_ORDER, SHORT_NAMES
 from xds_server.settings import Settings
 

@@ -20,8 +20,8 @@ import pytest
 from tests.e2e.conftest import StackFactory
 from tests.support import SEARCH_BODY, eventually, local_settings
 from xds_server.demo import Stack, start_backend
-from xds_server.model import Backend
-from xds_server.processes import ChildProcess
+from xds_server.model.intent import Backend
+from xds_server.proxy.processes import ChildProcess
 from xds_server.settings import Settings
 
 pytestmark = pytest.mark.envoy

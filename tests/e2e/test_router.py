@@ -13,7 +13,7 @@ import pytest
 from tests.support import SEARCH_BODY, eventually, send_many
 from xds_server.cache import build_snapshot
 from xds_server.demo import Stack
-from xds_server.model import Strategy
+from xds_server.model.intent import Strategy
 from xds_server.resources import ENDPOINT
 from xds_server.translate import translate
 

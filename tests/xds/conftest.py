@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
-from xds_server.model import Backend, Intent, Service
+from xds_server.model.intent import Backend, Intent, Service
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.translate import translate
 from xds_server.xds.observe import Observers, StreamInfo

@@ -13,7 +13,7 @@ from tests.xds.conftest import (
     with_service,
     without_service,
 )
-from xds_server.model import Strategy
+from xds_server.model.intent import Strategy
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 ADMIN = "xds-server-admin"

@@ -18,8 +18,8 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from tests.xds.conftest import Harness, names_of, poll, unpack
 from xds_server.cache import build_snapshot
-from xds_server.model import Backend, Intent, Protocol, Service, SocketAddress
-from xds_server.processes import ChildProcess, start_process
+from xds_server.model.intent import Backend, Intent, Protocol, Service, SocketAddress
+from xds_server.proxy.processes import ChildProcess, start_process
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.samples.grpc_sample import METHOD, bootstrap_config, start_backend
 from xds_server.translate import translate

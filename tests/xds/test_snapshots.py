@@ -15,7 +15,7 @@ import pytest
 from tests.xds.conftest import Harness, intent_of, names_of, with_backend, without_service
 from xds_server.cache import build_snapshot
 from xds_server.errors import InconsistentSnapshot
-from xds_server.model import Protocol
+from xds_server.model.intent import Protocol
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.translate import translate
 

@@ -22,7 +22,7 @@ from tests.xds.conftest import (
     with_service,
     without_service,
 )
-from xds_server.model import Backend, Intent, Policies, Service, Strategy
+from xds_server.model.intent import Backend, Intent, Policies, Service, Strategy
 from xds_server.resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, ROUTE
 
 

@@ -14,7 +14,7 @@ from tests.xds.conftest import (
     with_policies,
     with_service,
 )
-from xds_server.model import SocketAddress, Strategy
+from xds_server.model.intent import SocketAddress, Strategy
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER
 
 ALL_CLUSTERS = ["svc-0", "svc-1", "xds-server-admin"]

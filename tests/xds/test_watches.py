@@ -9,7 +9,7 @@ from typing import Any
 from tests.xds.conftest import Harness, XdsClient, intent_of, names_of, poll
 from tests.xds.test_delta import DeltaClient, names
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
-from xds_server.model import Health
+from xds_server.model.intent import Health
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.translate import translate
 from xds_server.xds.stream import XdsStream

@@ -25,8 +25,8 @@ from xds_server.admin.changes import (
 )
 from xds_server.admin.context import controller_of
 from xds_server.admin.errors import ApiError, invalid, json_body
-from xds_server.apply import DEFAULT_WAIT_S
-from xds_server.model import Backend, Health, Intent, Service
+from xds_server.model.intent import Backend, Health, Intent, Service
+from xds_server.pipeline.changes import DEFAULT_WAIT_S
 from xds_server.settings import BACKEND_FIELDS, MAX_WEIGHT, InvalidValue, check_fields, ip_literal
 
 routes = RouteSet("backends")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from xds_server.apply import MAX_WAIT_S, Applied, apply_change, wait_seconds
-from xds_server.model import Intent
+from xds_server.model.intent import Intent
+from xds_server.pipeline.changes import MAX_WAIT_S, Applied, apply_change, wait_seconds
 from xds_server.settings import InvalidValue
 
 if TYPE_CHECKING:

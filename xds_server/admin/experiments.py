@@ -16,12 +16,7 @@ from aiohttp import web
 from xds_server.admin.api import RouteSet
 from xds_server.admin.context import controller_of
 from xds_server.admin.errors import invalid, json_body
-from xds_server.experiments import (
-    FAILURE_MODES,
-    Limits,
-    circuit_breaker_test,
-    failover_test,
-)
+from xds_server.experiments import FAILURE_MODES, Limits, circuit_breaker_test, failover_test
 from xds_server.settings import InvalidValue, check_fields, name_value
 
 routes = RouteSet("experiments")

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from xds_server.admin.api import RouteSet
 from xds_server.admin.context import controller_of
-from xds_server.health import OVERALL_UNHEALTHY, health_report, summarize
+from xds_server.admin.health_report import health_report
+from xds_server.health.verdict import OVERALL_UNHEALTHY, summarize
 
 routes = RouteSet("health")
 

@@ -16,12 +16,14 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from xds_server.admin.api import RouteSet
 from xds_server.admin.context import controller_of
 from xds_server.admin.errors import ApiError
-from xds_server.router_metrics import SAMPLE_INTERVAL_S, WINDOW_S, report
+from xds_server.telemetry.routing import report
+from xds_server.telemetry.sampler import SAMPLE_INTERVAL_S
+from xds_server.telemetry.traffic import WINDOW_S
 
 if TYPE_CHECKING:
     from xds_server.app import Controller
-    from xds_server.metrics import ControllerMetrics
-    from xds_server.router_metrics import TrafficSampler
+    from xds_server.telemetry.prometheus import ControllerMetrics
+    from xds_server.telemetry.sampler import TrafficSampler
 
 routes = RouteSet("metrics")
 

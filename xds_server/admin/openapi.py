@@ -120,6 +120,6 @@ def _response(code: int, description: str, op: Operation) -> dict[str, Any]:
     response_schema={"type": "object"},
 )
 async def openapi_json(request: web.Request) -> web.Response:
-    from xds_server.admin import ROUTE_SETS  # here: the package imports this module
+    from xds_server.admin import ROUTE_SETS
 
     return web.json_response(document(ROUTE_SETS))

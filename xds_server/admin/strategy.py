@@ -13,7 +13,6 @@ from typing import Any
 
 from aiohttp import web
 
-from xds_server import envoy_stats
 from xds_server.admin.api import RouteSet
 from xds_server.admin.changes import (
     CHANGE_ERRORS,
@@ -27,10 +26,11 @@ from xds_server.admin.changes import (
 )
 from xds_server.admin.context import controller_of
 from xds_server.admin.errors import ApiError, invalid, json_body
-from xds_server.apply import DEFAULT_WAIT_S
 from xds_server.errors import NotFound
-from xds_server.model import Intent, Service, Strategy
+from xds_server.model.intent import Intent, Service, Strategy
+from xds_server.pipeline.changes import DEFAULT_WAIT_S
 from xds_server.settings import check_fields, header_name_value, name_value, strategy_value
+from xds_server.telemetry import envoy_stats
 
 routes = RouteSet("strategy")
 ProxyErrors = dict[str, str | None]

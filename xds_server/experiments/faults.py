@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
-from xds_server.apply import apply_change
 from xds_server.errors import Conflict, DependencyUnavailable
 from xds_server.experiments.lab import (
     APPLY_WAIT_S,
@@ -25,7 +24,8 @@ from xds_server.experiments.lab import (
     Lab,
     Limits,
 )
-from xds_server.model import Backend, Intent, SocketAddress
+from xds_server.model.intent import Backend, Intent, SocketAddress
+from xds_server.pipeline.changes import apply_change
 
 if TYPE_CHECKING:
     from xds_server.app import Controller

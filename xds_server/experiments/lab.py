@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from xds_server import envoy_stats
-from xds_server.envoy_stats import HostStats
 from xds_server.errors import Conflict, DependencyUnavailable, NotFound
-from xds_server.model import Backend, Intent, Service
+from xds_server.model.intent import Backend, Intent, Service
+from xds_server.telemetry import envoy_stats
+from xds_server.telemetry.envoy_stats import HostStats
 from xds_server.xds.status import ProxyStatus
 
 if TYPE_CHECKING:

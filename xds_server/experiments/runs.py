@@ -8,14 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from xds_server.envoy_stats import HostStats
 from xds_server.errors import Conflict
-from xds_server.experiments.faults import (
-    choose_failure,
-    ejection_time,
-    ejection_time_set,
-    failing,
-)
+from xds_server.experiments.faults import choose_failure, ejection_time, ejection_time_set, failing
 from xds_server.experiments.lab import (
     CONFIRM_PROBES,
     Counters,
@@ -36,7 +30,8 @@ from xds_server.experiments.lab import (
     target_out,
     wait_until,
 )
-from xds_server.model import Service
+from xds_server.model.intent import Service
+from xds_server.telemetry.envoy_stats import HostStats
 
 if TYPE_CHECKING:
     from xds_server.app import Controller

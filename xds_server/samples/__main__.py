@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from xds_server.model import SocketAddress
+from xds_server.model.intent import SocketAddress
 from xds_server.samples.backend import KINDS, make_app
 
 

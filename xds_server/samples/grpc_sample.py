@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from xds_server.model import SocketAddress
+from xds_server.model.intent import SocketAddress
 
 METHOD = "/xds_server.sample.Who/Name"
 CALL_TIMEOUT_S = 5.0

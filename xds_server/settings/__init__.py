@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from xds_server.errors import ConfigError, Problem
-from xds_server.model import Backend, Intent, Policies, Protocol, Service, SocketAddress
+from xds_server.model.intent import Backend, Intent, Policies, Protocol, Service, SocketAddress
 from xds_server.settings.values import (
     ADDRESS,
     IP_ADDRESS,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from xds_server.model import Protocol, SocketAddress, Strategy
+from xds_server.model.intent import Protocol, SocketAddress, Strategy
 
 # Paths Envoy sends to the controller; a service route there would hijack them.
 RESERVED_ROUTE_PREFIX = "/api/v1/router/"

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from google.protobuf.message import Message
 
-from xds_server.model import Health, Intent
+from xds_server.model.intent import Health, Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 from xds_server.translate.clusters import clusters
 from xds_server.translate.endpoints import load_assignments

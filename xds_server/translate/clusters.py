@@ -16,7 +16,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
-from xds_server.model import Intent, Policies, Service, SocketAddress, Strategy
+from xds_server.model.intent import Intent, Policies, Service, SocketAddress, Strategy
 from xds_server.resources import ADMIN_CLUSTER
 from xds_server.translate.common import address_of, ads_config_source, duration
 from xds_server.translate.memo import Memo

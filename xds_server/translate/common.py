@@ -6,7 +6,7 @@ from envoy.config.core.v3 import address_pb2, config_source_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
-from xds_server.model import SocketAddress
+from xds_server.model.intent import SocketAddress
 
 
 def duration(seconds: float) -> duration_pb2.Duration:

@@ -16,7 +16,7 @@ from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from google.protobuf import wrappers_pb2
 
-from xds_server.model import Backend, Health, Intent, Service, Strategy
+from xds_server.model.intent import Backend, Health, Intent, Service, Strategy
 from xds_server.translate.common import socket_address
 from xds_server.translate.memo import Memo
 

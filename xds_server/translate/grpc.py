@@ -49,7 +49,7 @@ from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from xds_server.errors import ConfigError, Problem
-from xds_server.model import Health, Intent, Policies, Protocol, Service, Strategy
+from xds_server.model.intent import Health, Intent, Policies, Protocol, Service, Strategy
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, LISTENER_NAME, ROUTE, Resources
 from xds_server.translate.clusters import service_cluster
 from xds_server.translate.common import ads_config_source, duration, packed

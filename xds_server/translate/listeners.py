@@ -11,7 +11,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from xds_server.model import Intent, SocketAddress
+from xds_server.model.intent import Intent, SocketAddress
 from xds_server.resources import LISTENER_NAME, ROUTE_CONFIG_NAME
 from xds_server.translate.common import address_of, ads_config_source, packed
 from xds_server.translate.memo import Memo

@@ -18,7 +18,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (
 )
 from google.protobuf import wrappers_pb2
 
-from xds_server.model import Intent, Policies, Service
+from xds_server.model.intent import Intent, Policies, Service
 from xds_server.resources import ADMIN_CLUSTER, ADMIN_PREFIX, OVERALL_HEALTH_PATH, ROUTE_CONFIG_NAME
 from xds_server.translate.common import duration, packed
 from xds_server.translate.memo import Memo

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from xds_server.health import ProbeResult
-from xds_server.model import Health
+from xds_server.health.verdict import ProbeResult
+from xds_server.model.intent import Health
 from xds_server.resources import SHORT_NAMES
 from xds_server.xds.observe import StreamInfo
 from xds_server.xds.status import ProxyStatus

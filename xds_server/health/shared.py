@@ -86,18 +86,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from xds_server.errors import DependencyUnavailable
-from xds_server.health import (
-    BackendHealth,
-    HealthChecker,
-    HealthObserver,
-    ProbeResult,
-    Seed,
-    Target,
-    probe_target,
-    probed_backends,
-)
-from xds_server.model import Health, Intent
-from xds_server.redis_store import (
+from xds_server.health.checker import HealthChecker, Seed, Target, probe_target, probed_backends
+from xds_server.health.verdict import BackendHealth, HealthObserver, ProbeResult
+from xds_server.model.intent import Health, Intent
+from xds_server.redis_io import (
     as_text,
     backoff_s,
     confirmed,
@@ -105,7 +97,7 @@ from xds_server.redis_store import (
     reconnecting,
     redis_errors,
 )
-from xds_server.store import IntentStore
+from xds_server.store.base import IntentStore
 
 log = logging.getLogger("xds_server.redis_health")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from xds_server.model import SocketAddress
+from xds_server.model.intent import SocketAddress
 
 XDS_CLUSTER = "xds_cluster"
 DEFAULT_NODE_ID = "envoy-local"

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 
 from xds_server.errors import XdsServerError
-from xds_server.model import SocketAddress
-from xds_server.processes import ChildProcess, start_process
+from xds_server.model.intent import SocketAddress
+from xds_server.proxy.processes import ChildProcess, start_process
 
 _ADMIN_TIMEOUT_S = 5.0
 _POLL_INTERVAL_S = 0.05

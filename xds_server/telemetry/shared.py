@@ -37,11 +37,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from xds_server.envoy_stats import TrafficReading
 from xds_server.errors import DependencyUnavailable
-from xds_server.failover import KEPT_EVENTS, FailoverEvent, merge
-from xds_server.redis_store import as_text, backoff_s, redis_errors
-from xds_server.traffic import (
+from xds_server.redis_io import as_text, backoff_s, redis_errors
+from xds_server.telemetry.envoy_stats import TrafficReading
+from xds_server.telemetry.failover import KEPT_EVENTS, FailoverEvent, merge
+from xds_server.telemetry.traffic import (
     FORGET_PROXY_S,
     BackendTotals,
     Growth,
@@ -53,8 +53,12 @@ from xds_server.traffic import (
 
 log = logging.getLogger("xds_server.redis_metrics")
 
+
 MAX_ATTEMPTS = 10  # compare-and-set rounds for one reading (only a handover contends)
+
+
 BACKEND, CLUSTER, FAILURE = "b", "c", "f"  # the kinds of total fields
+
 
 # KEYS: the proxy's reference hash, the totals hash. ARGV: expected rev ("" = none),
 # new rev, new reference JSON, its expiry in ms, the number of increments, then
@@ -79,6 +83,7 @@ while i <= #ARGV do
 end
 return 1
 """
+
 
 # KEYS: the events list. ARGV: how many to keep, then the events (JSON).
 APPEND_EVENTS = """
@@ -195,9 +200,6 @@ def decode_baseline(text: str) -> ProxyBaseline:
     body = json.loads(text)
     last: dict[Key, float] = {tuple(item[:-1]): float(item[-1]) for item in body["last"]}
     return ProxyBaseline(last, dict(body["built"]), float(body["at"]))
-
-
-# --- failover events -----------------------------------------------------------------------
 
 
 class RedisEventLog:

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from xds_server.envoy_stats import CLUSTER_COUNTERS, RQ_TIME, TrafficReading
+from xds_server.telemetry.envoy_stats import CLUSTER_COUNTERS, RQ_TIME, TrafficReading
 
 HOST_COUNTERS = ("rq_total", "rq_success", "rq_error")
 CLUSTER_FIGURES = (*CLUSTER_COUNTERS, f"{RQ_TIME}_sum", f"{RQ_TIME}_count")

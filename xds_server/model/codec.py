@@ -26,7 +26,7 @@ from enum import Enum
 from typing import Any
 
 from xds_server.errors import ConfigError, Problem
-from xds_server.model import Intent
+from xds_server.model.intent import Intent
 
 FORMAT = 1
 

@@ -29,9 +29,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
-from xds_server.model import Health, Intent
+from xds_server.model.intent import Health, Intent
 from xds_server.resources import CLUSTER
-from xds_server.store import IntentStore
+from xds_server.store.base import IntentStore
 from xds_server.translate import translate
 from xds_server.translate.memo import Memory
 

@@ -17,87 +17,18 @@ read by exactly one replica), never every proxy of the fleet.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import statistics
-import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from xds_server.envoy_stats import RQ_TIME, TrafficReading, read_traffic_of
-from xds_server.failover import FailoverEvent, summary
-from xds_server.health import iso_utc
-from xds_server.model import Intent, Service
-from xds_server.traffic import WINDOW_S, BackendTotals, Point, TrafficBook
-from xds_server.xds.status import ProxyRegistry
-
-SAMPLE_INTERVAL_S = 2.0
+from xds_server.model.intent import Intent, Service
+from xds_server.telemetry.envoy_stats import RQ_TIME, TrafficReading
+from xds_server.telemetry.failover import FailoverEvent, summary
+from xds_server.telemetry.traffic import BackendTotals, Point, TrafficBook
+from xds_server.timefmt import iso_utc
 
 log = logging.getLogger("xds_server.metrics")
-
-
-class Ledger(Protocol):
-    """Where the totals are kept; `book` holds them (or a copy) for the report."""
-
-    book: TrafficBook
-
-    async def apply(
-        self, readings: Sequence[TrafficReading], clusters: set[str], at: float, wall: float
-    ) -> None:
-        """Count readings taken at `at` (monotonic) / `wall`; never raises for an outage."""
-
-
-class MemoryLedger:
-    """The totals of this process only."""
-
-    def __init__(self) -> None:
-        self.book = TrafficBook()
-
-    async def apply(
-        self, readings: Sequence[TrafficReading], clusters: set[str], at: float, wall: float
-    ) -> None:
-        self.book.apply(readings, clusters, at, wall)
-
-
-class TrafficSampler:
-    """Reads every connected proxy into one ledger; readings never overlap."""
-
-    def __init__(
-        self,
-        proxies: ProxyRegistry,
-        intent: Callable[[], Intent],
-        interval_s: float = SAMPLE_INTERVAL_S,
-        ledger: Ledger | None = None,
-    ) -> None:
-        self.ledger: Ledger = ledger or MemoryLedger()
-        self.readings: list[TrafficReading] = []  # the latest, one per proxy read
-        self._proxies, self._intent, self._interval_s = proxies, intent, interval_s
-        # Readings must be applied in the order they were taken (traffic.py).
-        self._lock = asyncio.Lock()
-
-    @property
-    def book(self) -> TrafficBook:
-        return self.ledger.book
-
-    async def sample(self) -> list[TrafficReading]:
-        """Read every connected proxy now (bounded by the read timeout) and count it."""
-        async with self._lock:
-            readings = await read_traffic_of(self._proxies.connected())
-            clusters = {s.name for s in self._intent().services}
-            await self.ledger.apply(readings, clusters, time.monotonic(), time.time())
-            self.readings = readings
-            return readings
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.sample()
-            except Exception:  # metrics must never take the controller down
-                log.exception("traffic sample failed")
-            await asyncio.sleep(self._interval_s)
-
-
-# --- the report ----------------------------------------------------------------------------
 
 
 def report(
@@ -246,6 +177,3 @@ def _totals(book: TrafficBook, cluster: str, backend: str) -> BackendTotals:
 def _spread(intent: Intent, name: str) -> bool:
     service = intent.service(name)
     return service is not None and len(service.backends) > 1
-
-
-__all__ = ["WINDOW_S", "Ledger", "MemoryLedger", "TrafficSampler", "report"]

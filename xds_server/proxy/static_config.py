@@ -18,8 +18,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
-from xds_server.bootstrap import STATS_FLUSH_S
-from xds_server.model import SocketAddress
+from xds_server.model.intent import SocketAddress
+from xds_server.proxy.bootstrap import STATS_FLUSH_S
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 from xds_server.translate.common import address_of, socket_address
 from xds_server.translate.listeners import HCM_FILTER

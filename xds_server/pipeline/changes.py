@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xds_server.model import Intent
+from xds_server.model.intent import Intent
 from xds_server.xds.status import ApplyFailure
 
 if TYPE_CHECKING:

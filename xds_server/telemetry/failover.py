@@ -42,8 +42,9 @@ from typing import Any, Protocol
 
 from xds_server.cache import SnapshotCache
 from xds_server.experiments import Recorded
-from xds_server.health import ProbeResult, iso_utc
-from xds_server.model import Health, Intent, Service
+from xds_server.health.verdict import ProbeResult
+from xds_server.model.intent import Health, Intent, Service
+from xds_server.timefmt import iso_utc
 from xds_server.xds.status import ProxyRegistry
 
 log = logging.getLogger("xds_server.failover")

@@ -36,135 +36,22 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
-import aiohttp
-
-from xds_server.model import Backend, Health, Intent, Service, SocketAddress
-from xds_server.model import Protocol as ServiceProtocol
-from xds_server.store import IntentStore
+from xds_server.health.probe import HttpProber, Prober, failed_probe, new_session
+from xds_server.health.verdict import BackendHealth, HealthObserver, HealthPolicy, ProbeResult
+from xds_server.model.intent import Backend, Health, Intent
+from xds_server.model.intent import Protocol as ServiceProtocol
+from xds_server.store.base import IntentStore
 
 log = logging.getLogger("xds_server.health")
 
 
-@dataclass(frozen=True)
-class HealthPolicy:
-    interval_s: float = 30.0
-    timeout_s: float = 5.0
-    healthy_threshold: int = 2
-    unhealthy_threshold: int = 3
-    jitter: float = 0.1  # share of the interval over which first probes are spread
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    ok: bool
-    definitive: bool  # a failure that needs no confirmation
-    elapsed_s: float
-    at: float  # wall clock (epoch seconds) when the probe ended
-    error: str | None = None
-
-
-Prober = Callable[[Backend], Awaitable[ProbeResult]]
-
-
-class HealthObserver(Protocol):
-    """What the checker reports (metrics, failover timing); called synchronously,
-    after the verdict is written and the publisher marked dirty."""
-
-    def probed(self, name: str, result: ProbeResult) -> None: ...
-
-    def verdict_changed(
-        self, name: str, previous: Health, current: Health, result: ProbeResult
-    ) -> None: ...
-
-
-@dataclass
-class BackendHealth:
-    """What the checker knows of one backend."""
-
-    verdict: Health = Health.UNKNOWN
-    passes: int = 0  # in a row
-    failures: int = 0  # in a row
-    last: ProbeResult | None = None
-    since: float | None = None  # wall clock of the last verdict change
-
-    def record(self, result: ProbeResult, policy: HealthPolicy) -> bool:
-        """Count `result`; True when the verdict changed."""
-        self.last = result
-        self.passes = self.passes + 1 if result.ok else 0
-        self.failures = 0 if result.ok else self.failures + 1
-        verdict = next_verdict(self.verdict, self.passes, self.failures, result, policy)
-        if verdict is self.verdict:
-            return False
-        self.verdict, self.since = verdict, result.at
-        return True
-
-
-def next_verdict(
-    current: Health, passes: int, failures: int, result: ProbeResult, policy: HealthPolicy
-) -> Health:
-    if result.ok:
-        if current is Health.UNHEALTHY and passes < policy.healthy_threshold:
-            return current
-        return Health.HEALTHY
-    if result.definitive or failures >= policy.unhealthy_threshold:
-        return Health.UNHEALTHY
-    return current
-
-
-# --- probing -------------------------------------------------------------------------
-
-
-def probe_url(backend: Backend) -> str:
-    return f"http://{SocketAddress(backend.address, backend.port)}{backend.health_path}"
-
-
-class HttpProber:
-    """GET the health path over a fresh connection each time.
-
-    No keep-alive on purpose: a pooled connection to a killed backend fails as
-    an ambiguous disconnect, a fresh one as a definitive refusal; and the
-    response time then includes connecting, as a client's would.
-    """
-
-    def __init__(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-
-    async def __call__(self, backend: Backend) -> ProbeResult:
-        started = time.perf_counter()
-        try:
-            async with self._session.get(probe_url(backend), timeout=self._timeout) as response:
-                await response.read()
-                status = response.status
-        except aiohttp.ClientConnectorError as error:
-            refused = isinstance(error.os_error, ConnectionRefusedError)
-            return _failed(started, f"connect: {error.os_error}", definitive=refused)
-        except TimeoutError:
-            return _failed(started, "timeout", definitive=False)
-        except aiohttp.ClientError as error:
-            return _failed(started, f"{type(error).__name__}: {error}", definitive=False)
-        if 200 <= status < 300:
-            return ProbeResult(True, False, time.perf_counter() - started, time.time())
-        return _failed(started, f"HTTP {status}", definitive=True)
-
-
-def _failed(started: float, error: str, *, definitive: bool) -> ProbeResult:
-    return ProbeResult(False, definitive, time.perf_counter() - started, time.time(), error)
-
-
-def new_session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(force_close=True, limit=0)
-    return aiohttp.ClientSession(connector=connector)
-
-
-# --- the checker -----------------------------------------------------------------------
-
 Target = tuple[str, int, str]  # what a probe talks to: address, port, health path
+
+
 # The state to start a backend from (a shared record), or None for a fresh UNKNOWN.
 Seed = Callable[[str, Target], BackendHealth | None]
 
@@ -360,110 +247,4 @@ async def _safely(prober: Prober, backend: Backend) -> ProbeResult:
         return await prober(backend)
     except Exception as error:
         log.exception("probing %s failed unexpectedly", backend.name)
-        return _failed(started, f"{type(error).__name__}: {error}", definitive=False)
-
-
-# --- the report (GET /api/v1/router/health, GET /api/v1/health) ------------------------
-
-OVERALL_HEALTHY, OVERALL_DEGRADED, OVERALL_UNHEALTHY = "healthy", "degraded", "unhealthy"
-
-
-@dataclass(frozen=True)
-class HealthSummary:
-    """Counts and the overall verdict.
-
-    A not-yet-probed backend counts in `total` and in `unknown`, never as healthy
-    or unhealthy. It keeps the overall verdict at "degraded" at best (nothing is
-    confirmed), but a service whose backends are merely unknown still counts as
-    serving, because Envoy does route to UNKNOWN hosts. "unhealthy" means some
-    service has no backend that can take traffic (all unhealthy or draining).
-    """
-
-    total: int
-    healthy: int
-    unhealthy: int
-    unknown: int
-    services: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def overall(self) -> str:
-        states = set(self.services.values())
-        if OVERALL_UNHEALTHY in states or not self.services:
-            return OVERALL_UNHEALTHY
-        return OVERALL_DEGRADED if OVERALL_DEGRADED in states else OVERALL_HEALTHY
-
-
-def service_state(service: Service, verdicts: dict[str, Health]) -> str:
-    serving = [
-        b for b in service.backends if not b.draining and verdicts[b.name] is not Health.UNHEALTHY
-    ]
-    if not serving:
-        return OVERALL_UNHEALTHY
-    healthy = all(verdicts[b.name] is Health.HEALTHY for b in service.backends)
-    return OVERALL_HEALTHY if healthy else OVERALL_DEGRADED
-
-
-def summarize(intent: Intent, states: dict[str, BackendHealth]) -> HealthSummary:
-    verdicts = {b.name: _verdict(states, b.name) for b in intent.backends()}
-    counted = list(verdicts.values())
-    return HealthSummary(
-        total=len(counted),
-        healthy=counted.count(Health.HEALTHY),
-        unhealthy=counted.count(Health.UNHEALTHY),
-        unknown=counted.count(Health.UNKNOWN),
-        services={s.name: service_state(s, verdicts) for s in intent.services},
-    )
-
-
-def _verdict(states: dict[str, BackendHealth], name: str) -> Health:
-    state = states.get(name)
-    return Health.UNKNOWN if state is None else state.verdict
-
-
-def health_report(intent: Intent, states: dict[str, BackendHealth]) -> dict[str, object]:
-    """The spec's "Backend health status" shape, grouped by display group."""
-    groups: dict[str, dict[str, object]] = {}
-    for service in intent.services:
-        group = groups.setdefault(service.display_group, {})
-        for key, backend in display_keys(service, group).items():
-            group[key] = backend_entry(states.get(backend.name), backend)
-    summary = summarize(intent, states)
-    return {
-        "health_status": groups,
-        "overall_health": summary.overall,
-        "total_backends": summary.total,
-        "healthy_backends": summary.healthy,
-        "unhealthy_backends": summary.unhealthy,
-        "unknown_backends": summary.unknown,
-    }
-
-
-def display_keys(service: Service, taken: dict[str, object]) -> dict[str, Backend]:
-    """ "qdrant-primary" shows as "primary" under its service; the full name is
-    kept when the short one is empty or already used in the group."""
-    keys: dict[str, Backend] = {}
-    for backend in service.backends:
-        short = backend.name.removeprefix(f"{service.name}-")
-        key = short if short and short not in taken and short not in keys else backend.name
-        keys[key] = backend
-    return keys
-
-
-def backend_entry(state: BackendHealth | None, backend: Backend) -> dict[str, object]:
-    last = state.last if state is not None else None
-    entry: dict[str, object] = {
-        "status": str(state.verdict if state is not None else Health.UNKNOWN),
-        "response_time_ms": None if last is None else round(last.elapsed_s * 1000, 1),
-        "last_check": None if last is None else iso_utc(last.at),
-    }
-    if last is not None and last.error is not None:
-        entry["error"] = last.error
-    if backend.draining:
-        entry["draining"] = True
-    return entry
-
-
-def iso_utc(epoch: float) -> str:
-    """ISO-8601 UTC with milliseconds and a Z: 2025-07-15T14:30:00.123Z."""
-    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
-    return f"{whole}.{int(epoch * 1000) % 1000:03d}Z"
+        return failed_probe(started, f"{type(error).__name__}: {error}", definitive=False)

@@ -15,43 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
 
-from xds_server.model import Intent
-from xds_server.redis_store import RedisStore
-from xds_server.settings import Settings
-
-
-class IntentStore(Protocol):
-    kind: str  # "memory" or "redis", for health reports
-
-    @property
-    def intent(self) -> Intent: ...
-
-    @property
-    def revision(self) -> int: ...
-
-    async def put(self, intent: Intent) -> int:
-        """Store a new intent; returns its revision."""
-
-    async def update(self, change: Callable[[Intent], Intent]) -> tuple[Intent, int]:
-        """Apply `change` atomically to the current intent; returns the result and revision.
-        `change` may raise to refuse the update, which then changes nothing."""
-
-    def on_change(self, callback: Callable[[], None]) -> None: ...
-
-    @property
-    def connected(self) -> bool:
-        """False while the store cannot be reached: reads serve the last known
-        intent, writes raise DependencyUnavailable."""
-
-    async def start(self) -> None:
-        """Load (or seed) the intent. Raises DependencyUnavailable if that is impossible."""
-
-    async def run(self) -> None:
-        """Follow changes made elsewhere until cancelled (may return at once)."""
-
-    async def stop(self) -> None: ...
+from xds_server.model.intent import Intent
 
 
 class MemoryStore:
@@ -102,10 +67,3 @@ class MemoryStore:
 
     async def stop(self) -> None:
         pass
-
-
-def open_store(settings: Settings) -> IntentStore:
-    """RedisStore when settings.redis_url is set (ROUTER_REDIS_URL), else MemoryStore."""
-    if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.intent)
-    return MemoryStore(settings.intent)

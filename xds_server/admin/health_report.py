@@ -1,0 +1,54 @@
+"""health_report: split from xds_server.health."""
+
+from __future__ import annotations
+
+import logging
+
+from xds_server.health.verdict import BackendHealth, summarize
+from xds_server.model.intent import Backend, Health, Intent, Service
+from xds_server.timefmt import iso_utc
+
+log = logging.getLogger("xds_server.health")
+
+
+def health_report(intent: Intent, states: dict[str, BackendHealth]) -> dict[str, object]:
+    """The spec's "Backend health status" shape, grouped by display group."""
+    groups: dict[str, dict[str, object]] = {}
+    for service in intent.services:
+        group = groups.setdefault(service.display_group, {})
+        for key, backend in display_keys(service, group).items():
+            group[key] = backend_entry(states.get(backend.name), backend)
+    summary = summarize(intent, states)
+    return {
+        "health_status": groups,
+        "overall_health": summary.overall,
+        "total_backends": summary.total,
+        "healthy_backends": summary.healthy,
+        "unhealthy_backends": summary.unhealthy,
+        "unknown_backends": summary.unknown,
+    }
+
+
+def display_keys(service: Service, taken: dict[str, object]) -> dict[str, Backend]:
+    """ "qdrant-primary" shows as "primary" under its service; the full name is
+    kept when the short one is empty or already used in the group."""
+    keys: dict[str, Backend] = {}
+    for backend in service.backends:
+        short = backend.name.removeprefix(f"{service.name}-")
+        key = short if short and short not in taken and short not in keys else backend.name
+        keys[key] = backend
+    return keys
+
+
+def backend_entry(state: BackendHealth | None, backend: Backend) -> dict[str, object]:
+    last = state.last if state is not None else None
+    entry: dict[str, object] = {
+        "status": str(state.verdict if state is not None else Health.UNKNOWN),
+        "response_time_ms": None if last is None else round(last.elapsed_s * 1000, 1),
+        "last_check": None if last is None else iso_utc(last.at),
+    }
+    if last is not None and last.error is not None:
+        entry["error"] = last.error
+    if backend.draining:
+        entry["draining"] = True
+    return entry

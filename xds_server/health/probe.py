@@ -1,0 +1,60 @@
+"""probe: split from xds_server.health."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from xds_server.health.verdict import ProbeResult
+from xds_server.model.intent import Backend, SocketAddress
+
+log = logging.getLogger("xds_server.health")
+
+
+Prober = Callable[[Backend], Awaitable[ProbeResult]]
+
+
+def probe_url(backend: Backend) -> str:
+    return f"http://{SocketAddress(backend.address, backend.port)}{backend.health_path}"
+
+
+class HttpProber:
+    """GET the health path over a fresh connection each time.
+
+    No keep-alive on purpose: a pooled connection to a killed backend fails as
+    an ambiguous disconnect, a fresh one as a definitive refusal; and the
+    response time then includes connecting, as a client's would.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, timeout_s: float) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def __call__(self, backend: Backend) -> ProbeResult:
+        started = time.perf_counter()
+        try:
+            async with self._session.get(probe_url(backend), timeout=self._timeout) as response:
+                await response.read()
+                status = response.status
+        except aiohttp.ClientConnectorError as error:
+            refused = isinstance(error.os_error, ConnectionRefusedError)
+            return failed_probe(started, f"connect: {error.os_error}", definitive=refused)
+        except TimeoutError:
+            return failed_probe(started, "timeout", definitive=False)
+        except aiohttp.ClientError as error:
+            return failed_probe(started, f"{type(error).__name__}: {error}", definitive=False)
+        if 200 <= status < 300:
+            return ProbeResult(True, False, time.perf_counter() - started, time.time())
+        return failed_probe(started, f"HTTP {status}", definitive=True)
+
+
+def failed_probe(started: float, error: str, *, definitive: bool) -> ProbeResult:
+    return ProbeResult(False, definitive, time.perf_counter() - started, time.time(), error)
+
+
+def new_session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    return aiohttp.ClientSession(connector=connector)
