@@ -205,14 +205,15 @@ class Controller:
         )
 
     async def count_traffic(self) -> None:
-        """Take a traffic reading now (before a change that may reset Envoy's counters).
+        """Take a traffic reading now (before a change that may reset Envoy's counters),
+        unless an admin change just took one for it (telemetry/sampler.py).
 
         Bounded by PRE_CHANGE_READ_S: a local Envoy answers in milliseconds, and a
         hung admin must not hold up the change (its reading is simply skipped)."""
         if self.traffic is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PRE_CHANGE_READ_S):
-                    await self.traffic.sample()
+                    await self.traffic.before_cluster_change()
 
     async def failover_events(self) -> list[FailoverEvent]:
         """Health-check and experiment failovers (with Redis: of every replica, kept
@@ -242,6 +243,8 @@ class Controller:
         if self.redis is not None:
             with contextlib.suppress(Exception):  # closing a dead connection may fail
                 await self.redis.aclose()
+        if self.traffic is not None:
+            await self.traffic.aclose()
         await self.store.stop()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -5,7 +5,9 @@ Used by the admin API and by the experiments alike.
 This is where the admin API keeps its promise: "applied" is true only once
 every connected proxy ACKed a snapshot containing the change. A change that
 cannot be translated into a consistent snapshot is refused before anything is
-stored, so a rejected request changes nothing.
+stored, so a rejected request changes nothing. That check (a translation) runs
+outside the store's lock, against the revision it read, and is repeated only
+if another write came first (`store.base.edit`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xds_server.model.intent import Intent
+from xds_server.store.base import edit
 from xds_server.xds.status import ApplyFailure
 
 if TYPE_CHECKING:
@@ -53,15 +56,8 @@ async def apply_change(
 
     `change` raises (NotFound, Conflict, ConfigError, ...) to refuse; nothing is stored then.
     """
-    captured: list[Intent] = []
-
-    def checked(intent: Intent) -> Intent:
-        captured.append(intent)
-        updated = change(intent)
-        controller.publisher.check(updated)
-        return updated
-
-    after, revision = await controller.store.update(checked)
+    edited = await edit(controller.store, change, controller.publisher.check)
+    before, after, revision = edited.before, edited.after, edited.revision
     # From here on the change is stored: whatever happens, the answer says so
     # (applied or not), never an error that would claim nothing changed.
     try:
@@ -69,10 +65,10 @@ async def apply_change(
             generation = await controller.publisher.wait_for_revision(revision)
     except TimeoutError:
         unpublished = ApplyFailure("controller", "stored, but not yet published")
-        return Applied(captured[-1], after, controller.cache.generation, False, (unpublished,), 0)
+        return Applied(before, after, controller.cache.generation, False, (unpublished,), 0)
     failures = await controller.proxies.wait_until_applied(generation, wait_s)
     return Applied(
-        before=captured[-1],
+        before=before,
         after=after,
         generation=generation,
         applied=not failures,

@@ -15,10 +15,15 @@ touches (a health flip re-translates and re-serializes one
 ClusterLoadAssignment; issue 6). The output is what a full rebuild gives.
 
 A snapshot that changes clusters is published only after `before_cluster_change`
-has run (the controller reads its Envoys' counters then): Envoy rebuilds a
+has run (the traffic sampler reads its Envoys' counters then, unless an admin
+change has just read them for it: telemetry/sampler.py): Envoy rebuilds a
 changed cluster and restarts its per-host counters, so whatever changed the
 intent (the admin API, a config reload, another replica through Redis), the
 routing metrics lose no request served before the change.
+
+An admin change is checked (`check`) before it is stored; when the publish
+that follows finds the same intent, health and current snapshot, it publishes
+the snapshot that check built instead of building it again.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
 from xds_server.model.intent import Health, Intent
@@ -39,6 +45,16 @@ log = logging.getLogger("xds_server.publisher")
 
 COST_FACTOR = 2.0
 MAX_HOLD_OFF_S = 0.5
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What `check` built, and from what; reused only if all of it still holds."""
+
+    intent: Intent
+    health: dict[str, Health]
+    previous: Snapshot | None
+    snapshot: Snapshot
 
 
 class Publisher:
@@ -61,6 +77,7 @@ class Publisher:
         self._health = health
         self._min_hold_off_s = min_hold_off_s
         self._memory = Memory()
+        self._checked: Checked | None = None
         self._dirty = asyncio.Event()
         self._published = asyncio.Event()
         self.published_revision = 0
@@ -79,15 +96,17 @@ class Publisher:
         self._hook_s = 0.0
         revision, intent = self._store.revision, self._store.intent
         started = time.perf_counter()
+        snapshot = self._checked_snapshot(intent)
         try:
-            snapshot = self._build(intent)
+            if snapshot is None:
+                snapshot = self._build(intent)
+                if self._on_build is not None:
+                    self._on_build(time.perf_counter() - started)
         except Exception as error:  # an intent that cannot be served is never pushed
             self.last_error = str(error)
             log.error("not publishing revision %d: %s", revision, error)
             self._advance(revision)  # processed, not published: waiters read last_error
             return self._cache.generation
-        if self._on_build is not None:
-            self._on_build(time.perf_counter() - started)
         current = self._cache.snapshot
         if current is None or current.versions() != snapshot.versions():
             changes_clusters = current is not None and (
@@ -110,8 +129,21 @@ class Publisher:
         what it changes: built with this publisher's memory and against the current
         snapshot, so checking a one-service change does not rebuild a thousand. The
         memory then holds the checked intent's pass, which its publish reuses; the
-        output never depends on what the memory holds (translate.memo)."""
-        self._build(intent)
+        output never depends on what the memory holds (translate.memo). The snapshot
+        is kept for the publish of this very intent (module docstring)."""
+        previous, health = self._cache.snapshot, dict(self._health())
+        self._checked = None
+        snapshot = self._build(intent)
+        self._checked = Checked(intent, health, previous, snapshot)
+
+    def _checked_snapshot(self, intent: Intent) -> Snapshot | None:
+        """The snapshot `check` built for `intent`, if nothing it was built from changed."""
+        checked, self._checked = self._checked, None
+        if checked is None or checked.intent is not intent:
+            return None
+        if checked.previous is not self._cache.snapshot or checked.health != self._health():
+            return None
+        return checked.snapshot
 
     def _build(self, intent: Intent) -> Snapshot:
         resources = translate(intent, self._health(), self._memory)

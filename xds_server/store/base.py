@@ -1,11 +1,27 @@
-"""base: split from xds_server.store."""
+"""What every intent store offers, and the one way an intent is edited.
+
+`edit` is how every write is made (the stores' `update` and the admin API):
+the change and its check run against the store's current intent *outside* any
+lock, then `compare_and_put` stores the result only if the revision it was
+computed from is still the current one. A translation check therefore never
+holds the store (with Redis: never a Redis round trip, never another writer),
+and it is repeated only when another write came first, against that write's
+result: concurrent writers lose no update, and a refused change (the change or
+the check raised) stores nothing.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
+from xds_server.errors import Conflict
 from xds_server.model.intent import Intent
+from xds_server.redis_io import backoff_s
+
+MAX_ATTEMPTS = 50  # lost compare-and-put rounds before an edit gives up with Conflict
 
 
 class IntentStore(Protocol):
@@ -15,14 +31,20 @@ class IntentStore(Protocol):
     def intent(self) -> Intent: ...
 
     @property
-    def revision(self) -> int: ...
+    def revision(self) -> int:
+        """Local and monotonic; changes exactly when `intent` does (read both together)."""
 
     async def put(self, intent: Intent) -> int:
         """Store a new intent; returns its revision."""
 
+    async def compare_and_put(self, intent: Intent, revision: int) -> int | None:
+        """Store `intent` if the store is still at `revision`, the one it was computed
+        from; returns the revision now current (the same one when `intent` is what the
+        store holds). None when the revision moved: nothing was stored, compute again."""
+
     async def update(self, change: Callable[[Intent], Intent]) -> tuple[Intent, int]:
-        """Apply `change` atomically to the current intent; returns the result and revision.
-        `change` may raise to refuse the update, which then changes nothing."""
+        """`edit(self, change)`: the result and its revision. `change` may raise to
+        refuse the update, which then changes nothing."""
 
     def on_change(self, callback: Callable[[], None]) -> None: ...
 
@@ -38,3 +60,35 @@ class IntentStore(Protocol):
         """Follow changes made elsewhere until cancelled (may return at once)."""
 
     async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Edit:
+    before: Intent  # what the change was computed from
+    after: Intent  # what is stored now
+    revision: int
+
+
+def _accept(intent: Intent) -> None:
+    pass
+
+
+async def edit(
+    store: IntentStore,
+    change: Callable[[Intent], Intent],
+    check: Callable[[Intent], None] = _accept,
+) -> Edit:
+    """Store `change(current)` once `check` accepted it; both may raise to refuse, and
+    both run again only if another write moved the revision meanwhile."""
+    for attempt in range(MAX_ATTEMPTS):
+        revision, before = store.revision, store.intent  # no await between: one pair
+        after = change(before)
+        check(after)
+        stored = await store.compare_and_put(after, revision)
+        if stored is not None:
+            return Edit(before, after, stored)
+        await asyncio.sleep(backoff_s(attempt, 0.001, 0.05))  # jittered: writers desynchronise
+    raise Conflict(
+        f"the intent changed under this update {MAX_ATTEMPTS} times in a row; "
+        "nothing was stored, try again"
+    )

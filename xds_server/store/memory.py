@@ -4,7 +4,8 @@
 (xds_server.redis_store) is chosen when `ROUTER_REDIS_URL` is set, so several
 replicas share one intent. Every write gets a revision number, local to this
 process and monotonic; the publisher reports which revision each snapshot
-contains, so a writer can wait until its own change is live.
+contains, so a writer can wait until its own change is live. Every write is
+an `edit` (store/base.py): computed and checked outside, then compared and put.
 
 Life: `start()` before anything reads the intent (a shared store loads or
 seeds it there), `run()` as a task of the controller's TaskGroup (a shared
@@ -13,10 +14,10 @@ store follows other replicas' writes there), `stop()` last.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from xds_server.model.intent import Intent
+from xds_server.store.base import edit
 
 
 class MemoryStore:
@@ -28,7 +29,6 @@ class MemoryStore:
         self._intent = intent
         self._revision = 1
         self._callbacks: list[Callable[[], None]] = []
-        self._lock = asyncio.Lock()
 
     @property
     def intent(self) -> Intent:
@@ -42,15 +42,20 @@ class MemoryStore:
         _, revision = await self.update(lambda _: intent)
         return revision
 
+    async def compare_and_put(self, intent: Intent, revision: int) -> int | None:
+        # No await in here: atomic on the event loop, no lock needed.
+        if revision != self._revision:
+            return None
+        if intent != self._intent:
+            self._intent = intent
+            self._revision += 1
+            for callback in self._callbacks:
+                callback()
+        return self._revision
+
     async def update(self, change: Callable[[Intent], Intent]) -> tuple[Intent, int]:
-        async with self._lock:
-            intent = change(self._intent)
-            if intent != self._intent:
-                self._intent = intent
-                self._revision += 1
-                for callback in self._callbacks:
-                    callback()
-            return self._intent, self._revision
+        edited = await edit(self, change)
+        return edited.after, edited.revision
 
     def on_change(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)

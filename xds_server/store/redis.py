@@ -9,9 +9,13 @@ Consistency model:
 - Every write is a compare-and-set (one Lua script, so atomic in Redis): it
   succeeds only if the stored revision is still the one the change was
   computed from, and then stores intent and revision+1 together and publishes.
-  On a lost race `update` reads the fresh intent and applies `change` to it
-  again (bounded attempts, jittered), so concurrent admin writes through
-  different replicas never lose an update.
+  The change is computed (and, on the admin path, translated as a check) from
+  the intent this replica last adopted, outside the lock and without reading
+  Redis's intent first (`store.base.edit`); `compare_and_put` then reads only
+  the stored revision and sends the script. On a lost race (either step) it
+  reads and adopts the fresh intent and the edit computes and checks again
+  (bounded attempts, jittered), so concurrent admin writes through different
+  replicas never lose an update.
 - Replicas learn of writes by pub/sub, never by polling: a notification makes
   the store read the current (revision, intent) and adopt it when it is newer.
   The subscription is confirmed before the read, so no write falls between.
@@ -48,7 +52,7 @@ from dataclasses import dataclass
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from xds_server.errors import ConfigError, Conflict, DependencyUnavailable
+from xds_server.errors import ConfigError, DependencyUnavailable
 from xds_server.model.codec import decode_intent, encode_intent
 from xds_server.model.intent import Intent
 from xds_server.redis_io import (
@@ -59,14 +63,12 @@ from xds_server.redis_io import (
     reconnecting,
     redis_errors,
 )
+from xds_server.store.base import edit
 
 log = logging.getLogger("xds_server.redis_store")
 
 
 DEFAULT_PREFIX = "xds-server"
-
-
-MAX_ATTEMPTS = 50  # compare-and-set rounds before an update gives up with Conflict
 
 
 START_TIMEOUT_S = 10.0  # how long start() waits for Redis before the controller gives up
@@ -152,24 +154,30 @@ class RedisStore:
         return revision
 
     async def update(self, change: Callable[[Intent], Intent]) -> tuple[Intent, int]:
-        """Compare-and-set `change(current)`; re-applied to the fresh intent on a lost race."""
+        edited = await edit(self, change)
+        return edited.after, edited.revision
+
+    async def compare_and_put(self, intent: Intent, revision: int) -> int | None:
+        """Write `intent` over the Redis revision of the intent at `revision`, if Redis
+        still holds that one; None (after adopting what it holds) when not."""
         async with self._lock:
-            for attempt in range(MAX_ATTEMPTS):
-                stored = await self._read_current()
-                intent = change(stored.intent)  # may raise to refuse: nothing stored
-                if intent == stored.intent:
-                    self._adopt(stored)
-                    return self._intent, self._revision
-                written = Stored(stored.revision + 1, intent)
-                if await self._write(written, expected=stored.revision):
-                    self._adopt(written)
-                    return self._intent, self._revision
+            if revision != self._revision:
+                return None  # adopted another write since: the edit computes again
+            # One HGET first: a write is never sent to a Redis that does not answer,
+            # where it could still run once it does, after the caller was told 503.
+            if await self._remote_revision() != self._remote:
                 self.conflicts += 1
-                await asyncio.sleep(backoff_s(attempt, 0.001, 0.05))
-        raise Conflict(
-            f"the intent changed under this update {MAX_ATTEMPTS} times in a row; "
-            "nothing was stored, try again"
-        )
+                self._adopt(await self._read_current())
+                return None
+            if intent == self._intent:
+                return revision
+            written = Stored(self._remote + 1, intent)
+            if await self._write(written, expected=self._remote):
+                self._adopt(written)
+                return self._revision
+            self.conflicts += 1
+            self._adopt(await self._read_current())  # the write that came first
+            return None
 
     async def start(self) -> None:
         """Adopt Redis's intent, or seed Redis with ours; waits (bounded) for Redis to answer."""
@@ -280,6 +288,11 @@ class RedisStore:
             raise DependencyUnavailable(
                 f"the intent stored in Redis is unreadable: {error}"
             ) from error
+
+    async def _remote_revision(self) -> int | None:
+        async with self._redis_errors("reading the intent's revision"):
+            revision = await self._client.hget(self._key, "revision")
+        return None if revision is None else int(revision)
 
     async def _read_current(self) -> Stored:
         """The stored intent, refusing to build on a copy older than the one we serve."""

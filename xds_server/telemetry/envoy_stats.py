@@ -8,16 +8,25 @@ leaves zeros out (envoy-notes.md); here every missing counter reads as 0.
 Promises: every read is bounded by a short timeout, proxies are read
 concurrently, and a proxy that cannot be read is reported with the reason in
 `ProxyStats.error`; it never makes the caller hang or fail.
+
+`AdminReader` keeps one HTTP session across reads, so a read reuses its
+keep-alive connection to each Envoy admin instead of connecting anew: on
+loopback a `GET /clusters` then takes about 0.3 ms instead of 0.8 ms, a traffic
+reading about 1.5 ms instead of 2.2 ms (bench/README.md, admin change). A
+connection Envoy closed meanwhile is retried once on a new one (aiohttp does
+that for a GET on a reused connection). `read_proxies` / `read_traffic_of`
+are the one-shot forms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import aiohttp
@@ -96,15 +105,25 @@ async def read_proxies(
     proxies: Iterable[ProxyStatus], timeout_s: float = READ_TIMEOUT_S
 ) -> list[ProxyStats]:
     """Read every given proxy concurrently; the whole call takes at most ~timeout_s."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        return list(
-            await asyncio.gather(*(read_proxy(session, p.node_id, p.envoy_admin) for p in proxies))
-        )
+    async with one_shot(timeout_s) as reader:
+        return await reader.hosts(proxies)
+
+
+class ProxyReading(Protocol):
+    """What `per_backend` and `unreadable` need: a ProxyStats or a TrafficReading."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def envoy_admin(self) -> str | None: ...
+    @property
+    def hosts(self) -> tuple[HostStats, ...]: ...
+    @property
+    def error(self) -> str | None: ...
 
 
 def per_backend(
-    stats: Sequence[ProxyStats], counter: str, backends: Iterable[str]
+    stats: Sequence[ProxyReading], counter: str, backends: Iterable[str]
 ) -> dict[str, int]:
     """`counter` per backend name, summed over proxies; 0 for a backend none reports.
 
@@ -118,7 +137,7 @@ def per_backend(
     return totals
 
 
-def unreadable(stats: Sequence[ProxyStats]) -> list[dict[str, str | None]]:
+def unreadable(stats: Sequence[ProxyReading]) -> list[dict[str, str | None]]:
     """The proxies that could not be read, and why (for API answers)."""
     return [
         {"node_id": p.node_id, "envoy_admin": p.envoy_admin, "error": p.error}
@@ -227,10 +246,56 @@ async def read_traffic_of(
     proxies: Iterable[ProxyStatus], timeout_s: float = READ_TIMEOUT_S
 ) -> list[TrafficReading]:
     """`read_traffic` of every given proxy concurrently, bounded by ~timeout_s."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        return list(
-            await asyncio.gather(
-                *(read_traffic(session, p.node_id, p.envoy_admin) for p in proxies)
-            )
-        )
+    async with one_shot(timeout_s) as reader:
+        return await reader.traffic(proxies)
+
+
+class AdminReader:
+    """Reads Envoy admins through one kept session (module docstring: why).
+
+    The session opens at the first read (it needs the running loop); after
+    `aclose` every read opens and closes a session of its own, so a late read
+    at shutdown still answers and leaves nothing open."""
+
+    def __init__(self, timeout_s: float = READ_TIMEOUT_S) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)  # per request
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    async def hosts(self, proxies: Iterable[ProxyStatus]) -> list[ProxyStats]:
+        """`GET /clusters` of every given proxy, concurrently."""
+        async with self._using() as session:
+            reads = (read_proxy(session, p.node_id, p.envoy_admin) for p in proxies)
+            return list(await asyncio.gather(*reads))
+
+    async def traffic(self, proxies: Iterable[ProxyStatus]) -> list[TrafficReading]:
+        """`read_traffic` of every given proxy, concurrently."""
+        async with self._using() as session:
+            reads = (read_traffic(session, p.node_id, p.envoy_admin) for p in proxies)
+            return list(await asyncio.gather(*reads))
+
+    async def aclose(self) -> None:
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    @contextlib.asynccontextmanager
+    async def _using(self) -> AsyncIterator[aiohttp.ClientSession]:
+        if self._closed:
+            async with aiohttp.ClientSession(timeout=self._timeout) as session:
+                yield session
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        yield self._session
+
+
+@contextlib.asynccontextmanager
+async def one_shot(timeout_s: float = READ_TIMEOUT_S) -> AsyncIterator[AdminReader]:
+    """A reader whose session lives only for the `async with`."""
+    reader = AdminReader(timeout_s)
+    try:
+        yield reader
+    finally:
+        await reader.aclose()

@@ -1,15 +1,49 @@
-"""sampler: split from xds_server.router_metrics."""
+"""The traffic sampler: every connected proxy's counters, read into one ledger.
+
+Readings are taken every SAMPLE_INTERVAL_S, when the metrics API asks, and
+before Envoy rebuilds a cluster: a rebuild restarts the cluster's per-host
+counters (traffic.py), so the publisher calls `before_cluster_change` before it
+publishes a snapshot that changes clusters, whatever made the change (the
+admin API, a config reload, another replica through Redis).
+
+A change made through the admin API reads its proxies once, before it changes
+anything: `covering_change` takes that reading, counts it, and hands it to the
+caller, whose answer reports its `cx_active` as active_connections_before. The
+same reading then stands for the publisher's pre-change reading, so the hook
+does not read again, on these conditions: the reading started after the
+last cluster change the hook announced, it started at most MAX_COVER_AGE_S
+before the hook runs, and the admin change that took it is still in progress.
+Otherwise the hook reads, as before. What a rebuild can lose is unchanged in
+kind: requests served between the last reading and the rebuild, now at most
+MAX_COVER_AGE_S plus the publish instead of the publish alone.
+
+Why this, and not Envoy pushing its stats (`envoy.stat_sinks.metrics_service`,
+gRPC MetricsService/StreamMetrics): a sink is flushed every
+stats_flush_interval (or only on an admin request, stats_flush_on_admin), not
+at the moment before a rebuild, so a pushed reading is up to one interval old
+and the requests of that interval would be lost with the old cluster unless
+every change waited for the next flush, which costs more than the read it
+saves. Per-host counters reach a sink only with per-endpoint stats turned on in
+every cluster (TrackClusterStats.per_endpoint_stats), and active_connections_after
+must be measured after the ACK, which a push lags by up to an interval. The
+pull stays, made once per admin change, over a kept connection
+(envoy_stats.AdminReader).
+
+Readings are applied in the order they were taken (one lock), never overlap.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from xds_server.model.intent import Intent
-from xds_server.telemetry.envoy_stats import TrafficReading, read_traffic_of
+from xds_server.telemetry.envoy_stats import AdminReader, TrafficReading
 from xds_server.telemetry.traffic import TrafficBook
 from xds_server.xds.status import ProxyRegistry
 
@@ -17,6 +51,10 @@ log = logging.getLogger("xds_server.metrics")
 
 
 SAMPLE_INTERVAL_S = 2.0
+# How old (from its start) an admin change's reading may be and still stand for
+# the pre-change reading: translation, store write and publish take ~1 ms; a
+# publisher held off longer than this reads again.
+MAX_COVER_AGE_S = 0.05
 
 
 class Ledger(Protocol):
@@ -42,6 +80,14 @@ class MemoryLedger:
         self.book.apply(readings, clusters, at, wall)
 
 
+@dataclass(frozen=True)
+class Cover:
+    """A reading taken for an admin change in progress (module docstring)."""
+
+    announced: int  # cluster changes the hook had announced when the reading started
+    started: float  # monotonic
+
+
 class TrafficSampler:
     """Reads every connected proxy into one ledger; readings never overlap."""
 
@@ -54,9 +100,13 @@ class TrafficSampler:
     ) -> None:
         self.ledger: Ledger = ledger or MemoryLedger()
         self.readings: list[TrafficReading] = []  # the latest, one per proxy read
+        self.reader = AdminReader()  # kept connections to the proxies' admins
+        self.hook_reads = 0  # pre-change readings the hook took itself (not covered)
         self._proxies, self._intent, self._interval_s = proxies, intent, interval_s
         # Readings must be applied in the order they were taken (traffic.py).
         self._lock = asyncio.Lock()
+        self._announced = 0  # cluster changes announced through before_cluster_change
+        self._covers: dict[object, Cover] = {}
 
     @property
     def book(self) -> TrafficBook:
@@ -65,11 +115,36 @@ class TrafficSampler:
     async def sample(self) -> list[TrafficReading]:
         """Read every connected proxy now (bounded by the read timeout) and count it."""
         async with self._lock:
-            readings = await read_traffic_of(self._proxies.connected())
+            readings = await self.reader.traffic(self._proxies.connected())
             clusters = {s.name for s in self._intent().services}
             await self.ledger.apply(readings, clusters, time.monotonic(), time.time())
             self.readings = readings
             return readings
+
+    @contextlib.asynccontextmanager
+    async def covering_change(self) -> AsyncIterator[list[TrafficReading]]:
+        """A reading taken now, counted, and standing for the pre-change reading of the
+        cluster change made inside the `async with` (module docstring: when)."""
+        token, cover = object(), Cover(self._announced, time.monotonic())
+        readings = await self.sample()
+        self._covers[token] = cover
+        try:
+            yield readings
+        finally:
+            self._covers.pop(token, None)
+
+    async def before_cluster_change(self) -> None:
+        """The publisher's hook: make sure a reading precedes the rebuild."""
+        covered = any(self._covers_now(c) for c in self._covers.values())
+        self._announced += 1  # every cover taken so far is used up or too old
+        self._covers.clear()
+        if not covered:
+            self.hook_reads += 1
+            await self.sample()
+
+    def _covers_now(self, cover: Cover) -> bool:
+        fresh = time.monotonic() - cover.started <= MAX_COVER_AGE_S
+        return fresh and cover.announced == self._announced
 
     async def run(self) -> None:
         while True:
@@ -78,3 +153,7 @@ class TrafficSampler:
             except Exception:  # metrics must never take the controller down
                 log.exception("traffic sample failed")
             await asyncio.sleep(self._interval_s)
+
+    async def aclose(self) -> None:
+        """Close the kept connections (the controller's stop)."""
+        await self.reader.aclose()

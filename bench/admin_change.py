@@ -1,0 +1,197 @@
+"""Admin change -> applied: an HTTP call to the admin API until it answers applied.
+
+    python -m bench.admin_change [--changes 200]
+
+Through a real Envoy 1.40 (`xds_server.demo.running_stack`, metrics on, so the
+routing totals are kept and a strategy change takes its pre-change counter
+reading). Two admin calls alternate, sent over HTTP by a client in a process
+of its own (bench/admin_client.py, one kept connection), each timed there from
+sending the request until the whole answer arrived, and must answer applied
+(200):
+
+- a strategy PUT of one service (CDS, plus its re-sent EDS: rule 23), whose
+  answer carries active_connections_before/after read from Envoy;
+- a backend weight PATCH under the weighted strategy (EDS only).
+
+Baseline, measured in the same run and interleaved with the admin calls: the
+push-to-ACK of the same two kinds of change made directly on the store, as
+bench/push_to_ack.py does (store.update -> every proxy ACKed). The difference
+is what the admin path adds: HTTP, its Envoy reads, the check.
+
+Also printed, to explain that difference: one traffic reading of the Envoy
+(what a strategy change reads before it changes anything) and one
+`GET /clusters` (what it reads after the ACK), timed alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import functools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import summary_ms
+from tests.support import local_settings
+from tests.xds.conftest import with_service
+from xds_server.app import Controller
+from xds_server.demo import running_stack
+from xds_server.model.intent import Intent, SocketAddress, Strategy
+from xds_server.telemetry import envoy_stats
+
+STRATEGY = "/api/v1/router/strategy"
+WEIGHT = "/api/v1/router/services/qdrant/backends/qdrant-primary"
+KINDS = (
+    "admin: strategy PUT (cds+eds)",
+    "admin: weight PATCH (eds)",
+    "push: strategy (cds+eds)",
+    "push: weight (eds)",
+)
+Samples = dict[str, list[float]]
+# Every call changes something: the admin calls and the pushes set different values.
+ADMIN_STRATEGY, PUSH_STRATEGY = "least_connections", Strategy.ROUND_ROBIN
+ADMIN_WEIGHTS, PUSH_WEIGHTS = 2, 8  # admin: 2..6, push: 8..12
+
+
+def push_strategy(intent: Intent, n: int) -> Intent:
+    return with_service(intent, "embedding", strategy=PUSH_STRATEGY)
+
+
+def push_weight(intent: Intent, n: int) -> Intent:
+    qdrant = intent.service("qdrant")
+    assert qdrant is not None
+    first, *rest = qdrant.backends
+    backends = (dataclasses.replace(first, weight=PUSH_WEIGHTS + n % 5), *rest)
+    return with_service(intent, "qdrant", backends=backends, strategy=Strategy.WEIGHTED)
+
+
+class AdminClient:
+    """bench/admin_client.py in a child process: the HTTP client off this event loop."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    @classmethod
+    async def start(cls, address: SocketAddress) -> AdminClient:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.admin_client",
+            address.host,
+            str(address.port),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def call(self, method: str, path: str, body: dict[str, Any]) -> float:
+        """Seconds until the admin API answered; raises unless it answered applied (200)."""
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(f"{method} {path} {json.dumps(body)}\n".encode())
+        await self._process.stdin.drain()
+        status, seconds = (await self._process.stdout.readline()).split()
+        if status != b"200":
+            raise SystemExit(f"{method} {path} {body}: HTTP {status.decode()}")
+        return float(seconds)
+
+    async def stop(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        await self._process.wait()
+
+
+async def push(controller: Controller, change: Callable[..., Any], n: int) -> float:
+    started = time.perf_counter()
+    _, revision = await controller.store.update(functools.partial(change, n=n))
+    generation = await controller.publisher.wait_for_revision(revision)
+    failures = await controller.proxies.wait_until_applied(generation, 5)
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"push {n} not applied: {failures}")
+    return elapsed
+
+
+def calls(controller: Controller, client: AdminClient) -> list[Callable[[int], Awaitable[float]]]:
+    """One timed change of each kind of KINDS, in that order, given a sequence number."""
+
+    def strategy(n: int) -> Awaitable[float]:
+        return client.call("PUT", STRATEGY, {"strategy": ADMIN_STRATEGY, "service": "embedding"})
+
+    def weight(n: int) -> Awaitable[float]:
+        return client.call("PATCH", WEIGHT, {"weight": ADMIN_WEIGHTS + n % 5})
+
+    return [
+        strategy,
+        weight,
+        lambda n: push(controller, push_strategy, n),
+        lambda n: push(controller, push_weight, n),
+    ]
+
+
+async def envoy_reads(controller: Controller, rounds: int) -> Samples:
+    """One traffic reading and one GET /clusters of every connected proxy, timed alone."""
+    samples: Samples = {"one traffic reading (3 GETs)": [], "one GET /clusters": []}
+    proxies = controller.proxies.connected()
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await envoy_stats.read_traffic_of(proxies)
+        samples["one traffic reading (3 GETs)"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await envoy_stats.read_proxies(proxies)
+        samples["one GET /clusters"].append(time.perf_counter() - started)
+    return samples
+
+
+async def measure(changes: int) -> Samples:
+    settings = local_settings(worker_threads=2, metrics_enabled=True)
+    samples: Samples = {kind: [] for kind in KINDS}
+    with tempfile.TemporaryDirectory(prefix="bench-admin-") as work:
+        async with running_stack(settings, workdir=Path(work)) as stack:
+            controller = stack.controller
+            await controller.proxies.wait_until_applied(controller.cache.generation, 10)
+            client = await AdminClient.start(controller.admin_address)
+            try:
+                await client.call("PUT", STRATEGY, {"strategy": "weighted", "service": "qdrant"})
+                timed = calls(controller, client)
+                for n in range(changes):
+                    for kind, call in zip(KINDS, timed, strict=True):
+                        samples[kind].append(await call(n))
+            finally:
+                await client.stop()
+            samples |= await envoy_reads(controller, changes)
+    return samples
+
+
+def report(samples: Samples) -> None:
+    admin = samples[KINDS[0]] + samples[KINDS[1]]
+    pushed = samples[KINDS[2]] + samples[KINDS[3]]
+    print(f"admin change -> applied vs. push-to-ACK, one real Envoy 1.40, {len(admin)} admin calls")
+    print(f"  {'admin: all calls':<34} {summary_ms(admin)}")
+    print(f"  {'push: all changes (baseline)':<34} {summary_ms(pushed)}")
+    for kind, values in samples.items():
+        print(f"  {kind:<34} {summary_ms(values)}")
+    print("  ratio admin / push (medians):")
+    for label, mine, theirs in (
+        ("all", admin, pushed),
+        ("strategy", samples[KINDS[0]], samples[KINDS[2]]),
+        ("weight", samples[KINDS[1]], samples[KINDS[3]]),
+    ):
+        print(f"    {label:<10} {statistics.median(mine) / statistics.median(theirs):5.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=200, help="changes of each kind")
+    args = parser.parse_args()
+    report(asyncio.run(measure(args.changes)))
+
+
+if __name__ == "__main__":
+    main()
