@@ -147,3 +147,30 @@ async def test_checks_publish_nothing_and_leave_publishes_equal_to_full_rebuilds
         assert cache.snapshot is not None
         full = build_snapshot(translate(intent, health), cache.generation)
         assert cache.snapshot.versions() == full.versions(), label
+
+
+async def test_the_publish_of_a_checked_intent_is_the_checked_snapshot() -> None:
+    """check() builds the snapshot; the publish of that very intent, with the same
+    health and the same current snapshot, publishes it instead of building again.
+    Anything it was built from changed (here: a health verdict), it is rebuilt,
+    equal to a full rebuild."""
+    health: Health_ = {"svc-1-b0": Health.HEALTHY}
+    store, cache = MemoryStore(intent_of(4)), SnapshotCache()
+    builds: list[float] = []
+    publisher = Publisher(store, cache, lambda: health, on_build=builds.append)
+    await publisher.publish_now()
+    for flip in (False, True):
+        strategy = Strategy.RANDOM if flip else Strategy.MAGLEV
+        intent = with_service(store.intent, "svc-2", strategy=strategy)
+        publisher.check(intent)
+        checked = publisher._checked  # what the check built
+        assert checked is not None and checked.intent is intent
+        if flip:
+            health["svc-1-b0"] = Health.UNHEALTHY
+        await store.put(intent)
+        built = len(builds)
+        await publisher.publish_now()
+        assert (cache.snapshot is checked.snapshot) is not flip
+        assert len(builds) == built + flip
+        full = build_snapshot(translate(intent, health), cache.generation)
+        assert cache.snapshot is not None and cache.snapshot.versions() == full.versions()

@@ -29,6 +29,7 @@ from xds_server.model.intent import (
 )
 from xds_server.proxy.processes import free_port
 from xds_server.redis_io import COMMAND_TIMEOUT_S, connect, redis_errors
+from xds_server.store.base import edit
 from xds_server.store.redis import DEFAULT_PREFIX, RedisStore
 
 KEY = f"{DEFAULT_PREFIX}:intent"
@@ -501,3 +502,55 @@ async def test_a_replica_stopped_at_any_moment_ends(redis_server: RedisServer) -
             await writer
         a_stop.set()
         await finished(a_task, 5)
+
+
+async def test_a_lost_race_checks_again_against_the_winners_intent(
+    redis_server: RedisServer,
+) -> None:
+    """A replica that has not heard of another's write yet computes and checks its
+    change against what it serves, outside the store's lock; the compare-and-put
+    finds the revision moved, adopts the winner's intent and the edit computes
+    and checks once more, against it. Both writes are in Redis."""
+    seed = local_settings().intent
+    async with running_store(redis_server.url, seed) as winner:
+        late = RedisStore(redis_server.url, seed)  # started, but not following writes
+        await late.start()
+        try:
+            await winner.update(lambda i: bumped(i, "phi3"))
+            checked: list[Intent] = []
+            edited = await edit(late, lambda i: bumped(i, "hermes"), checked.append)
+            assert [weight(i, "phi3") for i in checked] == [
+                weight(seed, "phi3"),  # what it served
+                weight(seed, "phi3") + 1,  # the winner's, after the lost race
+            ]
+            revision, intent = await stored(redis_server)
+            assert revision == 3 and intent == edited.after == late.intent
+            assert weight(intent, "phi3") == weight(seed, "phi3") + 1
+            assert weight(intent, "hermes") == weight(seed, "hermes") + 1
+            assert late.conflicts == 1
+        finally:
+            await late.stop()
+
+
+async def test_a_refused_check_after_a_lost_race_stores_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """The check that runs again after a lost race may refuse; then nothing of this
+    edit is stored and the replica serves the winner's intent."""
+    seed = local_settings().intent
+    async with running_store(redis_server.url, seed) as winner:
+        late = RedisStore(redis_server.url, seed)
+        await late.start()
+        try:
+            await winner.update(lambda i: bumped(i, "phi3"))
+
+            def refuse_after_the_race(intent: Intent) -> None:
+                if weight(intent, "phi3") != weight(seed, "phi3"):
+                    raise NotFound("phi3 moved")
+
+            with pytest.raises(NotFound):
+                await edit(late, lambda i: bumped(i, "hermes"), refuse_after_the_race)
+            assert await stored(redis_server) == (2, winner.intent)
+            assert late.intent == winner.intent
+        finally:
+            await late.stop()

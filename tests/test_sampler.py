@@ -1,0 +1,107 @@
+"""When an admin change's one reading stands for the publisher's pre-change reading
+(telemetry/sampler.py), and when the publisher's hook reads again. No Envoy: the
+sampler's reader is replaced by one that counts its reads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import pytest
+
+from tests.support import local_settings
+from xds_server.telemetry import sampler as sampler_module
+from xds_server.telemetry.envoy_stats import TrafficReading
+from xds_server.telemetry.sampler import TrafficSampler
+from xds_server.xds.status import ProxyRegistry, ProxyStatus
+
+
+class CountingReader:
+    def __init__(self) -> None:
+        self.reads = 0
+        self.gate: asyncio.Event | None = None  # set: each read waits for it
+
+    async def traffic(self, proxies: Iterable[ProxyStatus]) -> list[TrafficReading]:
+        self.reads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture
+def sampler() -> TrafficSampler:
+    intent = local_settings().intent
+    made = TrafficSampler(ProxyRegistry(), lambda: intent)
+    made.reader = CountingReader()  # type: ignore[assignment]
+    return made
+
+
+def reads(sampler: TrafficSampler) -> int:
+    reader = sampler.reader
+    assert isinstance(reader, CountingReader)
+    return reader.reads
+
+
+async def test_without_an_admin_reading_the_hook_reads(sampler: TrafficSampler) -> None:
+    await sampler.before_cluster_change()
+    assert reads(sampler) == 1 and sampler.hook_reads == 1
+
+
+async def test_an_admin_reading_covers_one_cluster_change(sampler: TrafficSampler) -> None:
+    """Read once for the change; the hook of its publish reads nothing. A second
+    cluster change in the same call (another writer's) is not covered."""
+    async with sampler.covering_change():
+        assert reads(sampler) == 1
+        await sampler.before_cluster_change()
+        assert reads(sampler) == 1 and sampler.hook_reads == 0
+        await sampler.before_cluster_change()
+        assert reads(sampler) == 2 and sampler.hook_reads == 1
+
+
+async def test_a_finished_admin_change_covers_nothing(sampler: TrafficSampler) -> None:
+    async with sampler.covering_change():
+        pass
+    await sampler.before_cluster_change()
+    assert reads(sampler) == 2
+
+
+async def test_an_old_admin_reading_covers_nothing(
+    sampler: TrafficSampler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish held off past MAX_COVER_AGE_S reads again."""
+    monkeypatch.setattr(sampler_module, "MAX_COVER_AGE_S", 0.01)
+    async with sampler.covering_change():
+        await asyncio.sleep(0.02)
+        await sampler.before_cluster_change()
+    assert reads(sampler) == 2
+
+
+async def test_a_reading_begun_before_another_cluster_change_covers_nothing(
+    sampler: TrafficSampler,
+) -> None:
+    """The hook of another cluster change ran while the admin reading was under way:
+    that reading may precede the other rebuild, so it cannot stand for the next."""
+    reader = sampler.reader
+    assert isinstance(reader, CountingReader)
+    reader.gate = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def admin_change() -> None:
+        async with sampler.covering_change():
+            entered.set()
+            await release.wait()
+            await sampler.before_cluster_change()  # this change's own publish
+
+    task = asyncio.create_task(admin_change())
+    await asyncio.sleep(0)  # the admin reading has begun and waits on Envoy
+    other = asyncio.create_task(sampler.before_cluster_change())
+    await asyncio.sleep(0)
+    reader.gate.set()
+    await entered.wait()
+    await other
+    release.set()
+    await task
+    assert reads(sampler) == 3 and sampler.hook_reads == 2
