@@ -3,6 +3,7 @@ store, once; a moved revision makes them run again; a refusal stores nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable
 
@@ -87,3 +88,17 @@ async def test_an_edit_that_always_loses_gives_up_with_conflict(
     monkeypatch.setattr("xds_server.store.base.backoff_s", lambda *_: 0.0)
     with pytest.raises(Conflict):
         await edit(store, random_default)
+
+
+async def test_an_edit_is_stored_only_once_it_is_ready() -> None:
+    """`ready` (the admin API's reading before a change) runs while the change is
+    computed and checked, and the change lands only once it is complete."""
+    store = MemoryStore(local_settings().intent)
+    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    checked: list[Intent] = []
+    editing = asyncio.create_task(edit(store, random_default, checked.append, ready=ready))
+    await asyncio.sleep(0.01)
+    assert len(checked) == 1 and store.revision == 1  # checked, not stored
+    ready.set_result(None)
+    edited = await editing
+    assert edited.revision == store.revision == 2 and len(checked) == 1

@@ -79,29 +79,41 @@ async def test_an_old_admin_reading_covers_nothing(
     assert reads(sampler) == 2
 
 
-async def test_a_reading_begun_before_another_cluster_change_covers_nothing(
+async def test_another_changes_hook_may_use_an_admin_reading_under_way(
     sampler: TrafficSampler,
 ) -> None:
-    """The hook of another cluster change ran while the admin reading was under way:
-    that reading may precede the other rebuild, so it cannot stand for the next."""
+    """Another cluster change is published while an admin reading is under way: its
+    hook waits for that reading instead of reading itself. The reading is then used
+    up, and the admin change's own publish reads again."""
     reader = sampler.reader
     assert isinstance(reader, CountingReader)
     reader.gate = asyncio.Event()
-    entered, release = asyncio.Event(), asyncio.Event()
+    async with sampler.covering_change() as reading:
+        other = asyncio.create_task(sampler.before_cluster_change())
+        await asyncio.sleep(0)
+        assert not other.done()  # waiting for the admin reading
+        reader.gate.set()
+        await reading
+        await other
+        assert reads(sampler) == 1 and sampler.hook_reads == 0
+        await sampler.before_cluster_change()
+    assert reads(sampler) == 2 and sampler.hook_reads == 1
 
-    async def admin_change() -> None:
-        async with sampler.covering_change():
-            entered.set()
-            await release.wait()
-            await sampler.before_cluster_change()  # this change's own publish
 
-    task = asyncio.create_task(admin_change())
-    await asyncio.sleep(0)  # the admin reading has begun and waits on Envoy
+async def test_a_reading_begun_during_another_changes_hook_covers_nothing(
+    sampler: TrafficSampler,
+) -> None:
+    """An admin reading begun while another cluster change's hook ran may be taken
+    before that change's rebuild, so it cannot stand for the next one."""
+    reader = sampler.reader
+    assert isinstance(reader, CountingReader)
+    reader.gate = asyncio.Event()
     other = asyncio.create_task(sampler.before_cluster_change())
-    await asyncio.sleep(0)
-    reader.gate.set()
-    await entered.wait()
-    await other
-    release.set()
-    await task
+    await asyncio.sleep(0)  # its reading waits on Envoy
+    async with sampler.covering_change() as reading:
+        reader.gate.set()
+        await other
+        await reading
+        assert reads(sampler) == 2 and sampler.hook_reads == 1
+        await sampler.before_cluster_change()  # the admin change's own publish
     assert reads(sampler) == 3 and sampler.hook_reads == 2

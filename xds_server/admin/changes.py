@@ -10,7 +10,7 @@ Status codes of a change that passed validation:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -54,10 +54,14 @@ class Timed:
 
 
 async def timed_apply(
-    controller: Controller, change: Callable[[Intent], Intent], wait_s: float
+    controller: Controller,
+    change: Callable[[Intent], Intent],
+    wait_s: float,
+    *,
+    ready: Awaitable[object] | None = None,  # see pipeline.changes.apply_change
 ) -> Timed:
     started = time.monotonic()
-    applied = await apply_change(controller, change, wait_s)
+    applied = await apply_change(controller, change, wait_s, ready=ready)
     return Timed(applied, time.monotonic() - started)
 
 

@@ -10,7 +10,9 @@ Envoy reads on this path, two in all, every proxy read concurrently:
   cx_active figures are active_connections_before and which also stands for
   the publisher's pre-change counter reading, so publishing reads nothing
   more (telemetry/sampler.py says when and why); with metrics off, a
-  `GET /clusters` only, as there are no totals to keep;
+  `GET /clusters` only, as there are no totals to keep. Envoy answers it
+  while the change is computed and checked; the change is stored only once
+  it is complete, so the figures are from before the change;
 - after the ACK: one `GET /clusters` for active_connections_after, which no
   earlier reading can give (the rebuilt cluster's connections), over the
   sampler's kept connections (about 0.3 ms on loopback).
@@ -18,9 +20,11 @@ Envoy reads on this path, two in all, every proxy read concurrently:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+import functools
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -202,13 +206,20 @@ def active_connections(
 
 
 @contextlib.asynccontextmanager
-async def reading_before_change(controller: Controller) -> AsyncIterator[Sequence[ProxyReading]]:
-    """The one reading before the change; the change is made inside the `async with`."""
+async def reading_before_change(
+    controller: Controller,
+) -> AsyncIterator[Awaitable[Sequence[ProxyReading]]]:
+    """The one reading before the change, under way while the change is made inside
+    the `async with`; await what it yields for the figures."""
     if controller.traffic is None:  # metrics off: only the connections to report
-        yield await envoy_stats.read_proxies(controller.proxies.connected())
+        read = asyncio.ensure_future(envoy_stats.read_proxies(controller.proxies.connected()))
+        try:
+            yield read
+        finally:
+            await asyncio.wait([read])  # never left running, whatever the change did
         return
-    async with controller.traffic.covering_change() as readings:
-        yield readings
+    async with controller.traffic.covering_change() as reading:
+        yield reading
 
 
 async def reading_after_change(controller: Controller) -> Sequence[ProxyReading]:
@@ -239,9 +250,11 @@ async def put_strategy(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"unknown service {wanted.service!r}", "service")
     services = affected(intent, wanted.service)
     backends = [b.name for s in services for b in s.backends]
-    async with reading_before_change(controller) as before:
+    async with reading_before_change(controller) as reading:
         timestamp = utc_now()
-        timed = await timed_apply(controller, lambda i: set_strategy(i, wanted), wanted.wait_s)
+        change = functools.partial(set_strategy, request=wanted)
+        timed = await timed_apply(controller, change, wanted.wait_s, ready=reading)
+        before = await reading
     before_counts, before_errors = active_connections(before, backends)
     after_counts, after_errors = active_connections(
         await reading_after_change(controller), backends

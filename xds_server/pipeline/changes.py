@@ -13,7 +13,7 @@ if another write came first (`store.base.edit`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,13 +50,18 @@ class Applied:
 
 
 async def apply_change(
-    controller: Controller, change: Callable[[Intent], Intent], wait_s: float = DEFAULT_WAIT_S
+    controller: Controller,
+    change: Callable[[Intent], Intent],
+    wait_s: float = DEFAULT_WAIT_S,
+    *,
+    ready: Awaitable[object] | None = None,
 ) -> Applied:
     """Apply `change` atomically, publish, and wait (bounded) for every proxy's ACK.
 
-    `change` raises (NotFound, Conflict, ConfigError, ...) to refuse; nothing is stored then.
+    `change` raises (NotFound, Conflict, ConfigError, ...) to refuse; nothing is stored
+    then. `ready` is awaited before the change is stored (`store.base.edit`).
     """
-    edited = await edit(controller.store, change, controller.publisher.check)
+    edited = await edit(controller.store, change, controller.publisher.check, ready=ready)
     before, after, revision = edited.before, edited.after, edited.revision
     # From here on the change is stored: whatever happens, the answer says so
     # (applied or not), never an error that would claim nothing changed.

@@ -13,7 +13,7 @@ the check raised) stores nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,13 +77,22 @@ async def edit(
     store: IntentStore,
     change: Callable[[Intent], Intent],
     check: Callable[[Intent], None] = _accept,
+    *,
+    ready: Awaitable[object] | None = None,
 ) -> Edit:
     """Store `change(current)` once `check` accepted it; both may raise to refuse, and
-    both run again only if another write moved the revision meanwhile."""
+    both run again only if another write moved the revision meanwhile.
+
+    `ready` is awaited before the first put: what must be complete before the change
+    may land (the admin API's reading before a change, under way while the change is
+    computed and checked)."""
     for attempt in range(MAX_ATTEMPTS):
         revision, before = store.revision, store.intent  # no await between: one pair
         after = change(before)
         check(after)
+        if ready is not None:
+            await ready  # the revision may move meanwhile: the put then says so
+            ready = None
         stored = await store.compare_and_put(after, revision)
         if stored is not None:
             return Edit(before, after, stored)

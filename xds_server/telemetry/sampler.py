@@ -7,15 +7,20 @@ publishes a snapshot that changes clusters, whatever made the change (the
 admin API, a config reload, another replica through Redis).
 
 A change made through the admin API reads its proxies once, before it changes
-anything: `covering_change` takes that reading, counts it, and hands it to the
-caller, whose answer reports its `cx_active` as active_connections_before. The
-same reading then stands for the publisher's pre-change reading, so the hook
-does not read again, on these conditions: the reading started after the
-last cluster change the hook announced, it started at most MAX_COVER_AGE_S
-before the hook runs, and the admin change that took it is still in progress.
-Otherwise the hook reads, as before. What a rebuild can lose is unchanged in
-kind: requests served between the last reading and the rebuild, now at most
-MAX_COVER_AGE_S plus the publish instead of the publish alone.
+anything: `covering_change` starts that reading, which Envoy answers while the
+change is computed and checked; the change is stored only once the reading is
+complete (`store.base.edit`'s `ready`), and the answer reports its `cx_active`
+as active_connections_before. The same reading stands for the publisher's
+pre-change reading, so the hook does not read again, on three conditions:
+- no other cluster change's hook ran while or since it started (such a
+  reading may precede that change's rebuild, and could not stand for ours);
+- it started at most MAX_COVER_AGE_S before the hook runs;
+- the admin change that took it is still in progress.
+Otherwise the hook reads, as before. What a rebuild can lose is the same in
+kind as with the hook's own reading: requests served between the end of the
+last reading and the rebuild, i.e. during the store write, the publish and
+Envoy's apply (about a millisecond on one host; never more than
+MAX_COVER_AGE_S after the reading began, plus the publish).
 
 Why this, and not Envoy pushing its stats (`envoy.stat_sinks.metrics_service`,
 gRPC MetricsService/StreamMetrics): a sink is flushed every
@@ -38,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +60,10 @@ SAMPLE_INTERVAL_S = 2.0
 # the pre-change reading: translation, store write and publish take ~1 ms; a
 # publisher held off longer than this reads again.
 MAX_COVER_AGE_S = 0.05
+# Loop turns an admin reading gets to put its requests on the wire (aiohttp takes
+# about three with a kept connection) before the caller's CPU work: Envoy answers
+# while the change is checked. Fewer turns only lose that overlap, never a reading.
+SEND_TURNS = 3
 
 
 class Ledger(Protocol):
@@ -84,8 +93,9 @@ class MemoryLedger:
 class Cover:
     """A reading taken for an admin change in progress (module docstring)."""
 
-    announced: int  # cluster changes the hook had announced when the reading started
+    announced: int  # the hook's count of starts and ends when the reading started
     started: float  # monotonic
+    reading: asyncio.Task[list[TrafficReading]]
 
 
 class TrafficSampler:
@@ -105,7 +115,7 @@ class TrafficSampler:
         self._proxies, self._intent, self._interval_s = proxies, intent, interval_s
         # Readings must be applied in the order they were taken (traffic.py).
         self._lock = asyncio.Lock()
-        self._announced = 0  # cluster changes announced through before_cluster_change
+        self._announced = 0  # before_cluster_change's starts and ends
         self._covers: dict[object, Cover] = {}
 
     @property
@@ -122,25 +132,36 @@ class TrafficSampler:
             return readings
 
     @contextlib.asynccontextmanager
-    async def covering_change(self) -> AsyncIterator[list[TrafficReading]]:
-        """A reading taken now, counted, and standing for the pre-change reading of the
-        cluster change made inside the `async with` (module docstring: when)."""
-        token, cover = object(), Cover(self._announced, time.monotonic())
-        readings = await self.sample()
+    async def covering_change(self) -> AsyncIterator[Awaitable[list[TrafficReading]]]:
+        """A reading started now, counted, and standing for the pre-change reading of
+        the cluster change made inside the `async with` (module docstring: when).
+
+        It runs while the caller computes and checks its change; the caller awaits
+        what it yields before it stores the change and for the figures, the hook
+        awaits it (done by then) before the rebuild."""
+        reading = asyncio.create_task(self.sample())
+        token, cover = object(), Cover(self._announced, time.monotonic(), reading)
         self._covers[token] = cover
+        for _ in range(SEND_TURNS):
+            await asyncio.sleep(0)
         try:
-            yield readings
+            yield asyncio.shield(reading)
         finally:
             self._covers.pop(token, None)
+            await _finished(reading)  # never left running, whatever the caller did
 
     async def before_cluster_change(self) -> None:
         """The publisher's hook: make sure a reading precedes the rebuild."""
-        covered = any(self._covers_now(c) for c in self._covers.values())
+        cover = next((c for c in self._covers.values() if self._covers_now(c)), None)
         self._announced += 1  # every cover taken so far is used up or too old
         self._covers.clear()
-        if not covered:
+        try:
+            if cover is not None and await _finished(cover.reading):
+                return
             self.hook_reads += 1
             await self.sample()
+        finally:
+            self._announced += 1  # a reading begun meanwhile may precede this rebuild
 
     def _covers_now(self, cover: Cover) -> bool:
         fresh = time.monotonic() - cover.started <= MAX_COVER_AGE_S
@@ -157,3 +178,9 @@ class TrafficSampler:
     async def aclose(self) -> None:
         """Close the kept connections (the controller's stop)."""
         await self.reader.aclose()
+
+
+async def _finished(reading: asyncio.Task[list[TrafficReading]]) -> bool:
+    """Wait for `reading` (a cancelled waiter leaves it running); True if it succeeded."""
+    await asyncio.wait([reading])
+    return not reading.cancelled() and reading.exception() is None
