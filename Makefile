@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint typecheck unit bench-push bench-load bench-ads bench-large bench-churn golden clean
+.PHONY: demo test lint typecheck unit bench-push bench-admin bench-load bench-ads bench-large bench-churn golden clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(STAMP)
 
 bench-push: $(STAMP)
 	$(BIN)/python -m bench.push_to_ack
+
+bench-admin: $(STAMP)
+	$(BIN)/python -m bench.admin_change
 
 bench-load: $(STAMP)
 	scripts/ensure-system-tools

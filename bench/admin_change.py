@@ -77,6 +77,7 @@ class AdminClient:
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self._process = process
+        self.apply_s: Samples = {}  # path -> the answers' own apply_ms, in seconds
 
     @classmethod
     async def start(cls, address: SocketAddress) -> AdminClient:
@@ -96,9 +97,10 @@ class AdminClient:
         assert self._process.stdin is not None and self._process.stdout is not None
         self._process.stdin.write(f"{method} {path} {json.dumps(body)}\n".encode())
         await self._process.stdin.drain()
-        status, seconds = (await self._process.stdout.readline()).split()
+        status, seconds, apply_ms = (await self._process.stdout.readline()).split()
         if status != b"200":
             raise SystemExit(f"{method} {path} {body}: HTTP {status.decode()}")
+        self.apply_s.setdefault(path, []).append(float(apply_ms) / 1000)
         return float(seconds)
 
     async def stop(self) -> None:
@@ -136,22 +138,29 @@ def calls(controller: Controller, client: AdminClient) -> list[Callable[[int], A
 
 
 async def envoy_reads(controller: Controller, rounds: int) -> Samples:
-    """One traffic reading and one GET /clusters of every connected proxy, timed alone."""
-    samples: Samples = {"one traffic reading (3 GETs)": [], "one GET /clusters": []}
-    proxies = controller.proxies.connected()
+    """One traffic reading and one GET /clusters of every connected proxy, timed alone,
+    over the sampler's kept connections (as the admin path reads) and one-shot."""
+    assert controller.traffic is not None
+    kept, proxies = controller.traffic.reader, controller.proxies.connected()
+    reads: dict[str, Callable[[], Awaitable[object]]] = {
+        "traffic reading, kept connection": lambda: kept.traffic(proxies),
+        "GET /clusters, kept connection": lambda: kept.hosts(proxies),
+        "traffic reading, one-shot": lambda: envoy_stats.read_traffic_of(proxies),
+        "GET /clusters, one-shot": lambda: envoy_stats.read_proxies(proxies),
+    }
+    samples: Samples = {name: [] for name in reads}
     for _ in range(rounds):
-        started = time.perf_counter()
-        await envoy_stats.read_traffic_of(proxies)
-        samples["one traffic reading (3 GETs)"].append(time.perf_counter() - started)
-        started = time.perf_counter()
-        await envoy_stats.read_proxies(proxies)
-        samples["one GET /clusters"].append(time.perf_counter() - started)
+        for name, read in reads.items():
+            started = time.perf_counter()
+            await read()
+            samples[name].append(time.perf_counter() - started)
     return samples
 
 
-async def measure(changes: int) -> Samples:
+async def measure(changes: int) -> tuple[Samples, dict[str, int]]:
     settings = local_settings(worker_threads=2, metrics_enabled=True)
     samples: Samples = {kind: [] for kind in KINDS}
+    hook_reads = dict.fromkeys(KINDS, 0)  # pre-change readings the publisher took itself
     with tempfile.TemporaryDirectory(prefix="bench-admin-") as work:
         async with running_stack(settings, workdir=Path(work)) as stack:
             controller = stack.controller
@@ -160,23 +169,28 @@ async def measure(changes: int) -> Samples:
             try:
                 await client.call("PUT", STRATEGY, {"strategy": "weighted", "service": "qdrant"})
                 timed = calls(controller, client)
+                assert controller.traffic is not None
                 for n in range(changes):
                     for kind, call in zip(KINDS, timed, strict=True):
+                        reads = controller.traffic.hook_reads
                         samples[kind].append(await call(n))
+                        hook_reads[kind] += controller.traffic.hook_reads - reads
             finally:
                 await client.stop()
+            samples[f"{KINDS[0]}: its apply_ms"] = client.apply_s[STRATEGY][1:]  # not the setup
+            samples[f"{KINDS[1]}: its apply_ms"] = client.apply_s[WEIGHT]
             samples |= await envoy_reads(controller, changes)
-    return samples
+    return samples, hook_reads
 
 
-def report(samples: Samples) -> None:
+def report(samples: Samples, hook_reads: dict[str, int]) -> None:
     admin = samples[KINDS[0]] + samples[KINDS[1]]
     pushed = samples[KINDS[2]] + samples[KINDS[3]]
     print(f"admin change -> applied vs. push-to-ACK, one real Envoy 1.40, {len(admin)} admin calls")
-    print(f"  {'admin: all calls':<34} {summary_ms(admin)}")
-    print(f"  {'push: all changes (baseline)':<34} {summary_ms(pushed)}")
+    print(f"  {'admin: all calls':<44} {summary_ms(admin)}")
+    print(f"  {'push: all changes (baseline)':<44} {summary_ms(pushed)}")
     for kind, values in samples.items():
-        print(f"  {kind:<34} {summary_ms(values)}")
+        print(f"  {kind:<44} {summary_ms(values)}")
     print("  ratio admin / push (medians):")
     for label, mine, theirs in (
         ("all", admin, pushed),
@@ -184,13 +198,16 @@ def report(samples: Samples) -> None:
         ("weight", samples[KINDS[1]], samples[KINDS[3]]),
     ):
         print(f"    {label:<10} {statistics.median(mine) / statistics.median(theirs):5.2f}x")
+    print("  pre-change readings the publisher took itself:")
+    for kind, count in hook_reads.items():
+        print(f"    {kind:<32} {count}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--changes", type=int, default=200, help="changes of each kind")
     args = parser.parse_args()
-    report(asyncio.run(measure(args.changes)))
+    report(*asyncio.run(measure(args.changes)))
 
 
 if __name__ == "__main__":
