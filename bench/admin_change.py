@@ -18,9 +18,13 @@ push-to-ACK of the same two kinds of change made directly on the store, as
 bench/push_to_ack.py does (store.update -> every proxy ACKed). The difference
 is what the admin path adds: HTTP, its Envoy reads, the check.
 
-Also printed, to explain that difference: one traffic reading of the Envoy
+Also printed, to explain that difference: each answer's own `apply_ms` (store
+-> every ACK, as the controller timed it); one traffic reading of the Envoy
 (what a strategy change reads before it changes anything) and one
-`GET /clusters` (what it reads after the ACK), timed alone.
+`GET /clusters` (what it reads after the ACK), timed alone over the kept
+connections the admin path uses and one-shot; and, per kind, how many
+pre-change counter readings the publisher had to take itself (0 for the admin
+calls: their own reading stands for it).
 """
 
 from __future__ import annotations
