@@ -12,7 +12,7 @@ import pytest
 from tests.support import local_settings
 from xds_server.telemetry import sampler as sampler_module
 from xds_server.telemetry.envoy_stats import TrafficReading
-from xds_server.telemetry.sampler import TrafficSampler
+from xds_server.telemetry.sampler import MemoryLedger, TrafficSampler
 from xds_server.xds.status import ProxyRegistry, ProxyStatus
 
 
@@ -117,3 +117,18 @@ async def test_a_reading_begun_during_another_changes_hook_covers_nothing(
         assert reads(sampler) == 2 and sampler.hook_reads == 1
         await sampler.before_cluster_change()  # the admin change's own publish
     assert reads(sampler) == 3 and sampler.hook_reads == 2
+
+
+async def test_a_failure_to_count_does_not_fail_the_change(sampler: TrafficSampler) -> None:
+    """Ledgers report outages as data; should one raise all the same (a bug), the
+    admin change still gets its figures, read once more, as the hook's own reading
+    would have failed alike."""
+
+    class Broken(MemoryLedger):
+        async def apply(self, *_args: object) -> None:
+            raise RuntimeError("a bug")
+
+    sampler.ledger = Broken()
+    async with sampler.covering_change() as reading:
+        assert await reading == []
+    assert reads(sampler) == 2

@@ -290,9 +290,13 @@ class RedisStore:
             ) from error
 
     async def _remote_revision(self) -> int | None:
+        """The revision Redis holds; None if none (or unreadable: _read_current says why)."""
         async with self._redis_errors("reading the intent's revision"):
             revision = await self._client.hget(self._key, "revision")
-        return None if revision is None else int(revision)
+        try:
+            return None if revision is None else int(revision)
+        except ValueError:
+            return None
 
     async def _read_current(self) -> Stored:
         """The stored intent, refusing to build on a copy older than the one we serve."""

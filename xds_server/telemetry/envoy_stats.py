@@ -11,8 +11,8 @@ concurrently, and a proxy that cannot be read is reported with the reason in
 
 `AdminReader` keeps one HTTP session across reads, so a read reuses its
 keep-alive connection to each Envoy admin instead of connecting anew: on
-loopback a `GET /clusters` then takes about 0.3 ms instead of 0.8 ms, a traffic
-reading about 1.5 ms instead of 2.2 ms (bench/README.md, admin change). A
+loopback a `GET /clusters` then takes about 0.5 ms instead of 0.8 ms, a traffic
+reading about 1.4 ms instead of 2.0 ms (bench/README.md, admin change). A
 connection Envoy closed meanwhile is retried once on a new one (aiohttp does
 that for a GET on a reused connection). `read_proxies` / `read_traffic_of`
 are the one-shot forms.

@@ -139,7 +139,7 @@ class TrafficSampler:
         It runs while the caller computes and checks its change; the caller awaits
         what it yields before it stores the change and for the figures, the hook
         awaits it (done by then) before the rebuild."""
-        reading = asyncio.create_task(self.sample())
+        reading = asyncio.create_task(self._sample_for_change())
         token, cover = object(), Cover(self._announced, time.monotonic(), reading)
         self._covers[token] = cover
         for _ in range(SEND_TURNS):
@@ -149,6 +149,16 @@ class TrafficSampler:
         finally:
             self._covers.pop(token, None)
             await _finished(reading)  # never left running, whatever the caller did
+
+    async def _sample_for_change(self) -> list[TrafficReading]:
+        """sample(); should counting fail (a bug: outages are reported as data), the
+        change still goes ahead with its figures measured, as it would if the hook's
+        own reading failed."""
+        try:
+            return await self.sample()
+        except Exception:
+            log.exception("counting the traffic reading before a change failed")
+            return await self.reader.traffic(self._proxies.connected())
 
     async def before_cluster_change(self) -> None:
         """The publisher's hook: make sure a reading precedes the rebuild."""
