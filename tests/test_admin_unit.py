@@ -68,7 +68,7 @@ async def call(
 
 
 def mounted_routes() -> set[tuple[str, str]]:
-    app = make_admin_app(Controller(local_settings()))
+    app = make_admin_app(Controller(local_settings()).admin_context())
     return {
         (route.method.lower(), openapi_path(route.resource.canonical))
         for route in app.router.routes()

@@ -16,14 +16,14 @@ from tests.support import local_settings, running_controller
 from xds_server import cli
 from xds_server.app import Controller
 from xds_server.cache import Snapshot
-from xds_server.experiments import Recorded
 from xds_server.health.checker import HealthChecker
+from xds_server.health.local import LocalHealth
 from xds_server.health.verdict import BackendHealth, HealthPolicy, ProbeResult
 from xds_server.model.intent import Backend, Health, Intent, Service
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.store.memory import MemoryStore
 from xds_server.telemetry.envoy_stats import HostStats, TrafficReading, parse_cluster_stats
-from xds_server.telemetry.failover import FailoverTracker, experiment_events, summary
+from xds_server.telemetry.failover import FailoverEvent, FailoverTracker, summary
 from xds_server.telemetry.logs import JsonFormatter, XdsEventLog
 from xds_server.telemetry.routing import report
 from xds_server.telemetry.traffic import TrafficBook
@@ -208,46 +208,15 @@ def test_report_without_traffic_or_proxies_says_so() -> None:
 # --- failover events ------------------------------------------------------------------------------
 
 
-def test_experiments_become_failover_events() -> None:
-    """A triggered failover test with a backup and an opened breaker that moved
-    traffic are successes; a failover test that never triggered is a failure."""
-    recorded = [
-        Recorded(
-            100.0,
-            {
-                "failover_test": {
-                    "primary_backend": "qdrant-primary",
-                    "backup_backend": "qdrant-secondary",
-                    "failover_triggered": True,
-                    "failover_time_ms": 120.0,
-                }
-            },
-        ),
-        Recorded(
-            200.0,
-            {
-                "circuit_breaker_test": {
-                    "target_backend": "qdrant-primary",
-                    "circuit_breaker_triggered": True,
-                    "failover_activated": True,
-                    "time_to_open_ms": 80.0,
-                }
-            },
-        ),
-        Recorded(
-            300.0,
-            {
-                "failover_test": {
-                    "primary_backend": "qdrant-primary",
-                    "backup_backend": None,
-                    "failover_triggered": False,
-                    "failover_time_ms": None,
-                }
-            },
-        ),
-        Recorded(400.0, {"something_else": {}}),
+def test_failover_summary_counts_successes_and_averages_their_times() -> None:
+    """Successful events are counted apart; the average is over timed events; the
+    last failover is the latest event; events are counted by source."""
+    events = [
+        FailoverEvent("failover_test", "qdrant-primary", 100.0, True, 120.0),
+        FailoverEvent("circuit_breaker_test", "qdrant-primary", 200.0, True, 80.0),
+        FailoverEvent("failover_test", "qdrant-primary", 300.0, False, None),
     ]
-    figures = summary(experiment_events(recorded))
+    figures = summary(events)
     assert figures["total_failovers"] == 3
     assert figures["successful_failovers"] == 2
     assert figures["avg_failover_time_ms"] == 100.0
@@ -450,9 +419,10 @@ async def test_metrics_disabled_turns_endpoints_and_collection_off(
     settings = local_settings()
     assert settings.metrics_enabled is False
     async with running_controller(settings) as controller:
-        assert controller.metrics is None and controller.traffic is None
+        assert controller.telemetry is None
         for path in ("/metrics", "/api/v1/router/metrics"):
             status, text = await get(controller, path)
             assert status == 404 and "ROUTER_METRICS_ENABLED" in json.loads(text)["detail"]
         assert list(controller.registry.collect()) == []
-        assert controller.health_checker.observers == []
+        assert isinstance(controller.health, LocalHealth)
+        assert controller.health.checker.observers == []

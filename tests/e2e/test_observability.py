@@ -156,7 +156,7 @@ async def test_health_verdict_change_is_a_failover_timed_to_the_last_ack(
 
     async def healthy() -> bool:
         names = [b.name for s in settings.intent.services for b in s.backends]
-        return all(stack.controller.health.get(n) is Health.HEALTHY for n in names)
+        return all(stack.controller.health.verdicts.get(n) is Health.HEALTHY for n in names)
 
     await eventually(healthy, 5)
     assert (await events())["total_failovers"] == 0

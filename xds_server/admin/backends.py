@@ -9,6 +9,7 @@ takes no hostnames. Every change is confirmed by ACK like a strategy change
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from xds_server.admin.changes import (
     timed_apply,
     wait_value,
 )
-from xds_server.admin.context import controller_of
+from xds_server.admin.context import context_of
 from xds_server.admin.errors import ApiError, invalid, json_body
 from xds_server.model.intent import Backend, Health, Intent, Service
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
@@ -150,7 +151,7 @@ def remove_backend(intent: Intent, service_name: str, backend_name: str) -> Inte
 # ---- JSON ------------------------------------------------------------------------------
 
 
-def backend_json(backend: Backend, health: dict[str, Health]) -> dict[str, Any]:
+def backend_json(backend: Backend, health: Mapping[str, Health]) -> dict[str, Any]:
     return dataclasses.asdict(backend) | {"health": health.get(backend.name, Health.UNKNOWN)}
 
 
@@ -168,7 +169,7 @@ def service_json(intent: Intent, service: Service) -> dict[str, Any]:
 def change_json(
     request: web.Request, service: str, action: str, backend: Backend | None
 ) -> dict[str, Any]:
-    health = controller_of(request).health
+    health = context_of(request).health.verdicts
     return {
         "service": service,
         "action": action,
@@ -185,7 +186,7 @@ def change_json(
     response_schema={"type": "object", "properties": {"services": {"type": "array"}}},
 )
 async def list_services(request: web.Request) -> web.Response:
-    intent = controller_of(request).store.intent
+    intent = context_of(request).intent.intent
     return web.json_response({"services": [service_json(intent, s) for s in intent.services]})
 
 
@@ -202,9 +203,9 @@ async def list_services(request: web.Request) -> web.Response:
     },
 )
 async def list_backends(request: web.Request) -> web.Response:
-    controller = controller_of(request)
-    service = service_of(controller.store.intent, request.match_info["service"])
-    backends = [backend_json(b, controller.health) for b in service.backends]
+    context = context_of(request)
+    service = service_of(context.intent.intent, request.match_info["service"])
+    backends = [backend_json(b, context.health.verdicts) for b in service.backends]
     return web.json_response({"service": service.name, "backends": backends})
 
 
@@ -225,12 +226,12 @@ async def list_backends(request: web.Request) -> web.Response:
 )
 async def add(request: web.Request) -> web.Response:
     service = request.match_info["service"]
-    service_of(controller_of(request).store.intent, service)  # an unknown resource first
+    service_of(context_of(request).intent.intent, service)  # an unknown resource first
     fields = check_fields(await json_body(request), _ADD_FIELDS, ("name", "address", "port"))
     wait_s = fields.pop("wait_s", DEFAULT_WAIT_S)
     backend = Backend(**fields)
     timed = await timed_apply(
-        controller_of(request), lambda i: add_backend(i, service, backend), wait_s
+        context_of(request).changes, lambda i: add_backend(i, service, backend), wait_s
     )
     body = change_json(request, service, "added", backend) | outcome(timed)
     return web.json_response(body, status=status_of(timed, 201))
@@ -252,13 +253,13 @@ async def add(request: web.Request) -> web.Response:
 )
 async def update(request: web.Request) -> web.Response:
     service, name = request.match_info["service"], request.match_info["backend"]
-    backend_of(service_of(controller_of(request).store.intent, service), name)
+    backend_of(service_of(context_of(request).intent.intent, service), name)
     changes = check_fields(await json_body(request), _UPDATE_FIELDS)
     wait_s = changes.pop("wait_s", DEFAULT_WAIT_S)
     if not changes:
         raise invalid("give at least one of weight, priority, draining")
     timed = await timed_apply(
-        controller_of(request), lambda i: update_backend(i, service, name, changes), wait_s
+        context_of(request).changes, lambda i: update_backend(i, service, name, changes), wait_s
     )
     body = change_json(request, service, "updated", _find(timed.applied.after, service, name))
     body |= outcome(timed)
@@ -282,7 +283,7 @@ async def remove(request: web.Request) -> web.Response:
     service, name = request.match_info["service"], request.match_info["backend"]
     wait_s = query_wait(request)
     timed = await timed_apply(
-        controller_of(request), lambda i: remove_backend(i, service, name), wait_s
+        context_of(request).changes, lambda i: remove_backend(i, service, name), wait_s
     )
     body = change_json(request, service, "removed", _find(timed.applied.before, service, name))
     body |= outcome(timed)

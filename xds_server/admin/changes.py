@@ -13,14 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xds_server.model.intent import Intent
-from xds_server.pipeline.changes import MAX_WAIT_S, Applied, apply_change, wait_seconds
+from xds_server.pipeline.changes import MAX_WAIT_S, Applied, ChangeApplier, wait_seconds
 from xds_server.settings import InvalidValue
-
-if TYPE_CHECKING:
-    from xds_server.app import Controller
 
 WAIT_S_SCHEMA: dict[str, Any] = {
     "type": "number",
@@ -54,10 +51,10 @@ class Timed:
 
 
 async def timed_apply(
-    controller: Controller, change: Callable[[Intent], Intent], wait_s: float
+    changes: ChangeApplier, change: Callable[[Intent], Intent], wait_s: float
 ) -> Timed:
     started = time.monotonic()
-    applied = await apply_change(controller, change, wait_s)
+    applied = await changes.apply(change, wait_s)
     return Timed(applied, time.monotonic() - started)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from xds_server.admin.api import RouteSet
-from xds_server.admin.context import controller_of
+from xds_server.admin.context import context_of
 from xds_server.admin.errors import invalid, json_body
 from xds_server.experiments import FAILURE_MODES, Limits, circuit_breaker_test, failover_test
 from xds_server.settings import InvalidValue, check_fields, name_value
@@ -140,7 +140,7 @@ def limits_of(body: dict[str, Any], name_key: str) -> tuple[str, Limits]:
 )
 async def circuit_breaker(request: web.Request) -> web.Response:
     name, limits = limits_of(await json_body(request), "backend")
-    return web.json_response(await circuit_breaker_test(controller_of(request), name, limits))
+    return web.json_response(await circuit_breaker_test(context_of(request).lab, name, limits))
 
 
 @routes.post(
@@ -161,4 +161,4 @@ async def circuit_breaker(request: web.Request) -> web.Response:
 )
 async def failover(request: web.Request) -> web.Response:
     name, limits = limits_of(await json_body(request), "primary_backend")
-    return web.json_response(await failover_test(controller_of(request), name, limits))
+    return web.json_response(await failover_test(context_of(request).lab, name, limits))

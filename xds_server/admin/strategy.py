@@ -24,7 +24,7 @@ from xds_server.admin.changes import (
     utc_now,
     wait_value,
 )
-from xds_server.admin.context import controller_of
+from xds_server.admin.context import context_of
 from xds_server.admin.errors import ApiError, invalid, json_body
 from xds_server.errors import NotFound
 from xds_server.model.intent import Intent, Service, Strategy
@@ -180,7 +180,7 @@ def changed_services(before: Intent, after: Intent, names: list[str]) -> list[st
 async def active_connections(
     request: web.Request, backends: list[str]
 ) -> tuple[dict[str, int], list[ProxyErrors]]:
-    stats = await envoy_stats.read_proxies(controller_of(request).proxies.connected())
+    stats = await envoy_stats.read_proxies(context_of(request).proxies.connected())
     return envoy_stats.per_backend(stats, "cx_active", backends), envoy_stats.unreadable(stats)
 
 
@@ -198,16 +198,16 @@ async def active_connections(
     },
 )
 async def put_strategy(request: web.Request) -> web.Response:
-    controller = controller_of(request)
+    context = context_of(request)
     wanted = parse_request(await json_body(request))
-    intent = controller.store.intent
+    intent = context.intent.intent
     if wanted.service is not None and intent.service(wanted.service) is None:
         raise ApiError(404, "not_found", f"unknown service {wanted.service!r}", "service")
     services = affected(intent, wanted.service)
     backends = [b.name for s in services for b in s.backends]
     before_counts, before_errors = await active_connections(request, backends)
     timestamp = utc_now()
-    timed = await timed_apply(controller, lambda i: set_strategy(i, wanted), wanted.wait_s)
+    timed = await timed_apply(context.changes, lambda i: set_strategy(i, wanted), wanted.wait_s)
     after_counts, after_errors = await active_connections(request, backends)
     names = [s.name for s in services]
     body = _change_json(timed.applied.before, wanted, names) | {
@@ -247,7 +247,7 @@ def _change_json(before: Intent, wanted: StrategyRequest, names: list[str]) -> d
     },
 )
 async def get_strategy(request: web.Request) -> web.Response:
-    intent = controller_of(request).store.intent
+    intent = context_of(request).intent.intent
     return web.json_response(strategy_json(intent))
 
 

@@ -415,7 +415,6 @@ class SharedHealth:
         client: Redis,
         prefix: str,
         store: IntentStore,
-        verdicts: MutableMapping[str, Health],
         on_change: Callable[[], None],
         make_checker: CheckerFactory,
         *,
@@ -426,8 +425,9 @@ class SharedHealth:
         self.prober: str | None = None  # the holder Redis named at the last claim
         self.lease_s = lease_s
         self.release_on_stop = True  # False: the lease expires, as after a crash (tests)
+        self._verdicts: dict[str, Health] = {}
         self.mirror = HealthMirror(
-            lambda: store.intent, verdicts, on_change, observers, self._sync_holds
+            lambda: store.intent, self._verdicts, on_change, observers, self._sync_holds
         )
         self.writer = VerdictWriter()
         self.checker = make_checker(self.writer.note, self.mirror.seed)
@@ -449,6 +449,11 @@ class SharedHealth:
     @property
     def probing(self) -> bool:
         return self._probing is not None and not self._probing.done()
+
+    @property
+    def verdicts(self) -> Mapping[str, Health]:
+        """What this replica publishes: the mirror's verdicts (the prober's own stay private)."""
+        return self._verdicts
 
     @property
     def states(self) -> dict[str, BackendHealth]:

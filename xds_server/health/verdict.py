@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -111,7 +112,7 @@ def service_state(service: Service, verdicts: dict[str, Health]) -> str:
     return OVERALL_HEALTHY if healthy else OVERALL_DEGRADED
 
 
-def summarize(intent: Intent, states: dict[str, BackendHealth]) -> HealthSummary:
+def summarize(intent: Intent, states: Mapping[str, BackendHealth]) -> HealthSummary:
     verdicts = {b.name: _verdict(states, b.name) for b in intent.backends()}
     counted = list(verdicts.values())
     return HealthSummary(
@@ -123,6 +124,6 @@ def summarize(intent: Intent, states: dict[str, BackendHealth]) -> HealthSummary
     )
 
 
-def _verdict(states: dict[str, BackendHealth], name: str) -> Health:
+def _verdict(states: Mapping[str, BackendHealth], name: str) -> Health:
     state = states.get(name)
     return Health.UNKNOWN if state is None else state.verdict

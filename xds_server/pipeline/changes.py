@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from xds_server.model.intent import Intent
-from xds_server.xds.status import ApplyFailure
-
-if TYPE_CHECKING:
-    from xds_server.app import Controller
+from xds_server.pipeline.publisher import Publisher
+from xds_server.store.base import IntentStore
+from xds_server.xds.status import ApplyFailure, ProxyRegistry
 
 DEFAULT_WAIT_S = 5.0
 MAX_WAIT_S = 60.0
@@ -46,39 +45,52 @@ class Applied:
         }
 
 
-async def apply_change(
-    controller: Controller, change: Callable[[Intent], Intent], wait_s: float = DEFAULT_WAIT_S
-) -> Applied:
-    """Apply `change` atomically, publish, and wait (bounded) for every proxy's ACK.
+class ChangeApplier(Protocol):
+    async def apply(
+        self, change: Callable[[Intent], Intent], wait_s: float = DEFAULT_WAIT_S
+    ) -> Applied:
+        """Apply `change` atomically, publish, and wait (bounded) for every proxy's ACK.
 
-    `change` raises (NotFound, Conflict, ConfigError, ...) to refuse; nothing is stored then.
-    """
-    captured: list[Intent] = []
+        `change` raises (NotFound, Conflict, ConfigError, ...) to refuse; nothing is
+        stored then."""
 
-    def checked(intent: Intent) -> Intent:
-        captured.append(intent)
-        updated = change(intent)
-        controller.publisher.check(updated)
-        return updated
 
-    after, revision = await controller.store.update(checked)
-    # From here on the change is stored: whatever happens, the answer says so
-    # (applied or not), never an error that would claim nothing changed.
-    try:
-        async with asyncio.timeout(max(wait_s, PUBLISH_WAIT_S)):
-            generation = await controller.publisher.wait_for_revision(revision)
-    except TimeoutError:
-        unpublished = ApplyFailure("controller", "stored, but not yet published")
-        return Applied(captured[-1], after, controller.cache.generation, False, (unpublished,), 0)
-    failures = await controller.proxies.wait_until_applied(generation, wait_s)
-    return Applied(
-        before=captured[-1],
-        after=after,
-        generation=generation,
-        applied=not failures,
-        failures=tuple(failures),
-        proxies=len(controller.proxies.connected()),
-    )
+class IntentChanges:
+    """The one way an intent edit becomes live: stored, published, ACKed."""
+
+    def __init__(self, store: IntentStore, publisher: Publisher, proxies: ProxyRegistry) -> None:
+        self._store, self._publisher, self._proxies = store, publisher, proxies
+
+    async def apply(
+        self, change: Callable[[Intent], Intent], wait_s: float = DEFAULT_WAIT_S
+    ) -> Applied:
+        captured: list[Intent] = []
+
+        def checked(intent: Intent) -> Intent:
+            captured.append(intent)
+            updated = change(intent)
+            self._publisher.check(updated)
+            return updated
+
+        after, revision = await self._store.update(checked)
+        # From here on the change is stored: whatever happens, the answer says so
+        # (applied or not), never an error that would claim nothing changed.
+        try:
+            async with asyncio.timeout(max(wait_s, PUBLISH_WAIT_S)):
+                generation = await self._publisher.wait_for_revision(revision)
+        except TimeoutError:
+            unpublished = ApplyFailure("controller", "stored, but not yet published")
+            generation = self._publisher.generation
+            return Applied(captured[-1], after, generation, False, (unpublished,), 0)
+        failures = await self._proxies.wait_until_applied(generation, wait_s)
+        return Applied(
+            before=captured[-1],
+            after=after,
+            generation=generation,
+            applied=not failures,
+            failures=tuple(failures),
+            proxies=len(self._proxies.connected()),
+        )
 
 
 def wait_seconds(value: object) -> float:

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
 from xds_server.model.intent import Health, Intent
@@ -39,6 +40,16 @@ log = logging.getLogger("xds_server.publisher")
 
 COST_FACTOR = 2.0
 MAX_HOLD_OFF_S = 0.5
+
+
+class PublishStatus(Protocol):
+    """What readiness reports: how far publishing got, and why it stopped if it did."""
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def last_error(self) -> str | None: ...
 
 
 class Publisher:
@@ -66,6 +77,11 @@ class Publisher:
         self.published_revision = 0
         self.last_error: str | None = None
         store.on_change(self.mark_dirty)
+
+    @property
+    def generation(self) -> int:
+        """The generation of the snapshot published last (0: none yet)."""
+        return self._cache.generation
 
     def mark_dirty(self) -> None:
         self._dirty.set()

@@ -8,7 +8,9 @@ from typing import Protocol
 from xds_server.model.intent import Intent
 
 
-class IntentStore(Protocol):
+class IntentView(Protocol):
+    """Read side of the store: what the admin API and the experiments read."""
+
     kind: str  # "memory" or "redis", for health reports
 
     @property
@@ -17,6 +19,13 @@ class IntentStore(Protocol):
     @property
     def revision(self) -> int: ...
 
+    @property
+    def connected(self) -> bool:
+        """False while the store cannot be reached: reads serve the last known
+        intent, writes raise DependencyUnavailable."""
+
+
+class IntentStore(IntentView, Protocol):
     async def put(self, intent: Intent) -> int:
         """Store a new intent; returns its revision."""
 
@@ -25,11 +34,6 @@ class IntentStore(Protocol):
         `change` may raise to refuse the update, which then changes nothing."""
 
     def on_change(self, callback: Callable[[], None]) -> None: ...
-
-    @property
-    def connected(self) -> bool:
-        """False while the store cannot be reached: reads serve the last known
-        intent, writes raise DependencyUnavailable."""
 
     async def start(self) -> None:
         """Load (or seed) the intent. Raises DependencyUnavailable if that is impossible."""
