@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check xds_server tests bench
 	$(BIN)/ruff check xds_server tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench-push: $(STAMP)

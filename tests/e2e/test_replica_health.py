@@ -125,7 +125,7 @@ async def agree(replicas: list[Replica], expected: dict[str, Health]) -> bool:
     decided: the publisher may not have run yet), all at one EDS version."""
     controllers = [r.controller for r in replicas]
     published = all(
-        c.health == expected
+        c.health.verdicts == expected
         and all(eds_health(c, name) == EDS_STATUS[health] for name, health in expected.items())
         for c in controllers
     )

@@ -200,7 +200,9 @@ async def test_write_through_replica_a_reaches_envoy_of_replica_b_within_1s(
         running_controller(moved(settings)) as b,
         running_envoy(settings, [b.xds_address], tmp_path) as envoy,
     ):
-        await eventually(lambda: _true(len(b.health) == 2), timeout_s=5)  # verdicts settled
+        await eventually(
+            lambda: _true(len(b.health.verdicts) == 2), timeout_s=5
+        )  # verdicts settled
         await eventually(lambda: in_sync(b), timeout_s=5)
         latencies = []
         for weight in range(11, 16):

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from xds_server.admin import backends, core, experiments, health, metrics, openapi, strategy
-from xds_server.admin.api import RouteSet
+from xds_server.admin.api import MOUNTED, RouteSet
 from xds_server.admin.context import CONTEXT, AdminContext
 from xds_server.admin.errors import error_response, json_errors
 
@@ -34,6 +34,7 @@ def make_admin_app(context: AdminContext) -> web.Application:
     # Outermost first: the request counter sees the final status of every answer.
     app = web.Application(middlewares=[metrics.count_requests, json_errors, bearer_token_auth])
     app[CONTEXT] = context
+    app[MOUNTED] = ROUTE_SETS
     app[MUTATING_KEY] = set()
     for route_set in ROUTE_SETS:
         for op in route_set.operations:

@@ -82,3 +82,7 @@ class RouteSet:
 
     def delete(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, **kwargs)
+
+
+# The route sets an app mounted, for the document that describes them.
+MOUNTED: web.AppKey[tuple[RouteSet, ...]] = web.AppKey("mounted")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from xds_server.model.intent import Intent
@@ -72,8 +71,3 @@ def outcome(timed: Timed) -> dict[str, Any]:
 
 def status_of(timed: Timed, success: int = 200) -> int:
     return success if timed.applied.applied else 202
-
-
-def utc_now() -> str:
-    """ISO-8601 UTC with milliseconds, e.g. 2025-07-15T14:30:00.123Z."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

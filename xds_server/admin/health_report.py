@@ -1,4 +1,5 @@
-"""health_report: split from xds_server.health."""
+"""The spec's "Backend health status" answer (GET /api/v1/router/health), rendered
+from the intent and the health states."""
 
 from __future__ import annotations
 

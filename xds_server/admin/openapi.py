@@ -1,7 +1,7 @@
 """The OpenAPI 3 document of the admin API, built from the mounted route sets.
 
 Nothing here lists routes by hand: every Operation registered on a RouteSet in
-xds_server.admin.ROUTE_SETS is described, so the document cannot drift from
+the route sets `make_admin_app` mounted are described, so the document cannot drift from
 what is served (tests/test_admin_unit.py holds both directions).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 import xds_server
-from xds_server.admin.api import Operation, RouteSet
+from xds_server.admin.api import MOUNTED, Operation, RouteSet
 
 routes = RouteSet("openapi")
 
@@ -120,6 +120,5 @@ def _response(code: int, description: str, op: Operation) -> dict[str, Any]:
     response_schema={"type": "object"},
 )
 async def openapi_json(request: web.Request) -> web.Response:
-    from xds_server.admin import ROUTE_SETS
-
-    return web.json_response(document(ROUTE_SETS))
+    mounted: tuple[RouteSet, ...] = request.app[MOUNTED]
+    return web.json_response(document(mounted))

@@ -21,7 +21,6 @@ from xds_server.admin.changes import (
     outcome,
     status_of,
     timed_apply,
-    utc_now,
     wait_value,
 )
 from xds_server.admin.context import context_of
@@ -31,6 +30,7 @@ from xds_server.model.intent import Intent, Service, Strategy
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 from xds_server.settings import check_fields, header_name_value, name_value, strategy_value
 from xds_server.telemetry import envoy_stats
+from xds_server.timefmt import utc_now
 
 routes = RouteSet("strategy")
 ProxyErrors = dict[str, str | None]

@@ -1,4 +1,6 @@
-"""verdict: split from xds_server.health."""
+"""Pure health rules: the probe policy, one probe's result, a backend's state and
+the next verdict after a probe, and the summary of a whole intent (overall
+healthy / degraded / unhealthy). No I/O: the checker and the shared health feed it."""
 
 from __future__ import annotations
 

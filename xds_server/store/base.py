@@ -1,4 +1,15 @@
-"""base: split from xds_server.store."""
+"""Where the intent lives, with change notification.
+
+`MemoryStore` is the default (the demo needs no Redis); `RedisStore`
+(store/redis.py) is chosen when `ROUTER_REDIS_URL` is set, so several
+replicas share one intent. Every write gets a revision number, local to this
+process and monotonic; the publisher reports which revision each snapshot
+contains, so a writer can wait until its own change is live.
+
+Life: `start()` before anything reads the intent (a shared store loads or
+seeds it there), `run()` as a task of the controller's TaskGroup (a shared
+store follows other replicas' writes there), `stop()` last.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""sampler: split from xds_server.router_metrics."""
+"""Reading every connected Envoy's counters into the traffic totals: every
+SAMPLE_INTERVAL_S, before a cluster change, and when the metrics are asked for.
+
+The totals live in a `Ledger`: `MemoryLedger` for one controller, or
+`telemetry.shared.RedisLedger` so that replicas count each request once
+(docs/replicas.md)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
 
 import grpc
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
@@ -44,10 +43,7 @@ from google.protobuf import timestamp_pb2
 
 from xds_server.cache import Resource, Snapshot, SnapshotCache
 from xds_server.resources import FULL_STATE_TYPES
-from xds_server.xds.observe import StreamInfo
-
-if TYPE_CHECKING:
-    from xds_server.xds.server import XdsEngine
+from xds_server.xds.observe import Observers, StreamInfo
 
 
 class State(Enum):
@@ -363,15 +359,17 @@ class ClientStatusService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  
 
 
 def _invalid(context: grpc.aio.ServicerContext, error: UnsupportedMatcher) -> None:
-    # Not context.abort(): see XdsEngine.serve.
+    # Not context.abort(): see xds/server.py, XdsEngine.serve.
     context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
     context.set_details(str(error))
 
 
-def add_to_server(engine: XdsEngine, server: grpc.aio.Server) -> ResourceLedger:
-    """Serve CSDS on `server`, fed by the engine's protocol hooks."""
-    ledger = ResourceLedger(engine.cache)
-    engine.observers.add(ledger)
+def add_to_server(
+    cache: SnapshotCache, observers: Observers, server: grpc.aio.Server
+) -> ResourceLedger:
+    """Serve CSDS on `server`, fed by the protocol engine's hooks (`observers`)."""
+    ledger = ResourceLedger(cache)
+    observers.add(ledger)
     csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
         ClientStatusService(ledger), server
     )

@@ -189,7 +189,9 @@ def build_server(engine: XdsEngine) -> grpc.aio.Server:
             delta_method: _stream_handler(f"{kind}-delta", type_url, delta=True),
         }
         add(type(base.__name__, (_Servicer, base), methods)(engine), server)
-    csds.add_to_server(engine, server)  # what each client was sent, ACKed, NACKed
+    csds.add_to_server(
+        engine.cache, engine.observers, server
+    )  # what each client was sent, ACKed, NACKed
     return server
 
 
