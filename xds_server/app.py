@@ -180,7 +180,8 @@ class Controller:
         self.registry = CollectorRegistry()
         self.event_log = self.state.event_log()
         self.telemetry = self._telemetry() if settings.metrics_enabled else None
-        self.health = self._health(health_lease_s or settings.health_prober_lease)
+        lease_s = settings.health_prober_lease if health_lease_s is None else health_lease_s
+        self.health = self._health(lease_s)
         self.publisher = Publisher(
             self.store,
             self.cache,
