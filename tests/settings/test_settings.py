@@ -14,7 +14,7 @@ from xds_server.errors import ConfigError
 from xds_server.model.intent import Intent, Policies, SocketAddress, Strategy
 from xds_server.settings import EMBEDDED_DEFAULTS, format_problems, load_settings, parse_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "router_config.yaml"
 
 
