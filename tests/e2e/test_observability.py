@@ -18,8 +18,9 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import StackFactory
+from tests.factories import SEARCH_BODY, local_settings
 from tests.prometheus_support import PrometheusServer, has_data
-from tests.support import SEARCH_BODY, eventually, local_settings, send_many
+from tests.support import eventually, send_many
 from xds_server.demo import Stack
 from xds_server.model.edits import set_strategy
 from xds_server.model.intent import Health, Strategy
