@@ -34,32 +34,32 @@ from bench.clients import CHANNEL_OPTIONS, Core, large_intent
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.xds.stream import XdsStream
 
-Request = discovery_pb2.DiscoveryRequest
-Response = discovery_pb2.DiscoveryResponse
-
 
 class ChurnStream:
     """One SotW stream (ADS or CDS) driven by hand, to be ended in a chosen way."""
 
     def __init__(self, channel: grpc.aio.Channel, kind: str, node_id: str) -> None:
         self._node: base_pb2.Node | None = base_pb2.Node(id=node_id, cluster="bench")
-        self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
+        self._requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
         if kind == "ads":
             method = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources
         else:
             method = cds_pb2_grpc.ClusterDiscoveryServiceStub(channel).StreamClusters
         self._call = method(self._iterate())
 
-    async def _iterate(self) -> AsyncIterator[Request]:
+    async def _iterate(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
         while (request := await self._requests.get()) is not None:
             yield request
 
     def send(
-        self, type_url: str, names: Sequence[str] = (), answered: Response | None = None
+        self,
+        type_url: str,
+        names: Sequence[str] = (),
+        answered: discovery_pb2.DiscoveryResponse | None = None,
     ) -> None:
         """A request; with `answered`, the ACK of that response. The node goes
         with the first request only, as Envoy sends it."""
-        request = Request(type_url=type_url, resource_names=list(names))
+        request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=list(names))
         if answered is not None:
             request.response_nonce, request.version_info = answered.nonce, answered.version_info
         if self._node is not None:
@@ -67,10 +67,10 @@ class ChurnStream:
             self._node = None
         self._requests.put_nowait(request)
 
-    async def recv(self, timeout: float) -> Response:  # noqa: ASYNC109
+    async def recv(self, timeout: float) -> discovery_pb2.DiscoveryResponse:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
             response = await self._call.read()
-        assert isinstance(response, Response), response
+        assert isinstance(response, discovery_pb2.DiscoveryResponse), response
         return response
 
     def half_close(self) -> None:
