@@ -7,6 +7,9 @@
     ├── Conflict             an operation clashes with the current state
     └── DependencyUnavailable a store or other dependency cannot be reached
 
+NotFound and Conflict may name the input they are about (`field`, e.g.
+"service"); the admin API answers it as the error's `field`.
+
 gRPC status codes are chosen only in the xDS layer and HTTP status codes only in
 the admin layer; both map from these classes.
 """
