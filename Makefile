@@ -42,7 +42,7 @@ bench-churn: $(STAMP)
 	$(BIN)/python -m bench.stream_churn
 
 golden: $(STAMP)
-	$(BIN)/pytest -q tests/test_translate_golden.py --regenerate-golden
+	$(BIN)/pytest -q tests/translate/test_translate_golden.py --regenerate-golden
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

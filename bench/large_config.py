@@ -37,8 +37,8 @@ from bench.clients import (
     large_intent,
 )
 from bench.common import summary_ms
-from tests.xds.conftest import with_backend
 from xds_server.cache import build_snapshot
+from xds_server.model.edits import update_backend
 from xds_server.model.intent import Intent
 from xds_server.resources import ENDPOINT, SHORT_NAMES
 from xds_server.translate import translate
@@ -60,7 +60,7 @@ def check_s(check: Callable[[Intent], None], intent: Intent, rounds: int) -> lis
     samples = []
     for i in range(rounds):
         service = f"svc-{(i * 7919) % len(intent.services)}"
-        changed = with_backend(intent, service, 0, weight=2)  # every weight is 1
+        changed = update_backend(intent, service, f"{service}-b0", weight=2)  # every weight is 1
         started = time.perf_counter()
         check(changed)
         samples.append(time.perf_counter() - started)

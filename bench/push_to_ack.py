@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 from bench.common import summary_ms
-from tests.support import local_settings
-from tests.xds.conftest import with_service
-from xds_server.demo import running_stack
+from xds_server.demo import local_settings, running_stack
+from xds_server.model.edits import with_service
 from xds_server.model.intent import Intent, Strategy
 
 

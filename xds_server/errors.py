@@ -7,6 +7,9 @@
     ├── Conflict             an operation clashes with the current state
     └── DependencyUnavailable a store or other dependency cannot be reached
 
+NotFound and Conflict may name the input they are about (`field`, e.g.
+"service"); the admin API answers it as the error's `field`.
+
 gRPC status codes are chosen only in the xDS layer and HTTP status codes only in
 the admin layer; both map from these classes.
 """
@@ -44,11 +47,19 @@ class InconsistentSnapshot(XdsServerError):
     """A snapshot names a resource it does not contain (xds-protocol rule 25)."""
 
 
-class NotFound(XdsServerError):
+class _FieldError(XdsServerError):
+    """An error about one named input; `field` says which (e.g. "service")."""
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.field = field
+
+
+class NotFound(_FieldError):
     """An unknown service, backend or proxy."""
 
 
-class Conflict(XdsServerError):
+class Conflict(_FieldError):
     """The request clashes with the current state (e.g. a duplicate name)."""
 
 

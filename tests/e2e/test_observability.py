@@ -18,10 +18,11 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import StackFactory
+from tests.factories import SEARCH_BODY, local_settings
 from tests.prometheus_support import PrometheusServer, has_data
-from tests.support import SEARCH_BODY, eventually, local_settings, send_many
-from xds_server.admin.strategy import StrategyRequest, set_strategy
+from tests.support import eventually, send_many
 from xds_server.demo import Stack
+from xds_server.model.edits import set_strategy
 from xds_server.model.intent import Health, Strategy
 
 pytestmark = pytest.mark.envoy
@@ -83,8 +84,9 @@ async def least_connections_through_the_admin_api(
 async def least_connections_through_the_store(stack: Stack, _http: aiohttp.ClientSession) -> None:
     """As a config reload or another replica (through Redis) changes it: no admin call."""
     controller = stack.controller
-    wanted = StrategyRequest(Strategy.LEAST_CONNECTIONS, None, None, 0)
-    _, revision = await controller.store.update(lambda i: set_strategy(i, wanted))
+    _, revision = await controller.store.update(
+        lambda i: set_strategy(i, Strategy.LEAST_CONNECTIONS)
+    )
     generation = await controller.publisher.wait_for_revision(revision)
     assert await controller.proxies.wait_until_applied(generation, 5) == []
 

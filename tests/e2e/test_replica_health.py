@@ -21,8 +21,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.test_replicas import in_sync, qdrant_only, running_envoy, serving
-from tests.redis_support import RedisServer, moved, redis_settings
+from tests.e2e.test_replicas import in_sync, running_envoy, serving
+from tests.factories import moved, qdrant_only, redis_settings
+from tests.redis_support import RedisServer
 from tests.support import eventually, finished, send_many
 from xds_server.app import Controller
 from xds_server.demo import start_backend

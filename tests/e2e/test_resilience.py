@@ -18,8 +18,10 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import StackFactory
-from tests.support import SEARCH_BODY, eventually, local_settings
+from tests.factories import SEARCH_BODY, local_settings
+from tests.support import eventually
 from xds_server.demo import Stack, start_backend
+from xds_server.model.edits import update_backend
 from xds_server.model.intent import Backend
 from xds_server.proxy.processes import ChildProcess
 from xds_server.settings import Settings
@@ -204,16 +206,8 @@ def first(changes: list[tuple[float, bool]], value: bool) -> float:
 def with_secondary_in_priority_1(settings: Settings) -> Settings:
     """qdrant-secondary becomes a standby: P1 takes traffic only when P0 cannot."""
 
-    def standby(b: Backend) -> Backend:
-        return dataclasses.replace(b, priority=1) if b.name == "qdrant-secondary" else b
-
-    services = tuple(
-        dataclasses.replace(s, backends=tuple(map(standby, s.backends)))
-        for s in settings.intent.services
-    )
-    return dataclasses.replace(
-        settings, intent=dataclasses.replace(settings.intent, services=services)
-    )
+    intent = update_backend(settings.intent, "qdrant", "qdrant-secondary", priority=1)
+    return dataclasses.replace(settings, intent=intent)
 
 
 @pytest.mark.parametrize("standby", [False, True], ids=["same-priority", "priority-failover"])

@@ -10,7 +10,8 @@ import shutil
 import aiohttp
 import pytest
 
-from tests.support import SEARCH_BODY, eventually, send_many
+from tests.factories import SEARCH_BODY
+from tests.support import eventually, send_many
 from xds_server.cache import build_snapshot
 from xds_server.demo import Stack
 from xds_server.model.intent import Strategy

@@ -11,7 +11,6 @@ that never cancel the RPC itself. Every wait takes an explicit `timeout`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +34,9 @@ from envoy.service.route.v3 import rds_pb2_grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
+from tests.factories import intent_of
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
-from xds_server.model.intent import Backend, Intent, Service
+from xds_server.model.intent import Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.translate import translate
 from xds_server.xds.observe import Observers, StreamInfo
@@ -50,61 +50,6 @@ _MESSAGES: dict[str, type[Message]] = {
     ROUTE: route_pb2.RouteConfiguration,
 }
 _END = object()  # ends the request iterator, i.e. half-closes the stream
-
-
-# ---- intents -----------------------------------------------------------------
-
-
-def service(index: int, backends: int = 2, **changes: Any) -> Service:
-    name = f"svc-{index}"
-    built = Service(
-        name=name,
-        routes=(f"/{name}/",),
-        backends=tuple(
-            Backend(name=f"{name}-b{i}", address="127.0.0.1", port=20_000 + 100 * index + i)
-            for i in range(backends)
-        ),
-    )
-    return dataclasses.replace(built, **changes)
-
-
-def intent_of(count: int, **changes: Any) -> Intent:
-    """`count` services named svc-0 .. svc-{count-1}, two backends each."""
-    return dataclasses.replace(Intent(services=tuple(service(i) for i in range(count))), **changes)
-
-
-def service_names(count: int) -> list[str]:
-    return [f"svc-{i}" for i in range(count)]
-
-
-def with_backend(intent: Intent, service_name: str, backend_index: int, **changes: Any) -> Intent:
-    """The intent with one backend changed (e.g. `port=` or `weight=`)."""
-
-    def change(svc: Service) -> Service:
-        if svc.name != service_name:
-            return svc
-        backends = list(svc.backends)
-        backends[backend_index] = dataclasses.replace(backends[backend_index], **changes)
-        return dataclasses.replace(svc, backends=tuple(backends))
-
-    return dataclasses.replace(intent, services=tuple(change(s) for s in intent.services))
-
-
-def with_service(intent: Intent, service_name: str, **changes: Any) -> Intent:
-    services = tuple(
-        dataclasses.replace(s, **changes) if s.name == service_name else s for s in intent.services
-    )
-    return dataclasses.replace(intent, services=services)
-
-
-def with_policies(intent: Intent, **changes: Any) -> Intent:
-    return dataclasses.replace(intent, policies=dataclasses.replace(intent.policies, **changes))
-
-
-def without_service(intent: Intent, service_name: str) -> Intent:
-    return dataclasses.replace(
-        intent, services=tuple(s for s in intent.services if s.name != service_name)
-    )
 
 
 # ---- responses -----------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from tests.xds.conftest import Harness, names_of, poll, service, with_backend
+from tests.factories import service
+from tests.xds.conftest import Harness, names_of, poll
+from xds_server.model.edits import update_backend
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.xds.status import TypeStatus
 
@@ -23,7 +25,7 @@ async def test_nack_is_recorded_with_its_message(xds: Harness) -> None:
     client.ack(good)
     await xds.settled(client)
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-0", 0, port=33_000))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=33_000))
     bad = await client.recv_type(ENDPOINT)
     client.nack(bad, "endpoint rejected: port 33000")
     await poll(lambda: status(xds, ENDPOINT).nacks == 1)
@@ -61,12 +63,12 @@ async def test_rejected_version_is_never_resent(xds: Harness) -> None:
     client.ack(v1)
     await xds.settled(client)
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-0", 0, port=34_000))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=34_000))
     v2 = await client.recv_type(ENDPOINT)
     client.nack(v2, "v2 is bad")
     await client.expect_silence(2.0)
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-0", 0, port=34_001))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=34_001))
     v3 = await client.recv_type(ENDPOINT)
     assert v3.version_info == xds.version(ENDPOINT) not in (v1.version_info, v2.version_info)
     assert names_of(v3) == ["svc-0"]
@@ -90,7 +92,7 @@ async def test_stale_nonce_is_ignored(xds: Harness) -> None:
     client.ack(first)
     await xds.settled(client)
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-0", 0, port=35_000))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=35_000))
     latest = await client.recv_type(ENDPOINT)
     client.send(ENDPOINT, ["svc-0", "svc-1"], nonce=first.nonce, version=first.version_info)
     await client.expect_silence(0.5)

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from tests.xds.conftest import (
-    Harness,
-    intent_of,
-    names_of,
-    unpack,
-    with_policies,
-    with_service,
-    without_service,
-)
+from tests.factories import intent_of
+from tests.xds.conftest import Harness, names_of, unpack
+from xds_server.model.edits import with_policies, with_service, without_service
 from xds_server.model.intent import Strategy
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 

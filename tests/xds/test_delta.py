@@ -12,15 +12,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from google.rpc import status_pb2
 
-from tests.xds.conftest import (
-    Harness,
-    intent_of,
-    poll,
-    service_names,
-    with_backend,
-    with_policies,
-    without_service,
-)
+from tests.factories import intent_of, service_names
+from tests.xds.conftest import Harness, poll
+from xds_server.model.edits import update_backend, with_policies, without_service
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 Response = discovery_pb2.DeltaDiscoveryResponse
@@ -210,7 +204,7 @@ async def test_unsubscribed_name_is_no_longer_sent(xds: Harness) -> None:
     client.ack(await client.recv())
     client.send(ENDPOINT, unsubscribe=["svc-1"])
     await client.expect_silence(0.3)
-    await xds.publish(with_backend(intent_of(2), "svc-1", 0, port=29_999))
+    await xds.publish(update_backend(intent_of(2), "svc-1", "svc-1-b0", port=29_999))
     await client.expect_silence(0.5)
     await client.close()
 
@@ -220,7 +214,7 @@ async def test_one_endpoint_change_sends_one_resource(xds: Harness) -> None:
     client = DeltaClient(xds)
     client.send(ENDPOINT, subscribe=service_names(2))
     client.ack(await client.recv())
-    await xds.publish(with_backend(intent_of(2), "svc-0", 1, port=29_998))
+    await xds.publish(update_backend(intent_of(2), "svc-0", "svc-0-b1", port=29_998))
     response = await client.recv()
     assert names(response) == ["svc-0"]
     current = xds.snapshot.of(ENDPOINT)
@@ -240,7 +234,7 @@ async def test_nack_is_recorded_and_not_resent(xds: Harness) -> None:
     nack = xds.registry.proxies["delta-1"].type(ENDPOINT).last_nack
     assert nack is not None and nack.message == "bad endpoint"
     await client.expect_silence(1.0)
-    await xds.publish(with_backend(intent_of(2), "svc-0", 0, port=29_997))
+    await xds.publish(update_backend(intent_of(2), "svc-0", "svc-0-b0", port=29_997))
     assert names(await client.recv()) == ["svc-0"]
     await client.close()
 

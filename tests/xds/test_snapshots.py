@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.xds.conftest import Harness, intent_of, names_of, with_backend, without_service
+from tests.factories import intent_of
+from tests.xds.conftest import Harness, names_of
 from xds_server.cache import build_snapshot
 from xds_server.errors import InconsistentSnapshot
+from xds_server.model.edits import update_backend, without_service
 from xds_server.model.intent import Protocol
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.translate import translate
@@ -74,7 +76,7 @@ _VERSIONS_SCRIPT = """
 import json
 from xds_server.cache import build_snapshot
 from xds_server.translate import translate
-from tests.xds.conftest import intent_of
+from tests.factories import intent_of
 snapshot = build_snapshot(translate(intent_of(3)), 7)
 print(json.dumps(snapshot.versions()))
 """
@@ -114,7 +116,7 @@ def test_different_content_gives_different_versions() -> None:
     """Rule 27: a version string is never reused for other content: a changed
     endpoint changes the EDS version and only it."""
     base = build_snapshot(translate(intent_of(2)), 1)
-    other = build_snapshot(translate(with_backend(intent_of(2), "svc-0", 0, port=1)), 1)
+    other = build_snapshot(translate(update_backend(intent_of(2), "svc-0", "svc-0-b0", port=1)), 1)
     assert base.versions()[ENDPOINT] != other.versions()[ENDPOINT]
     assert {t: v for t, v in base.versions().items() if t != ENDPOINT} == {
         t: v for t, v in other.versions().items() if t != ENDPOINT

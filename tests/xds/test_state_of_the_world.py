@@ -9,19 +9,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.xds.conftest import (
-    Harness,
-    XdsClient,
-    eds_names_of,
-    intent_of,
-    names_of,
-    rds_names_of,
-    service,
-    unpack,
-    with_backend,
-    with_service,
-    without_service,
-)
+from tests.factories import intent_of, service
+from tests.xds.conftest import Harness, XdsClient, eds_names_of, names_of, rds_names_of, unpack
+from xds_server.model.edits import update_backend, with_service, without_service
 from xds_server.model.intent import Backend, Intent, Policies, Service, Strategy
 from xds_server.resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, ROUTE
 
@@ -72,7 +62,7 @@ async def test_eds_responses_carry_only_what_changed(xds: Harness) -> None:
     assert len(first.resources) == 100
     client.ack(first)
     await xds.settled(client)
-    await xds.publish(with_backend(intent, "svc-42", 1, weight=9, port=9))
+    await xds.publish(update_backend(intent, "svc-42", "svc-42-b1", weight=9, port=9))
     second = await client.recv_type(ENDPOINT)
     assert names_of(second) == ["svc-42"]
     assert second.version_info == xds.version(ENDPOINT) != first.version_info

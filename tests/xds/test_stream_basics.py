@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from tests.xds.conftest import Harness, names_of, poll, with_backend
+from tests.xds.conftest import Harness, names_of, poll
+from xds_server.model.edits import update_backend
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 
@@ -60,7 +61,7 @@ async def test_nonces_are_unique_within_and_across_streams(xds: Harness) -> None
     second stream never reuses one of them."""
     base = xds.intent
     assert base is not None
-    changed = with_backend(base, "svc-0", 0, port=30_000)
+    changed = update_backend(base, "svc-0", "svc-0-b0", port=30_000)
     client = xds.client()
     client.send(ENDPOINT, ["svc-0"])
     nonces = []
@@ -101,7 +102,7 @@ async def test_versions_are_per_type(xds: Harness) -> None:
     got = await client.subscribe_all()
     before = xds.snapshot.versions()
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-1", 0, port=31_000))
+    await xds.publish(update_backend(xds.intent, "svc-1", "svc-1-b0", port=31_000))
     after = xds.snapshot.versions()
     response = await client.recv_type(ENDPOINT)
     assert names_of(response) == ["svc-1"]
@@ -125,7 +126,7 @@ async def test_after_ack_silence_and_one_change_gives_one_response(xds: Harness)
     assert xds.intent is not None
     await xds.publish(xds.intent)  # a new generation with equal content
     await client.expect_silence(0.5)
-    await xds.publish(with_backend(xds.intent, "svc-0", 1, port=32_000))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b1", port=32_000))
     response = await client.recv_type(ENDPOINT)
     assert names_of(response) == ["svc-0"]
     client.ack(response)

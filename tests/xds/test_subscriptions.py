@@ -6,14 +6,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from tests.xds.conftest import (
-    Harness,
-    intent_of,
-    names_of,
-    unpack,
-    with_policies,
-    with_service,
-)
+from tests.factories import intent_of
+from tests.xds.conftest import Harness, names_of, unpack
+from xds_server.model.edits import with_policies, with_service
 from xds_server.model.intent import SocketAddress, Strategy
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER
 

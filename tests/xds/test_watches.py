@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tests.xds.conftest import Harness, XdsClient, intent_of, names_of, poll
+from tests.factories import intent_of
+from tests.xds.conftest import Harness, XdsClient, names_of, poll
 from tests.xds.test_delta import DeltaClient, names
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
 from xds_server.model.intent import Health

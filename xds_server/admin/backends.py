@@ -2,7 +2,8 @@
 
 Input is checked by the config file's own rules (settings.check_fields), plus
 one rule of the API: an address must be an IP literal, because Envoy's EDS
-takes no hostnames. Every change is confirmed by ACK like a strategy change
+takes no hostnames. The changes themselves are the pure edits of
+model/edits.py. Every change is confirmed by ACK like a strategy change
 (admin/changes.py); a refused change leaves the intent untouched.
 """
 
@@ -25,7 +26,14 @@ from xds_server.admin.changes import (
     wait_value,
 )
 from xds_server.admin.context import context_of
-from xds_server.admin.errors import ApiError, invalid, json_body
+from xds_server.admin.errors import invalid, json_body
+from xds_server.model.edits import (
+    add_backend,
+    backend_of,
+    remove_backend,
+    service_of,
+    update_backend,
+)
 from xds_server.model.intent import Backend, Health, Intent, Service
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 from xds_server.settings import BACKEND_FIELDS, MAX_WEIGHT, InvalidValue, check_fields, ip_literal
@@ -84,68 +92,6 @@ CHANGE_SCHEMA: dict[str, Any] = {
     },
 }
 WAIT_QUERY = {"wait_s": WAIT_S_SCHEMA}
-
-
-# ---- pure changes of the intent ------------------------------------------------------
-
-
-def not_found(detail: str, field: str) -> ApiError:
-    return ApiError(404, "not_found", detail, field)
-
-
-def conflict(detail: str, field: str) -> ApiError:
-    return ApiError(409, "conflict", detail, field)
-
-
-def service_of(intent: Intent, name: str) -> Service:
-    service = intent.service(name)
-    if service is None:
-        raise not_found(f"unknown service {name!r}", "service")
-    return service
-
-
-def backend_of(service: Service, name: str) -> Backend:
-    backend = service.backend(name)
-    if backend is None:
-        raise not_found(f"service {service.name!r} has no backend {name!r}", "backend")
-    return backend
-
-
-def with_backends(intent: Intent, service: Service, backends: tuple[Backend, ...]) -> Intent:
-    updated = dataclasses.replace(service, backends=backends)
-    services = tuple(updated if s.name == service.name else s for s in intent.services)
-    return dataclasses.replace(intent, services=services)
-
-
-def add_backend(intent: Intent, service_name: str, backend: Backend) -> Intent:
-    """Backend names are unique across the intent: they key Envoy's per-host stats."""
-    service = service_of(intent, service_name)
-    owner = next((s for s in intent.services if s.backend(backend.name)), None)
-    if owner is not None:
-        raise conflict(f"backend name {backend.name!r} is taken (service {owner.name!r})", "name")
-    if any((b.address, b.port) == (backend.address, backend.port) for b in service.backends):
-        where = f"{backend.address}:{backend.port}"
-        raise conflict(f"service {service_name!r} already has a backend at {where}", "port")
-    return with_backends(intent, service, (*service.backends, backend))
-
-
-def update_backend(
-    intent: Intent, service_name: str, backend_name: str, changes: dict[str, Any]
-) -> Intent:
-    service = service_of(intent, service_name)
-    updated = dataclasses.replace(backend_of(service, backend_name), **changes)
-    backends = tuple(updated if b.name == backend_name else b for b in service.backends)
-    return with_backends(intent, service, backends)
-
-
-def remove_backend(intent: Intent, service_name: str, backend_name: str) -> Intent:
-    """The last backend stays: a service without backends is refused by the config file too."""
-    service = service_of(intent, service_name)
-    backend_of(service, backend_name)
-    if len(service.backends) == 1:
-        raise conflict(f"{backend_name!r} is the last backend of {service_name!r}", "backend")
-    backends = tuple(b for b in service.backends if b.name != backend_name)
-    return with_backends(intent, service, backends)
 
 
 # ---- JSON ------------------------------------------------------------------------------
@@ -259,7 +205,7 @@ async def update(request: web.Request) -> web.Response:
     if not changes:
         raise invalid("give at least one of weight, priority, draining")
     timed = await timed_apply(
-        context_of(request).changes, lambda i: update_backend(i, service, name, changes), wait_s
+        context_of(request).changes, lambda i: update_backend(i, service, name, **changes), wait_s
     )
     body = change_json(request, service, "updated", _find(timed.applied.after, service, name))
     body |= outcome(timed)

@@ -74,13 +74,17 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 def _mapped(error: XdsServerError) -> web.Response:
     for cls, status, name in _MAPPED:
         if isinstance(error, cls):
-            field = (
-                error.problems[0].path
-                if isinstance(error, ConfigError) and error.problems
-                else None
-            )
-            return error_response(status, name, str(error), field=field)
+            return error_response(status, name, str(error), field=_field_of(error))
     return error_response(500, "internal_error", str(error))
+
+
+def _field_of(error: XdsServerError) -> str | None:
+    """The input the error is about, answered as `field`."""
+    if isinstance(error, ConfigError):
+        return error.problems[0].path if error.problems else None
+    if isinstance(error, NotFound | Conflict):
+        return error.field
+    return None
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Nothing here lists routes by hand: every Operation registered on a RouteSet in
 the route sets `make_admin_app` mounted are described, so the document cannot drift from
-what is served (tests/test_admin_unit.py holds both directions).
+what is served (tests/admin/test_admin_unit.py holds both directions).
 """
 
 from __future__ import annotations

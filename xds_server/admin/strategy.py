@@ -24,8 +24,8 @@ from xds_server.admin.changes import (
     wait_value,
 )
 from xds_server.admin.context import context_of
-from xds_server.admin.errors import ApiError, invalid, json_body
-from xds_server.errors import NotFound
+from xds_server.admin.errors import invalid, json_body
+from xds_server.model.edits import service_of, set_strategy
 from xds_server.model.intent import Intent, Service, Strategy
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 from xds_server.settings import check_fields, header_name_value, name_value, strategy_value
@@ -135,24 +135,8 @@ def parse_request(body: dict[str, Any]) -> StrategyRequest:
     return request
 
 
-def set_strategy(intent: Intent, request: StrategyRequest) -> Intent:
-    """The intent with the requested strategy; NotFound for an unknown service."""
-    if request.service is None:
-        services = tuple(_with(s, None, request.hash_header) for s in intent.services)
-        return dataclasses.replace(intent, default_strategy=request.strategy, services=services)
-    if intent.service(request.service) is None:
-        raise NotFound(f"unknown service {request.service!r}")
-    services = tuple(
-        _with(s, request.strategy, request.hash_header) if s.name == request.service else s
-        for s in intent.services
-    )
-    return dataclasses.replace(intent, services=services)
-
-
-def _with(service: Service, strategy: Strategy | None, hash_header: str | None) -> Service:
-    return dataclasses.replace(
-        service, strategy=strategy, hash_header=hash_header or service.hash_header
-    )
+def _apply(intent: Intent, wanted: StrategyRequest) -> Intent:
+    return set_strategy(intent, wanted.strategy, wanted.service, wanted.hash_header)
 
 
 def affected(intent: Intent, service: str | None) -> tuple[Service, ...]:
@@ -201,13 +185,13 @@ async def put_strategy(request: web.Request) -> web.Response:
     context = context_of(request)
     wanted = parse_request(await json_body(request))
     intent = context.intent.intent
-    if wanted.service is not None and intent.service(wanted.service) is None:
-        raise ApiError(404, "not_found", f"unknown service {wanted.service!r}", "service")
+    if wanted.service is not None:
+        service_of(intent, wanted.service)  # an unknown service first, before reading stats
     services = affected(intent, wanted.service)
     backends = [b.name for s in services for b in s.backends]
     before_counts, before_errors = await active_connections(request, backends)
     timestamp = utc_now()
-    timed = await timed_apply(context.changes, lambda i: set_strategy(i, wanted), wanted.wait_s)
+    timed = await timed_apply(context.changes, lambda i: _apply(i, wanted), wanted.wait_s)
     after_counts, after_errors = await active_connections(request, backends)
     names = [s.name for s in services]
     body = _change_json(timed.applied.before, wanted, names) | {

@@ -6,7 +6,7 @@ calls `on_change` (the publisher's `mark_dirty`), so Envoy moves traffic
 within one publish. Envoy has no per-backend response time of its own
 (envoy-notes.md), so the probe durations here are what the health report shows.
 
-Rules (tests/test_health_unit.py pins them):
+Rules (tests/health/test_health_unit.py pins them):
 - A backend is probed as soon as it appears (start-up, or added to the
   intent), so verdicts settle before Envoy even connects. Later probes run at
   a random, stable phase in [0, jitter x interval) plus whole intervals:

@@ -1,4 +1,4 @@
-"""The admin API without Envoy: validation, error classes, auth, OpenAPI, stats parsing.
+"""The admin API without Envoy: validation, error classes, auth, OpenAPI.
 
 A real controller (store, publisher, xDS and admin servers on free loopback
 ports) with no proxy connected, so every change is "applied" at once unless a
@@ -7,7 +7,6 @@ test registers a proxy that never ACKs.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,14 +14,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import local_settings, running_controller
+from tests.factories import local_settings, running_controller
 from xds_server.admin import ROUTE_SETS, make_admin_app
 from xds_server.admin.openapi import document, openapi_path
 from xds_server.app import Controller
-from xds_server.errors import ConfigError
 from xds_server.model.intent import Strategy
 from xds_server.resources import CLUSTER, ENDPOINT
-from xds_server.settings import MAX_WEIGHT, parse_settings
+from xds_server.settings import MAX_WEIGHT
 from xds_server.telemetry import envoy_stats
 from xds_server.xds.observe import StreamInfo
 
@@ -185,20 +183,6 @@ async def test_service_strategy_change_touches_only_that_service(
     )
     assert intent.default_strategy is Strategy.ROUND_ROBIN
     assert [s.name for s in intent.services if s.strategy is not None] == ["embedding"]
-
-
-@pytest.fixture
-async def silent_admin() -> AsyncIterator[str]:
-    """An 'Envoy admin' that accepts connections and never answers."""
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # until the client gives up and closes
-        writer.close()
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    yield f"127.0.0.1:{port}"
-    server.close()
 
 
 async def test_unacked_change_is_reported_not_applied(
@@ -440,94 +424,3 @@ async def test_token_guards_every_mutating_call(
 
 
 # ---- Envoy stats parsing -----------------------------------------------------------------
-
-CLUSTERS_DOC = {
-    "cluster_statuses": [
-        {
-            "name": "qdrant",
-            "host_statuses": [
-                {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 6333}},
-                    "hostname": "qdrant-primary",
-                    "stats": [
-                        {"name": "cx_connect_fail"},
-                        {"value": "5", "name": "cx_total"},
-                        {"type": "GAUGE", "value": "3", "name": "cx_active"},
-                        {"type": "GAUGE", "name": "rq_active"},
-                        {"value": "10", "name": "rq_total"},
-                    ],
-                    "health_status": {"eds_health_status": "HEALTHY"},
-                },
-                {"hostname": "qdrant-secondary", "stats": [{"name": "cx_active"}]},
-            ],
-        }
-    ]
-}
-
-
-def test_clusters_json_strings_and_omitted_zeros() -> None:
-    """Envoy's string numbers become ints, omitted zeros read 0, hosts keep their cluster."""
-    hosts = envoy_stats.parse_clusters(CLUSTERS_DOC)
-    primary, secondary = hosts
-    assert (primary.cluster, primary.hostname, primary.address) == (
-        "qdrant",
-        "qdrant-primary",
-        "127.0.0.1:6333",
-    )
-    assert (primary.get("cx_active"), primary.get("rq_active"), primary.get("rq_total")) == (
-        3,
-        0,
-        10,
-    )
-    assert secondary.get("cx_active") == 0 and secondary.get("never_reported") == 0
-
-
-def test_per_backend_sums_over_proxies_and_ignores_unreadable_ones() -> None:
-    """Counters are summed over proxies; unknown hostnames are ignored; a backend
-    nobody reports reads 0; an unreadable proxy is listed with its error."""
-    hosts = envoy_stats.parse_clusters(CLUSTERS_DOC)
-    stats = [
-        envoy_stats.ProxyStats("a", "127.0.0.1:1", hosts),
-        envoy_stats.ProxyStats("b", "127.0.0.1:2", hosts),
-        envoy_stats.ProxyStats("c", None, error="no admin_address in node metadata"),
-    ]
-    counts = envoy_stats.per_backend(stats, "cx_active", ["qdrant-primary", "mixtral"])
-    assert counts == {"mixtral": 0, "qdrant-primary": 6}
-    assert envoy_stats.unreadable(stats) == [
-        {"node_id": "c", "envoy_admin": None, "error": "no admin_address in node metadata"}
-    ]
-
-
-async def test_read_proxies_is_bounded(silent_admin: str) -> None:
-    """A silent admin and a closed port are reported within the read timeout."""
-    from xds_server.xds.status import ProxyStatus
-
-    closed = await _closed_port()
-    proxies = [
-        ProxyStatus("silent", "c", silent_admin, 0.0),
-        ProxyStatus("closed", "c", f"127.0.0.1:{closed}", 0.0),
-    ]
-    started = time.monotonic()
-    stats = await envoy_stats.read_proxies(proxies, timeout_s=0.3)
-    assert time.monotonic() - started < 1.0
-    assert [(s.node_id, s.hosts, s.error is not None) for s in stats] == [
-        ("silent", (), True),
-        ("closed", (), True),
-    ]
-
-
-async def _closed_port() -> int:
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port: int = server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
-    return port
-
-
-def test_settings_cap_backend_weight() -> None:
-    """The file refuses a weight Envoy could not sum per locality (shared API rule)."""
-    backend = {"name": "a", "address": "127.0.0.1", "port": 1, "weight": MAX_WEIGHT + 1}
-    document = {"services": [{"name": "s", "routes": ["/s/"], "backends": [backend]}]}
-    with pytest.raises(ConfigError) as raised:
-        parse_settings(document, {}, "test")
-    assert [p.path for p in raised.value.problems] == ["services[0].backends[0].weight"]

@@ -12,9 +12,15 @@ import yaml
 
 from xds_server.errors import ConfigError
 from xds_server.model.intent import Intent, Policies, SocketAddress, Strategy
-from xds_server.settings import EMBEDDED_DEFAULTS, format_problems, load_settings, parse_settings
+from xds_server.settings import (
+    EMBEDDED_DEFAULTS,
+    MAX_WEIGHT,
+    format_problems,
+    load_settings,
+    parse_settings,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "router_config.yaml"
 
 
@@ -460,3 +466,12 @@ def test_health_verdict_settings_are_read_from_file_and_environment() -> None:
         "router.health_check_healthy_threshold",
         "router.health_check_jitter",
     }
+
+
+def test_settings_cap_backend_weight() -> None:
+    """The file refuses a weight Envoy could not sum per locality (shared API rule)."""
+    backend = {"name": "a", "address": "127.0.0.1", "port": 1, "weight": MAX_WEIGHT + 1}
+    document = {"services": [{"name": "s", "routes": ["/s/"], "backends": [backend]}]}
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(document, {}, "test")
+    assert [p.path for p in raised.value.problems] == ["services[0].backends[0].weight"]

@@ -1,5 +1,5 @@
 """Routing metrics and controller metrics without Envoy: counter accounting across
-resets, the report's figures, failover timing, structured logs, /metrics and
+resets, the report's figures, failover timing, structured log lines, /metrics and
 ROUTER_METRICS_ENABLED=false."""
 
 from __future__ import annotations
@@ -12,16 +12,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import local_settings, running_controller
-from xds_server import cli
+from tests.factories import local_settings, running_controller
 from xds_server.app import Controller
 from xds_server.cache import Snapshot
-from xds_server.health.checker import HealthChecker
 from xds_server.health.local import LocalHealth
-from xds_server.health.verdict import BackendHealth, HealthPolicy, ProbeResult
+from xds_server.health.verdict import ProbeResult
 from xds_server.model.intent import Backend, Health, Intent, Service
 from xds_server.resources import CLUSTER, ENDPOINT
-from xds_server.store.memory import MemoryStore
 from xds_server.telemetry.envoy_stats import HostStats, TrafficReading, parse_cluster_stats
 from xds_server.telemetry.failover import FailoverEvent, FailoverTracker, summary
 from xds_server.telemetry.logs import JsonFormatter, XdsEventLog
@@ -300,41 +297,6 @@ async def test_verdict_failover_without_backup_fails_and_without_proxy_is_no_eve
     assert not event.successful and event.failover_time_ms is not None
 
 
-async def test_health_checker_reports_probes_and_verdict_changes() -> None:
-    """Observers hear every probe and each verdict change with the old and new verdict;
-    one failing observer does not stop the others or the checker."""
-    heard: list[tuple[str, ...]] = []
-
-    class Ear:
-        def probed(self, name: str, result: ProbeResult) -> None:
-            heard.append(("probed", name, str(result.ok)))
-
-        def verdict_changed(
-            self, name: str, previous: Health, current: Health, result: ProbeResult
-        ) -> None:
-            heard.append(("changed", name, str(previous), str(current)))
-
-    class Broken(Ear):
-        def probed(self, name: str, result: ProbeResult) -> None:
-            raise RuntimeError("boom")
-
-    store = MemoryStore(INTENT)
-    checker = HealthChecker(
-        store,
-        {},
-        lambda: None,
-        HealthPolicy(interval_s=60),
-        observers=[Broken(), Ear()],
-    )
-    checker.states["qdrant-primary"] = BackendHealth()
-    checker._apply("qdrant-primary", FAILED)
-    checker._apply("qdrant-primary", FAILED)  # still unhealthy: a probe, no change
-    changed = ("changed", "qdrant-primary", "unknown", "unhealthy")
-    probed = ("probed", "qdrant-primary", "False")
-    # Broken's probed() raised; its verdict_changed() (Ear's) still ran.
-    assert heard == [probed, changed, changed, probed]
-
-
 # --- structured logs ----------------------------------------------------------------------------
 
 
@@ -361,20 +323,6 @@ def test_json_log_lines_carry_proxy_id_and_version() -> None:
     assert ack["level"] == "debug" and ack["generation"] == 4 and ack["ack"] is True
     assert nack["level"] == "warning" and nack["ack"] is False and nack["type"] == "eds"
     assert "bad endpoint" in nack["message"]
-
-
-def test_log_format_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--log-json installs the JSON formatter; a bad ROUTER_LOG_FORMAT exits 2."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        assert cli.main(["--log-json", "validate"]) == 0
-        assert any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
-        monkeypatch.setenv("ROUTER_LOG_FORMAT", "xml")
-        assert cli.main(["validate"]) == 2
-    finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
 
 
 # --- /metrics and the switch ---------------------------------------------------------------------

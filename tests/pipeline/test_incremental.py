@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.xds.conftest import intent_of, service, with_backend, with_policies, with_service
+from tests.factories import intent_of, service
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
+from xds_server.model.edits import update_backend, with_policies, with_service
 from xds_server.model.intent import Health, Intent, Protocol, SocketAddress, Strategy
 from xds_server.pipeline.publisher import Publisher
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -24,9 +25,9 @@ Step = Callable[[Intent, Health_], tuple[Intent, Health_]]
 STEPS: list[tuple[str, Step]] = [
     ("health flip", lambda i, h: (i, {**h, "svc-1-b0": Health.UNHEALTHY})),
     ("flip back", lambda i, h: (i, {**h, "svc-1-b0": Health.HEALTHY})),
-    ("weight", lambda i, h: (with_backend(i, "svc-2", 1, weight=5), h)),
+    ("weight", lambda i, h: (update_backend(i, "svc-2", "svc-2-b1", weight=5), h)),
     ("weighted", lambda i, h: (with_service(i, "svc-2", strategy=Strategy.WEIGHTED), h)),
-    ("port", lambda i, h: (with_backend(i, "svc-0", 0, port=1), h)),
+    ("port", lambda i, h: (update_backend(i, "svc-0", "svc-0-b0", port=1), h)),
     ("route", lambda i, h: (with_service(i, "svc-0", routes=("/zero/", "/z/")), h)),
     ("policies", lambda i, h: (with_policies(i, max_retries=1), h)),
     ("listen", lambda i, h: (dataclasses.replace(i, listen=SocketAddress("0.0.0.0", 8001)), h)),
@@ -120,7 +121,7 @@ async def test_port_change_leaves_routes_and_listeners_alone() -> None:
     service's cluster is rebuilt, to equal bytes, and so concerns no client)."""
 
     async def move(store: MemoryStore, _health: Health_) -> object:
-        return await store.update(lambda i: with_backend(i, "svc-1", 0, port=1))
+        return await store.update(lambda i: update_backend(i, "svc-1", "svc-1-b0", port=1))
 
     snapshot = await second_snapshot(move)
     assert snapshot.serialized[ROUTE] == () and snapshot.serialized[LISTENER] == ()

@@ -1,0 +1,62 @@
+"""Child processes: port allocation for tests and benchmarks, start on a ready
+line, stop and kill by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+import pytest
+
+from xds_server.proxy.processes import ProcessFailed, _ephemeral_range, free_port, start_process
+
+
+def test_free_ports_are_below_the_ephemeral_range_distinct_and_bindable() -> None:
+    """The kernel never hands these to outgoing connections (it did, under load,
+    with port-0 picks), no port is handed out twice, and each can be bound."""
+    low, _ = _ephemeral_range()
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == 200
+    assert all(1024 <= p < low for p in ports)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))
+
+
+async def test_start_process_reports_early_exit_with_output() -> None:
+    """A child that dies before its ready line raises ProcessFailed carrying its output."""
+    argv = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    with pytest.raises(ProcessFailed, match="boom") as caught:
+        await start_process(argv, ready_line_prefix="READY", timeout_s=10)
+    assert "code 3" in str(caught.value)
+
+
+async def test_start_process_times_out_and_stops_the_child() -> None:
+    """A child that never prints its ready line is stopped and reaped after timeout_s."""
+    argv = [sys.executable, "-c", "import time; print('waiting', flush=True); time.sleep(60)"]
+    with pytest.raises(ProcessFailed, match="waiting") as caught:
+        await start_process(argv, ready_line_prefix="READY", timeout_s=1)
+    assert caught.value.pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(caught.value.pid, 0)
+
+
+async def test_stop_escalates_to_sigkill_and_is_idempotent() -> None:
+    """A child ignoring SIGTERM is SIGKILLed after the grace; a second stop() is a no-op."""
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    code += "print('READY', flush=True); time.sleep(60)"
+    child = await start_process(
+        [sys.executable, "-c", code], ready_line_prefix="READY", timeout_s=10
+    )
+    assert await child.stop(grace_s=0.5) == -signal.SIGKILL
+    assert await child.stop() == -signal.SIGKILL
+    assert child.returncode == -signal.SIGKILL
+
+
+async def test_kill_then_stop_reaps() -> None:
+    """kill() ends the child at once (for failure tests); stop() afterwards only reaps."""
+    argv = [sys.executable, "-c", "import time; print('READY', flush=True); time.sleep(60)"]
+    child = await start_process(argv, ready_line_prefix="READY", timeout_s=10)
+    child.kill()
+    assert await child.stop(grace_s=5) == -signal.SIGKILL
