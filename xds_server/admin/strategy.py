@@ -35,7 +35,7 @@ from xds_server.timefmt import utc_now
 routes = RouteSet("strategy")
 ProxyErrors = dict[str, str | None]
 
-# What each strategy really is in Envoy (envoy-notes.md, "Mapping of the spec").
+# What each strategy really is in Envoy (docs/envoy-notes.md, "Mapping of the spec").
 STRATEGY_NOTES: dict[str, str] = {
     Strategy.ROUND_ROBIN: "Envoy ROUND_ROBIN; every backend alike, weights ignored",
     Strategy.LEAST_CONNECTIONS: (

@@ -4,7 +4,7 @@ Verdicts (`model.Health`) are written into the controller's `health` mapping,
 which the translator turns into EDS `health_status`; every changed verdict
 calls `on_change` (the publisher's `mark_dirty`), so Envoy moves traffic
 within one publish. Envoy has no per-backend response time of its own
-(envoy-notes.md), so the probe durations here are what the health report shows.
+(docs/envoy-notes.md), so the probe durations here are what the health report shows.
 
 Rules (tests/test_health_unit.py pins them):
 - A backend is probed as soon as it appears (start-up, or added to the

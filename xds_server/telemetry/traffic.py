@@ -1,7 +1,7 @@
 """Controller-side traffic totals built from Envoy counters that restart.
 
 Envoy's per-host counters (`/clusters`) start again at 0 whenever a cluster is
-rebuilt, e.g. by a strategy change (envoy-notes.md); some cluster counters
+rebuilt, e.g. by a strategy change (docs/envoy-notes.md); some cluster counters
 (`upstream_rq_5xx`, the response-time histogram) disappear with the old
 cluster and come back from 0; every counter restarts with Envoy. The
 `TrafficBook` turns repeated readings into totals that only grow:
