@@ -5,8 +5,9 @@ published at once when the publisher is idle; changes arriving while it
 publishes, or during the hold-off after it, are batched into one more
 publish. The hold-off is proportional to what the last publish cost
 (COST_FACTOR times its duration, bounded): a small config is never held back,
-a large one cannot spend more than a third of a core on rebuilding. A change that would give an inconsistent snapshot is refused and
-the last good snapshot stays.
+a large one cannot spend more than a third of a core on rebuilding. A change
+that would give an inconsistent snapshot is refused and the last good snapshot
+stays.
 
 Publishing is incremental: the translator keeps a memory across publishes and
 the snapshot is built against the current one, so a change costs what it
