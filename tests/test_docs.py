@@ -21,6 +21,7 @@ PROTOCOL = ROOT / "docs/xds-protocol.md"
 
 OUTSIDE = re.compile(r"\.\./shared|\bstyle\.md")
 MARKDOWN_PATH = re.compile(r"[\w./-]*[\w-]\.md\b")
+PYTHON_PATH = re.compile(r"[\w./-]*\w\.py\b")
 TRACKER = re.compile(r"\b(?:[Ii]ssues?|[Ss]essions?)\s+#?\d+")
 # `owner/name ` (optionally with a backtick) right before a citation: a public repository's.
 PUBLIC_REPO = re.compile(r"\b[\w.-]+/[\w.-]+\s+`?$")
@@ -87,6 +88,28 @@ def test_every_cited_markdown_file_exists(path: Path) -> None:
             continue
         bases = (ROOT, path.parent) if path.is_relative_to(ROOT / "docs") else (ROOT,)
         if not any((base / cited).is_file() for base in bases):
+            missing.append(f"line {line_of(text, start)}: {cited}")
+    assert missing == []
+
+
+def python_files() -> set[str]:
+    return {p.name for d in ("xds_server", "tests", "bench") for p in (ROOT / d).rglob("*.py")}
+
+
+@pytest.mark.parametrize("path", FILES)
+def test_every_cited_python_file_exists(path: Path) -> None:
+    """A `.py` path resolves from the repository root, the citing file's folder
+    or the package (`admin/metrics.py`); a bare module name (`status.py`) is a
+    file somewhere in the repository. Modules that moved leave no stale names."""
+    text, modules = path.read_text(), python_files()
+    bases = (ROOT, path.parent, ROOT / "xds_server")
+    missing = []
+    for match in PYTHON_PATH.finditer(text):
+        cited, start = match.group(), match.start()
+        if text[max(0, start - 1) : start] in (":", ".") or public(text, start):
+            continue
+        found = any((b / cited).is_file() for b in bases) if "/" in cited else cited in modules
+        if not found:
             missing.append(f"line {line_of(text, start)}: {cited}")
     assert missing == []
 

@@ -23,8 +23,8 @@ ADMIN = "xds-server-admin"
 async def test_changed_cluster_gets_its_endpoints_again(xds: Harness) -> None:
     """docs/xds-protocol.md rule 23: after a CDS change touching only svc-0
     (its LB policy), svc-0's unchanged EDS is sent again right after the CDS
-    response on the same ADS stream, so the re-warming cluster does not wait 15
-    s; svc-1's is not."""
+    response on the same ADS stream, so the re-warming cluster does not wait
+    15 s; svc-1's is not."""
     client = xds.client()
     before = await client.subscribe_all()
     await xds.settled(client)

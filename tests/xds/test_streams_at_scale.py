@@ -16,8 +16,8 @@ from xds_server.xds.sotw import SotwStream
 
 async def test_first_response_latency_under_load(xds: Harness) -> None:
     """docs/xds-protocol.md rule 28: 200 streams subscribing at once all get
-    their first response, with p99 latency below 1 s (clients give up after ~15
-    s)."""
+    their first response, with p99 latency below 1 s (clients give up after
+    ~15 s)."""
     channels = [xds.channel() for _ in range(4)]
     clients = [
         xds.client(node_id=f"load-{i}", channel=channels[i % len(channels)]) for i in range(200)

@@ -3,7 +3,7 @@
 A PUT answers in the spec's `strategy_change` shape with real figures: the
 active upstream connections per backend are read from every connected Envoy
 before and after the change, and `strategy_applied` is true only when every
-connected proxy ACKed the new configuration (admin/apply.py).
+connected proxy ACKed the new configuration (pipeline/changes.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Rules (tests/test_health_unit.py pins them):
   forgotten, one whose address, port or health path changed starts over as
   UNKNOWN (it is another target now).
 
-With several replicas (xds_server/redis_health.py, docs/replicas.md) only the
+With several replicas (xds_server/health/shared.py, docs/replicas.md) only the
 elected prober runs this checker; it starts each backend from the shared record
 (`seed`) instead of UNKNOWN, reports every state change (`on_state`) so the
 record can be written, and is run again from scratch on a later term.

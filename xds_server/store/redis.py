@@ -33,7 +33,7 @@ executed a write but before its reply arrived, the caller sees 503 although the
 write took effect; the next resync adopts it, so replicas still agree.
 
 Redis errors become DependencyUnavailable in exactly one place, `redis_errors`;
-the shared health and metrics (redis_health.py, redis_metrics.py) use it too.
+the shared health and metrics (health/shared.py, telemetry/shared.py) use it too.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def measure(
     reading: TrafficReading, baseline: ProxyBaseline, clusters: set[str], at: float
 ) -> tuple[Growth, ProxyBaseline]:
     """How much `reading` (taken at `at`) adds over `baseline`, and the next baseline.
-    Pure, so a shared store can apply it with a compare-and-set (redis_metrics.py)."""
+    Pure, so a shared store can apply it with a compare-and-set (telemetry/shared.py)."""
     growth = Growth()
     rebuilt = {c for c, built in reading.built.items() if baseline.built.get(c) != built}
     seen: dict[Key, float] = {}
