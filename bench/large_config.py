@@ -5,7 +5,7 @@
 1,000 clusters with 10 endpoints each (10,000 endpoints). Reports:
 
 - full rebuild: translate + build_snapshot from nothing (what every change
-  cost before issue 6), median of a few;
+  cost before publishing became incremental), median of a few;
 - admin check of a one-weight change (what every admin mutation validates
   before it is stored): Publisher.check, with the publisher's memory; its
   baseline is the full rebuild above, which is what a check from scratch does;

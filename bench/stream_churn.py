@@ -1,4 +1,5 @@
-"""Open and close 10,000 xDS streams; tasks and memory must come back to baseline (rule 31).
+"""Open and close 10,000 xDS streams; tasks and memory must come back to baseline
+(docs/xds-protocol.md rule 31).
 
     python -m bench.stream_churn [--streams 10000] [--batch 100]
 

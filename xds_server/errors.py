@@ -44,7 +44,7 @@ class ConfigError(XdsServerError):
 
 
 class InconsistentSnapshot(XdsServerError):
-    """A snapshot names a resource it does not contain (xds-protocol rule 25)."""
+    """A snapshot names a resource it does not contain (docs/xds-protocol.md rule 25)."""
 
 
 class _FieldError(XdsServerError):

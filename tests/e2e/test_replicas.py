@@ -2,7 +2,7 @@
 
 The intent is cut down to the qdrant service (weighted) with health-check jitter 0, so
 every replica reaches the same health verdicts right after it starts and the
-tests compare versions only once they have (health sharing is issue 5, item 3).
+tests compare versions only once they have (health sharing: docs/replicas.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Resilience end to end (issue 4): health checking, circuit breaking, failover,
+"""Resilience end to end: health checking, circuit breaking, failover,
 backpressure and the two experiment endpoints, with a real Envoy 1.40 and real
 backend processes. Short intervals and timeouts keep the file quick; every
 figure asserted is measured here, independently of what the controller says.

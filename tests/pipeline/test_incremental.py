@@ -1,4 +1,4 @@
-"""Incremental publishing (issue 6, item 5): the translator's memory and the
+"""Incremental publishing: the translator's memory and the
 snapshot's reuse of serialized resources save work and change nothing else."""
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def with_grpc_service(intent: Intent) -> Intent:
 def test_incremental_builds_equal_full_rebuilds(base: Intent) -> None:
     """After every kind of change, the snapshot built with the translator's
     memory and the previous snapshot has the bytes and versions of one built
-    from scratch (determinism, rule 27), with and without a gRPC service."""
+    from scratch (determinism, docs/xds-protocol.md rule 27), with and without
+    a gRPC service."""
     intent, health = base, {"svc-1-b0": Health.HEALTHY}
     memory = Memory()
     previous = build_snapshot(translate(intent, health, memory), 1)
@@ -92,7 +93,7 @@ async def second_snapshot(
 
 
 async def test_health_flip_serializes_only_the_changed_assignment() -> None:
-    """Issue 6: a health flip re-serializes one ClusterLoadAssignment and
+    """A health flip re-serializes one ClusterLoadAssignment and
     reuses every other serialized resource."""
 
     async def flip(_store: MemoryStore, health: Health_) -> None:

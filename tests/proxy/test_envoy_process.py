@@ -81,7 +81,7 @@ def _listener(listen: SocketAddress) -> dict[str, Any]:
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
-        # Without it HTTP/1.0 clients (ab) get 426 (envoy-notes.md).
+        # Without it HTTP/1.0 clients (ab) get 426 (docs/envoy-notes.md).
         "http_protocol_options": {"accept_http_10": True},
         "route_config": {
             "virtual_hosts": [

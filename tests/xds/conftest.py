@@ -196,7 +196,8 @@ class XdsClient:
     def ack(
         self, response: discovery_pb2.DiscoveryResponse, names: Sequence[str] | None = None
     ) -> None:
-        """ACK: the response's nonce and version, no error_detail (rule 5)."""
+        """ACK: the response's nonce and version, no error_detail
+        (docs/xds-protocol.md rule 5)."""
         type_url = response.type_url
         self.acked_version[type_url] = response.version_info
         chosen = self.names.get(type_url, ()) if names is None else names
@@ -204,7 +205,8 @@ class XdsClient:
         self.replied.setdefault(type_url, set()).add(response.nonce)
 
     def nack(self, response: discovery_pb2.DiscoveryResponse, message: str) -> None:
-        """NACK: the response's nonce, the last *good* version, error_detail (rule 6)."""
+        """NACK: the response's nonce, the last *good* version, error_detail
+        (docs/xds-protocol.md rule 6)."""
         type_url = response.type_url
         self.send(
             type_url,
@@ -392,8 +394,9 @@ class Harness:
         """Wait until the server has read every request `client` sent so far.
 
         A stream reads its requests in order, so once the server reports a
-        deliberately stale request (rule 8: ignored, changes nothing) every
-        earlier one was applied. The type must have had a response already."""
+        deliberately stale request (docs/xds-protocol.md rule 8: ignored, changes
+        nothing) every earlier one was applied. The type must have had a response
+        already."""
         before = self.recorder.count("stale_nonce")
         client.send(type_url, client.names.get(type_url, ()), nonce="barrier")
         await poll(lambda: self.recorder.count("stale_nonce") > before)
@@ -446,7 +449,8 @@ async def xds() -> AsyncIterator[Harness]:
 
 @pytest.fixture
 async def make_harness() -> AsyncIterator[Callable[..., Any]]:
-    """Factory for servers with other options (or several servers, rule 27)."""
+    """Factory for servers with other options (or several servers,
+    docs/xds-protocol.md rule 27)."""
     started: list[Harness] = []
 
     async def make(**options: Any) -> Harness:

@@ -65,8 +65,8 @@ async def test_acking_client_shows_acked_at_the_version(xds: Harness) -> None:
 async def test_nacking_client_shows_nacked_with_the_message(xds: Harness) -> None:
     """A NACKed change shows the changed resource NACKED / ERROR, with the
     client's message and the rejected version in error_state; a resource the
-    rejected response carried unchanged keeps its ACKED copy (rule 14 sends
-    the full set)."""
+    rejected response carried unchanged keeps its ACKED copy
+    (docs/xds-protocol.md rule 14 sends the full set)."""
     client = xds.client()
     client.send(CLUSTER)
     good = await client.recv_type(CLUSTER)
@@ -107,9 +107,10 @@ async def test_unanswered_response_shows_requested(xds: Harness) -> None:
 
 
 async def test_incremental_nack_leaves_other_resources_acked(xds: Harness) -> None:
-    """SotW EDS sends only what changed (rule 15): a NACK marks the changed
-    resource only, and a later ACK of another resource does not clear it
-    (the rejected version is never re-sent, rule 7)."""
+    """SotW EDS sends only what changed (docs/xds-protocol.md rule 15): a NACK
+    marks the changed resource only, and a later ACK of another resource does
+    not clear it (the rejected version is never re-sent,
+    docs/xds-protocol.md rule 7)."""
     client = xds.client()
     client.send(ENDPOINT, ["svc-0", "svc-1"])
     client.ack(await client.recv_type(ENDPOINT))
@@ -202,7 +203,8 @@ async def test_stream_client_status_answers_every_request(xds: Harness) -> None:
 
 
 async def test_closed_stream_leaves_the_report(xds: Harness) -> None:
-    """Rule 31 for CSDS: a client whose stream closed is no longer reported."""
+    """docs/xds-protocol.md rule 31 for CSDS: a client whose stream closed is
+    no longer reported."""
     client = xds.client(node_id="gone")
     client.send(CLUSTER)
     await client.recv_type(CLUSTER)

@@ -1,4 +1,4 @@
-"""Admin routes: the circuit-breaker and failover experiments (xds_server/experiments.py).
+"""Admin routes: the circuit-breaker and failover experiments (xds_server/experiments/).
 
 Both run a real, bounded experiment against the live Envoy and answer in the
 spec's shapes with measured figures. They change things for a while (a

@@ -3,7 +3,7 @@
 A PUT answers in the spec's `strategy_change` shape with real figures: the
 active upstream connections per backend are read from every connected Envoy
 before and after the change, and `strategy_applied` is true only when every
-connected proxy ACKed the new configuration (admin/apply.py).
+connected proxy ACKed the new configuration (pipeline/changes.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from xds_server.timefmt import utc_now
 routes = RouteSet("strategy")
 ProxyErrors = dict[str, str | None]
 
-# What each strategy really is in Envoy (envoy-notes.md, "Mapping of the spec").
+# What each strategy really is in Envoy (docs/envoy-notes.md, "Mapping of the spec").
 STRATEGY_NOTES: dict[str, str] = {
     Strategy.ROUND_ROBIN: "Envoy ROUND_ROBIN; every backend alike, weights ignored",
     Strategy.LEAST_CONNECTIONS: (

@@ -15,7 +15,7 @@ claim period (LEASE_S + LEASE_S / 3) without probes, during which every
 replica keeps publishing the last verdicts (Envoy's outlier detection still
 ejects failing hosts on its own).
 
-Layout (`prefix` as the intent's, xds_server/redis_store.py):
+Layout (`prefix` as the intent's, xds_server/store/redis.py):
 
     {prefix}:health:prober    string: the prober's id, set NX with a PX lease
     {prefix}:health:records   hash: backend -> JSON record (verdict, probe figures, target)
@@ -614,7 +614,7 @@ class SharedHealth:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
 
     async def _notified(self, pubsub: PubSub) -> list[dict[str, Any]]:
-        """The notifications of one listening period (redis_store.notifications)."""
+        """The notifications of one listening period (redis_io.notifications)."""
         async with redis_errors("listening for health changes"):
             texts = await notifications(pubsub)
         notes: list[dict[str, Any]] = []

@@ -3,16 +3,16 @@
 Bursts are coalesced without delaying an isolated change: a change is
 published at once when the publisher is idle; changes arriving while it
 publishes, or during the hold-off after it, are batched into one more
-publish (style.md, item 7). The hold-off is proportional to what the last
-publish cost (COST_FACTOR times its duration, bounded): a small config is
-never held back, a large one cannot spend more than a third of a core on
-rebuilding. A change that would give an inconsistent snapshot is refused and
-the last good snapshot stays.
+publish. The hold-off is proportional to what the last publish cost
+(COST_FACTOR times its duration, bounded): a small config is never held back,
+a large one cannot spend more than a third of a core on rebuilding. A change
+that would give an inconsistent snapshot is refused and the last good snapshot
+stays.
 
 Publishing is incremental: the translator keeps a memory across publishes and
 the snapshot is built against the current one, so a change costs what it
 touches (a health flip re-translates and re-serializes one
-ClusterLoadAssignment; issue 6). The output is what a full rebuild gives.
+ClusterLoadAssignment). The output is what a full rebuild gives.
 
 A snapshot that changes clusters is published only after `before_cluster_change`
 has run (the controller reads its Envoys' counters then): Envoy rebuilds a

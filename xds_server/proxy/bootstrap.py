@@ -1,5 +1,5 @@
-"""The Envoy bootstrap that points an Envoy at this xDS server (envoy-notes.md,
-"The ADS bootstrap that worked").
+"""The Envoy bootstrap that points an Envoy at this xDS server (docs/envoy-notes.md,
+"The ADS bootstrap").
 
 Everything beyond the bootstrap comes over one ADS stream: CDS and LDS name ADS,
 and the clusters and listeners they deliver name ADS for EDS and RDS in turn.
@@ -54,7 +54,7 @@ def make_bootstrap(
         "node": {
             "id": node_id,
             "cluster": node_cluster,
-            # The controller reads this proxy's stats from here (envoy-notes.md).
+            # The controller reads this proxy's stats from here (docs/envoy-notes.md).
             "metadata": {"admin_address": str(envoy_admin)},
         },
         "admin": {"address": _socket_address(envoy_admin)},

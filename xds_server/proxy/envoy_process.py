@@ -1,7 +1,7 @@
 """Run a real Envoy: find the binary, start it on a bootstrap, wait until LIVE, stop it.
 
 Every Envoy started here gets `--disable-hot-restart` unless a `base_id` is given,
-so several can share one host (envoy-notes.md). Waits are bounded; failures carry
+so several can share one host (docs/envoy-notes.md). Waits are bounded; failures carry
 the tail of Envoy's log.
 """
 

@@ -95,7 +95,7 @@ class Settings:
     redis_url: str | None = field(repr=False)
     admin_token: str | None = field(repr=False)
     source: str
-    # Health-probe verdicts (xds_server/health.py): passes and failures in a
+    # Health-probe verdicts (xds_server/health/verdict.py): passes and failures in a
     # row that flip a verdict, and the share of the interval over which the
     # probes of different backends are spread.
     health_check_healthy_threshold: int = 2

@@ -22,7 +22,7 @@ and a snapshot is built and installed without yielding, so every snapshot of
 a later generation was translated from the new verdict.
 
 Where events are kept: an `EventLog`, in memory (`MemoryEventLog`) or, with a
-Redis store, in Redis (xds_server/redis_metrics.py), so they survive a restart.
+Redis store, in Redis (xds_server/telemetry/shared.py), so they survive a restart.
 With several replicas, every replica that has proxies connected times the same
 verdict change for its own proxies; the events carry one id (backend and the
 time of the verdict change, identical on every replica since verdicts are

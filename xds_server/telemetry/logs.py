@@ -6,7 +6,8 @@ pipeline can filter on `node_id` without parsing messages; in text mode they
 are left out of the line (the message names them already).
 
 XdsEventLog is the logging implementation of the protocol engine's observer
-(style.md, item 9): every xDS event with proxy id, type, version and generation.
+(metrics and logs are two observers of the same hooks): every xDS event with
+proxy id, type, version and generation.
 """
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 A TrafficSampler reads the admin API of every connected proxy (its address
 comes from the proxy's node metadata) every SAMPLE_INTERVAL_S, and once more
-when the metrics are asked for, into a TrafficBook (xds_server/traffic.py),
+when the metrics are asked for, into a TrafficBook (xds_server/telemetry/traffic.py),
 which keeps monotonic totals across Envoy's counter resets. `report` shapes
 the book, the latest readings and the failover events into the spec's JSON;
 the OpenAPI description (admin/metrics.py) defines every figure.
 
 Where the totals live is the sampler's `Ledger`: `MemoryLedger` (the book
-itself) or, with a Redis store, `RedisLedger` (xds_server/redis_metrics.py),
+itself) or, with a Redis store, `RedisLedger` (xds_server/telemetry/shared.py),
 which keeps the totals and each proxy's last reading in Redis, so they survive
 a controller restart and several replicas add to the same totals. Each replica
 reads only the proxies connected to it (an Envoy holds one ADS stream, so it is

@@ -1,7 +1,7 @@
 """Intent -> what proxyless gRPC clients need for each `protocol: grpc` service.
 
 A gRPC client given the target `xds:///<service>` asks, by name and never by
-wildcard (xds-protocol rule 18), for:
+wildcard (docs/xds-protocol.md rule 18), for:
 
 - LDS: a Listener named after the service whose `api_listener` holds an
   HttpConnectionManager: RDS over ADS, the router as its last filter;

@@ -30,7 +30,8 @@ from xds_server.xds.stream import ProtocolError, XdsStream
 
 log = logging.getLogger("xds_server.xds")
 
-# Rule 30: Delta reconnect requests of large fleets exceed gRPC's 4 MiB default.
+# docs/xds-protocol.md rule 30: Delta reconnect requests of large fleets exceed
+# gRPC's 4 MiB default.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -67,9 +68,10 @@ class XdsEngine:
     ) -> None:
         """Serve one stream until it ends; responses go out with context.write.
 
-        Rule 31: the handler is a coroutine, not an async generator, so that
-        every way the RPC ends (client gone, cancelled mid-write, protocol
-        error) unwinds through the finally blocks below at once. A generator
+        docs/xds-protocol.md rule 31: the handler is a coroutine, not an async
+        generator, so that every way the RPC ends (client gone, cancelled
+        mid-write, protocol error) unwinds through the finally blocks below at
+        once. A generator
         handler that grpc abandons while a write is pending is only closed
         when the garbage collector finds it, and until then the stream keeps
         its watch, its reader task and its proxy status.
@@ -114,7 +116,8 @@ class XdsEngine:
                 self._streams_by_node[stream.info.node_id].add(stream)
 
     def _clusters_changed(self, node_id: str, eds_names: set[str]) -> None:
-        """Rule 23 across streams: the node's EDS, on whichever stream it rides."""
+        """docs/xds-protocol.md rule 23 across streams: the node's EDS, on whichever
+        stream it rides."""
         for stream in self._streams_by_node.get(node_id, ()):
             stream.forget_endpoints(eds_names)
 

@@ -38,7 +38,7 @@ class TypeStatus:
     responses: int = 0
     acks: int = 0
     nacks: int = 0
-    stale_nonces: int = 0  # requests ignored for quoting an old nonce (rule 8)
+    stale_nonces: int = 0  # requests ignored: old nonce (docs/xds-protocol.md rule 8)
 
 
 @dataclass
@@ -202,7 +202,7 @@ def _behind(status: TypeStatus, generation: int) -> bool:
     if status.synced_generation >= owed:
         return False
     nack = status.last_nack
-    return nack is None or nack.generation < owed  # a NACK settles it (rule 7)
+    return nack is None or nack.generation < owed  # a NACK settles (docs/xds-protocol.md rule 7)
 
 
 def _type_json(status: TypeStatus) -> dict[str, object]:
