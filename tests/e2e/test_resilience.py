@@ -181,11 +181,14 @@ async def watching(check: Callable[[], Awaitable[bool]]) -> AsyncIterator[list[t
     changes: list[tuple[float, bool]] = []
     stop = asyncio.Event()
 
+    async def look() -> None:
+        value = await check()
+        if not changes or changes[-1][1] != value:
+            changes.append((time.monotonic(), value))
+
     async def poll() -> None:
         while not stop.is_set():
-            value = await check()
-            if not changes or changes[-1][1] != value:
-                changes.append((time.monotonic(), value))
+            await look()
             await asyncio.sleep(POLL_S)
 
     task = asyncio.create_task(poll())
@@ -194,6 +197,9 @@ async def watching(check: Callable[[], Awaitable[bool]]) -> AsyncIterator[list[t
     finally:
         stop.set()
         await task
+        # One last look as the block ends: on a loaded machine the poller may not
+        # have run between the last change and the end.
+        await look()
 
 
 def first(changes: list[tuple[float, bool]], value: bool) -> float:
