@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint typecheck unit bench-push bench-load bench-ads bench-large bench-churn golden clean
+.PHONY: demo test lint typecheck unit bench-push bench-load bench-ads bench-large bench-churn golden schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench-churn: $(STAMP)
 
 golden: $(STAMP)
 	$(BIN)/pytest -q tests/translate/test_translate_golden.py --regenerate-golden
+
+# The JSON Schema editors use for config/router_config.yaml, from the models
+# (tests/test_config_schema.py fails when it is stale).
+schema: $(STAMP)
+	$(BIN)/xds-server schema > config/router_config.schema.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

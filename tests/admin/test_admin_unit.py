@@ -16,6 +16,15 @@ import pytest
 
 from tests.factories import local_settings, running_controller
 from xds_server.admin import ROUTE_SETS, make_admin_app
+from xds_server.admin.bodies import (
+    BackendAdd,
+    BackendChange,
+    BackendList,
+    BackendPatch,
+    StrategyChangeAnswer,
+    StrategyOverview,
+    StrategyPut,
+)
 from xds_server.admin.openapi import document, openapi_path
 from xds_server.app import Controller
 from xds_server.model.intent import Strategy
@@ -131,6 +140,48 @@ def test_openapi_says_what_least_connections_really_is() -> None:
     assert put["security"] == [{"bearerAuth": []}] and "401" in put["responses"]
 
 
+def test_openapi_schemas_come_from_the_models() -> None:
+    """Bodies and change answers are the handlers' models: every field the
+    handler reads or answers is documented, nothing else."""
+    doc = document(ROUTE_SETS)
+    put = doc["paths"][STRATEGY]["put"]
+    body = put["requestBody"]["content"]["application/json"]["schema"]
+    assert list(body["properties"]) == list(StrategyPut.model_fields)
+    assert body["required"] == ["strategy"] and body["additionalProperties"] is False
+    change = doc["components"]["schemas"]["StrategyChange"]["properties"]
+    assert {"previous_by_service", "generation", "proxies", "apply_ms"} <= set(change)
+    backends = doc["paths"]["/api/v1/router/services/{service}/backends"]["post"]
+    add = backends["requestBody"]["content"]["application/json"]["schema"]
+    assert list(add["properties"]) == list(BackendAdd.model_fields)
+    assert add["required"] == ["name", "address", "port"]
+    assert add["properties"]["port"] == {"maximum": 65535, "minimum": 1} | {
+        "title": "Port",
+        "type": "integer",
+    }
+    patch = doc["paths"]["/api/v1/router/services/{service}/backends/{backend}"]["patch"]
+    update = patch["requestBody"]["content"]["application/json"]["schema"]
+    assert list(update["properties"]) == list(BackendPatch.model_fields)
+    assert update["minProperties"] == 1
+
+
+def test_openapi_schemas_are_openapi_3_0() -> None:
+    """pydantic's JSON Schema 2020-12 is translated: no null type, no const, no
+    $defs, boolean exclusive bounds, one type per schema."""
+    for node in _nodes(document(ROUTE_SETS)):
+        assert "$defs" not in node and "const" not in node
+        assert isinstance(node.get("exclusiveMinimum", True), bool), node
+        if "type" in node and not isinstance(node["type"], dict):  # not a property named type
+            assert isinstance(node["type"], str) and node["type"] != "null", node
+
+
+def _nodes(node: object) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        return [node] + [n for value in node.values() for n in _nodes(value)]
+    if isinstance(node, list):
+        return [n for value in node for n in _nodes(value)]
+    return []
+
+
 async def test_openapi_is_served(controller: Controller, http: aiohttp.ClientSession) -> None:
     """GET /api/v1/router/openapi.json answers the document of the mounted route sets."""
     status, body = await call(http, controller, "GET", "/api/v1/router/openapi.json")
@@ -160,7 +211,9 @@ async def test_global_strategy_change_sets_default_and_clears_overrides(
     intent = controller.store.intent
     assert intent.default_strategy is Strategy.LEAST_CONNECTIONS
     assert all(s.strategy is None for s in intent.services)
+    StrategyChangeAnswer.model_validate(body)  # the documented shape, no more, no less
     status, current = await call(http, controller, "GET", STRATEGY)
+    StrategyOverview.model_validate(current)
     assert current["default_strategy"] == "least_connections"
     assert {s["strategy"] for s in current["services"].values()} == {"least_connections"}
 
@@ -204,6 +257,7 @@ async def test_unacked_change_is_reported_not_applied(
     assert status == 202 and change["strategy_applied"] is False
     assert change["failures"] == [{"node_id": "silent-envoy", "reason": "no ACK within 0.3 s"}]
     assert [e["node_id"] for e in change["stats_errors"]] == ["silent-envoy"] * 2
+    StrategyChangeAnswer.model_validate(answer)
     assert elapsed < 2 * envoy_stats.READ_TIMEOUT_S + 0.3 + 1.0
     assert controller.store.intent.default_strategy is Strategy.RANDOM  # stored all the same
 
@@ -219,17 +273,21 @@ async def test_backend_add_update_drain_remove(
     status, body = await call(http, controller, "POST", QDRANT, new)
     assert status == 201 and body["applied"] is True, body
     assert body["backend"]["weight"] == 2 and body["backend"]["health"] in {"unknown", "unhealthy"}
+    BackendChange.model_validate(body)  # the documented shape, no more, no less
     status, listed = await call(http, controller, "GET", QDRANT)
+    BackendList.model_validate(listed)
     assert [b["name"] for b in listed["backends"]][-1] == "qdrant-tertiary"
 
     patch = {"weight": 5, "draining": True}
     status, body = await call(http, controller, "PATCH", QDRANT + "/qdrant-tertiary", patch)
     assert status == 200 and (body["backend"]["weight"], body["backend"]["draining"]) == (5, True)
+    BackendChange.model_validate(body)
     qdrant = controller.store.intent.service("qdrant")
     assert qdrant is not None and qdrant.backend("qdrant-tertiary") is not None
 
     status, body = await call(http, controller, "DELETE", QDRANT + "/qdrant-tertiary")
     assert status == 200 and body["action"] == "removed", body
+    BackendChange.model_validate(body)
     qdrant = controller.store.intent.service("qdrant")
     assert qdrant is not None and qdrant.backend("qdrant-tertiary") is None
 
@@ -423,4 +481,23 @@ async def test_token_guards_every_mutating_call(
     assert status == 200 and guarded.store.intent.default_strategy is Strategy.RANDOM
 
 
-# ---- Envoy stats parsing -----------------------------------------------------------------
+# ---- OpenAPI 3.0 from JSON Schema --------------------------------------------------------
+
+
+def test_json_schema_keywords_are_translated_to_openapi_3_0() -> None:
+    """null becomes nullable, exclusive bounds booleans, const an enum."""
+    from xds_server.admin.schemas import openapi_3_0
+
+    assert openapi_3_0({"anyOf": [{"type": "string"}, {"type": "null"}], "title": "T"}) == {
+        "type": "string",
+        "nullable": True,
+        "title": "T",
+    }
+    ref = {"$ref": "#/components/schemas/X"}
+    assert openapi_3_0({"anyOf": [ref, {"type": "null"}]}) == {"allOf": [ref], "nullable": True}
+    assert openapi_3_0({"type": "number", "exclusiveMinimum": 0}) == {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+    }
+    assert openapi_3_0({"const": "added"}) == {"enum": ["added"]}

@@ -1,10 +1,11 @@
 """Admin routes: services and their backends (list, add, update, drain, remove).
 
-Input is checked by the config file's own rules (settings.check_fields), plus
-one rule of the API: an address must be an IP literal, because Envoy's EDS
-takes no hostnames. The changes themselves are the pure edits of
-model/edits.py. Every change is confirmed by ACK like a strategy change
-(admin/changes.py); a refused change leaves the intent untouched.
+Bodies are the models of admin/bodies.py, built from the config file's own
+field types: a backend is checked alike in the file and in the API (an address
+must be an IP literal in both, because Envoy's EDS takes no hostnames). The
+changes themselves are the pure edits of model/edits.py. Every change is
+confirmed by ACK like a strategy change (admin/changes.py); a refused change
+leaves the intent untouched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from xds_server.admin.api import RouteSet
+from xds_server.admin.bodies import BackendAdd, BackendChange, BackendList, BackendPatch
 from xds_server.admin.changes import (
     CHANGE_ERRORS,
     NOT_CONFIRMED,
@@ -35,8 +37,9 @@ from xds_server.model.edits import (
     update_backend,
 )
 from xds_server.model.intent import Backend, Health, Intent, Service
+from xds_server.model.validation import parse
+from xds_server.model.values import InvalidValue
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
-from xds_server.settings import BACKEND_FIELDS, MAX_WEIGHT, InvalidValue, check_fields, ip_literal
 
 routes = RouteSet("backends")
 
@@ -44,53 +47,6 @@ SERVICES = "/api/v1/router/services"
 BACKENDS = SERVICES + "/{service}/backends"
 BACKEND = BACKENDS + "/{backend}"
 
-_ADD_FIELDS = {
-    **{k: BACKEND_FIELDS[k] for k in ("name", "port", "weight", "priority", "health_path")},
-    "address": ip_literal,
-    "wait_s": wait_value,
-}
-_UPDATE_FIELDS = {
-    **{k: BACKEND_FIELDS[k] for k in ("weight", "priority", "draining")},
-    "wait_s": wait_value,
-}
-_BACKEND_PROPERTIES: dict[str, Any] = {
-    "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$"},
-    "address": {"type": "string", "description": "IPv4 or IPv6 literal (no hostnames)"},
-    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-    "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT, "default": 1},
-    "priority": {"type": "integer", "minimum": 0, "default": 0},
-    "health_path": {"type": "string", "default": "/health"},
-    "draining": {"type": "boolean", "description": "true: no new requests (EDS DRAINING)"},
-}
-BACKEND_SCHEMA: dict[str, Any] = {"type": "object", "properties": _BACKEND_PROPERTIES}
-ADD_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["name", "address", "port"],
-    "additionalProperties": False,
-    "properties": {
-        **{k: v for k, v in _BACKEND_PROPERTIES.items() if k != "draining"},
-        "wait_s": WAIT_S_SCHEMA,
-    },
-}
-UPDATE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "minProperties": 1,
-    "properties": {
-        **{k: _BACKEND_PROPERTIES[k] for k in ("weight", "priority", "draining")},
-        "wait_s": WAIT_S_SCHEMA,
-    },
-}
-CHANGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "service": {"type": "string"},
-        "action": {"type": "string", "enum": ["added", "updated", "removed"]},
-        "backend": BACKEND_SCHEMA,
-        "applied": {"type": "boolean", "description": "every connected proxy ACKed"},
-        "failures": {"type": "array", "items": {"type": "object"}},
-    },
-}
 WAIT_QUERY = {"wait_s": WAIT_S_SCHEMA}
 
 
@@ -140,13 +96,7 @@ async def list_services(request: web.Request) -> web.Response:
     BACKENDS,
     summary="The backends of one service, with the controller's health verdict",
     responses={200: "OK", 404: "unknown service"},
-    response_schema={
-        "type": "object",
-        "properties": {
-            "service": {"type": "string"},
-            "backends": {"type": "array", "items": BACKEND_SCHEMA},
-        },
-    },
+    response_schema=BackendList,
 )
 async def list_backends(request: web.Request) -> web.Response:
     context = context_of(request)
@@ -160,8 +110,8 @@ async def list_backends(request: web.Request) -> web.Response:
     summary="Add a backend to a service",
     description="Backend names are unique across all services (they key Envoy's per-host "
     "stats). The address must be an IP literal: Envoy's EDS takes no hostnames.",
-    request_schema=ADD_SCHEMA,
-    response_schema=CHANGE_SCHEMA,
+    request_schema=BackendAdd,
+    response_schema=BackendChange,
     responses={
         201: "added and ACKed by every connected proxy",
         202: NOT_CONFIRMED,
@@ -173,9 +123,8 @@ async def list_backends(request: web.Request) -> web.Response:
 async def add(request: web.Request) -> web.Response:
     service = request.match_info["service"]
     service_of(context_of(request).intent.intent, service)  # an unknown resource first
-    fields = check_fields(await json_body(request), _ADD_FIELDS, ("name", "address", "port"))
-    wait_s = fields.pop("wait_s", DEFAULT_WAIT_S)
-    backend = Backend(**fields)
+    wanted = parse(BackendAdd, await json_body(request))
+    wait_s, backend = wanted.wait_s, wanted.to_backend()
     timed = await timed_apply(
         context_of(request).changes, lambda i: add_backend(i, service, backend), wait_s
     )
@@ -188,8 +137,8 @@ async def add(request: web.Request) -> web.Response:
     summary="Change a backend's weight, priority or draining flag",
     description="weight counts only under the weighted strategy. draining: true marks "
     "the endpoint DRAINING in EDS: Envoy sends it no new requests, in-flight ones finish.",
-    request_schema=UPDATE_SCHEMA,
-    response_schema=CHANGE_SCHEMA,
+    request_schema=BackendPatch,
+    response_schema=BackendChange,
     responses={
         200: "updated and ACKed by every connected proxy",
         202: NOT_CONFIRMED,
@@ -200,8 +149,8 @@ async def add(request: web.Request) -> web.Response:
 async def update(request: web.Request) -> web.Response:
     service, name = request.match_info["service"], request.match_info["backend"]
     backend_of(service_of(context_of(request).intent.intent, service), name)
-    changes = check_fields(await json_body(request), _UPDATE_FIELDS)
-    wait_s = changes.pop("wait_s", DEFAULT_WAIT_S)
+    patch = parse(BackendPatch, await json_body(request))
+    wait_s, changes = patch.wait_s, patch.changes()
     if not changes:
         raise invalid("give at least one of weight, priority, draining")
     timed = await timed_apply(
@@ -216,7 +165,7 @@ async def update(request: web.Request) -> web.Response:
     BACKEND,
     summary="Remove a backend from a service",
     query=WAIT_QUERY,
-    response_schema=CHANGE_SCHEMA,
+    response_schema=BackendChange,
     responses={
         200: "removed and ACKed by every connected proxy",
         202: NOT_CONFIRMED,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from xds_server.model.intent import Intent
+from xds_server.model.values import InvalidValue
 from xds_server.pipeline.changes import MAX_WAIT_S, Applied, ChangeApplier, wait_seconds
-from xds_server.settings import InvalidValue
 
 WAIT_S_SCHEMA: dict[str, Any] = {
     "type": "number",
@@ -36,7 +36,7 @@ CHANGE_ERRORS: dict[int, str] = {
 
 
 def wait_value(value: object) -> float:
-    """`wait_s` as a check_fields converter."""
+    """`wait_s` as a converter (admin/bodies.py and the DELETE query)."""
     try:
         return wait_seconds(value)
     except ValueError as error:

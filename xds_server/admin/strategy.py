@@ -14,94 +14,27 @@ from typing import Any
 from aiohttp import web
 
 from xds_server.admin.api import RouteSet
+from xds_server.admin.bodies import StrategyChangeAnswer, StrategyOverview, StrategyPut
 from xds_server.admin.changes import (
     CHANGE_ERRORS,
     NOT_CONFIRMED,
-    WAIT_S_SCHEMA,
     outcome,
     status_of,
     timed_apply,
-    wait_value,
 )
 from xds_server.admin.context import context_of
 from xds_server.admin.errors import invalid, json_body
 from xds_server.model.edits import service_of, set_strategy
+from xds_server.model.fields import STRATEGY_NOTES
 from xds_server.model.intent import Intent, Service, Strategy
-from xds_server.pipeline.changes import DEFAULT_WAIT_S
-from xds_server.settings import check_fields, header_name_value, name_value, strategy_value
+from xds_server.model.validation import parse
 from xds_server.telemetry import envoy_stats
 from xds_server.timefmt import utc_now
 
 routes = RouteSet("strategy")
 ProxyErrors = dict[str, str | None]
 
-# What each strategy really is in Envoy (docs/envoy-notes.md, "Mapping of the spec").
-STRATEGY_NOTES: dict[str, str] = {
-    Strategy.ROUND_ROBIN: "Envoy ROUND_ROBIN; every backend alike, weights ignored",
-    Strategy.LEAST_CONNECTIONS: (
-        "Envoy LEAST_REQUEST: of two randomly chosen backends (power of two choices), "
-        "the one with fewer *active requests*. It does not count connections; Envoy "
-        "has no true least-connections balancer"
-    ),
-    Strategy.WEIGHTED: "Envoy ROUND_ROBIN honouring each backend's weight (3:1 gives 75/25)",
-    Strategy.RANDOM: "Envoy RANDOM",
-    Strategy.RING_HASH: "Envoy RING_HASH: consistent hashing on the service's hash_header",
-    Strategy.MAGLEV: "Envoy MAGLEV: consistent hashing on the service's hash_header",
-}
 HASHING = frozenset({Strategy.RING_HASH, Strategy.MAGLEV})
-STRATEGY_SCHEMA: dict[str, Any] = {
-    "type": "string",
-    "enum": [s.value for s in Strategy],
-    "description": "; ".join(f"{name}: {note}" for name, note in STRATEGY_NOTES.items()),
-}
-PUT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["strategy"],
-    "additionalProperties": False,
-    "properties": {
-        "strategy": STRATEGY_SCHEMA,
-        "service": {
-            "type": "string",
-            "description": "Only this service; omitted: every service (the default "
-            "strategy is set and per-service overrides are cleared)",
-        },
-        "hash_header": {
-            "type": "string",
-            "description": "Request header hashed by ring_hash or maglev (lower case)",
-        },
-        "wait_s": WAIT_S_SCHEMA,
-    },
-}
-_PUT_FIELDS = {
-    "strategy": strategy_value,
-    "service": name_value,
-    "hash_header": header_name_value,
-    "wait_s": wait_value,
-}
-_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
-CHANGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "strategy_change": {
-            "type": "object",
-            "properties": {
-                "previous_strategy": {
-                    "type": "string",
-                    "description": "'mixed' when the services differed",
-                },
-                "new_strategy": STRATEGY_SCHEMA,
-                "change_timestamp": {"type": "string", "format": "date-time"},
-                "active_connections_before": _COUNTS,
-                "active_connections_after": _COUNTS,
-                "strategy_applied": {"type": "boolean"},
-                "service": {"type": "string", "nullable": True},
-                "changed_services": {"type": "array", "items": {"type": "string"}},
-                "failures": {"type": "array", "items": {"type": "object"}},
-                "stats_errors": {"type": "array", "items": {"type": "object"}},
-            },
-        }
-    },
-}
 PUT_DESCRIPTION = (
     "Switch the load-balancing strategy of one service or of all. Answers once "
     "every connected proxy ACKed the change or the wait ran out. "
@@ -123,13 +56,8 @@ class StrategyRequest:
 
 
 def parse_request(body: dict[str, Any]) -> StrategyRequest:
-    fields = check_fields(body, _PUT_FIELDS, required=("strategy",))
-    request = StrategyRequest(
-        strategy=fields["strategy"],
-        service=fields.get("service"),
-        hash_header=fields.get("hash_header"),
-        wait_s=fields.get("wait_s", DEFAULT_WAIT_S),
-    )
+    put = parse(StrategyPut, body)
+    request = StrategyRequest(put.strategy, put.service, put.hash_header, put.wait_s)
     if request.hash_header is not None and request.strategy not in HASHING:
         raise invalid("hash_header applies only to ring_hash and maglev", "hash_header")
     return request
@@ -172,8 +100,8 @@ async def active_connections(
     "/api/v1/router/strategy",
     summary="Set the load-balancing strategy (all services, or one)",
     description=PUT_DESCRIPTION,
-    request_schema=PUT_SCHEMA,
-    response_schema=CHANGE_SCHEMA,
+    request_schema=StrategyPut,
+    response_schema=StrategyChangeAnswer,
     responses={
         200: "applied by every connected proxy",
         202: NOT_CONFIRMED,
@@ -221,14 +149,7 @@ def _change_json(before: Intent, wanted: StrategyRequest, names: list[str]) -> d
     summary="The default strategy and each service's effective strategy",
     description="least_connections is Envoy's LEAST_REQUEST (active requests, power of "
     "two choices), not least connections.",
-    response_schema={
-        "type": "object",
-        "properties": {
-            "default_strategy": STRATEGY_SCHEMA,
-            "services": {"type": "object", "additionalProperties": {"type": "object"}},
-            "strategies": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-    },
+    response_schema=StrategyOverview,
 )
 async def get_strategy(request: web.Request) -> web.Response:
     intent = context_of(request).intent.intent
