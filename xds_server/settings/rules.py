@@ -14,10 +14,10 @@ from typing import Any
 
 from xds_server.model.fields import NAME, PROTOCOL, ROUTE, STRATEGY, Rule, not_a_list
 from xds_server.model.intent import Intent, Protocol, Service
+from xds_server.model.rules import grpc_problems
 from xds_server.model.validation import MISSING, Loc, Located, loc_of, path_of
 from xds_server.model.values import InvalidValue, is_ip
 from xds_server.settings.environment import Router
-from xds_server.translate.grpc import grpc_problems
 
 
 def router_problems(router: Router) -> list[Located]:
@@ -99,7 +99,7 @@ def _claims(index: int, item: Mapping[str, Any]) -> Iterator[tuple[Loc, str, str
 def _grpc_problems(
     services: dict[int, Mapping[str, Any]], count: int, router: Router
 ) -> list[Located]:
-    """grpc_problems (the translator's own check) on a stand-in intent: one
+    """grpc_problems (the intent's rule, which the translator checks too) on a stand-in intent: one
     service per document item, whatever of it is valid; a strategy rule is
     dropped where the effective strategy is not known."""
     stand_ins = [_stand_in(services.get(i, {})) for i in range(count)]
