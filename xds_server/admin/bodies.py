@@ -44,7 +44,7 @@ from xds_server.model.fields import (
     Weight,
 )
 from xds_server.model.intent import Backend, Health
-from xds_server.model.schema import default_of
+from xds_server.model.schema import BackendFields, Shape
 from xds_server.model.values import InvalidValue
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 
@@ -54,10 +54,8 @@ MAX_CONCURRENCY = 32
 WaitSeconds = Annotated[float, Rule(wait_value, WAIT_S_SCHEMA)]
 
 
-class Body(BaseModel):
-    """A request body: unknown keys are errors, as in the config file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# A request body: unknown keys are errors, as in the config file.
+Body = Shape
 
 
 # ---- strategy --------------------------------------------------------------------------
@@ -81,16 +79,10 @@ class StrategyPut(Body):
 # ---- backends --------------------------------------------------------------------------
 
 
-class BackendAdd(Body):
+class BackendAdd(BackendFields):
     """A new backend: the config file's backend fields but `draining` (a new
     backend takes traffic), plus the wait."""
 
-    name: BackendName
-    address: IpLiteral
-    port: Port
-    weight: Weight = default_of(Backend, "weight")
-    priority: Priority = default_of(Backend, "priority")
-    health_path: HealthPath = default_of(Backend, "health_path")
     wait_s: WaitSeconds = DEFAULT_WAIT_S
 
     def to_backend(self) -> Backend:

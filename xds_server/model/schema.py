@@ -64,8 +64,8 @@ class Shape(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BackendConfig(Shape):
-    """One upstream host of a service."""
+class BackendFields(Shape):
+    """What defines an upstream host; the admin API's backend body shares it."""
 
     name: BackendName
     address: IpLiteral
@@ -73,6 +73,11 @@ class BackendConfig(Shape):
     weight: Weight = default_of(Backend, "weight")
     priority: Priority = default_of(Backend, "priority")
     health_path: HealthPath = default_of(Backend, "health_path")
+
+
+class BackendConfig(BackendFields):
+    """One upstream host of a service."""
+
     draining: Draining = default_of(Backend, "draining")
 
     def to_backend(self) -> Backend:
