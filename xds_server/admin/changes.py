@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from xds_server.model.intent import Intent
 from xds_server.pipeline.changes import MAX_WAIT_S, Applied, apply_change, wait_seconds
-from xds_server.settings import InvalidValue
 
 if TYPE_CHECKING:
     from xds_server.app import Controller
@@ -40,11 +39,8 @@ CHANGE_ERRORS: dict[int, str] = {
 
 
 def wait_value(value: object) -> float:
-    """`wait_s` as a check_fields converter."""
-    try:
-        return wait_seconds(value)
-    except ValueError as error:
-        raise InvalidValue(str(error)) from None
+    """`wait_s` as a check_fields converter (raises InvalidValue)."""
+    return wait_seconds(value)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from xds_server.errors import XdsServerError
+from xds_server.errors import ListenFailed, XdsServerError
 
 _TAIL_LINES = 40
 _CHUNK = 65536
@@ -251,7 +251,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         if port not in _handed_out and port not in _RESERVED_PORTS and _bindable(host, port):
             _handed_out.add(port)
             return port
-    raise OSError(f"no free port below the ephemeral range ({low}) on {host}")
+    raise ListenFailed(f"no free port below the ephemeral range ({low}) on {host}")
 
 
 def _ephemeral_range() -> tuple[int, int]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from xds_server.errors import ConfigError, Problem
+from xds_server.errors import ConfigError, InvalidValue, Problem
 from xds_server.model.intent import Backend, Intent, Policies, Protocol, Service, SocketAddress
 from xds_server.settings.values import (
     ADDRESS,
@@ -34,7 +34,6 @@ from xds_server.settings.values import (
     RESERVED_ROUTES,
     SECONDS,
     Convert,
-    InvalidValue,
     RouterField,
     flag_from_text,
     int_field,
