@@ -25,6 +25,7 @@ import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from xds_server.admin import make_admin_app
 from xds_server.cache import SnapshotCache
@@ -240,7 +241,7 @@ class Controller:
         if self.shared_health is not None:
             await self.shared_health.stop()  # hands the prober lease over at once
         if self.redis is not None:
-            with contextlib.suppress(Exception):  # closing a dead connection may fail
+            with contextlib.suppress(RedisError, OSError):  # closing a dead connection may fail
                 await self.redis.aclose()
         await self.store.stop()
 
