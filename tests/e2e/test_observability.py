@@ -190,6 +190,9 @@ async def _counted(events: Any, source: str) -> bool:
 # --- Prometheus and the Grafana dashboard --------------------------------------------------------
 
 
+DELAY_MS = 3  # every backend's answer, for the mean response time to have a known floor
+
+
 def dashboard_queries() -> list[str]:
     """Every PromQL query of the dashboard; every panel has at least one."""
     panels = json.loads(DASHBOARD.read_text())["panels"]
@@ -228,7 +231,9 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     /stats/prometheus every second under traffic (and one config change, for
     push-to-ACK): every query of the Grafana dashboard returns a finite value,
     per-backend series carry the hostname label, and the routing metrics'
-    mean response time is filled from Envoy's histogram."""
+    mean response time is filled from Envoy's histogram: every backend answers
+    after DELAY_MS, so the mean is at least that (on loopback without the delay
+    Envoy records most requests as 0 ms, its resolution being whole ms)."""
     settings = local_settings(
         worker_threads=2, health_check_interval_s=1.0, health_check_timeout_s=0.5
     )
@@ -237,6 +242,10 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         "xds-server": ("/metrics", str(stack.controller.admin_address)),
         "envoy": ("/stats/prometheus", str(stack.envoy.admin)),
     }
+    for backend in (b for s in settings.intent.services for b in s.backends):
+        fault = f"http://{backend.address}:{backend.port}/_control/fault"
+        async with http.post(fault, json={"delay_ms": DELAY_MS}) as response:
+            assert response.status == 200
     prometheus = PrometheusServer(tmp_path, targets)
     await prometheus.start()
     queries = dashboard_queries()
@@ -272,7 +281,8 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     assert statuses and set(statuses) == {200}
     backends = {b.name for s in settings.intent.services for b in s.backends}
     assert {s["metric"].get("envoy_endpoint_hostname") for s in hostnames} == backends
-    assert routing["avg_response_time_ms"] is not None and routing["avg_response_time_ms"] > 0
+    assert routing["avg_response_time_ms"] is not None
+    assert DELAY_MS <= routing["avg_response_time_ms"] < 1000, routing
 
 
 # --- the spec's routing test script ---------------------------------------------------------

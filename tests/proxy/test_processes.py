@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 import pytest
 
@@ -60,3 +61,29 @@ async def test_kill_then_stop_reaps() -> None:
     child = await start_process(argv, ready_line_prefix="READY", timeout_s=10)
     child.kill()
     assert await child.stop(grace_s=5) == -signal.SIGKILL
+
+
+async def test_stop_after_the_child_exited_reports_its_own_exit_code() -> None:
+    """stop() on a child that exited before asyncio heard of it reports the child's
+    code, not the 255 asyncio reports when something else reaped the child (signalling
+    through Popen.send_signal did: it polls first). The race needs asyncio's
+    child-watcher thread to be slow, so this catches a regression mostly under load."""
+    argv = [sys.executable, "-c", "print('READY', flush=True); raise SystemExit(3)"]
+    for _ in range(5):  # the reap race needs the child dead before asyncio hears of it
+        child = await start_process(argv, ready_line_prefix="READY", timeout_s=10)
+        _block_until_exited(child.pid)
+        assert await child.stop(grace_s=5) == 3
+
+
+def _block_until_exited(pid: int) -> None:
+    """Until the child has exited, without reaping it (WNOWAIT). Blocking on purpose:
+    the event loop must not run, so asyncio has not heard of the exit yet."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return
+        except ChildProcessError:  # asyncio's child watcher reaped it already
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"pid {pid} did not exit within 10 s")

@@ -193,6 +193,19 @@ def test_report_figures() -> None:
     assert body["proxies"] == {"read": ["envoy-a"], "unreadable": []}
 
 
+def test_mean_response_time_below_a_millisecond_is_not_rounded_away() -> None:
+    """Envoy records whole milliseconds: on loopback most requests record 0 and the
+    mean can be 0.04 ms. It stays visible, and a window in which Envoy flushed no
+    histogram sample (count unchanged) has no mean (null), not 0.0."""
+    zero = {"upstream_rq_time_sum": 0, "upstream_rq_time_count": 0}
+    flushed = {"upstream_rq_time_sum": 4.0, "upstream_rq_time_count": 100}
+    for figures, expected in ((flushed, 0.04), (zero, None)):
+        first = reading(host("qdrant-primary", 0), upstream_rq_completed=0, **zero)
+        last = reading(host("qdrant-primary", 100), upstream_rq_completed=100, **figures)
+        body = report(book_of(first, last, step_s=1.0), [last], INTENT, [], now=1.0)
+        assert body["routing_metrics"]["avg_response_time_ms"] == expected
+
+
 def test_report_without_traffic_or_proxies_says_so() -> None:
     """No reading: no rates (null), no variance (null), breakers unknown."""
     body = report(TrafficBook(), [], INTENT, [], now=0.0)

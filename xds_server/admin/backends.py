@@ -29,6 +29,7 @@ from xds_server.admin.changes import (
 )
 from xds_server.admin.context import context_of
 from xds_server.admin.errors import invalid, json_body
+from xds_server.errors import InvalidValue
 from xds_server.model.edits import (
     add_backend,
     backend_of,
@@ -38,7 +39,6 @@ from xds_server.model.edits import (
 )
 from xds_server.model.intent import Backend, Health, Intent, Service
 from xds_server.model.validation import parse
-from xds_server.model.values import InvalidValue
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 
 routes = RouteSet("backends")

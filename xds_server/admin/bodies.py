@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from xds_server.admin.changes import WAIT_S_SCHEMA, wait_value
+from xds_server.errors import InvalidValue
 from xds_server.experiments import FAILURE_MODES, Limits
 from xds_server.model.fields import (
     FLAG,
@@ -45,7 +46,6 @@ from xds_server.model.fields import (
 )
 from xds_server.model.intent import Backend, Health
 from xds_server.model.schema import BackendFields, Shape
-from xds_server.model.values import InvalidValue
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 
 MAX_DURATION_S = 60.0

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from xds_server.model.intent import Intent
-from xds_server.model.values import InvalidValue
 from xds_server.pipeline.changes import MAX_WAIT_S, Applied, ChangeApplier, wait_seconds
 
 WAIT_S_SCHEMA: dict[str, Any] = {
@@ -36,11 +35,8 @@ CHANGE_ERRORS: dict[int, str] = {
 
 
 def wait_value(value: object) -> float:
-    """`wait_s` as a converter (admin/bodies.py and the DELETE query)."""
-    try:
-        return wait_seconds(value)
-    except ValueError as error:
-        raise InvalidValue(str(error)) from None
+    """`wait_s` as a converter (admin/bodies.py and the DELETE query; raises InvalidValue)."""
+    return wait_seconds(value)
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
-from xds_server.errors import DependencyUnavailable
+from xds_server.errors import DependencyUnavailable, LeaseLost
 from xds_server.health.checker import HealthChecker, Seed, Target, probe_target, probed_backends
 from xds_server.health.verdict import BackendHealth, HealthObserver, ProbeResult
 from xds_server.model.intent import Health, Intent
@@ -196,10 +197,6 @@ end
 return live
 """
 )
-
-
-class LeaseLost(Exception):
-    """The fenced write found another prober: this replica stops probing."""
 
 
 # --- records -----------------------------------------------------------------------------
@@ -610,7 +607,7 @@ class SharedHealth:
                 self.mirror.expire(loop.time())
         finally:
             self.following = False
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(RedisError, OSError):  # the connection may be dead
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
 
     async def _notified(self, pubsub: PubSub) -> list[dict[str, Any]]:

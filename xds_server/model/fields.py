@@ -25,6 +25,7 @@ from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
+from xds_server.errors import InvalidValue
 from xds_server.model.intent import Protocol, SocketAddress, Strategy
 from xds_server.model.values import (
     HEADER_PATTERN,
@@ -34,7 +35,6 @@ from xds_server.model.values import (
     RESERVED_ROUTE_PREFIX,
     RESERVED_ROUTES,
     Convert,
-    InvalidValue,
     flag_from_text,
     int_from_text,
     integer_between,

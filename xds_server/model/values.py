@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from xds_server.errors import InvalidValue
 from xds_server.model.intent import Protocol, SocketAddress, Strategy
 
 # Paths Envoy sends to the controller; a service route there would hijack them.
@@ -28,13 +29,6 @@ HOST_LABEL_PATTERN = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 MAX_WEIGHT = 1_000_000
-
-
-class InvalidValue(ValueError):
-    """A single value is wrong; the message says how. Caught and turned into a Problem.
-
-    The field types of model/fields.py turn it into a pydantic error with the
-    same message."""
 
 
 Convert = Callable[[object], Any]

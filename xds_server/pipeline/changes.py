@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from xds_server.errors import InvalidValue
 from xds_server.model.intent import Intent
 from xds_server.pipeline.publisher import Publisher
 from xds_server.store.base import IntentStore
@@ -99,5 +100,5 @@ def wait_seconds(value: object) -> float:
         return DEFAULT_WAIT_S
     # NaN passes Python's JSON parser, and a NaN deadline never expires.
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError("wait_s must be a number of seconds >= 0")
+        raise InvalidValue("wait_s must be a number of seconds >= 0")
     return min(float(value), MAX_WAIT_S)

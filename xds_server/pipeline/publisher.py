@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
+from xds_server.errors import XdsServerError
 from xds_server.model.intent import Health, Intent
 from xds_server.resources import CLUSTER
 from xds_server.store.base import IntentStore
@@ -97,11 +98,12 @@ class Publisher:
         started = time.perf_counter()
         try:
             snapshot = self._build(intent)
-        except Exception as error:  # an intent that cannot be served is never pushed
-            self.last_error = str(error)
+        except XdsServerError as error:  # an intent that cannot be served is never pushed
             log.error("not publishing revision %d: %s", revision, error)
-            self._advance(revision)  # processed, not published: waiters read last_error
-            return self._cache.generation
+            return self._refuse(revision, error)
+        except Exception as error:  # a translator bug: refused too, and with its traceback
+            log.exception("not publishing revision %d: translating it failed", revision)
+            return self._refuse(revision, error)
         if self._on_build is not None:
             self._on_build(time.perf_counter() - started)
         current = self._cache.snapshot
@@ -119,6 +121,11 @@ class Publisher:
             await self._cache.publish(snapshot)
         self.last_error = None
         self._advance(revision)
+        return self._cache.generation
+
+    def _refuse(self, revision: int, error: Exception) -> int:
+        self.last_error = str(error)
+        self._advance(revision)  # processed, not published: waiters read last_error
         return self._cache.generation
 
     def check(self, intent: Intent) -> None:

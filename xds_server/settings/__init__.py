@@ -24,11 +24,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from xds_server.errors import ConfigError, Problem
+from xds_server.errors import ConfigError, InvalidValue, Problem
 from xds_server.model.intent import Intent, Policies, SocketAddress
 from xds_server.model.schema import ConfigDocument, RouterConfig, ServiceConfig
 from xds_server.model.validation import Located, located, problems_of
-from xds_server.model.values import MAX_WEIGHT, RESERVED_ROUTE_PREFIX, RESERVED_ROUTES, InvalidValue
+from xds_server.model.values import MAX_WEIGHT, RESERVED_ROUTE_PREFIX, RESERVED_ROUTES
 from xds_server.settings.environment import ENV_PREFIX, effective_router
 from xds_server.settings.rules import router_problems, service_problems
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from xds_server.errors import Problem
+from xds_server.errors import InvalidValue, Problem
 from xds_server.model.fields import rule_of
 from xds_server.model.schema import RouterConfig
-from xds_server.model.values import InvalidValue, str_from_text
+from xds_server.model.values import str_from_text
 
 ENV_PREFIX = "ROUTER_"
 

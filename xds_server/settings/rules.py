@@ -12,11 +12,12 @@ import ipaddress
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from xds_server.errors import InvalidValue
 from xds_server.model.fields import NAME, PROTOCOL, ROUTE, STRATEGY, Rule, not_a_list
 from xds_server.model.intent import Intent, Protocol, Service
 from xds_server.model.rules import grpc_problems
 from xds_server.model.validation import MISSING, Loc, Located, loc_of, path_of
-from xds_server.model.values import InvalidValue, is_ip
+from xds_server.model.values import is_ip
 from xds_server.settings.environment import Router
 
 

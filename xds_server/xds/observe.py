@@ -67,10 +67,9 @@ class Observers:
 
     def emit(self, hook: str, *args: object) -> None:
         for observer in self._observers:
-            method = getattr(observer, hook, None)
-            if method is None:
-                continue  # an optional hook this observer does not take
-            try:
-                method(*args)
-            except Exception:
+            try:  # the lookup too: an observer whose attribute raises is a failing observer
+                method = getattr(observer, hook, None)
+                if method is not None:  # None: an optional hook this observer does not take
+                    method(*args)
+            except Exception:  # observers are not ours to trust: log, and go on
                 log.exception("observer %r failed in %s", observer, hook)

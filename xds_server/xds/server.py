@@ -19,14 +19,16 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
 from envoy.service.route.v3 import rds_pb2_grpc
+from google.protobuf.message import DecodeError
 
 from xds_server.cache import SnapshotCache
+from xds_server.errors import ListenFailed, ProtocolError
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.xds import csds
 from xds_server.xds.delta import DeltaStream
 from xds_server.xds.observe import Observers
 from xds_server.xds.sotw import SotwStream
-from xds_server.xds.stream import ProtocolError, XdsStream
+from xds_server.xds.stream import XdsStream
 
 log = logging.getLogger("xds_server.xds")
 
@@ -97,6 +99,15 @@ class XdsEngine:
             # its traceback this stream, for as long as it keeps the RPC.
             context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
             context.set_details(str(error))
+        except grpc.aio.BaseError:
+            raise  # the RPC is over (client gone, server stopping): grpc's to handle
+        except Exception:
+            # A bug of ours, never the client's fault: say so, and keep the traceback.
+            log.exception(
+                "xDS %s stream %d (node %s) failed", kind, stream.stream_id, _node(stream)
+            )
+            context.set_code(grpc.StatusCode.INTERNAL)
+            context.set_details("internal error in the xDS server; see its log")
         finally:
             self.open_streams.discard(stream)
             if stream.info is not None:
@@ -109,8 +120,10 @@ class XdsEngine:
     async def _tracked(
         self, stream: XdsStream[Any, Any], requests: AsyncIterator[Any]
     ) -> AsyncGenerator[Any, None]:
-        """Index the stream by node once its first request names the node."""
-        async for request in requests:
+        """The client's requests, until it half-closes or the RPC is over; indexes
+        the stream by node once its first request names the node."""
+        iterator = aiter(requests)
+        while (request := await _next_request(iterator)) is not None:
             yield request
             if stream.info is not None:
                 self._streams_by_node[stream.info.node_id].add(stream)
@@ -120,6 +133,22 @@ class XdsEngine:
         stream it rides."""
         for stream in self._streams_by_node.get(node_id, ()):
             stream.forget_endpoints(eds_names)
+
+
+async def _next_request(requests: AsyncIterator[Any]) -> Any | None:
+    """The next request from grpc; None once the client half-closed or the RPC is
+    over (grpc's own errors: finished, aborted, server stopping). Only a request
+    that does not decode is an error, and the client's."""
+    try:
+        return await anext(requests)
+    except (StopAsyncIteration, grpc.aio.BaseError):
+        return None
+    except DecodeError as error:
+        raise ProtocolError(f"request does not decode: {error}") from error
+
+
+def _node(stream: XdsStream[Any, Any]) -> str:
+    return stream.info.node_id if stream.info is not None else "not yet known"
 
 
 def _stream_handler(kind: str, type_url: str | None, delta: bool) -> Callable[..., Awaitable[None]]:
@@ -203,7 +232,7 @@ async def start_server(engine: XdsEngine, address: str) -> tuple[grpc.aio.Server
     server = build_server(engine)
     port = server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise ListenFailed(f"cannot listen on {address}")
     await server.start()
     log.info("xDS server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
     return server, port

@@ -16,6 +16,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any, Generic, Protocol, TypeVar
 
 from xds_server.cache import Resource, SnapshotCache, Watch
+from xds_server.errors import ProtocolError
 from xds_server.resources import CLUSTER, LISTENER
 from xds_server.xds.observe import Observers, StreamInfo
 
@@ -34,10 +35,6 @@ class SentState(Protocol):
     nonce: str | None
     in_flight: bool
     version_sent: str
-
-
-class ProtocolError(Exception):
-    """The client broke the protocol; the stream ends with INVALID_ARGUMENT."""
 
 
 class XdsStream(Generic[Request, Response]):
@@ -67,7 +64,7 @@ class XdsStream(Generic[Request, Response]):
         self._watch: Watch | None = None  # while serving
         self.wakeups = 0  # times the writer woke up, for tests and benchmarks
         self._done = False
-        self._error: Exception | None = None
+        self._error: Exception | None = None  # the reader's, raised by the writer
         self._nonces = itertools.count(1)
         self.info: StreamInfo | None = None
 
@@ -101,13 +98,14 @@ class XdsStream(Generic[Request, Response]):
                     self._observers.emit("stream_closed", self.info)
 
     async def _read(self, requests: AsyncIterator[Request]) -> None:
+        """Apply requests until the client half-closes. `requests` ends quietly when
+        the transport does (XdsEngine), so whatever raises here is a ProtocolError or
+        a bug: the writer raises it in the handler, where the status is chosen."""
         try:
             async for request in requests:
                 self.handle_request(request)
-        except ProtocolError as error:
+        except Exception as error:  # handed over, not swallowed: see serve()
             self._error = error
-        except Exception:
-            pass  # the transport is gone; the writer ends below
         self._done = True
         self._wake.set()
 
