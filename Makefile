@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint typecheck unit bench-push bench-admin bench-load bench-ads bench-large bench-churn golden clean
+.PHONY: demo test lint typecheck unit bench-push bench-admin bench-load bench-ads bench-large bench-churn golden schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check xds_server tests bench
 	$(BIN)/ruff check xds_server tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench-push: $(STAMP)
@@ -44,7 +45,12 @@ bench-churn: $(STAMP)
 	$(BIN)/python -m bench.stream_churn
 
 golden: $(STAMP)
-	$(BIN)/pytest -q tests/test_translate_golden.py --regenerate-golden
+	$(BIN)/pytest -q tests/translate/test_translate_golden.py --regenerate-golden
+
+# The JSON Schema editors use for config/router_config.yaml, from the models
+# (tests/test_config_schema.py fails when it is stale).
+schema: $(STAMP)
+	$(BIN)/xds-server schema > config/router_config.schema.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -9,7 +9,7 @@ of its own (bench/admin_client.py, one kept connection), each timed there from
 sending the request until the whole answer arrived, and must answer applied
 (200):
 
-- a strategy PUT of one service (CDS, plus its re-sent EDS: rule 23), whose
+- a strategy PUT of one service (CDS, plus its re-sent EDS: docs/xds-protocol.md rule 23), whose
   answer carries active_connections_before/after read from Envoy;
 - a backend weight PATCH under the weighted strategy (EDS only).
 
@@ -43,10 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import summary_ms
-from tests.support import local_settings
-from tests.xds.conftest import with_service
 from xds_server.app import Controller
-from xds_server.demo import running_stack
+from xds_server.demo import local_settings, running_stack
+from xds_server.model.edits import with_service
 from xds_server.model.intent import Intent, SocketAddress, Strategy
 from xds_server.telemetry import envoy_stats
 
@@ -144,8 +143,8 @@ def calls(controller: Controller, client: AdminClient) -> list[Callable[[int], A
 async def envoy_reads(controller: Controller, rounds: int) -> Samples:
     """One traffic reading and one GET /clusters of every connected proxy, timed alone,
     over the sampler's kept connections (as the admin path reads) and one-shot."""
-    assert controller.traffic is not None
-    kept, proxies = controller.traffic.reader, controller.proxies.connected()
+    assert controller.telemetry is not None
+    kept, proxies = controller.telemetry.sampler.reader, controller.proxies.connected()
     reads: dict[str, Callable[[], Awaitable[object]]] = {
         "traffic reading, kept connection": lambda: kept.traffic(proxies),
         "GET /clusters, kept connection": lambda: kept.hosts(proxies),
@@ -173,12 +172,13 @@ async def measure(changes: int) -> tuple[Samples, dict[str, int]]:
             try:
                 await client.call("PUT", STRATEGY, {"strategy": "weighted", "service": "qdrant"})
                 timed = calls(controller, client)
-                assert controller.traffic is not None
+                assert controller.telemetry is not None
+                sampler = controller.telemetry.sampler
                 for n in range(changes):
                     for kind, call in zip(KINDS, timed, strict=True):
-                        reads = controller.traffic.hook_reads
+                        reads = sampler.hook_reads
                         samples[kind].append(await call(n))
-                        hook_reads[kind] += controller.traffic.hook_reads - reads
+                        hook_reads[kind] += sampler.hook_reads - reads
             finally:
                 await client.stop()
             samples[f"{KINDS[0]}: its apply_ms"] = client.apply_s[STRATEGY][1:]  # not the setup

@@ -11,7 +11,7 @@ proxy registry has the ACK of every client (server side, the same
 
 - an endpoint flip: one backend's health, one CLA to every client;
 - a cluster change: the service's strategy, i.e. its cluster, and its CLA
-  again (warming, rule 23), to every client.
+  again (warming, docs/xds-protocol.md rule 23), to every client.
 
 Baseline, in the same run: the same changes with one client connected.
 

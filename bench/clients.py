@@ -128,7 +128,7 @@ class BenchClient:
             arrival = Arrival(at, response.type_url, [_name(r) for r in response.resources])
         self.arrivals.put_nowait(arrival)
         subscribed = self._subscriptions.get(response.type_url, [])
-        # SotW ACK: latest nonce, its version, the same names (rule 5).
+        # SotW ACK: latest nonce, its version, the same names (docs/xds-protocol.md rule 5).
         ack = self._request(response.type_url, subscribed, response.nonce, first=False)
         if not self.delta:
             ack.version_info = response.version_info

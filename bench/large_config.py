@@ -5,7 +5,7 @@
 1,000 clusters with 10 endpoints each (10,000 endpoints). Reports:
 
 - full rebuild: translate + build_snapshot from nothing (what every change
-  cost before issue 6), median of a few;
+  cost before publishing became incremental), median of a few;
 - admin check of a one-weight change (what every admin mutation validates
   before it is stored): Publisher.check, with the publisher's memory; its
   baseline is the full rebuild above, which is what a check from scratch does;
@@ -37,8 +37,8 @@ from bench.clients import (
     large_intent,
 )
 from bench.common import summary_ms
-from tests.xds.conftest import with_backend
 from xds_server.cache import build_snapshot
+from xds_server.model.edits import update_backend
 from xds_server.model.intent import Intent
 from xds_server.resources import ENDPOINT, SHORT_NAMES
 from xds_server.translate import translate
@@ -60,7 +60,7 @@ def check_s(check: Callable[[Intent], None], intent: Intent, rounds: int) -> lis
     samples = []
     for i in range(rounds):
         service = f"svc-{(i * 7919) % len(intent.services)}"
-        changed = with_backend(intent, service, 0, weight=2)  # every weight is 1
+        changed = update_backend(intent, service, f"{service}-b0", weight=2)  # every weight is 1
         started = time.perf_counter()
         check(changed)
         samples.append(time.perf_counter() - started)

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.support import SEARCH_BODY, local_settings
-from xds_server.demo import Stack, running_stack
+from xds_server.demo import SEARCH_BODY, Stack, local_settings, running_stack
 from xds_server.model.intent import SocketAddress
 from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
 from xds_server.proxy.processes import free_port

@@ -5,9 +5,10 @@
 Each sample: store.update() -> translate -> snapshot -> push -> Envoy applies
 -> ACK recorded for every type that changed. Two kinds of change alternate:
 one backend's weight under the weighted strategy (EDS only) and a strategy
-switch (CDS, which also re-sends the cluster's EDS: rule 23). The baseline,
-measured in the same run, is the wire part alone: response sent -> ACK
-received, i.e. Envoy's own apply time, which no control plane can beat.
+switch (CDS, which also re-sends the cluster's EDS:
+docs/xds-protocol.md rule 23). The baseline, measured in the same run, is the
+wire part alone: response sent -> ACK received, i.e. Envoy's own apply time,
+which no control plane can beat.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import time
 from pathlib import Path
 
 from bench.common import summary_ms
-from tests.support import local_settings
-from tests.xds.conftest import with_service
-from xds_server.demo import running_stack
+from xds_server.demo import local_settings, running_stack
+from xds_server.model.edits import with_service
 from xds_server.model.intent import Intent, Strategy
 
 

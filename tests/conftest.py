@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.redis_support import RedisServer
+from xds_server.redis_io import connect
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,3 +30,25 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def silent_admin() -> AsyncIterator[str]:
+    """An 'Envoy admin' that accepts connections and never answers."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"127.0.0.1:{port}"
+    server.close()
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the test's private redis-server."""
+    redis = connect(redis_server.url)
+    yield redis
+    await redis.aclose()

@@ -4,7 +4,6 @@ stopped by its PID. Never the machine's shared Redis on 6379."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import shutil
 import signal
@@ -14,9 +13,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tests.support import local_settings
 from xds_server.proxy.processes import ChildProcess, free_port, start_process
-from xds_server.settings import Settings
 
 REDIS_BIN = "/usr/bin/redis-server"
 START_TIMEOUT_S = 10.0
@@ -90,17 +87,3 @@ class RedisServer:
                 await asyncio.sleep(0.02)
         finally:
             await client.aclose()
-
-
-def redis_settings(server: RedisServer, base: Settings | None = None) -> Settings:
-    """`base` (default: fresh local settings) with the Redis URL set."""
-    return dataclasses.replace(base or local_settings(), redis_url=server.url)
-
-
-def moved(settings: Settings) -> Settings:
-    """The same config on other ports: another replica on this host. Its config's
-    admin address is where it listens; the one Envoy is told about stays the
-    shared intent's (from Redis)."""
-    other = local_settings()
-    intent = dataclasses.replace(settings.intent, admin=other.intent.admin)
-    return dataclasses.replace(settings, intent=intent, xds_address=other.xds_address)

@@ -1,51 +1,17 @@
-"""Shared test helpers: settings on free loopback ports, HTTP through Envoy."""
+"""Shared test helpers: HTTP through Envoy, and bounded waits that say what hung.
+
+Builders (settings, intents, controllers) are in tests/factories.py."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from xds_server.app import Controller
-from xds_server.model.intent import SocketAddress
-from xds_server.proxy.processes import free_port
-from xds_server.settings import Settings, load_settings
-
-LOOPBACK = "127.0.0.1"
-SEARCH_BODY = {"query_vector": [0.1, 0.2, 0.3], "collection": "test"}
-
-
-def local_settings(**router: object) -> Settings:
-    """The shipped defaults with every address moved to a free loopback port,
-    so tests run beside a running demo and beside each other."""
-    base = load_settings(None)
-    services = tuple(
-        dataclasses.replace(
-            service,
-            backends=tuple(
-                dataclasses.replace(b, address=LOOPBACK, port=free_port()) for b in service.backends
-            ),
-        )
-        for service in base.intent.services
-    )
-    intent = dataclasses.replace(
-        base.intent,
-        services=services,
-        listen=SocketAddress(LOOPBACK, free_port()),
-        admin=SocketAddress(LOOPBACK, free_port()),
-    )
-    return dataclasses.replace(
-        base,
-        intent=intent,
-        xds_address=SocketAddress(LOOPBACK, free_port()),
-        envoy_admin_address=SocketAddress(LOOPBACK, free_port()),
-        **router,  # type: ignore[arg-type]
-    )
+from xds_server.demo import SEARCH_BODY
 
 
 async def send_many(
@@ -81,20 +47,6 @@ async def eventually(
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(interval_s)
     return time.monotonic() - start
-
-
-@contextlib.asynccontextmanager
-async def running_controller(settings: Settings) -> AsyncIterator[Controller]:
-    """A started controller running its background tasks; stopped (bounded) at exit."""
-    controller = Controller(settings)
-    await controller.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield controller
-    finally:
-        stop.set()
-        await finished(task, 10)
 
 
 async def finished(task: asyncio.Task[None], timeout_s: float) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import eventually, finished, local_settings
+from tests.factories import local_settings, running_controller
+from tests.support import eventually
 from xds_server.app import Controller
 from xds_server.cache import SnapshotCache
 from xds_server.model.intent import Strategy
@@ -24,13 +25,8 @@ from xds_server.store.memory import MemoryStore
 async def controller(tmp_path: Path) -> AsyncIterator[Controller]:
     config = tmp_path / "router_config.yaml"
     config.write_text(EMBEDDED_DEFAULTS.read_text())
-    running = Controller(local_settings(), config_path=config)
-    await running.start()
-    stop = asyncio.Event()
-    task = asyncio.create_task(running.run(stop))
-    yield running
-    stop.set()
-    await finished(task, 10)
+    async with running_controller(local_settings(), config_path=config) as running:
+        yield running
 
 
 def rewrite(path: Path, old: str, new: str) -> None:

@@ -1,14 +1,17 @@
-"""The controller: wiring, start-up order, config reload and graceful shutdown.
+"""The composition root: builds every component, wires each to the narrow
+collaborators it uses, and owns start-up and shutdown order.
+
+Only this module knows every concrete class. The one choice between memory
+and Redis is made once, in `open_state`: with a Redis store, the state
+replicas must agree on is shared there too (health verdicts from one elected
+prober, routing totals, failover events; docs/replicas.md has the why); with
+the memory store all of it stays in this process.
 
 Start-up: load the intent from the store (Redis: adopt the shared intent, or
-seed it), publish the first snapshot, then open the admin API, then the xDS
-port, so the first proxy to connect already gets configuration. Shutdown runs
-in reverse. One TaskGroup owns every background task.
-
-With a Redis store, the state replicas must agree on is shared there too:
-health verdicts (one elected prober, xds_server/redis_health.py), routing
-totals and failover events (xds_server/redis_metrics.py). With the memory
-store all of it stays in this process. docs/replicas.md has the why.
+seed it), read the shared health, open the admin API, publish the first
+snapshot, then open the xDS port, so the first proxy to connect already gets
+configuration. Shutdown runs in reverse. One TaskGroup owns every background
+task.
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -27,26 +29,25 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from xds_server.admin import make_admin_app
+from xds_server.admin.context import AdminContext
 from xds_server.cache import SnapshotCache
-from xds_server.errors import ConfigError, DependencyUnavailable
-from xds_server.experiments import Experiments, Recorded
+from xds_server.experiments import Experiments, LabPorts
+from xds_server.health.base import HealthSource
 from xds_server.health.checker import HealthChecker, Seed
+from xds_server.health.local import LocalHealth
 from xds_server.health.shared import SharedHealth
-from xds_server.health.verdict import BackendHealth, HealthObserver, HealthPolicy
+from xds_server.health.verdict import HealthObserver, HealthPolicy
 from xds_server.model.intent import Health, SocketAddress
+from xds_server.pipeline.changes import IntentChanges
 from xds_server.pipeline.publisher import Publisher
 from xds_server.redis_io import connect
-from xds_server.settings import Settings, format_problems, load_settings
+from xds_server.settings import Settings
+from xds_server.settings.reload import ConfigWatcher
 from xds_server.store.base import IntentStore
-from xds_server.store.factory import open_store
+from xds_server.store.memory import MemoryStore
 from xds_server.store.redis import RedisStore
-from xds_server.telemetry.failover import (
-    EventLog,
-    FailoverEvent,
-    FailoverTracker,
-    MemoryEventLog,
-    experiment_event,
-)
+from xds_server.telemetry import Telemetry
+from xds_server.telemetry.failover import EventLog, FailoverTracker, MemoryEventLog
 from xds_server.telemetry.logs import XdsEventLog
 from xds_server.telemetry.prometheus import ControllerMetrics, StateReaders, rejecting
 from xds_server.telemetry.sampler import Ledger, MemoryLedger, TrafficSampler
@@ -57,9 +58,108 @@ from xds_server.xds.status import ProxyRegistry
 
 log = logging.getLogger("xds_server.app")
 
-CONFIG_POLL_S = 1.0
 SHUTDOWN_GRACE_S = 2.0
 PRE_CHANGE_READ_S = 0.3
+
+
+# ---- memory or Redis: chosen once ----------------------------------------------------
+
+
+class LocalState:
+    """One controller: everything in this process."""
+
+    def __init__(self, store: IntentStore) -> None:
+        self.store = store
+
+    def ledger(self) -> Ledger:
+        return MemoryLedger()
+
+    def event_log(self) -> EventLog:
+        return MemoryEventLog()
+
+    def health(self, wiring: HealthWiring) -> HealthSource:
+        observers = [*wiring.probe_observers, *wiring.verdict_observers]
+        return LocalHealth(self.store, wiring.on_change, wiring.policy, observers)
+
+    async def close(self) -> None:
+        pass
+
+
+class SharedState:
+    """Replicas on one Redis: the intent's prefix keys the shared health and telemetry."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.redis: Redis = connect(store.url)
+
+    def ledger(self) -> Ledger:
+        return RedisLedger(self.redis, self.store.prefix)
+
+    def event_log(self) -> EventLog:
+        return RedisEventLog(self.redis, self.store.prefix)
+
+    def health(self, wiring: HealthWiring) -> HealthSource:
+        def make_checker(on_state: Callable[[str], None], seed: Seed) -> HealthChecker:
+            # Its own verdicts are private: only verdicts read back from Redis publish.
+            return HealthChecker(
+                self.store,
+                {},
+                _nothing,
+                wiring.policy,
+                observers=wiring.probe_observers,
+                on_state=on_state,
+                seed=seed,
+            )
+
+        return SharedHealth(
+            self.redis,
+            self.store.prefix,
+            self.store,
+            wiring.on_change,
+            make_checker,
+            observers=wiring.verdict_observers,
+            lease_s=wiring.lease_s,
+        )
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a dead connection may fail
+            await self.redis.aclose()
+
+
+State = LocalState | SharedState
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthWiring:
+    policy: HealthPolicy
+    on_change: Callable[[], None]  # a verdict changed: publish
+    probe_observers: Sequence[HealthObserver]  # every probe (metrics)
+    verdict_observers: Sequence[HealthObserver]  # published verdict changes (failovers)
+    lease_s: float  # the prober's lease, with replicas
+
+
+def open_state(settings: Settings, store: IntentStore | None = None) -> State:
+    """RedisStore when settings.redis_url is set (ROUTER_REDIS_URL), else MemoryStore."""
+    if store is None:
+        store = (
+            RedisStore(settings.redis_url, settings.intent)
+            if settings.redis_url
+            else MemoryStore(settings.intent)
+        )
+    return SharedState(store) if isinstance(store, RedisStore) else LocalState(store)
+
+
+def health_policy(settings: Settings) -> HealthPolicy:
+    return HealthPolicy(
+        interval_s=settings.health_check_interval_s,
+        timeout_s=settings.health_check_timeout_s,
+        healthy_threshold=settings.health_check_healthy_threshold,
+        unhealthy_threshold=settings.health_check_unhealthy_threshold,
+        jitter=settings.health_check_jitter,
+    )
+
+
+# ---- the controller ------------------------------------------------------------------
 
 
 class Controller:
@@ -73,135 +173,85 @@ class Controller:
     ) -> None:
         self.settings = settings
         self.config_path = config_path
-        self.store: IntentStore = store or open_store(settings)
-        # Shared state of replicas; None with the memory store.
-        self.redis: Redis | None = None
-        if isinstance(self.store, RedisStore):
-            self.redis = connect(self.store.url)
+        self.state = open_state(settings, store)
+        self.store = self.state.store
         self.cache = SnapshotCache()
         self.proxies = ProxyRegistry()
-        self.health: dict[str, Health] = {}
-        self._observe(settings.metrics_enabled)
-        self.engine = XdsEngine(self.cache, self.observers)
+        self.registry = CollectorRegistry()
+        self.event_log = self.state.event_log()
+        self.telemetry = self._telemetry() if settings.metrics_enabled else None
+        lease_s = settings.health_prober_lease if health_lease_s is None else health_lease_s
+        self.health = self._health(lease_s)
         self.publisher = Publisher(
             self.store,
             self.cache,
-            lambda: self.health,
-            on_build=self.metrics.publish.observe_build if self.metrics else None,
+            lambda: self.health.verdicts,
+            on_build=self.telemetry.metrics.publish.observe_build if self.telemetry else None,
             before_cluster_change=self.count_traffic,
         )
-        self.shared_health: SharedHealth | None = None
-        lease = health_lease_s if health_lease_s is not None else settings.health_prober_lease
-        self.health_checker = self._health(lease)
-        # At most one resilience experiment at a time; each answer is a failover event.
-        self.experiments = Experiments(on_record=self._experiment_recorded)
+        self.engine = XdsEngine(self.cache, self._xds_observers())
+        self.changes = IntentChanges(self.store, self.publisher, self.proxies)
+        self.experiments = Experiments(on_event=self.event_log.add)
+        self.config = ConfigWatcher(config_path, self._reloaded)
         self.xds_address = settings.xds_address
         self.admin_address = settings.intent.admin
         self._grpc: grpc.aio.Server | None = None
         self._admin: web.AppRunner | None = None
-        self._reload_requested = asyncio.Event()
 
-    # ---- observation (style.md, items 9 and 10) -------------------------------
-
-    def _observe(self, metrics_enabled: bool) -> None:
-        """Metrics, the traffic sampler and failover timing exist only with metrics on;
-        logs and proxy status always."""
-        self.registry = CollectorRegistry()
-        self.metrics: ControllerMetrics | None = None
-        self.traffic: TrafficSampler | None = None
-        self.failovers: FailoverTracker | None = None
-        self.event_log: EventLog = MemoryEventLog()
-        observers: list[XdsObserver] = [self.proxies, XdsEventLog()]
-        if metrics_enabled:
-            self.metrics = ControllerMetrics(self.registry, self._state_readers())
-            ledger: Ledger = MemoryLedger()
-            if self.redis is not None:
-                prefix = self._redis_prefix()
-                ledger = RedisLedger(self.redis, prefix)
-                self.event_log = RedisEventLog(self.redis, prefix)
-            self.traffic = TrafficSampler(self.proxies, lambda: self.store.intent, ledger=ledger)
-            self.failovers = FailoverTracker(
-                self.cache,
-                self.proxies,
-                lambda: self.store.intent,
-                lambda: self.health,
-                on_event=self.event_log.add,
-            )
-            observers.append(self.metrics.xds)
-        self.observers = Observers(observers)
-
-    def _redis_prefix(self) -> str:
-        assert isinstance(self.store, RedisStore)
-        return self.store.prefix
-
-    def _health(self, lease_s: float) -> HealthChecker:
-        """The checker. Memory store: it writes verdicts into self.health, each change
-        marks the publisher dirty. Redis store: it runs only on the elected prober and
-        writes records; every replica's mirror writes self.health (redis_health.py)."""
-        probes: list[HealthObserver] = [self.metrics.health] if self.metrics else []
-        verdicts: list[HealthObserver] = [self.failovers] if self.failovers else []
-        if self.redis is None:
-            return HealthChecker(
-                self.store,
-                self.health,
-                self.publisher.mark_dirty,
-                health_policy(self.settings),
-                observers=[*probes, *verdicts],
-            )
-
-        def make_checker(on_state: Callable[[str], None], seed: Seed) -> HealthChecker:
-            # Its own verdicts are private: only verdicts read back from Redis publish.
-            policy = health_policy(self.settings)
-            return HealthChecker(
-                self.store, {}, _nothing, policy, observers=probes, on_state=on_state, seed=seed
-            )
-
-        self.shared_health = SharedHealth(
-            self.redis,
-            self._redis_prefix(),
-            self.store,
-            self.health,
-            self.publisher.mark_dirty,
-            make_checker,
-            observers=verdicts,
-            lease_s=lease_s,
-        )
-        return self.shared_health.checker
-
-    def health_states(self) -> dict[str, BackendHealth]:
-        """What the health report shows: the verdicts this replica publishes, with the
-        probe figures behind them (the prober's, with replicas)."""
-        if self.shared_health is not None:
-            return self.shared_health.states
-        return self.health_checker.states
-
-    @contextlib.asynccontextmanager
-    async def hold_health(self, name: str, ttl_s: float) -> AsyncIterator[None]:
-        """Freeze one backend's health (experiments); on every replica with Redis."""
-        if self.shared_health is None:
-            with self.health_checker.held(name):
-                yield
-            return
-        async with self.shared_health.held(name, ttl_s):
-            yield
-
-    def _experiment_recorded(self, recorded: Recorded) -> None:
-        event = experiment_event(recorded)
-        if event is not None:
-            self.event_log.add(event)
-
-    def _state_readers(self) -> StateReaders:
-        """Read at scrape time: nothing to keep in step."""
-        return StateReaders(
+    def _telemetry(self) -> Telemetry:
+        readers = StateReaders(  # read at scrape time: nothing to keep in step
             generation=lambda: self.cache.generation,
             connected_proxies=lambda: len(self.proxies.connected()),
             open_streams=lambda: sum(len(p.streams) for p in self.proxies.connected()),
             nacked_proxies=lambda: rejecting(self.proxies.connected()),
             backend_verdicts=lambda: [
-                (s.name, b.name, self.health.get(b.name, Health.UNKNOWN))
+                (s.name, b.name, self.health.verdicts.get(b.name, Health.UNKNOWN))
                 for s in self.store.intent.services
                 for b in s.backends
             ],
+        )
+        intent = lambda: self.store.intent  # noqa: E731 - read at each use
+        return Telemetry(
+            metrics=ControllerMetrics(self.registry, readers),
+            sampler=TrafficSampler(self.proxies, intent, ledger=self.state.ledger()),
+            failovers=FailoverTracker(
+                self.cache,
+                self.proxies,
+                intent,
+                lambda: dict(self.health.verdicts),
+                on_event=self.event_log.add,
+            ),
+            events=self.event_log,
+        )
+
+    def _health(self, lease_s: float) -> HealthSource:
+        telemetry = self.telemetry
+        return self.state.health(
+            HealthWiring(
+                policy=health_policy(self.settings),
+                on_change=lambda: self.publisher.mark_dirty(),
+                probe_observers=[telemetry.metrics.health] if telemetry else [],
+                verdict_observers=[telemetry.failovers] if telemetry else [],
+                lease_s=lease_s,
+            )
+        )
+
+    def _xds_observers(self) -> Observers:
+        observers: list[XdsObserver] = [self.proxies, XdsEventLog()]
+        if self.telemetry is not None:
+            observers.append(self.telemetry.metrics.xds)
+        return Observers(observers)
+
+    def admin_context(self) -> AdminContext:
+        return AdminContext(
+            intent=self.store,
+            changes=self.changes,
+            health=self.health,
+            proxies=self.proxies,
+            published=self.publisher,
+            lab=LabPorts(self.store, self.changes, self.health, self.proxies, self.experiments),
+            telemetry=self.telemetry,
+            admin_token=self.settings.admin_token,
         )
 
     async def count_traffic(self) -> None:
@@ -210,22 +260,16 @@ class Controller:
 
         Bounded by PRE_CHANGE_READ_S: a local Envoy answers in milliseconds, and a
         hung admin must not hold up the change (its reading is simply skipped)."""
-        if self.traffic is not None:
+        if self.telemetry is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PRE_CHANGE_READ_S):
-                    await self.traffic.before_cluster_change()
-
-    async def failover_events(self) -> list[FailoverEvent]:
-        """Health-check and experiment failovers (with Redis: of every replica, kept
-        across restarts)."""
-        return await self.event_log.events()
+                    await self.telemetry.sampler.before_cluster_change()
 
     # ---- life ----------------------------------------------------------------
 
     async def start(self) -> None:
         await self.store.start()
-        if self.shared_health is not None:
-            await self.shared_health.start()
+        await self.health.start()
         await self._start_admin()
         await self.publisher.publish_now()
         self._grpc, port = await start_server(self.engine, str(self.settings.xds_address))
@@ -238,32 +282,26 @@ class Controller:
         if self._admin is not None:
             await self._admin.cleanup()
             self._admin = None
-        if self.shared_health is not None:
-            await self.shared_health.stop()  # hands the prober lease over at once
-        if self.redis is not None:
-            with contextlib.suppress(Exception):  # closing a dead connection may fail
-                await self.redis.aclose()
-        if self.traffic is not None:
-            await self.traffic.aclose()
+        await self.health.stop()  # a shared prober hands its lease over at once
+        await self.state.close()
+        if self.telemetry is not None:
+            await self.telemetry.sampler.aclose()  # its kept connections to the Envoys
         await self.store.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set. Expects start() to have run."""
         try:
             async with asyncio.TaskGroup() as tasks:
-                health = (
-                    self.shared_health.run() if self.shared_health else self.health_checker.run()
-                )
                 background = [
                     tasks.create_task(self.publisher.run()),
                     tasks.create_task(self.store.run()),
-                    tasks.create_task(self._watch_config()),
-                    tasks.create_task(health),
+                    tasks.create_task(self.config.run()),
+                    tasks.create_task(self.health.run()),
                     tasks.create_task(self.event_log.run()),
                 ]
-                if self.traffic is not None and self.failovers is not None:
-                    background.append(tasks.create_task(self.traffic.run()))
-                    background.append(tasks.create_task(self.failovers.run()))
+                if self.telemetry is not None:
+                    background.append(tasks.create_task(self.telemetry.sampler.run()))
+                    background.append(tasks.create_task(self.telemetry.failovers.run()))
                 await stop.wait()
                 for task in background:
                     task.cancel()
@@ -271,7 +309,7 @@ class Controller:
             await self.stop()
 
     async def _start_admin(self) -> None:
-        self._admin = web.AppRunner(make_admin_app(self), access_log=None)
+        self._admin = web.AppRunner(make_admin_app(self.admin_context()), access_log=None)
         await self._admin.setup()
         wanted = self.settings.intent.admin
         site = web.TCPSite(self._admin, wanted.host, wanted.port)
@@ -291,58 +329,16 @@ class Controller:
 
     def request_reload(self) -> None:
         """SIGHUP handler: reload the config file at the next opportunity."""
-        self._reload_requested.set()
+        self.config.request_reload()
 
     async def reload(self) -> bool:
         """Load the config file again. An invalid file changes nothing and logs every problem."""
-        try:
-            settings = load_settings(self.config_path)
-        except ConfigError as error:
-            log.error(
-                "config reload refused, keeping the running config:\n%s", format_problems(error)
-            )
-            return False
-        intent = dataclasses.replace(settings.intent, admin=self.admin_address)
-        try:
-            await self.store.put(intent)
-        except DependencyUnavailable as error:  # keep running; the operator can reload again
-            log.error("config reload not stored: %s", error)
-            return False
-        log.info("config reloaded from %s", settings.source)
-        return True
+        return await self.config.reload()
 
-    async def _watch_config(self) -> None:
-        last = _mtime(self.config_path)
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CONFIG_POLL_S):
-                    await self._reload_requested.wait()
-            now = _mtime(self.config_path)
-            if self._reload_requested.is_set() or now != last:
-                self._reload_requested.clear()
-                last = now
-                if self.config_path is not None:
-                    await self.reload()
-
-
-def health_policy(settings: Settings) -> HealthPolicy:
-    return HealthPolicy(
-        interval_s=settings.health_check_interval_s,
-        timeout_s=settings.health_check_timeout_s,
-        healthy_threshold=settings.health_check_healthy_threshold,
-        unhealthy_threshold=settings.health_check_unhealthy_threshold,
-        jitter=settings.health_check_jitter,
-    )
+    async def _reloaded(self, settings: Settings) -> None:
+        # The admin port may have been chosen at start (port 0): keep the real one.
+        await self.store.put(dataclasses.replace(settings.intent, admin=self.admin_address))
 
 
 def _nothing() -> None:
     pass
-
-
-def _mtime(path: Path | None) -> float | None:
-    if path is None:
-        return None
-    try:
-        return os.stat(path).st_mtime_ns / 1e9
-    except OSError:
-        return None

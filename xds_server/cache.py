@@ -5,13 +5,13 @@ built once per intent change: each resource is serialized once (deterministic
 bytes), packed once into an `Any` shared by every stream, and versioned by a
 hash of its content. Type versions hash the sorted (name, digest) pairs, so
 equal intent gives equal versions on every replica and across restarts
-(xds-protocol rule 27). Built against the previous snapshot, a snapshot
+(docs/xds-protocol.md rule 27). Built against the previous snapshot, a snapshot
 reuses every resource whose message did not change, so a change costs what
 it touches.
 
 Watchers subscribe per type to names or to everything (wildcard); a publish
 calls only the watchers of names that were added, changed or removed
-(issue 6, item 2), so streams a change does not concern are not even woken.
+(per-name watches), so streams a change does not concern are not even woken.
 """
 
 from __future__ import annotations
@@ -98,9 +98,10 @@ def build_snapshot(
 
 
 def _same_references(types: Mapping[str, TypeSnapshot], previous: Snapshot) -> bool:
-    """Rule 25 needs no new check when every referring resource (clusters,
-    listeners, routes) is the very one `previous` held and every type still has
-    the same names: `previous` passed the check when it was built."""
+    """docs/xds-protocol.md rule 25 needs no new check when every referring
+    resource (clusters, listeners, routes) is the very one `previous` held and
+    every type still has the same names: `previous` passed the check when it
+    was built."""
     referring = all(types[t] is previous.of(t) for t in (CLUSTER, LISTENER, ROUTE))
     return referring and all(
         (before := previous.of(t)) is not None
@@ -145,7 +146,7 @@ def version_of(named_digests: Iterable[tuple[str, str]]) -> str:
 
 def check_consistency(resources: Resources) -> None:
     """Every EDS name a cluster uses exists, every RDS name a listener uses
-    exists, and every cluster a route names exists (xds-protocol rule 25)."""
+    exists, and every cluster a route names exists (docs/xds-protocol.md rule 25)."""
     missing = [
         *_missing(ENDPOINT, _eds_names(resources.get(CLUSTER, {})), resources),
         *_missing(ROUTE, _rds_names(resources.get(LISTENER, {})), resources),
@@ -262,7 +263,7 @@ class Watch:
 
 class _WatchIndex:
     """Watches by (type, name) and by wildcard type, so a change finds the
-    watches it concerns without looking at the others (issue 6, item 2)."""
+    watches it concerns without looking at the others."""
 
     def __init__(self) -> None:
         self.watches: set[Watch] = set()

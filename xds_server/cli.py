@@ -1,9 +1,10 @@
-"""`xds-server`: run, demo, validate, bootstrap."""
+"""`xds-server`: run, demo, validate, bootstrap, schema."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from xds_server.app import Controller
 from xds_server.demo import running_stack
 from xds_server.errors import ConfigError, DependencyUnavailable
+from xds_server.model.schema import config_json_schema
 from xds_server.proxy.bootstrap import make_bootstrap, render_bootstrap
 from xds_server.proxy.envoy_process import find_envoy_binary
 from xds_server.settings import Settings, format_problems, load_settings
@@ -49,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}", file=sys.stderr)
         return 2
     configure_logging(args.debug, args.verbose, log_format)
+    if args.command == cmd_schema:  # describes any config file, so it reads none
+        return cmd_schema(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as error:
@@ -84,6 +88,10 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--node-id", required=True)
     boot.add_argument("--delta", action="store_true")
     boot.set_defaults(command=cmd_bootstrap)
+    schema = commands.add_parser(
+        "schema", parents=[common], help="print the JSON Schema of router_config.yaml"
+    )
+    schema.set_defaults(command=cmd_schema)
     return top
 
 
@@ -91,6 +99,12 @@ def cmd_validate(settings: Settings, args: argparse.Namespace) -> int:
     services = settings.intent.services
     backends = sum(len(s.backends) for s in services)
     print(f"{settings.source}: valid ({len(services)} services, {backends} backends)")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """config/router_config.schema.json is this output (`make schema` rewrites it)."""
+    print(json.dumps(config_json_schema(), indent=2))
     return 0
 
 

@@ -1,14 +1,16 @@
 """The local stack: sample backends + controller + a real Envoy, as one unit.
 
-`xds-server demo` runs it until Ctrl-C; the end-to-end tests run the very same
-stack on free ports. Start order: backends, controller, Envoy; stop order is
-the reverse, and every child process is stopped by its PID.
+`xds-server demo` runs it until Ctrl-C; the end-to-end tests and the benchmarks
+run the very same stack on free ports (local_settings). Start order: backends,
+controller, Envoy; stop order is the reverse, and every child process is
+stopped by its PID.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -16,14 +18,46 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xds_server.app import Controller
-from xds_server.model.intent import Backend, Service
+from xds_server.model.intent import Backend, Service, SocketAddress
 from xds_server.proxy.bootstrap import make_bootstrap
 from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
-from xds_server.proxy.processes import ChildProcess, start_process
-from xds_server.settings import Settings
+from xds_server.proxy.processes import ChildProcess, free_port, start_process
+from xds_server.settings import Settings, load_settings
 
 BACKEND_START_TIMEOUT_S = 15.0
 DEMO_NODE_ID = "envoy-demo"
+LOOPBACK = "127.0.0.1"
+# A request the qdrant sample backends answer (the README's curl example).
+SEARCH_BODY = {"query_vector": [0.1, 0.2, 0.3], "collection": "test"}
+
+
+def local_settings(**router: object) -> Settings:
+    """The shipped defaults with every address moved to a free loopback port,
+    so a stack runs beside a running demo and beside other stacks.
+    `router` overrides Settings fields (e.g. worker_threads=2)."""
+    base = load_settings(None)
+    services = tuple(
+        dataclasses.replace(s, backends=tuple(_on_free_port(b) for b in s.backends))
+        for s in base.intent.services
+    )
+    intent = dataclasses.replace(
+        base.intent, services=services, listen=_free_address(), admin=_free_address()
+    )
+    return dataclasses.replace(
+        base,
+        intent=intent,
+        xds_address=_free_address(),
+        envoy_admin_address=_free_address(),
+        **router,  # type: ignore[arg-type]
+    )
+
+
+def _free_address() -> SocketAddress:
+    return SocketAddress(LOOPBACK, free_port())
+
+
+def _on_free_port(backend: Backend) -> Backend:
+    return dataclasses.replace(backend, address=LOOPBACK, port=free_port())
 
 
 @dataclass

@@ -1,14 +1,28 @@
 """The one exception tree of xds-server.
 
     XdsServerError
-    ├── ConfigError          settings or intent are invalid; carries every problem
-    ├── InconsistentSnapshot a snapshot references resources it does not hold
-    ├── NotFound             an admin operation names an unknown service or backend
-    ├── Conflict             an operation clashes with the current state
-    └── DependencyUnavailable a store or other dependency cannot be reached
+    ├── ConfigError           settings or intent are invalid; carries every problem
+    ├── InvalidValue          one value is wrong (also a ValueError); checks turn it into a Problem
+    ├── InconsistentSnapshot  a snapshot references resources it does not hold
+    ├── NotFound              an admin operation names an unknown service or backend
+    ├── Conflict              an operation clashes with the current state
+    ├── DependencyUnavailable a store or other dependency cannot be reached
+    ├── ProtocolError         an xDS client broke the protocol; its stream ends INVALID_ARGUMENT
+    ├── LeaseLost             another replica holds the prober lease; this one stops probing
+    ├── ListenFailed          no socket could be bound to serve on (also an OSError)
+    ├── ApiError              admin/errors.py: an admin request refused with its HTTP status
+    ├── ProcessFailed         proxy/processes.py: a child did not become ready, or exited
+    ├── EnvoyNotFound         proxy/envoy_process.py: no Envoy binary could be located
+    └── EnvoyFailed           proxy/envoy_process.py: Envoy rejected its bootstrap or never got LIVE
 
-gRPC status codes are chosen only in the xDS layer and HTTP status codes only in
-the admin layer; both map from these classes.
+NotFound and Conflict may name the input they are about (`field`, e.g.
+"service"); the admin API answers it as the error's `field`.
+
+The classes named with a module live there, next to what they carry; the others
+live here. gRPC status codes are chosen only in the xDS layer and HTTP status
+codes only in the admin layer; both map from these classes. Anything else that
+reaches either layer is a bug: it is logged with its traceback and answered as an
+internal error.
 """
 
 from __future__ import annotations
@@ -40,17 +54,46 @@ class ConfigError(XdsServerError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class InvalidValue(XdsServerError, ValueError):
+    """A single value is wrong; the message says how. Caught and turned into a Problem.
+
+    Raised by the converters of xds_server/model/values.py, which the field types
+    of model/fields.py wrap for the config file and the admin API's bodies alike,
+    so the file and the API cannot disagree. A ValueError as well, for callers
+    that also use float()."""
+
+
 class InconsistentSnapshot(XdsServerError):
-    """A snapshot names a resource it does not contain (xds-protocol rule 25)."""
+    """A snapshot names a resource it does not contain (docs/xds-protocol.md rule 25)."""
 
 
-class NotFound(XdsServerError):
+class _FieldError(XdsServerError):
+    """An error about one named input; `field` says which (e.g. "service")."""
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.field = field
+
+
+class NotFound(_FieldError):
     """An unknown service, backend or proxy."""
 
 
-class Conflict(XdsServerError):
+class Conflict(_FieldError):
     """The request clashes with the current state (e.g. a duplicate name)."""
 
 
 class DependencyUnavailable(XdsServerError):
     """A dependency (the store) cannot be reached; nothing was changed."""
+
+
+class ProtocolError(XdsServerError):
+    """The xDS client broke the protocol; the stream ends with INVALID_ARGUMENT."""
+
+
+class LeaseLost(XdsServerError):
+    """The fenced write found another prober: this replica stops probing."""
+
+
+class ListenFailed(XdsServerError, OSError):
+    """No socket could be bound. An OSError too, like the one a taken port raises."""

@@ -1,4 +1,12 @@
-"""redis_io: split from xds_server.redis_store."""
+"""Redis plumbing shared by every Redis-backed part (intent store, shared health,
+shared telemetry): connecting, the one place Redis errors become
+`DependencyUnavailable`, reconnect back-off, and pub/sub draining.
+
+Every call is bounded by `asyncio.timeout(COMMAND_TIMEOUT_S)` inside
+`redis_errors`, not by redis-py's socket timeout: with a socket timeout
+redis-py waits through `asyncio.wait_for`, which on Python 3.11 can lose a
+cancellation (https://github.com/python/cpython/issues/86296), and a task
+asked to stop would keep running."""
 
 from __future__ import annotations
 

@@ -12,12 +12,13 @@ ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
-# Make-before-break order for ADS (xds-protocol rule 24): clusters and their
-# endpoints exist before the listeners and routes that reference them.
+# Make-before-break order for ADS (docs/xds-protocol.md rule 24): clusters and
+# their endpoints exist before the listeners and routes that reference them.
 ADS_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 
 # Types whose SotW responses carry the complete set: a missing name means
-# deletion (rule 14). EDS and RDS responses may carry only what changed (rule 15).
+# deletion (docs/xds-protocol.md rule 14). EDS and RDS responses may carry only
+# what changed (docs/xds-protocol.md rule 15).
 FULL_STATE_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
 
 SHORT_NAMES: Mapping[str, str] = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds"}

@@ -1,14 +1,16 @@
-"""timefmt: split from xds_server.health."""
+"""The one time format of every answer and log: ISO-8601 UTC with milliseconds
+and a Z, e.g. 2025-07-15T14:30:00.123Z."""
 
 from __future__ import annotations
 
-import logging
 import time
-
-log = logging.getLogger("xds_server.health")
 
 
 def iso_utc(epoch: float) -> str:
-    """ISO-8601 UTC with milliseconds and a Z: 2025-07-15T14:30:00.123Z."""
+    """`epoch` (seconds since 1970, the wall clock) in the one format."""
     whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
     return f"{whole}.{int(epoch * 1000) % 1000:03d}Z"
+
+
+def utc_now() -> str:
+    return iso_utc(time.time())

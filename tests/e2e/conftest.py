@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from tests.support import local_settings
+from tests.factories import local_settings
 from xds_server.demo import Stack, running_stack
 from xds_server.settings import Settings
 

@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import LOOPBACK, SEARCH_BODY, send_many
+from tests.factories import LOOPBACK, SEARCH_BODY
+from tests.support import send_many
 from xds_server.demo import Stack, start_backend
 from xds_server.model.intent import Backend
 from xds_server.proxy.processes import free_port

@@ -18,10 +18,11 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import StackFactory
+from tests.factories import SEARCH_BODY, local_settings
 from tests.prometheus_support import PrometheusServer, has_data
-from tests.support import SEARCH_BODY, eventually, local_settings, send_many
-from xds_server.admin.strategy import StrategyRequest, set_strategy
+from tests.support import eventually, send_many
 from xds_server.demo import Stack
+from xds_server.model.edits import set_strategy
 from xds_server.model.intent import Health, Strategy
 
 pytestmark = pytest.mark.envoy
@@ -70,8 +71,8 @@ async def envoy_rq_total(stack: Stack, cluster: str) -> dict[str, int]:
 
 def hook_reads(stack: Stack) -> int:
     """Pre-change readings the publisher's hook took itself (not an admin change's)."""
-    assert stack.controller.traffic is not None
-    return stack.controller.traffic.hook_reads
+    assert stack.controller.telemetry is not None
+    return stack.controller.telemetry.sampler.hook_reads
 
 
 async def least_connections_through_the_admin_api(
@@ -92,9 +93,10 @@ async def least_connections_through_the_admin_api(
 async def least_connections_through_the_store(stack: Stack, _http: aiohttp.ClientSession) -> None:
     """As a config reload or another replica (through Redis) changes it: no admin call."""
     controller = stack.controller
-    wanted = StrategyRequest(Strategy.LEAST_CONNECTIONS, None, None, 0)
     reads = hook_reads(stack)
-    _, revision = await controller.store.update(lambda i: set_strategy(i, wanted))
+    _, revision = await controller.store.update(
+        lambda i: set_strategy(i, Strategy.LEAST_CONNECTIONS)
+    )
     generation = await controller.publisher.wait_for_revision(revision)
     assert await controller.proxies.wait_until_applied(generation, 5) == []
     assert hook_reads(stack) == reads + 1  # nobody read for it: the publisher did
@@ -168,7 +170,7 @@ async def test_health_verdict_change_is_a_failover_timed_to_the_last_ack(
 
     async def healthy() -> bool:
         names = [b.name for s in settings.intent.services for b in s.backends]
-        return all(stack.controller.health.get(n) is Health.HEALTHY for n in names)
+        return all(stack.controller.health.verdicts.get(n) is Health.HEALTHY for n in names)
 
     await eventually(healthy, 5)
     assert (await events())["total_failovers"] == 0
@@ -198,6 +200,9 @@ async def _counted(events: Any, source: str) -> bool:
 
 
 # --- Prometheus and the Grafana dashboard --------------------------------------------------------
+
+
+DELAY_MS = 3  # every backend's answer, for the mean response time to have a known floor
 
 
 def dashboard_queries() -> list[str]:
@@ -238,7 +243,9 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     /stats/prometheus every second under traffic (and one config change, for
     push-to-ACK): every query of the Grafana dashboard returns a finite value,
     per-backend series carry the hostname label, and the routing metrics'
-    mean response time is filled from Envoy's histogram."""
+    mean response time is filled from Envoy's histogram: every backend answers
+    after DELAY_MS, so the mean is at least that (on loopback without the delay
+    Envoy records most requests as 0 ms, its resolution being whole ms)."""
     settings = local_settings(
         worker_threads=2, health_check_interval_s=1.0, health_check_timeout_s=0.5
     )
@@ -247,6 +254,10 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         "xds-server": ("/metrics", str(stack.controller.admin_address)),
         "envoy": ("/stats/prometheus", str(stack.envoy.admin)),
     }
+    for backend in (b for s in settings.intent.services for b in s.backends):
+        fault = f"http://{backend.address}:{backend.port}/_control/fault"
+        async with http.post(fault, json={"delay_ms": DELAY_MS}) as response:
+            assert response.status == 200
     prometheus = PrometheusServer(tmp_path, targets)
     await prometheus.start()
     queries = dashboard_queries()
@@ -282,7 +293,8 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     assert statuses and set(statuses) == {200}
     backends = {b.name for s in settings.intent.services for b in s.backends}
     assert {s["metric"].get("envoy_endpoint_hostname") for s in hostnames} == backends
-    assert routing["avg_response_time_ms"] is not None and routing["avg_response_time_ms"] > 0
+    assert routing["avg_response_time_ms"] is not None
+    assert DELAY_MS <= routing["avg_response_time_ms"] < 1000, routing
 
 
 # --- the spec's routing test script ---------------------------------------------------------

@@ -21,11 +21,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.test_replicas import in_sync, qdrant_only, running_envoy, serving
-from tests.redis_support import RedisServer, moved, redis_settings
+from tests.e2e.test_replicas import in_sync, running_envoy, serving
+from tests.factories import moved, qdrant_only, redis_settings
+from tests.redis_support import RedisServer
 from tests.support import eventually, finished, send_many
 from xds_server.app import Controller
 from xds_server.demo import start_backend
+from xds_server.health.shared import SharedHealth
 from xds_server.model.intent import Health, SocketAddress
 from xds_server.proxy.processes import ChildProcess
 from xds_server.resources import ENDPOINT
@@ -124,7 +126,7 @@ async def agree(replicas: list[Replica], expected: dict[str, Health]) -> bool:
     decided: the publisher may not have run yet), all at one EDS version."""
     controllers = [r.controller for r in replicas]
     published = all(
-        c.health == expected
+        c.health.verdicts == expected
         and all(eds_health(c, name) == EDS_STATUS[health] for name, health in expected.items())
         for c in controllers
     )
@@ -141,15 +143,15 @@ async def test_one_replica_probes_all_publish_its_verdicts_and_another_takes_ove
     one interval, and publishes the same EDS version as before."""
     settings = fast_health(redis_settings(redis_server))
     async with backends(settings, tmp_path) as children, replicas(settings) as [a]:
-        shared_a = a.controller.shared_health
-        assert shared_a is not None
+        shared_a = a.controller.health
+        assert isinstance(shared_a, SharedHealth)
         await eventually(lambda: _true(shared_a.probing), timeout_s=2)
         async with replicas(moved(settings)) as [b]:
             both = [a, b]
             healthy = {PRIMARY: Health.HEALTHY, SECONDARY: Health.HEALTHY}
             await eventually(lambda: agree(both, healthy), timeout_s=5)
-            shared_b = b.controller.shared_health
-            assert shared_b is not None
+            shared_b = b.controller.health
+            assert isinstance(shared_b, SharedHealth)
             await eventually(lambda: _true(shared_b.prober is not None), timeout_s=2)
             assert not shared_b.probing
             assert shared_a.prober == shared_b.prober == shared_a.replica_id
@@ -178,7 +180,7 @@ async def test_one_replica_probes_all_publish_its_verdicts_and_another_takes_ove
             await eventually(b_probed, timeout_s=5, interval_s=0.01)
             takeover = time.monotonic() - crashed
             await asyncio.sleep(2 * INTERVAL_S)  # B's own probes: verdicts stay
-            assert b.controller.health == unhealthy
+            assert b.controller.health.verdicts == unhealthy
             assert serving(b.controller)["eds"] == version
     print(
         f"\nshared health: {probes} probes of one backend in {window_s:.1f} s (interval "
@@ -258,12 +260,12 @@ async def test_a_held_backend_is_not_probed_until_every_hold_has_ended(
     async with backends(settings, tmp_path), replicas(settings, moved(settings)) as both:
         a, b = both
         await eventually(lambda: agree(both, healthy), timeout_s=5)
-        assert a.controller.shared_health and a.controller.shared_health.probing
+        assert isinstance(a.controller.health, SharedHealth) and a.controller.health.probing
         lasting = a if second_hold else b
-        async with lasting.controller.hold_health(SECONDARY, 30):
+        async with lasting.controller.health.held(SECONDARY, 30):
             async with contextlib.AsyncExitStack() as ending_first:
                 if second_hold:
-                    await ending_first.enter_async_context(b.controller.hold_health(SECONDARY, 30))
+                    await ending_first.enter_async_context(b.controller.health.held(SECONDARY, 30))
                 async with http.post(fault, json={"health_status": 503}) as response:
                     assert response.status == 200
             before = await health_requests(http, settings, SECONDARY)

@@ -2,7 +2,7 @@
 
 The intent is cut down to the qdrant service (weighted) with health-check jitter 0, so
 every replica reaches the same health verdicts right after it starts and the
-tests compare versions only once they have (health sharing is issue 5, item 3).
+tests compare versions only once they have (health sharing: docs/replicas.md).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import statistics
 import sys
 import time
@@ -22,11 +21,12 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.redis_support import RedisServer, moved, redis_settings
-from tests.support import SEARCH_BODY, eventually, running_controller
+from tests.factories import SEARCH_BODY, moved, qdrant_only, redis_settings, running_controller
+from tests.redis_support import RedisServer
+from tests.support import eventually
 from xds_server.app import Controller
 from xds_server.demo import start_backend
-from xds_server.model.intent import Intent, SocketAddress, Strategy
+from xds_server.model.intent import Intent, SocketAddress
 from xds_server.proxy.bootstrap import make_bootstrap
 from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
 from xds_server.proxy.processes import ChildProcess, start_process
@@ -49,15 +49,6 @@ CHURN_STATS = (
     "cluster_manager.cds.version",
     "listener_manager.lds.version",
 )
-
-
-def qdrant_only(settings: Settings) -> Settings:
-    intent = settings.intent
-    qdrant = intent.service("qdrant")
-    assert qdrant is not None
-    # weighted: a weight change then changes the EDS resource Envoy gets.
-    intent = dataclasses.replace(intent, services=(qdrant,), default_strategy=Strategy.WEIGHTED)
-    return dataclasses.replace(settings, intent=intent, health_check_jitter=0.0)
 
 
 @contextlib.asynccontextmanager
@@ -200,7 +191,9 @@ async def test_write_through_replica_a_reaches_envoy_of_replica_b_within_1s(
         running_controller(moved(settings)) as b,
         running_envoy(settings, [b.xds_address], tmp_path) as envoy,
     ):
-        await eventually(lambda: _true(len(b.health) == 2), timeout_s=5)  # verdicts settled
+        await eventually(
+            lambda: _true(len(b.health.verdicts) == 2), timeout_s=5
+        )  # verdicts settled
         await eventually(lambda: in_sync(b), timeout_s=5)
         latencies = []
         for weight in range(11, 16):

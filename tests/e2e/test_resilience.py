@@ -1,4 +1,4 @@
-"""Resilience end to end (issue 4): health checking, circuit breaking, failover,
+"""Resilience end to end: health checking, circuit breaking, failover,
 backpressure and the two experiment endpoints, with a real Envoy 1.40 and real
 backend processes. Short intervals and timeouts keep the file quick; every
 figure asserted is measured here, independently of what the controller says.
@@ -18,8 +18,10 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import StackFactory
-from tests.support import SEARCH_BODY, eventually, local_settings
+from tests.factories import SEARCH_BODY, local_settings
+from tests.support import eventually
 from xds_server.demo import Stack, start_backend
+from xds_server.model.edits import update_backend
 from xds_server.model.intent import Backend
 from xds_server.proxy.processes import ChildProcess
 from xds_server.settings import Settings
@@ -179,11 +181,14 @@ async def watching(check: Callable[[], Awaitable[bool]]) -> AsyncIterator[list[t
     changes: list[tuple[float, bool]] = []
     stop = asyncio.Event()
 
+    async def look() -> None:
+        value = await check()
+        if not changes or changes[-1][1] != value:
+            changes.append((time.monotonic(), value))
+
     async def poll() -> None:
         while not stop.is_set():
-            value = await check()
-            if not changes or changes[-1][1] != value:
-                changes.append((time.monotonic(), value))
+            await look()
             await asyncio.sleep(POLL_S)
 
     task = asyncio.create_task(poll())
@@ -192,6 +197,9 @@ async def watching(check: Callable[[], Awaitable[bool]]) -> AsyncIterator[list[t
     finally:
         stop.set()
         await task
+        # One last look as the block ends: on a loaded machine the poller may not
+        # have run between the last change and the end.
+        await look()
 
 
 def first(changes: list[tuple[float, bool]], value: bool) -> float:
@@ -204,16 +212,8 @@ def first(changes: list[tuple[float, bool]], value: bool) -> float:
 def with_secondary_in_priority_1(settings: Settings) -> Settings:
     """qdrant-secondary becomes a standby: P1 takes traffic only when P0 cannot."""
 
-    def standby(b: Backend) -> Backend:
-        return dataclasses.replace(b, priority=1) if b.name == "qdrant-secondary" else b
-
-    services = tuple(
-        dataclasses.replace(s, backends=tuple(map(standby, s.backends)))
-        for s in settings.intent.services
-    )
-    return dataclasses.replace(
-        settings, intent=dataclasses.replace(settings.intent, services=services)
-    )
+    intent = update_backend(settings.intent, "qdrant", "qdrant-secondary", priority=1)
+    return dataclasses.replace(settings, intent=intent)
 
 
 @pytest.mark.parametrize("standby", [False, True], ids=["same-priority", "priority-failover"])

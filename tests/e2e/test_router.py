@@ -10,7 +10,8 @@ import shutil
 import aiohttp
 import pytest
 
-from tests.support import SEARCH_BODY, eventually, send_many
+from tests.factories import SEARCH_BODY
+from tests.support import eventually, send_many
 from xds_server.cache import build_snapshot
 from xds_server.demo import Stack
 from xds_server.model.intent import Strategy
@@ -50,7 +51,7 @@ async def cluster_config(stack: Stack, name: str) -> tuple[str, dict[str, object
 async def test_each_service_is_reachable_through_envoy(
     stack: Stack, http: aiohttp.ClientSession, service: str
 ) -> None:
-    """Traffic to each route of architecture.md reaches a backend of that service."""
+    """Traffic to each route of the shipped configuration reaches a backend of that service."""
     path, body = ROUTED[service]
     backends = {b.name for b in stack.controller.store.intent.service(service).backends}  # type: ignore[union-attr]
     async with http.post(router_url(stack, path), json=body) as response:
@@ -78,8 +79,9 @@ async def test_round_robin_splits_evenly(stack: Stack, http: aiohttp.ClientSessi
 async def test_intent_change_reaches_envoy_and_is_acked(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    """A strategy change is published, ACKed by Envoy, active (not warming: rule
-    23 re-sent the endpoints) within a second, and traffic keeps flowing."""
+    """A strategy change is published, ACKed by Envoy, active (not warming:
+    docs/xds-protocol.md rule 23 re-sent the endpoints) within a second, and
+    traffic keeps flowing."""
     controller = stack.controller
     _, revision = await controller.store.update(
         lambda intent: dataclasses.replace(
@@ -109,7 +111,8 @@ async def test_rejected_config_is_recorded_and_never_resent(
 ) -> None:
     """Envoy NACKs an endpoint it cannot parse: the NACK and its message are
     recorded, the last good config keeps serving, the rejected version is not
-    sent again (rule 7), and the next good version is ACKed."""
+    sent again (docs/xds-protocol.md rule 7), and the next good version is
+    ACKed."""
     controller, cache = stack.controller, stack.controller.cache
     good = translate(controller.store.intent)
     bad_endpoints = dict(good[ENDPOINT])

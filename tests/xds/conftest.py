@@ -11,7 +11,6 @@ that never cancel the RPC itself. Every wait takes an explicit `timeout`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +34,9 @@ from envoy.service.route.v3 import rds_pb2_grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
+from tests.factories import intent_of
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
-from xds_server.model.intent import Backend, Intent, Service
+from xds_server.model.intent import Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.translate import translate
 from xds_server.xds.observe import Observers, StreamInfo
@@ -50,61 +50,6 @@ _MESSAGES: dict[str, type[Message]] = {
     ROUTE: route_pb2.RouteConfiguration,
 }
 _END = object()  # ends the request iterator, i.e. half-closes the stream
-
-
-# ---- intents -----------------------------------------------------------------
-
-
-def service(index: int, backends: int = 2, **changes: Any) -> Service:
-    name = f"svc-{index}"
-    built = Service(
-        name=name,
-        routes=(f"/{name}/",),
-        backends=tuple(
-            Backend(name=f"{name}-b{i}", address="127.0.0.1", port=20_000 + 100 * index + i)
-            for i in range(backends)
-        ),
-    )
-    return dataclasses.replace(built, **changes)
-
-
-def intent_of(count: int, **changes: Any) -> Intent:
-    """`count` services named svc-0 .. svc-{count-1}, two backends each."""
-    return dataclasses.replace(Intent(services=tuple(service(i) for i in range(count))), **changes)
-
-
-def service_names(count: int) -> list[str]:
-    return [f"svc-{i}" for i in range(count)]
-
-
-def with_backend(intent: Intent, service_name: str, backend_index: int, **changes: Any) -> Intent:
-    """The intent with one backend changed (e.g. `port=` or `weight=`)."""
-
-    def change(svc: Service) -> Service:
-        if svc.name != service_name:
-            return svc
-        backends = list(svc.backends)
-        backends[backend_index] = dataclasses.replace(backends[backend_index], **changes)
-        return dataclasses.replace(svc, backends=tuple(backends))
-
-    return dataclasses.replace(intent, services=tuple(change(s) for s in intent.services))
-
-
-def with_service(intent: Intent, service_name: str, **changes: Any) -> Intent:
-    services = tuple(
-        dataclasses.replace(s, **changes) if s.name == service_name else s for s in intent.services
-    )
-    return dataclasses.replace(intent, services=services)
-
-
-def with_policies(intent: Intent, **changes: Any) -> Intent:
-    return dataclasses.replace(intent, policies=dataclasses.replace(intent.policies, **changes))
-
-
-def without_service(intent: Intent, service_name: str) -> Intent:
-    return dataclasses.replace(
-        intent, services=tuple(s for s in intent.services if s.name != service_name)
-    )
 
 
 # ---- responses -----------------------------------------------------------------
@@ -251,7 +196,8 @@ class XdsClient:
     def ack(
         self, response: discovery_pb2.DiscoveryResponse, names: Sequence[str] | None = None
     ) -> None:
-        """ACK: the response's nonce and version, no error_detail (rule 5)."""
+        """ACK: the response's nonce and version, no error_detail
+        (docs/xds-protocol.md rule 5)."""
         type_url = response.type_url
         self.acked_version[type_url] = response.version_info
         chosen = self.names.get(type_url, ()) if names is None else names
@@ -259,7 +205,8 @@ class XdsClient:
         self.replied.setdefault(type_url, set()).add(response.nonce)
 
     def nack(self, response: discovery_pb2.DiscoveryResponse, message: str) -> None:
-        """NACK: the response's nonce, the last *good* version, error_detail (rule 6)."""
+        """NACK: the response's nonce, the last *good* version, error_detail
+        (docs/xds-protocol.md rule 6)."""
         type_url = response.type_url
         self.send(
             type_url,
@@ -447,8 +394,9 @@ class Harness:
         """Wait until the server has read every request `client` sent so far.
 
         A stream reads its requests in order, so once the server reports a
-        deliberately stale request (rule 8: ignored, changes nothing) every
-        earlier one was applied. The type must have had a response already."""
+        deliberately stale request (docs/xds-protocol.md rule 8: ignored, changes
+        nothing) every earlier one was applied. The type must have had a response
+        already."""
         before = self.recorder.count("stale_nonce")
         client.send(type_url, client.names.get(type_url, ()), nonce="barrier")
         await poll(lambda: self.recorder.count("stale_nonce") > before)
@@ -501,7 +449,8 @@ async def xds() -> AsyncIterator[Harness]:
 
 @pytest.fixture
 async def make_harness() -> AsyncIterator[Callable[..., Any]]:
-    """Factory for servers with other options (or several servers, rule 27)."""
+    """Factory for servers with other options (or several servers,
+    docs/xds-protocol.md rule 27)."""
     started: list[Harness] = []
 
     async def make(**options: Any) -> Harness:

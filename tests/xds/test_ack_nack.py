@@ -1,10 +1,13 @@
-"""Rules 6-8 and 10: NACKs, no re-send of a rejected version, stale nonces, superseding."""
+"""docs/xds-protocol.md rules 6-8 and 10: NACKs, no re-send of a rejected version, stale
+nonces, superseding."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from tests.xds.conftest import Harness, names_of, poll, service, with_backend
+from tests.factories import service
+from tests.xds.conftest import Harness, names_of, poll
+from xds_server.model.edits import update_backend
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.xds.status import TypeStatus
 
@@ -14,16 +17,17 @@ def status(xds: Harness, type_url: str, node: str = "node-1") -> TypeStatus:
 
 
 async def test_nack_is_recorded_with_its_message(xds: Harness) -> None:
-    """Rule 6: a request with error_detail is a NACK; its version_info is the last
-    good version. The proxy status counts it, keeps the message and the
-    rejected version, and keeps the ACKed version at the last good one."""
+    """docs/xds-protocol.md rule 6: a request with error_detail is a NACK; its
+    version_info is the last good version. The proxy status counts it, keeps the
+    message and the rejected version, and keeps the ACKed version at the last good
+    one."""
     client = xds.client()
     client.send(ENDPOINT, ["svc-0"])
     good = await client.recv_type(ENDPOINT)
     client.ack(good)
     await xds.settled(client)
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-0", 0, port=33_000))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=33_000))
     bad = await client.recv_type(ENDPOINT)
     client.nack(bad, "endpoint rejected: port 33000")
     await poll(lambda: status(xds, ENDPOINT).nacks == 1)
@@ -38,8 +42,8 @@ async def test_nack_is_recorded_with_its_message(xds: Harness) -> None:
 
 
 async def test_nack_is_detected_by_error_detail_not_by_version(xds: Harness) -> None:
-    """Rule 6: a NACK quoting the very version it rejects (as some clients do)
-    is still a NACK, because error_detail is present."""
+    """docs/xds-protocol.md rule 6: a NACK quoting the very version it rejects
+    (as some clients do) is still a NACK, because error_detail is present."""
     client = xds.client()
     client.send(CLUSTER)
     response = await client.recv_type(CLUSTER)
@@ -53,20 +57,21 @@ async def test_nack_is_detected_by_error_detail_not_by_version(xds: Harness) -> 
 
 
 async def test_rejected_version_is_never_resent(xds: Harness) -> None:
-    """Rule 7: after a NACK of v2 nothing is sent for 2 s (no NACK loop); the
-    next config change v3 is sent, and the NACK counter stays at 1."""
+    """docs/xds-protocol.md rule 7: after a NACK of v2 nothing is sent for 2 s
+    (no NACK loop); the next config change v3 is sent, and the NACK counter
+    stays at 1."""
     client = xds.client()
     client.send(ENDPOINT, ["svc-0", "svc-1"])
     v1 = await client.recv_type(ENDPOINT)
     client.ack(v1)
     await xds.settled(client)
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-0", 0, port=34_000))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=34_000))
     v2 = await client.recv_type(ENDPOINT)
     client.nack(v2, "v2 is bad")
     await client.expect_silence(2.0)
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-0", 0, port=34_001))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=34_001))
     v3 = await client.recv_type(ENDPOINT)
     assert v3.version_info == xds.version(ENDPOINT) not in (v1.version_info, v2.version_info)
     assert names_of(v3) == ["svc-0"]
@@ -81,16 +86,17 @@ async def test_rejected_version_is_never_resent(xds: Harness) -> None:
 
 
 async def test_stale_nonce_is_ignored(xds: Harness) -> None:
-    """Rule 8: a request quoting a nonce that is not the latest sent for its type
-    is ignored (no response, even though it names a new resource) and counted;
-    the same subscription with the latest nonce is served."""
+    """docs/xds-protocol.md rule 8: a request quoting a nonce that is not the
+    latest sent for its type is ignored (no response, even though it names a new
+    resource) and counted; the same subscription with the latest nonce is
+    served."""
     client = xds.client()
     client.send(ENDPOINT, ["svc-0"])
     first = await client.recv_type(ENDPOINT)
     client.ack(first)
     await xds.settled(client)
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-0", 0, port=35_000))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=35_000))
     latest = await client.recv_type(ENDPOINT)
     client.send(ENDPOINT, ["svc-0", "svc-1"], nonce=first.nonce, version=first.version_info)
     await client.expect_silence(0.5)
@@ -103,9 +109,10 @@ async def test_stale_nonce_is_ignored(xds: Harness) -> None:
 
 
 async def test_newer_request_supersedes_a_waiting_one(xds: Harness) -> None:
-    """Rule 10: a request waiting for a resource that does not exist yet is
-    superseded by the next request of its type: the answer follows the newer
-    request, and the older one's resource is not sent when it appears."""
+    """docs/xds-protocol.md rule 10: a request waiting for a resource that does
+    not exist yet is superseded by the next request of its type: the answer
+    follows the newer request, and the older one's resource is not sent when it
+    appears."""
     client = xds.client()
     client.send(ENDPOINT, ["svc-5"])  # missing: nothing to answer yet
     await client.expect_silence(0.3)
@@ -120,10 +127,10 @@ async def test_newer_request_supersedes_a_waiting_one(xds: Harness) -> None:
 
 
 async def test_back_to_back_requests_end_with_the_latest(xds: Harness) -> None:
-    """Rule 10: two EDS requests sent back to back. grpc hands the server one
-    request at a time, so the first may be answered before the second is
-    read; but the last response matches the second request, nothing for the
-    first follows it, and nothing is answered twice."""
+    """docs/xds-protocol.md rule 10: two EDS requests sent back to back. grpc
+    hands the server one request at a time, so the first may be answered before
+    the second is read; but the last response matches the second request,
+    nothing for the first follows it, and nothing is answered twice."""
     client = xds.client()
     client.send(CLUSTER)
     client.ack(await client.recv_type(CLUSTER))

@@ -1,18 +1,13 @@
-"""Rules 23 and 24: cluster warming and make-before-break order on ADS."""
+"""docs/xds-protocol.md rules 23 and 24: cluster warming and make-before-break
+order on ADS."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from tests.xds.conftest import (
-    Harness,
-    intent_of,
-    names_of,
-    unpack,
-    with_policies,
-    with_service,
-    without_service,
-)
+from tests.factories import intent_of
+from tests.xds.conftest import Harness, names_of, unpack
+from xds_server.model.edits import with_policies, with_service, without_service
 from xds_server.model.intent import Strategy
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
@@ -20,9 +15,10 @@ ADMIN = "xds-server-admin"
 
 
 async def test_changed_cluster_gets_its_endpoints_again(xds: Harness) -> None:
-    """Rule 23: after a CDS change touching only svc-0 (its LB policy), svc-0's
-    unchanged EDS is sent again right after the CDS response on the same ADS
-    stream, so the re-warming cluster does not wait 15 s; svc-1's is not."""
+    """docs/xds-protocol.md rule 23: after a CDS change touching only svc-0
+    (its LB policy), svc-0's unchanged EDS is sent again right after the CDS
+    response on the same ADS stream, so the re-warming cluster does not wait
+    15 s; svc-1's is not."""
     client = xds.client()
     before = await client.subscribe_all()
     await xds.settled(client)
@@ -40,8 +36,9 @@ async def test_changed_cluster_gets_its_endpoints_again(xds: Harness) -> None:
 
 
 async def test_policy_change_rewarms_every_service_cluster(xds: Harness) -> None:
-    """Rule 23: a circuit-breaker threshold change touches every service
-    cluster; each one's EDS is re-sent, in one response after the CDS."""
+    """docs/xds-protocol.md rule 23: a circuit-breaker threshold change touches
+    every service cluster; each one's EDS is re-sent, in one response after the
+    CDS."""
     client = xds.client()
     await client.subscribe_all()
     await xds.settled(client)
@@ -57,8 +54,9 @@ async def test_policy_change_rewarms_every_service_cluster(xds: Harness) -> None
 
 
 async def test_rewarming_reaches_the_nodes_eds_stream(xds: Harness) -> None:
-    """Rule 23 across streams: a node with separate CDS and EDS streams gets
-    the changed cluster's EDS again on its EDS stream, and only that one."""
+    """docs/xds-protocol.md rule 23 across streams: a node with separate CDS
+    and EDS streams gets the changed cluster's EDS again on its EDS stream, and
+    only that one."""
     cds = xds.client("cds", node_id="split")
     eds = xds.client("eds", node_id="split")
     other = xds.client("eds", node_id="bystander")
@@ -78,9 +76,10 @@ async def test_rewarming_reaches_the_nodes_eds_stream(xds: Harness) -> None:
 
 
 async def test_removal_is_make_before_break(xds: Harness) -> None:
-    """Rule 24: removing svc-1 (cluster and route) sends, in order: CDS with the
-    old and new clusters, then the routes without svc-1, and only then CDS
-    without svc-1, so no route ever names a missing cluster."""
+    """docs/xds-protocol.md rule 24: removing svc-1 (cluster and route) sends,
+    in order: CDS with the old and new clusters, then the routes without svc-1,
+    and only then CDS without svc-1, so no route ever names a missing
+    cluster."""
     client = xds.client()
     await client.subscribe_all()
     await xds.settled(client)
@@ -102,9 +101,10 @@ async def test_removal_is_make_before_break(xds: Harness) -> None:
 
 
 async def test_removal_with_changes_keeps_ads_order_and_rewarms(xds: Harness) -> None:
-    """Rules 24 and 23 together: removing svc-1 while svc-0's cluster changes
-    and a listener changes sends CDS (old + new), EDS for the re-warming svc-0,
-    LDS, RDS, then the final CDS; the last CDS triggers no second EDS."""
+    """docs/xds-protocol.md rules 24 and 23 together: removing svc-1 while
+    svc-0's cluster changes and a listener changes sends CDS (old + new), EDS
+    for the re-warming svc-0, LDS, RDS, then the final CDS; the last CDS
+    triggers no second EDS."""
     client = xds.client()
     await client.subscribe_all()
     await xds.settled(client)
@@ -126,8 +126,8 @@ async def test_removal_with_changes_keeps_ads_order_and_rewarms(xds: Harness) ->
 
 
 async def test_adding_a_service_sends_clusters_before_routes(xds: Harness) -> None:
-    """Rule 24: adding svc-2 sends CDS before RDS; its EDS follows the
-    client's request for it."""
+    """docs/xds-protocol.md rule 24: adding svc-2 sends CDS before RDS; its EDS
+    follows the client's request for it."""
     client = xds.client()
     await client.subscribe_all()
     await xds.settled(client)

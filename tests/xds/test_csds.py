@@ -15,7 +15,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from envoy.type.matcher.v3 import node_pb2, regex_pb2, string_pb2, struct_pb2
 
-from tests.xds.conftest import Harness, names_of, poll, with_backend, with_policies
+from tests.xds.conftest import Harness, names_of, poll
+from xds_server.model.edits import update_backend, with_policies
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 GenericXdsConfig = csds_pb2.ClientConfig.GenericXdsConfig
@@ -64,8 +65,8 @@ async def test_acking_client_shows_acked_at_the_version(xds: Harness) -> None:
 async def test_nacking_client_shows_nacked_with_the_message(xds: Harness) -> None:
     """A NACKed change shows the changed resource NACKED / ERROR, with the
     client's message and the rejected version in error_state; a resource the
-    rejected response carried unchanged keeps its ACKED copy (rule 14 sends
-    the full set)."""
+    rejected response carried unchanged keeps its ACKED copy
+    (docs/xds-protocol.md rule 14 sends the full set)."""
     client = xds.client()
     client.send(CLUSTER)
     good = await client.recv_type(CLUSTER)
@@ -76,7 +77,7 @@ async def test_nacking_client_shows_nacked_with_the_message(xds: Harness) -> Non
     changed = await client.recv_type(CLUSTER)
     client.ack(changed)
     await xds.settled(client)
-    await xds.publish(with_backend(xds.intent, "svc-0", 0, port=33_000))  # EDS only
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=33_000))  # EDS only
     await xds.publish(with_policies(xds.intent, max_connections=8))
     bad = await client.recv_type(CLUSTER)
     client.nack(bad, "cluster svc-0: max_connections 8 refused")
@@ -106,18 +107,19 @@ async def test_unanswered_response_shows_requested(xds: Harness) -> None:
 
 
 async def test_incremental_nack_leaves_other_resources_acked(xds: Harness) -> None:
-    """SotW EDS sends only what changed (rule 15): a NACK marks the changed
-    resource only, and a later ACK of another resource does not clear it
-    (the rejected version is never re-sent, rule 7)."""
+    """SotW EDS sends only what changed (docs/xds-protocol.md rule 15): a NACK
+    marks the changed resource only, and a later ACK of another resource does
+    not clear it (the rejected version is never re-sent,
+    docs/xds-protocol.md rule 7)."""
     client = xds.client()
     client.send(ENDPOINT, ["svc-0", "svc-1"])
     client.ack(await client.recv_type(ENDPOINT))
     await xds.settled(client)
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-0", 0, port=34_000))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=34_000))
     client.nack(await client.recv_type(ENDPOINT), "svc-0 refused")
     await xds.settled(client)
-    await xds.publish(with_backend(xds.intent, "svc-1", 0, port=34_001))
+    await xds.publish(update_backend(xds.intent, "svc-1", "svc-1-b0", port=34_001))
     client.ack(await client.recv_type(ENDPOINT))
     await xds.settled(client)
     [config] = await fetch(xds)
@@ -201,7 +203,8 @@ async def test_stream_client_status_answers_every_request(xds: Harness) -> None:
 
 
 async def test_closed_stream_leaves_the_report(xds: Harness) -> None:
-    """Rule 31 for CSDS: a client whose stream closed is no longer reported."""
+    """docs/xds-protocol.md rule 31 for CSDS: a client whose stream closed is
+    no longer reported."""
     client = xds.client(node_id="gone")
     client.send(CLUSTER)
     await client.recv_type(CLUSTER)

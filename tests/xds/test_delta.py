@@ -1,4 +1,4 @@
-"""Incremental (Delta) xDS: rules 9 and 19-22 of xds-protocol.md, and the
+"""Incremental (Delta) xDS: docs/xds-protocol.md rules 9 and 19-22, and the
 rules shared with SotW (ACK/NACK, warming, make-before-break) in Delta form."""
 
 from __future__ import annotations
@@ -12,15 +12,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from google.rpc import status_pb2
 
-from tests.xds.conftest import (
-    Harness,
-    intent_of,
-    poll,
-    service_names,
-    with_backend,
-    with_policies,
-    without_service,
-)
+from tests.factories import intent_of, service_names
+from tests.xds.conftest import Harness, poll
+from xds_server.model.edits import update_backend, with_policies, without_service
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 Response = discovery_pb2.DeltaDiscoveryResponse
@@ -121,8 +115,9 @@ async def test_wildcard_start_ack_and_silence(xds: Harness) -> None:
 
 
 async def test_reconnect_with_current_versions_gets_one_empty_response(xds: Harness) -> None:
-    """Rule 22: initial_resource_versions are honoured (nothing re-sent), yet
-    the first wildcard request is answered, empty, so Envoy can finish start-up."""
+    """docs/xds-protocol.md rule 22: initial_resource_versions are honoured
+    (nothing re-sent), yet the first wildcard request is answered, empty, so Envoy
+    can finish start-up."""
     current = xds.snapshot.of(CLUSTER)
     assert current is not None
     client = DeltaClient(xds)
@@ -135,7 +130,8 @@ async def test_reconnect_with_current_versions_gets_one_empty_response(xds: Harn
 
 
 async def test_reconnect_with_an_old_version_gets_only_that_resource(xds: Harness) -> None:
-    """Rule 22: only resources whose held version differs are sent."""
+    """docs/xds-protocol.md rule 22: only resources whose held version differs
+    are sent."""
     current = xds.snapshot.of(CLUSTER)
     assert current is not None
     held = {n: r.digest for n, r in current.resources.items()}
@@ -147,8 +143,9 @@ async def test_reconnect_with_an_old_version_gets_only_that_resource(xds: Harnes
 
 
 async def test_missing_resource_is_reported_removed_once(xds: Harness) -> None:
-    """Rule 19: subscribing a name that does not exist puts it in
-    removed_resources, once; when it appears it is sent (rule 12)."""
+    """docs/xds-protocol.md rule 19: subscribing a name that does not exist
+    puts it in removed_resources, once; when it appears it is sent
+    (docs/xds-protocol.md rule 12)."""
     client = DeltaClient(xds)
     client.send(ENDPOINT, subscribe=["svc-0", "svc-9"])
     response = await client.recv()
@@ -162,7 +159,8 @@ async def test_missing_resource_is_reported_removed_once(xds: Harness) -> None:
 
 
 async def test_deleted_resource_is_removed(xds: Harness) -> None:
-    """Rule 19: a held resource that is deleted is named in removed_resources."""
+    """docs/xds-protocol.md rule 19: a held resource that is deleted is named in
+    removed_resources."""
     client = DeltaClient(xds, kind="eds")
     client.send(ENDPOINT, subscribe=["svc-0", "svc-1"])
     client.ack(await client.recv())
@@ -173,7 +171,8 @@ async def test_deleted_resource_is_removed(xds: Harness) -> None:
 
 
 async def test_subscription_change_with_stale_nonce_is_honoured(xds: Harness) -> None:
-    """Rule 9: a subscription change counts even when its nonce is stale."""
+    """docs/xds-protocol.md rule 9: a subscription change counts even when its
+    nonce is stale."""
     client = DeltaClient(xds)
     client.send(ENDPOINT, subscribe=["svc-0"])
     client.ack(await client.recv())
@@ -183,7 +182,8 @@ async def test_subscription_change_with_stale_nonce_is_honoured(xds: Harness) ->
 
 
 async def test_resubscribing_a_held_resource_sends_it_again(xds: Harness) -> None:
-    """Rule 20: the client may have dropped it; a re-subscription is answered."""
+    """docs/xds-protocol.md rule 20: the client may have dropped it; a
+    re-subscription is answered."""
     client = DeltaClient(xds)
     client.send(ENDPOINT, subscribe=["svc-0"])
     client.ack(await client.recv())
@@ -193,8 +193,9 @@ async def test_resubscribing_a_held_resource_sends_it_again(xds: Harness) -> Non
 
 
 async def test_unsubscribing_a_name_under_wildcard_mentions_it_again(xds: Harness) -> None:
-    """Rule 21: with {*, A}, unsubscribing A leaves it covered by the wildcard,
-    so the server sends A again (the client may have dropped it)."""
+    """docs/xds-protocol.md rule 21: with {*, A}, unsubscribing A leaves it
+    covered by the wildcard, so the server sends A again (the client may have
+    dropped it)."""
     client = DeltaClient(xds)
     client.send(CLUSTER, subscribe=["*", "svc-0"])
     client.ack(await client.recv())
@@ -210,7 +211,7 @@ async def test_unsubscribed_name_is_no_longer_sent(xds: Harness) -> None:
     client.ack(await client.recv())
     client.send(ENDPOINT, unsubscribe=["svc-1"])
     await client.expect_silence(0.3)
-    await xds.publish(with_backend(intent_of(2), "svc-1", 0, port=29_999))
+    await xds.publish(update_backend(intent_of(2), "svc-1", "svc-1-b0", port=29_999))
     await client.expect_silence(0.5)
     await client.close()
 
@@ -220,7 +221,7 @@ async def test_one_endpoint_change_sends_one_resource(xds: Harness) -> None:
     client = DeltaClient(xds)
     client.send(ENDPOINT, subscribe=service_names(2))
     client.ack(await client.recv())
-    await xds.publish(with_backend(intent_of(2), "svc-0", 1, port=29_998))
+    await xds.publish(update_backend(intent_of(2), "svc-0", "svc-0-b1", port=29_998))
     response = await client.recv()
     assert names(response) == ["svc-0"]
     current = xds.snapshot.of(ENDPOINT)
@@ -230,8 +231,9 @@ async def test_one_endpoint_change_sends_one_resource(xds: Harness) -> None:
 
 
 async def test_nack_is_recorded_and_not_resent(xds: Harness) -> None:
-    """Rules 6 and 7 in Delta: the NACK is recorded with its message, and the
-    rejected content is not sent again until the config changes."""
+    """docs/xds-protocol.md rules 6 and 7 in Delta: the NACK is recorded with
+    its message, and the rejected content is not sent again until the config
+    changes."""
     client = DeltaClient(xds)
     client.send(ENDPOINT, subscribe=["svc-0"])
     response = await client.recv()
@@ -240,14 +242,15 @@ async def test_nack_is_recorded_and_not_resent(xds: Harness) -> None:
     nack = xds.registry.proxies["delta-1"].type(ENDPOINT).last_nack
     assert nack is not None and nack.message == "bad endpoint"
     await client.expect_silence(1.0)
-    await xds.publish(with_backend(intent_of(2), "svc-0", 0, port=29_997))
+    await xds.publish(update_backend(intent_of(2), "svc-0", "svc-0-b0", port=29_997))
     assert names(await client.recv()) == ["svc-0"]
     await client.close()
 
 
 async def test_changed_cluster_gets_its_endpoints_again(xds: Harness) -> None:
-    """Rule 23 in Delta: after a cluster changes, its unchanged EDS resource is
-    re-sent right behind it (Envoy re-warms the cluster and waits for it)."""
+    """docs/xds-protocol.md rule 23 in Delta: after a cluster changes, its
+    unchanged EDS resource is re-sent right behind it (Envoy re-warms the
+    cluster and waits for it)."""
     client = DeltaClient(xds)
     client.send(CLUSTER)
     client.ack(await client.recv())
@@ -263,8 +266,9 @@ async def test_changed_cluster_gets_its_endpoints_again(xds: Harness) -> None:
 
 
 async def test_removal_is_make_before_break(xds: Harness) -> None:
-    """Rule 24 in Delta: routes stop using a service before its cluster and
-    endpoints are removed; removals go out last, referrers first."""
+    """docs/xds-protocol.md rule 24 in Delta: routes stop using a service
+    before its cluster and endpoints are removed; removals go out last,
+    referrers first."""
     client = DeltaClient(xds)
     for type_url, subscribe in ((CLUSTER, ()), (LISTENER, ())):
         client.send(type_url, subscribe=subscribe)

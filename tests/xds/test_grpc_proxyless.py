@@ -1,4 +1,4 @@
-"""Proxyless gRPC (issue 6, item 3): a grpcio client with an `xds:///` target,
+"""Proxyless gRPC: a grpcio client with an `xds:///` target,
 bootstrapped at our server, calls two sample gRPC backends through the
 configuration we serve, in a subprocess stopped by PID."""
 
@@ -87,9 +87,10 @@ async def test_grpc_client_round_robins_across_two_backends(
 async def test_grpc_client_asks_by_name_and_acks_everything(
     make_harness: Callable[..., Any], backends: dict[str, int]
 ) -> None:
-    """Rule 18: the gRPC client never uses wildcard. Even with legacy wildcard
-    on, its LDS request names the target and gets exactly that listener (not
-    Envoy's `router`), then RDS, CDS and EDS by name; it ACKs all four."""
+    """docs/xds-protocol.md rule 18: the gRPC client never uses wildcard. Even
+    with legacy wildcard on, its LDS request names the target and gets exactly
+    that listener (not Envoy's `router`), then RDS, CDS and EDS by name; it
+    ACKs all four."""
     xds: Harness = await make_harness()
     await xds.publish(greeter(backends))
     await run_client(xds, "xds:///greeter", "greeter-a,greeter-b", calls=2)
@@ -106,8 +107,9 @@ async def test_grpc_client_asks_by_name_and_acks_everything(
 
 
 async def test_named_lds_request_gets_exactly_the_api_listener(xds: Harness) -> None:
-    """Rule 18 with the harness client: an LDS request naming a gRPC service's
-    listener is answered with that listener alone; its RDS name exists."""
+    """docs/xds-protocol.md rule 18 with the harness client: an LDS request
+    naming a gRPC service's listener is answered with that listener alone; its
+    RDS name exists."""
     await xds.publish(greeter({"greeter-a": 50_051}))
     client = xds.client(node_id="grpc-like")
     client.send(LISTENER, ["greeter"])

@@ -1,4 +1,5 @@
-"""Rules 25 and 27: only consistent snapshots, versions that are content hashes."""
+"""docs/xds-protocol.md rules 25 and 27: only consistent snapshots, versions that
+are content hashes."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.xds.conftest import Harness, intent_of, names_of, with_backend, without_service
+from tests.factories import intent_of
+from tests.xds.conftest import Harness, names_of
 from xds_server.cache import build_snapshot
 from xds_server.errors import InconsistentSnapshot
+from xds_server.model.edits import update_backend, without_service
 from xds_server.model.intent import Protocol
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.translate import translate
@@ -36,15 +39,17 @@ def _without(type_url: str, *names: str) -> dict[str, dict[str, Any]]:
     ],
 )
 def test_inconsistent_snapshot_is_refused(resources: dict[str, Any], missing: str) -> None:
-    """Rule 25: a cluster without its EDS resource, a listener without its
-    route configuration, or a route naming a missing cluster is refused."""
+    """docs/xds-protocol.md rule 25: a cluster without its EDS resource, a
+    listener without its route configuration, or a route naming a missing
+    cluster is refused."""
     with pytest.raises(InconsistentSnapshot) as refused:
         build_snapshot(resources, 2)
     assert missing in str(refused.value)
 
 
 def test_every_missing_reference_is_reported() -> None:
-    """Rule 25: the refusal names every missing resource, not only the first."""
+    """docs/xds-protocol.md rule 25: the refusal names every missing resource,
+    not only the first."""
     resources = _without(ENDPOINT, "svc-0", "svc-1")
     resources[ROUTE] = {}
     with pytest.raises(InconsistentSnapshot) as refused:
@@ -55,8 +60,8 @@ def test_every_missing_reference_is_reported() -> None:
 
 
 async def test_refused_snapshot_leaves_cache_and_clients_alone(xds: Harness) -> None:
-    """Rule 25: when a snapshot is refused the cache keeps serving the old one
-    and connected clients see nothing."""
+    """docs/xds-protocol.md rule 25: when a snapshot is refused the cache keeps
+    serving the old one and connected clients see nothing."""
     client = xds.client()
     await client.subscribe_all()
     old = xds.cache.snapshot
@@ -74,16 +79,17 @@ _VERSIONS_SCRIPT = """
 import json
 from xds_server.cache import build_snapshot
 from xds_server.translate import translate
-from tests.xds.conftest import intent_of
+from tests.factories import intent_of
 snapshot = build_snapshot(translate(intent_of(3)), 7)
 print(json.dumps(snapshot.versions()))
 """
 
 
 def test_equal_intent_gives_equal_versions_and_bytes() -> None:
-    """Rule 27: two snapshots built separately from equal intent (even with
-    services listed in another order) have identical versions and bytes, and
-    so does one built by another process with another hash seed (a replica)."""
+    """docs/xds-protocol.md rule 27: two snapshots built separately from equal
+    intent (even with services listed in another order) have identical versions
+    and bytes, and so does one built by another process with another hash seed
+    (a replica)."""
     intent = intent_of(3)
     first = build_snapshot(translate(intent), 1)
     reordered = dataclasses.replace(intent, services=tuple(reversed(intent.services)))
@@ -111,10 +117,10 @@ def test_equal_intent_gives_equal_versions_and_bytes() -> None:
 
 
 def test_different_content_gives_different_versions() -> None:
-    """Rule 27: a version string is never reused for other content: a changed
-    endpoint changes the EDS version and only it."""
+    """docs/xds-protocol.md rule 27: a version string is never reused for other
+    content: a changed endpoint changes the EDS version and only it."""
     base = build_snapshot(translate(intent_of(2)), 1)
-    other = build_snapshot(translate(with_backend(intent_of(2), "svc-0", 0, port=1)), 1)
+    other = build_snapshot(translate(update_backend(intent_of(2), "svc-0", "svc-0-b0", port=1)), 1)
     assert base.versions()[ENDPOINT] != other.versions()[ENDPOINT]
     assert {t: v for t, v in base.versions().items() if t != ENDPOINT} == {
         t: v for t, v in other.versions().items() if t != ENDPOINT
@@ -124,9 +130,10 @@ def test_different_content_gives_different_versions() -> None:
 async def test_client_reporting_old_version_gets_new_content_after_restart(
     make_harness: Callable[..., Any],
 ) -> None:
-    """Rule 27: after a restart with other content, a reconnecting client that
-    reports the version (and nonce) it held gets the new content under a new
-    version; after a restart with equal content the version is the same."""
+    """docs/xds-protocol.md rule 27: after a restart with other content, a
+    reconnecting client that reports the version (and nonce) it held gets the
+    new content under a new version; after a restart with equal content the
+    version is the same."""
     before: Harness = await make_harness()
     await before.publish(intent_of(2))
     client = before.client()
@@ -152,7 +159,8 @@ async def test_client_reporting_old_version_gets_new_content_after_restart(
 
 
 def test_api_listener_without_its_route_config_is_refused() -> None:
-    """Rule 25 for proxyless gRPC: an API listener's RDS name is checked too."""
+    """docs/xds-protocol.md rule 25 for proxyless gRPC: an API listener's RDS
+    name is checked too."""
     intent = intent_of(2)
     grpc_service = dataclasses.replace(intent.services[0], protocol=Protocol.GRPC)
     resources = {

@@ -1,4 +1,5 @@
-"""Rules 14-16: complete sets for CDS/LDS, deltas for EDS/RDS, no duplicate names."""
+"""docs/xds-protocol.md rules 14-16: complete sets for CDS/LDS, deltas for EDS/RDS,
+no duplicate names."""
 
 from __future__ import annotations
 
@@ -9,26 +10,16 @@ from envoy.service.discovery.v3 import discovery_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.xds.conftest import (
-    Harness,
-    XdsClient,
-    eds_names_of,
-    intent_of,
-    names_of,
-    rds_names_of,
-    service,
-    unpack,
-    with_backend,
-    with_service,
-    without_service,
-)
+from tests.factories import intent_of, service
+from tests.xds.conftest import Harness, XdsClient, eds_names_of, names_of, rds_names_of, unpack
+from xds_server.model.edits import update_backend, with_service, without_service
 from xds_server.model.intent import Backend, Intent, Policies, Service, Strategy
 from xds_server.resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, ROUTE
 
 
 async def test_cds_responses_carry_the_complete_set(xds: Harness) -> None:
-    """Rule 14: updating b of {a, b} sends a and b; deleting a sends only b
-    (absence means deletion)."""
+    """docs/xds-protocol.md rule 14: updating b of {a, b} sends a and b;
+    deleting a sends only b (absence means deletion)."""
     client = xds.client("cds")
     client.send()
     first = await client.recv_type(CLUSTER)
@@ -49,7 +40,8 @@ async def test_cds_responses_carry_the_complete_set(xds: Harness) -> None:
 
 
 async def test_lds_responses_carry_the_complete_set(xds: Harness) -> None:
-    """Rule 14: a listener update re-sends every listener (here: the one)."""
+    """docs/xds-protocol.md rule 14: a listener update re-sends every listener
+    (here: the one)."""
     client = xds.client("lds")
     client.send()
     first = await client.recv_type(LISTENER)
@@ -63,7 +55,8 @@ async def test_lds_responses_carry_the_complete_set(xds: Harness) -> None:
 
 
 async def test_eds_responses_carry_only_what_changed(xds: Harness) -> None:
-    """Rule 15: changing 1 of 100 load assignments sends exactly that one."""
+    """docs/xds-protocol.md rule 15: changing 1 of 100 load assignments sends
+    exactly that one."""
     intent = intent_of(100)
     await xds.publish(intent)
     client = xds.client("eds")
@@ -72,7 +65,7 @@ async def test_eds_responses_carry_only_what_changed(xds: Harness) -> None:
     assert len(first.resources) == 100
     client.ack(first)
     await xds.settled(client)
-    await xds.publish(with_backend(intent, "svc-42", 1, weight=9, port=9))
+    await xds.publish(update_backend(intent, "svc-42", "svc-42-b1", weight=9, port=9))
     second = await client.recv_type(ENDPOINT)
     assert names_of(second) == ["svc-42"]
     assert second.version_info == xds.version(ENDPOINT) != first.version_info
@@ -81,8 +74,9 @@ async def test_eds_responses_carry_only_what_changed(xds: Harness) -> None:
 
 
 async def test_rds_responses_carry_only_what_changed(xds: Harness) -> None:
-    """Rule 15: an RDS response names only the changed route configuration,
-    and nothing is sent for RDS when only clusters change."""
+    """docs/xds-protocol.md rule 15: an RDS response names only the changed
+    route configuration, and nothing is sent for RDS when only clusters
+    change."""
     client = xds.client("rds")
     client.send(ROUTE, ["router"])
     first = await client.recv_type(ROUTE)
@@ -96,7 +90,7 @@ async def test_rds_responses_carry_only_what_changed(xds: Harness) -> None:
     assert names_of(second) == ["router"]
 
 
-# ---- rule 16: a property over random intents -----------------------------------
+# ---- docs/xds-protocol.md rule 16: a property over random intents --------------
 
 _backends = st.lists(
     st.tuples(st.integers(1, 65_535), st.integers(1, 5), st.integers(0, 1), st.booleans()),
@@ -145,7 +139,7 @@ class MiniEnvoy:
         content = {n: r.value for n, r in zip(names, response.resources, strict=True)}
         if type_url in FULL_STATE_TYPES:
             # The complete set; during make-before-break also the clusters
-            # about to go (rule 24), never anything else.
+            # about to go (docs/xds-protocol.md rule 24), never anything else.
             assert (
                 set(current.resources)
                 <= set(names)
@@ -163,7 +157,8 @@ class MiniEnvoy:
         self._check_routes_resolve()
 
     def _check_routes_resolve(self) -> None:
-        """Make-before-break (rule 24): no held route names a missing cluster."""
+        """Make-before-break (docs/xds-protocol.md rule 24): no held route names
+        a missing cluster."""
         for data in self.held[ROUTE].values():
             config = route_pb2.RouteConfiguration.FromString(data)
             named = {r.route.cluster for vh in config.virtual_hosts for r in vh.routes}
@@ -204,10 +199,11 @@ class MiniEnvoy:
 )
 @given(st.lists(intents(), min_size=1, max_size=4))
 async def test_no_duplicate_names_and_complete_sets(sequence: list[Intent]) -> None:
-    """Rule 16 (and 14, 24): over random intent sequences, an Envoy-like ADS
-    client never sees one name twice in a response, every CDS/LDS response
-    carries the complete set, no route it holds ever names a cluster it does
-    not hold, and it converges to exactly the published snapshot."""
+    """docs/xds-protocol.md rules 16, 14 and 24: over random intent sequences,
+    an Envoy-like ADS client never sees one name twice in a response, every
+    CDS/LDS response carries the complete set, no route it holds ever names a
+    cluster it does not hold, and it converges to exactly the published
+    snapshot."""
     xds = await Harness().start()
     try:
         await xds.publish(sequence[0])

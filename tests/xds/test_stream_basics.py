@@ -1,16 +1,18 @@
-"""Rules 1-5: node, type_url, nonces, per-type versions, ACK and silence."""
+"""docs/xds-protocol.md rules 1-5: node, type_url, nonces, per-type versions,
+ACK and silence."""
 
 from __future__ import annotations
 
 import grpc
 
-from tests.xds.conftest import Harness, names_of, poll, with_backend
+from tests.xds.conftest import Harness, names_of, poll
+from xds_server.model.edits import update_backend
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 
 async def test_node_is_remembered_from_the_first_request(xds: Harness) -> None:
-    """Rule 1: only the first request carries node; a later request without it
-    is still served, and attributed to that node."""
+    """docs/xds-protocol.md rule 1: only the first request carries node; a
+    later request without it is still served, and attributed to that node."""
     client = xds.client(node_id="edge-7")
     client.send(CLUSTER, node=True)
     clusters = await client.recv_type(CLUSTER)
@@ -29,8 +31,8 @@ async def test_node_is_remembered_from_the_first_request(xds: Harness) -> None:
 
 
 async def test_ads_request_without_type_url_is_invalid(xds: Harness) -> None:
-    """Rule 2: on ADS every request names its type; an empty type_url ends the
-    stream with INVALID_ARGUMENT."""
+    """docs/xds-protocol.md rule 2: on ADS every request names its type; an
+    empty type_url ends the stream with INVALID_ARGUMENT."""
     client = xds.client("ads")
     client.send("")
     ended = await client.ended()
@@ -39,7 +41,8 @@ async def test_ads_request_without_type_url_is_invalid(xds: Harness) -> None:
 
 
 async def test_per_type_stream_may_leave_type_url_empty(xds: Harness) -> None:
-    """Rule 2: a CDS stream may leave type_url empty and gets clusters."""
+    """docs/xds-protocol.md rule 2: a CDS stream may leave type_url empty and
+    gets clusters."""
     client = xds.client("cds")
     client.send("")
     response = await client.recv()
@@ -48,7 +51,8 @@ async def test_per_type_stream_may_leave_type_url_empty(xds: Harness) -> None:
 
 
 async def test_per_type_stream_refuses_another_type(xds: Harness) -> None:
-    """Rule 2: a per-type stream asked for another type ends with INVALID_ARGUMENT."""
+    """docs/xds-protocol.md rule 2: a per-type stream asked for another type ends with
+    INVALID_ARGUMENT."""
     client = xds.client("cds")
     client.send(ENDPOINT, ["svc-0"])
     ended = await client.ended()
@@ -56,11 +60,11 @@ async def test_per_type_stream_refuses_another_type(xds: Harness) -> None:
 
 
 async def test_nonces_are_unique_within_and_across_streams(xds: Harness) -> None:
-    """Rule 3: 1,000 responses on one stream carry 1,000 distinct nonces, and a
-    second stream never reuses one of them."""
+    """docs/xds-protocol.md rule 3: 1,000 responses on one stream carry 1,000
+    distinct nonces, and a second stream never reuses one of them."""
     base = xds.intent
     assert base is not None
-    changed = with_backend(base, "svc-0", 0, port=30_000)
+    changed = update_backend(base, "svc-0", "svc-0-b0", port=30_000)
     client = xds.client()
     client.send(ENDPOINT, ["svc-0"])
     nonces = []
@@ -78,8 +82,9 @@ async def test_nonces_are_unique_within_and_across_streams(xds: Harness) -> None
 
 
 async def test_old_nonce_after_reconnect_is_an_initial_request(xds: Harness) -> None:
-    """Rule 3: nonces do not survive a stream. A reconnecting client quoting the
-    old stream's nonce and version is answered as a fresh subscription."""
+    """docs/xds-protocol.md rule 3: nonces do not survive a stream. A
+    reconnecting client quoting the old stream's nonce and version is answered
+    as a fresh subscription."""
     first = xds.client()
     first.send(ENDPOINT, ["svc-0", "svc-1"])
     old = await first.recv_type(ENDPOINT)
@@ -95,13 +100,14 @@ async def test_old_nonce_after_reconnect_is_an_initial_request(xds: Harness) -> 
 
 
 async def test_versions_are_per_type(xds: Harness) -> None:
-    """Rule 4: changing only endpoints changes the EDS version and leaves the
-    CDS, LDS and RDS versions alone; only EDS is sent."""
+    """docs/xds-protocol.md rule 4: changing only endpoints changes the EDS
+    version and leaves the CDS, LDS and RDS versions alone; only EDS is
+    sent."""
     client = xds.client()
     got = await client.subscribe_all()
     before = xds.snapshot.versions()
     assert xds.intent is not None
-    await xds.publish(with_backend(xds.intent, "svc-1", 0, port=31_000))
+    await xds.publish(update_backend(xds.intent, "svc-1", "svc-1-b0", port=31_000))
     after = xds.snapshot.versions()
     response = await client.recv_type(ENDPOINT)
     assert names_of(response) == ["svc-1"]
@@ -117,15 +123,16 @@ async def test_versions_are_per_type(xds: Harness) -> None:
 
 
 async def test_after_ack_silence_and_one_change_gives_one_response(xds: Harness) -> None:
-    """Rule 5: after every type is ACKed nothing is sent; republishing equal
-    content sends nothing; one endpoint change gives exactly one response."""
+    """docs/xds-protocol.md rule 5: after every type is ACKed nothing is sent;
+    republishing equal content sends nothing; one endpoint change gives exactly
+    one response."""
     client = xds.client()
     await client.subscribe_all()
     await client.expect_silence(0.5)
     assert xds.intent is not None
     await xds.publish(xds.intent)  # a new generation with equal content
     await client.expect_silence(0.5)
-    await xds.publish(with_backend(xds.intent, "svc-0", 1, port=32_000))
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b1", port=32_000))
     response = await client.recv_type(ENDPOINT)
     assert names_of(response) == ["svc-0"]
     client.ack(response)

@@ -1,4 +1,5 @@
-"""Rules 28, 30 and 31: fast first responses, large requests, nothing leaks."""
+"""docs/xds-protocol.md rules 28, 30 and 31: fast first responses, large
+requests, nothing leaks."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from xds_server.xds.sotw import SotwStream
 
 
 async def test_first_response_latency_under_load(xds: Harness) -> None:
-    """Rule 28: 200 streams subscribing at once all get their first response,
-    with p99 latency below 1 s (clients give up after ~15 s)."""
+    """docs/xds-protocol.md rule 28: 200 streams subscribing at once all get
+    their first response, with p99 latency below 1 s (clients give up after
+    ~15 s)."""
     channels = [xds.channel() for _ in range(4)]
     clients = [
         xds.client(node_id=f"load-{i}", channel=channels[i % len(channels)]) for i in range(200)
@@ -35,8 +37,8 @@ async def test_first_response_latency_under_load(xds: Harness) -> None:
 
 
 async def test_request_larger_than_six_mebibytes_is_accepted(xds: Harness) -> None:
-    """Rule 30: a 6 MiB request (far above gRPC's 4 MiB default) is accepted
-    and answered with what exists among its names."""
+    """docs/xds-protocol.md rule 30: a 6 MiB request (far above gRPC's 4 MiB
+    default) is accepted and answered with what exists among its names."""
     names = ["svc-0", *(f"missing-{i:05d}-" + "x" * 1_000 for i in range(6_400))]
     client = xds.client()
     request = client.send(ENDPOINT, names)
@@ -51,9 +53,10 @@ def _stream_objects() -> int:
 
 
 async def test_closed_streams_release_everything(xds: Harness) -> None:
-    """Rule 31: after 300 streams opened and closed in every way (client
-    cancel, half-close, protocol error, channel closed) no stream, watch,
-    node index entry, proxy status, task or SotwStream object is left."""
+    """docs/xds-protocol.md rule 31: after 300 streams opened and closed in
+    every way (client cancel, half-close, protocol error, channel closed) no
+    stream, watch, node index entry, proxy status, task or SotwStream object is
+    left."""
     probe = xds.client(node_id="probe")  # warm up the server's own machinery
     probe.send(CLUSTER)
     await probe.recv_type(CLUSTER)

@@ -1,4 +1,5 @@
-"""Rules 11-13, 17, 18 and 26: what a subscription makes the server send."""
+"""docs/xds-protocol.md rules 11-13, 17, 18 and 26: what a subscription makes
+the server send."""
 
 from __future__ import annotations
 
@@ -6,14 +7,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from tests.xds.conftest import (
-    Harness,
-    intent_of,
-    names_of,
-    unpack,
-    with_policies,
-    with_service,
-)
+from tests.factories import intent_of
+from tests.xds.conftest import Harness, names_of, unpack
+from xds_server.model.edits import with_policies, with_service
 from xds_server.model.intent import SocketAddress, Strategy
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER
 
@@ -21,8 +17,9 @@ ALL_CLUSTERS = ["svc-0", "svc-1", "xds-server-admin"]
 
 
 async def test_growing_subscription_resends_known_resources(xds: Harness) -> None:
-    """Rule 11: {A,B} -> {B} -> {A,B}: A is sent again although it did not
-    change, because the client dropped it when it unsubscribed."""
+    """docs/xds-protocol.md rule 11: {A,B} -> {B} -> {A,B}: A is sent again
+    although it did not change, because the client dropped it when it
+    unsubscribed."""
     client = xds.client()
     client.send(ENDPOINT, ["svc-0", "svc-1"])
     both = await client.recv_type(ENDPOINT)
@@ -37,8 +34,9 @@ async def test_growing_subscription_resends_known_resources(xds: Harness) -> Non
 
 
 async def test_names_that_do_not_exist_yet_are_pushed_when_they_appear(xds: Harness) -> None:
-    """Rule 12: a subscription to a missing name is remembered; when the
-    resource is published it is pushed without a new request."""
+    """docs/xds-protocol.md rule 12: a subscription to a missing name is
+    remembered; when the resource is published it is pushed without a new
+    request."""
     client = xds.client()
     client.send(ENDPOINT, ["svc-2"])
     await client.expect_silence(0.5)
@@ -49,9 +47,9 @@ async def test_names_that_do_not_exist_yet_are_pushed_when_they_appear(xds: Harn
 
 
 async def test_missing_name_at_current_version_gets_no_response(xds: Harness) -> None:
-    """Rule 13: ACKing the current version while still naming a missing
-    resource must not make the server re-send that version (the
-    go-control-plane #1319 loop): nothing for 2 s."""
+    """docs/xds-protocol.md rule 13: ACKing the current version while still
+    naming a missing resource must not make the server re-send that version
+    (the go-control-plane #1319 loop): nothing for 2 s."""
     client = xds.client()
     client.send(ENDPOINT, ["svc-0", "missing"])
     response = await client.recv_type(ENDPOINT)
@@ -62,8 +60,8 @@ async def test_missing_name_at_current_version_gets_no_response(xds: Harness) ->
 
 
 async def test_missing_name_does_not_withhold_the_others(xds: Harness) -> None:
-    """Rule 26: EDS {a, missing} is answered with a at once (within 1 s); the
-    missing name does not hold back the response."""
+    """docs/xds-protocol.md rule 26: EDS {a, missing} is answered with a at
+    once (within 1 s); the missing name does not hold back the response."""
     client = xds.client()
     client.send(ENDPOINT, ["missing", "svc-1"])
     response = await client.recv_type(ENDPOINT, timeout=1.0)
@@ -71,8 +69,8 @@ async def test_missing_name_does_not_withhold_the_others(xds: Harness) -> None:
 
 
 async def test_empty_service_still_gets_its_load_assignment(xds: Harness) -> None:
-    """Rule 26: a cluster without backends still has a (empty) CLA, so Envoy
-    never waits 15 s for it."""
+    """docs/xds-protocol.md rule 26: a cluster without backends still has a
+    (empty) CLA, so Envoy never waits 15 s for it."""
     assert xds.intent is not None
     await xds.publish(with_service(xds.intent, "svc-1", backends=()))
     client = xds.client()
@@ -84,8 +82,9 @@ async def test_empty_service_still_gets_its_load_assignment(xds: Harness) -> Non
 
 
 async def test_wildcard_four_step_sequence(xds: Harness) -> None:
-    """Rule 17: the spec's sequence on CDS. [] is legacy wildcard; [*, A] stays
-    wildcard; [A] narrows to A; [] then means nothing at all; [*] is wildcard again."""
+    """docs/xds-protocol.md rule 17: the spec's sequence on CDS. [] is legacy wildcard;
+    [*, A] stays wildcard; [A] narrows to A; [] then means nothing at all; [*] is
+    wildcard again."""
     assert xds.intent is not None
     base = xds.intent
     client = xds.client()
@@ -119,8 +118,9 @@ async def test_wildcard_four_step_sequence(xds: Harness) -> None:
 
 
 async def test_legacy_wildcard_ends_for_listeners_too(xds: Harness) -> None:
-    """Rule 17: LDS [] is wildcard; after [router] then [] the stream is
-    subscribed to no listener, so a listener change is not pushed."""
+    """docs/xds-protocol.md rule 17: LDS [] is wildcard; after [router] then []
+    the stream is subscribed to no listener, so a listener change is not
+    pushed."""
     client = xds.client()
     client.send(LISTENER, [])
     first = await client.recv_type(LISTENER)
@@ -137,8 +137,9 @@ async def test_legacy_wildcard_ends_for_listeners_too(xds: Harness) -> None:
 async def test_empty_request_gets_nothing_without_legacy_wildcard(
     make_harness: Callable[..., Any],
 ) -> None:
-    """Rule 18: with legacy wildcard off (proxyless gRPC clients), an empty CDS
-    or LDS request subscribes to nothing; an explicit * gets everything."""
+    """docs/xds-protocol.md rule 18: with legacy wildcard off (proxyless gRPC
+    clients), an empty CDS or LDS request subscribes to nothing; an explicit *
+    gets everything."""
     xds: Harness = await make_harness(legacy_wildcard=False)
     await xds.publish(intent_of(2))
     client = xds.client()

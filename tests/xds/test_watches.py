@@ -1,4 +1,4 @@
-"""Per-name watches (issue 6, item 2): a change reaches the streams that
+"""Per-name watches: a change reaches the streams that
 subscribe to it and nothing else; streams it does not concern are not woken."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tests.xds.conftest import Harness, XdsClient, intent_of, names_of, poll
+from tests.factories import intent_of
+from tests.xds.conftest import Harness, XdsClient, names_of, poll
 from tests.xds.test_delta import DeltaClient, names
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
 from xds_server.model.intent import Health
@@ -59,10 +60,10 @@ def acks(xds: Harness, node_id: str) -> int:
 
 
 async def test_cache_calls_only_watchers_of_a_changed_name() -> None:
-    """A health flip on svc-1 calls the watcher of svc-1 (with EDS as the
-    type concerned) and neither the watcher of svc-0 nor the CDS wildcard
-    watcher; a name that appears wakes the watcher that waited for it
-    (rule 12); a closed watcher is never called again."""
+    """A health flip on svc-1 calls the watcher of svc-1 (with EDS as the type
+    concerned) and neither the watcher of svc-0 nor the CDS wildcard watcher; a
+    name that appears wakes the watcher that waited for it
+    (docs/xds-protocol.md rule 12); a closed watcher is never called again."""
     cache = SnapshotCache()
     calls: dict[str, list[tuple[frozenset[str], int]]] = {
         k: [] for k in ("svc-0", "svc-1", "cds", "svc-3", "closed")
@@ -158,7 +159,8 @@ async def test_delta_health_flip_reaches_only_its_subscriber(xds: Harness) -> No
 
 async def test_deleted_name_wakes_its_delta_subscriber(xds: Harness) -> None:
     """A removal is a change of that name: its Delta subscriber is woken and
-    told (rule 19); a subscriber of another name is not woken."""
+    told (docs/xds-protocol.md rule 19); a subscriber of another name is not
+    woken."""
     await xds.publish(intent_of(3))
     clients = {name: DeltaClient(xds, node_id=name) for name in ("svc-0", "svc-2")}
     for name, client in clients.items():

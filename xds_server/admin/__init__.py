@@ -9,17 +9,14 @@ chosen in the admin package and nowhere else.
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from xds_server.admin import backends, core, experiments, health, metrics, openapi, strategy
-from xds_server.admin.api import RouteSet
-from xds_server.admin.context import CONTROLLER
+from xds_server.admin.api import MOUNTED, RouteSet
+from xds_server.admin.context import CONTEXT, AdminContext
 from xds_server.admin.errors import error_response, json_errors
-
-if TYPE_CHECKING:
-    from xds_server.app import Controller
 
 ROUTE_SETS: tuple[RouteSet, ...] = (
     core.routes,
@@ -33,10 +30,11 @@ ROUTE_SETS: tuple[RouteSet, ...] = (
 MUTATING_KEY: web.AppKey[set[tuple[str, str]]] = web.AppKey("mutating")
 
 
-def make_admin_app(controller: Controller) -> web.Application:
+def make_admin_app(context: AdminContext) -> web.Application:
     # Outermost first: the request counter sees the final status of every answer.
     app = web.Application(middlewares=[metrics.count_requests, json_errors, bearer_token_auth])
-    app[CONTROLLER] = controller
+    app[CONTEXT] = context
+    app[MOUNTED] = ROUTE_SETS
     app[MUTATING_KEY] = set()
     for route_set in ROUTE_SETS:
         for op in route_set.operations:
@@ -50,7 +48,7 @@ def make_admin_app(controller: Controller) -> web.Application:
 @web.middleware
 async def bearer_token_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     """With ROUTER_ADMIN_TOKEN set, every mutating call needs the bearer token."""
-    token = request.app[CONTROLLER].settings.admin_token
+    token = request.app[CONTEXT].admin_token
     route = request.match_info.route.resource
     path = route.canonical if route is not None else request.path
     if token and (request.method, path) in request.app[MUTATING_KEY]:

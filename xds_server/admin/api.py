@@ -1,7 +1,9 @@
 """A route table that also documents itself, so the OpenAPI document cannot drift.
 
 Each admin module owns one `RouteSet`; `make_admin_app` mounts them all and
-`openapi.document` describes exactly the routes that are mounted.
+`openapi.document` describes exactly the routes that are mounted. Request and
+answer schemas are the pydantic models the handlers parse with (admin/bodies.py),
+or a hand-kept JSON schema where no model exists.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from xds_server.admin.schemas import Schema
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -22,11 +26,11 @@ class Operation:
     handler: Handler
     summary: str
     mutating: bool
-    request_schema: dict[str, Any] | None
+    request_schema: Schema | None  # a body model, or a JSON schema kept by hand
     responses: dict[int, str]
     description: str = ""
     query: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> JSON schema
-    response_schema: dict[str, Any] | None = None  # of the 2xx answers
+    response_schema: Schema | None = None  # of the 2xx answers
 
 
 @dataclass
@@ -40,11 +44,11 @@ class RouteSet:
         path: str,
         *,
         summary: str,
-        request_schema: dict[str, Any] | None = None,
+        request_schema: Schema | None = None,
         responses: dict[int, str] | None = None,
         description: str = "",
         query: dict[str, dict[str, Any]] | None = None,
-        response_schema: dict[str, Any] | None = None,
+        response_schema: Schema | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler. Non-GET operations are mutating: they need the
         admin token when one is configured."""
@@ -82,3 +86,7 @@ class RouteSet:
 
     def delete(self, path: str, **kwargs: Any) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, **kwargs)
+
+
+# The route sets an app mounted, for the document that describes them.
+MOUNTED: web.AppKey[tuple[RouteSet, ...]] = web.AppKey("mounted")

@@ -1,19 +1,23 @@
 """Admin routes: services and their backends (list, add, update, drain, remove).
 
-Input is checked by the config file's own rules (settings.check_fields), plus
-one rule of the API: an address must be an IP literal, because Envoy's EDS
-takes no hostnames. Every change is confirmed by ACK like a strategy change
-(admin/changes.py); a refused change leaves the intent untouched.
+Bodies are the models of admin/bodies.py, built from the config file's own
+field types: a backend is checked alike in the file and in the API (an address
+must be an IP literal in both, because Envoy's EDS takes no hostnames). The
+changes themselves are the pure edits of model/edits.py. Every change is
+confirmed by ACK like a strategy change (admin/changes.py); a refused change
+leaves the intent untouched.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from xds_server.admin.api import RouteSet
+from xds_server.admin.bodies import BackendAdd, BackendChange, BackendList, BackendPatch
 from xds_server.admin.changes import (
     CHANGE_ERRORS,
     NOT_CONFIRMED,
@@ -23,11 +27,19 @@ from xds_server.admin.changes import (
     timed_apply,
     wait_value,
 )
-from xds_server.admin.context import controller_of
-from xds_server.admin.errors import ApiError, invalid, json_body
+from xds_server.admin.context import context_of
+from xds_server.admin.errors import invalid, json_body
+from xds_server.errors import InvalidValue
+from xds_server.model.edits import (
+    add_backend,
+    backend_of,
+    remove_backend,
+    service_of,
+    update_backend,
+)
 from xds_server.model.intent import Backend, Health, Intent, Service
+from xds_server.model.validation import parse
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
-from xds_server.settings import BACKEND_FIELDS, MAX_WEIGHT, InvalidValue, check_fields, ip_literal
 
 routes = RouteSet("backends")
 
@@ -35,122 +47,13 @@ SERVICES = "/api/v1/router/services"
 BACKENDS = SERVICES + "/{service}/backends"
 BACKEND = BACKENDS + "/{backend}"
 
-_ADD_FIELDS = {
-    **{k: BACKEND_FIELDS[k] for k in ("name", "port", "weight", "priority", "health_path")},
-    "address": ip_literal,
-    "wait_s": wait_value,
-}
-_UPDATE_FIELDS = {
-    **{k: BACKEND_FIELDS[k] for k in ("weight", "priority", "draining")},
-    "wait_s": wait_value,
-}
-_BACKEND_PROPERTIES: dict[str, Any] = {
-    "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$"},
-    "address": {"type": "string", "description": "IPv4 or IPv6 literal (no hostnames)"},
-    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-    "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT, "default": 1},
-    "priority": {"type": "integer", "minimum": 0, "default": 0},
-    "health_path": {"type": "string", "default": "/health"},
-    "draining": {"type": "boolean", "description": "true: no new requests (EDS DRAINING)"},
-}
-BACKEND_SCHEMA: dict[str, Any] = {"type": "object", "properties": _BACKEND_PROPERTIES}
-ADD_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["name", "address", "port"],
-    "additionalProperties": False,
-    "properties": {
-        **{k: v for k, v in _BACKEND_PROPERTIES.items() if k != "draining"},
-        "wait_s": WAIT_S_SCHEMA,
-    },
-}
-UPDATE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "minProperties": 1,
-    "properties": {
-        **{k: _BACKEND_PROPERTIES[k] for k in ("weight", "priority", "draining")},
-        "wait_s": WAIT_S_SCHEMA,
-    },
-}
-CHANGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "service": {"type": "string"},
-        "action": {"type": "string", "enum": ["added", "updated", "removed"]},
-        "backend": BACKEND_SCHEMA,
-        "applied": {"type": "boolean", "description": "every connected proxy ACKed"},
-        "failures": {"type": "array", "items": {"type": "object"}},
-    },
-}
 WAIT_QUERY = {"wait_s": WAIT_S_SCHEMA}
-
-
-# ---- pure changes of the intent ------------------------------------------------------
-
-
-def not_found(detail: str, field: str) -> ApiError:
-    return ApiError(404, "not_found", detail, field)
-
-
-def conflict(detail: str, field: str) -> ApiError:
-    return ApiError(409, "conflict", detail, field)
-
-
-def service_of(intent: Intent, name: str) -> Service:
-    service = intent.service(name)
-    if service is None:
-        raise not_found(f"unknown service {name!r}", "service")
-    return service
-
-
-def backend_of(service: Service, name: str) -> Backend:
-    backend = service.backend(name)
-    if backend is None:
-        raise not_found(f"service {service.name!r} has no backend {name!r}", "backend")
-    return backend
-
-
-def with_backends(intent: Intent, service: Service, backends: tuple[Backend, ...]) -> Intent:
-    updated = dataclasses.replace(service, backends=backends)
-    services = tuple(updated if s.name == service.name else s for s in intent.services)
-    return dataclasses.replace(intent, services=services)
-
-
-def add_backend(intent: Intent, service_name: str, backend: Backend) -> Intent:
-    """Backend names are unique across the intent: they key Envoy's per-host stats."""
-    service = service_of(intent, service_name)
-    owner = next((s for s in intent.services if s.backend(backend.name)), None)
-    if owner is not None:
-        raise conflict(f"backend name {backend.name!r} is taken (service {owner.name!r})", "name")
-    if any((b.address, b.port) == (backend.address, backend.port) for b in service.backends):
-        where = f"{backend.address}:{backend.port}"
-        raise conflict(f"service {service_name!r} already has a backend at {where}", "port")
-    return with_backends(intent, service, (*service.backends, backend))
-
-
-def update_backend(
-    intent: Intent, service_name: str, backend_name: str, changes: dict[str, Any]
-) -> Intent:
-    service = service_of(intent, service_name)
-    updated = dataclasses.replace(backend_of(service, backend_name), **changes)
-    backends = tuple(updated if b.name == backend_name else b for b in service.backends)
-    return with_backends(intent, service, backends)
-
-
-def remove_backend(intent: Intent, service_name: str, backend_name: str) -> Intent:
-    """The last backend stays: a service without backends is refused by the config file too."""
-    service = service_of(intent, service_name)
-    backend_of(service, backend_name)
-    if len(service.backends) == 1:
-        raise conflict(f"{backend_name!r} is the last backend of {service_name!r}", "backend")
-    backends = tuple(b for b in service.backends if b.name != backend_name)
-    return with_backends(intent, service, backends)
 
 
 # ---- JSON ------------------------------------------------------------------------------
 
 
-def backend_json(backend: Backend, health: dict[str, Health]) -> dict[str, Any]:
+def backend_json(backend: Backend, health: Mapping[str, Health]) -> dict[str, Any]:
     return dataclasses.asdict(backend) | {"health": health.get(backend.name, Health.UNKNOWN)}
 
 
@@ -168,7 +71,7 @@ def service_json(intent: Intent, service: Service) -> dict[str, Any]:
 def change_json(
     request: web.Request, service: str, action: str, backend: Backend | None
 ) -> dict[str, Any]:
-    health = controller_of(request).health
+    health = context_of(request).health.verdicts
     return {
         "service": service,
         "action": action,
@@ -185,7 +88,7 @@ def change_json(
     response_schema={"type": "object", "properties": {"services": {"type": "array"}}},
 )
 async def list_services(request: web.Request) -> web.Response:
-    intent = controller_of(request).store.intent
+    intent = context_of(request).intent.intent
     return web.json_response({"services": [service_json(intent, s) for s in intent.services]})
 
 
@@ -193,18 +96,12 @@ async def list_services(request: web.Request) -> web.Response:
     BACKENDS,
     summary="The backends of one service, with the controller's health verdict",
     responses={200: "OK", 404: "unknown service"},
-    response_schema={
-        "type": "object",
-        "properties": {
-            "service": {"type": "string"},
-            "backends": {"type": "array", "items": BACKEND_SCHEMA},
-        },
-    },
+    response_schema=BackendList,
 )
 async def list_backends(request: web.Request) -> web.Response:
-    controller = controller_of(request)
-    service = service_of(controller.store.intent, request.match_info["service"])
-    backends = [backend_json(b, controller.health) for b in service.backends]
+    context = context_of(request)
+    service = service_of(context.intent.intent, request.match_info["service"])
+    backends = [backend_json(b, context.health.verdicts) for b in service.backends]
     return web.json_response({"service": service.name, "backends": backends})
 
 
@@ -213,8 +110,8 @@ async def list_backends(request: web.Request) -> web.Response:
     summary="Add a backend to a service",
     description="Backend names are unique across all services (they key Envoy's per-host "
     "stats). The address must be an IP literal: Envoy's EDS takes no hostnames.",
-    request_schema=ADD_SCHEMA,
-    response_schema=CHANGE_SCHEMA,
+    request_schema=BackendAdd,
+    response_schema=BackendChange,
     responses={
         201: "added and ACKed by every connected proxy",
         202: NOT_CONFIRMED,
@@ -225,12 +122,11 @@ async def list_backends(request: web.Request) -> web.Response:
 )
 async def add(request: web.Request) -> web.Response:
     service = request.match_info["service"]
-    service_of(controller_of(request).store.intent, service)  # an unknown resource first
-    fields = check_fields(await json_body(request), _ADD_FIELDS, ("name", "address", "port"))
-    wait_s = fields.pop("wait_s", DEFAULT_WAIT_S)
-    backend = Backend(**fields)
+    service_of(context_of(request).intent.intent, service)  # an unknown resource first
+    wanted = parse(BackendAdd, await json_body(request))
+    wait_s, backend = wanted.wait_s, wanted.to_backend()
     timed = await timed_apply(
-        controller_of(request), lambda i: add_backend(i, service, backend), wait_s
+        context_of(request).changes, lambda i: add_backend(i, service, backend), wait_s
     )
     body = change_json(request, service, "added", backend) | outcome(timed)
     return web.json_response(body, status=status_of(timed, 201))
@@ -241,8 +137,8 @@ async def add(request: web.Request) -> web.Response:
     summary="Change a backend's weight, priority or draining flag",
     description="weight counts only under the weighted strategy. draining: true marks "
     "the endpoint DRAINING in EDS: Envoy sends it no new requests, in-flight ones finish.",
-    request_schema=UPDATE_SCHEMA,
-    response_schema=CHANGE_SCHEMA,
+    request_schema=BackendPatch,
+    response_schema=BackendChange,
     responses={
         200: "updated and ACKed by every connected proxy",
         202: NOT_CONFIRMED,
@@ -252,13 +148,13 @@ async def add(request: web.Request) -> web.Response:
 )
 async def update(request: web.Request) -> web.Response:
     service, name = request.match_info["service"], request.match_info["backend"]
-    backend_of(service_of(controller_of(request).store.intent, service), name)
-    changes = check_fields(await json_body(request), _UPDATE_FIELDS)
-    wait_s = changes.pop("wait_s", DEFAULT_WAIT_S)
+    backend_of(service_of(context_of(request).intent.intent, service), name)
+    patch = parse(BackendPatch, await json_body(request))
+    wait_s, changes = patch.wait_s, patch.changes()
     if not changes:
         raise invalid("give at least one of weight, priority, draining")
     timed = await timed_apply(
-        controller_of(request), lambda i: update_backend(i, service, name, changes), wait_s
+        context_of(request).changes, lambda i: update_backend(i, service, name, **changes), wait_s
     )
     body = change_json(request, service, "updated", _find(timed.applied.after, service, name))
     body |= outcome(timed)
@@ -269,7 +165,7 @@ async def update(request: web.Request) -> web.Response:
     BACKEND,
     summary="Remove a backend from a service",
     query=WAIT_QUERY,
-    response_schema=CHANGE_SCHEMA,
+    response_schema=BackendChange,
     responses={
         200: "removed and ACKed by every connected proxy",
         202: NOT_CONFIRMED,
@@ -282,7 +178,7 @@ async def remove(request: web.Request) -> web.Response:
     service, name = request.match_info["service"], request.match_info["backend"]
     wait_s = query_wait(request)
     timed = await timed_apply(
-        controller_of(request), lambda i: remove_backend(i, service, name), wait_s
+        context_of(request).changes, lambda i: remove_backend(i, service, name), wait_s
     )
     body = change_json(request, service, "removed", _find(timed.applied.before, service, name))
     body |= outcome(timed)

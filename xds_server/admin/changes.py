@@ -12,15 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xds_server.model.intent import Intent
-from xds_server.pipeline.changes import MAX_WAIT_S, Applied, apply_change, wait_seconds
-from xds_server.settings import InvalidValue
-
-if TYPE_CHECKING:
-    from xds_server.app import Controller
+from xds_server.pipeline.changes import MAX_WAIT_S, Applied, ChangeApplier, wait_seconds
 
 WAIT_S_SCHEMA: dict[str, Any] = {
     "type": "number",
@@ -40,11 +35,8 @@ CHANGE_ERRORS: dict[int, str] = {
 
 
 def wait_value(value: object) -> float:
-    """`wait_s` as a check_fields converter."""
-    try:
-        return wait_seconds(value)
-    except ValueError as error:
-        raise InvalidValue(str(error)) from None
+    """`wait_s` as a converter (admin/bodies.py and the DELETE query; raises InvalidValue)."""
+    return wait_seconds(value)
 
 
 @dataclass(frozen=True)
@@ -54,14 +46,14 @@ class Timed:
 
 
 async def timed_apply(
-    controller: Controller,
+    changes: ChangeApplier,
     change: Callable[[Intent], Intent],
     wait_s: float,
     *,
-    ready: Awaitable[object] | None = None,  # see pipeline.changes.apply_change
+    ready: Awaitable[object] | None = None,  # see pipeline.changes.ChangeApplier
 ) -> Timed:
     started = time.monotonic()
-    applied = await apply_change(controller, change, wait_s, ready=ready)
+    applied = await changes.apply(change, wait_s, ready=ready)
     return Timed(applied, time.monotonic() - started)
 
 
@@ -79,8 +71,3 @@ def outcome(timed: Timed) -> dict[str, Any]:
 
 def status_of(timed: Timed, success: int = 200) -> int:
     return success if timed.applied.applied else 202
-
-
-def utc_now() -> str:
-    """ISO-8601 UTC with milliseconds, e.g. 2025-07-15T14:30:00.123Z."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

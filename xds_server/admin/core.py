@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
 from xds_server.admin.api import RouteSet
-from xds_server.admin.context import controller_of
-
-if TYPE_CHECKING:
-    from xds_server.app import Controller
+from xds_server.admin.context import context_of
+from xds_server.store.base import IntentView
 
 routes = RouteSet("status")
 
@@ -24,13 +20,13 @@ STORE_OUTAGE = (
 )
 
 
-def store_status(controller: Controller) -> dict[str, object]:
+def store_status(store: IntentView) -> dict[str, object]:
     """{"status": "ok" | "degraded", "store": "ok" | "unavailable", "store_kind": ...}"""
-    up = controller.store.connected
+    up = store.connected
     return {
         "status": "ok" if up else "degraded",
         "store": "ok" if up else "unavailable",
-        "store_kind": controller.store.kind,
+        "store_kind": store.kind,
     }
 
 
@@ -41,7 +37,7 @@ def store_status(controller: Controller) -> dict[str, object]:
     responses={200: "alive (status ok, or degraded while the store is unreachable)"},
 )
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response(store_status(controller_of(request)))
+    return web.json_response(store_status(context_of(request).intent))
 
 
 @routes.get(
@@ -54,14 +50,14 @@ async def healthz(request: web.Request) -> web.Response:
     },
 )
 async def readyz(request: web.Request) -> web.Response:
-    controller = controller_of(request)
-    generation = controller.cache.generation
+    context = context_of(request)
+    generation = context.published.generation
     ready = generation > 0
     body = {
         "ready": ready,
         "generation": generation,
-        "last_error": controller.publisher.last_error,
-        **store_status(controller),
+        "last_error": context.published.last_error,
+        **store_status(context.intent),
     }
     return web.json_response(body, status=200 if ready else 503)
 
@@ -71,5 +67,5 @@ async def readyz(request: web.Request) -> web.Response:
     summary="Connected proxies with, per resource type, versions sent and ACKed and the last NACK",
 )
 async def proxies(request: web.Request) -> web.Response:
-    registry = controller_of(request).proxies
+    registry = context_of(request).proxies
     return web.json_response({"proxies": [p.as_json() for p in registry.connected()]})

@@ -14,6 +14,7 @@ from xds_server.errors import (
     Conflict,
     DependencyUnavailable,
     InconsistentSnapshot,
+    InvalidValue,
     NotFound,
     XdsServerError,
 )
@@ -21,7 +22,7 @@ from xds_server.errors import (
 log = logging.getLogger("xds_server.admin")
 
 
-class ApiError(Exception):
+class ApiError(XdsServerError):
     """Raised by handlers for a request that cannot be served as asked."""
 
     def __init__(self, status: int, error: str, detail: str, field: str | None = None) -> None:
@@ -46,6 +47,7 @@ _MAPPED: tuple[tuple[type[XdsServerError], int, str], ...] = (
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
     (ConfigError, 422, "invalid_value"),
+    (InvalidValue, 422, "invalid_value"),
     (InconsistentSnapshot, 422, "inconsistent"),
     (DependencyUnavailable, 503, "dependency_unavailable"),
 )
@@ -74,13 +76,19 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 def _mapped(error: XdsServerError) -> web.Response:
     for cls, status, name in _MAPPED:
         if isinstance(error, cls):
-            field = (
-                error.problems[0].path
-                if isinstance(error, ConfigError) and error.problems
-                else None
-            )
-            return error_response(status, name, str(error), field=field)
+            return error_response(status, name, str(error), field=_field_of(error))
+    # One of ours that no admin handler should let out: a bug, so with its traceback.
+    log.error("admin answered %s with 500", type(error).__name__, exc_info=error)
     return error_response(500, "internal_error", str(error))
+
+
+def _field_of(error: XdsServerError) -> str | None:
+    """The input the error is about, answered as `field`."""
+    if isinstance(error, ConfigError):
+        return error.problems[0].path if error.problems else None
+    if isinstance(error, NotFound | Conflict):
+        return error.field
+    return None
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from xds_server.admin.api import RouteSet
-from xds_server.admin.context import controller_of
+from xds_server.admin.context import context_of
 from xds_server.admin.health_report import health_report
 from xds_server.health.verdict import OVERALL_UNHEALTHY, summarize
 
@@ -67,9 +67,8 @@ REPORT_SCHEMA: dict[str, Any] = {
     response_schema=REPORT_SCHEMA,
 )
 async def router_health(request: web.Request) -> web.Response:
-    controller = controller_of(request)
-    states = controller.health_states()
-    return web.json_response(health_report(controller.store.intent, states))
+    context = context_of(request)
+    return web.json_response(health_report(context.intent.intent, context.health.states))
 
 
 @routes.get(
@@ -87,8 +86,8 @@ async def router_health(request: web.Request) -> web.Response:
     },
 )
 async def overall_health(request: web.Request) -> web.Response:
-    controller = controller_of(request)
-    summary = summarize(controller.store.intent, controller.health_states())
+    context = context_of(request)
+    summary = summarize(context.intent.intent, context.health.states)
     body = {
         "status": summary.overall,
         "total_backends": summary.total,

@@ -1,8 +1,10 @@
-"""health_report: split from xds_server.health."""
+"""The spec's "Backend health status" answer (GET /api/v1/router/health), rendered
+from the intent and the health states."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from xds_server.health.verdict import BackendHealth, summarize
 from xds_server.model.intent import Backend, Health, Intent, Service
@@ -11,7 +13,7 @@ from xds_server.timefmt import iso_utc
 log = logging.getLogger("xds_server.health")
 
 
-def health_report(intent: Intent, states: dict[str, BackendHealth]) -> dict[str, object]:
+def health_report(intent: Intent, states: Mapping[str, BackendHealth]) -> dict[str, object]:
     """The spec's "Backend health status" shape, grouped by display group."""
     groups: dict[str, dict[str, object]] = {}
     for service in intent.services:

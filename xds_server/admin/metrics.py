@@ -7,23 +7,19 @@ no sampler reads Envoy, no observer counts, no failover is timed.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from xds_server.admin.api import RouteSet
-from xds_server.admin.context import controller_of
+from xds_server.admin.context import context_of
 from xds_server.admin.errors import ApiError
+from xds_server.telemetry import Telemetry
 from xds_server.telemetry.routing import report
 from xds_server.telemetry.sampler import SAMPLE_INTERVAL_S
 from xds_server.telemetry.traffic import WINDOW_S
-
-if TYPE_CHECKING:
-    from xds_server.app import Controller
-    from xds_server.telemetry.prometheus import ControllerMetrics
-    from xds_server.telemetry.sampler import TrafficSampler
 
 routes = RouteSet("metrics")
 
@@ -154,10 +150,11 @@ REPORT_SCHEMA: dict[str, Any] = {
 }
 
 
-def enabled(controller: Controller) -> tuple[ControllerMetrics, TrafficSampler]:
-    if controller.metrics is None or controller.traffic is None:
+def enabled(request: web.Request) -> Telemetry:
+    telemetry = context_of(request).telemetry
+    if telemetry is None:
         raise ApiError(404, "not_found", DISABLED)
-    return controller.metrics, controller.traffic
+    return telemetry
 
 
 @routes.get(
@@ -169,15 +166,15 @@ def enabled(controller: Controller) -> tuple[ControllerMetrics, TrafficSampler]:
     response_schema=REPORT_SCHEMA,
 )
 async def router_metrics(request: web.Request) -> web.Response:
-    controller = controller_of(request)
-    _, sampler = enabled(controller)
-    intent = controller.store.intent
+    telemetry = enabled(request)
+    sampler = telemetry.sampler
+    intent = context_of(request).intent.intent
     name = request.query.get("service")
     service = intent.service(name) if name is not None else None
     if name is not None and service is None:
         raise ApiError(404, "not_found", f"no service named {name!r}")
     readings = await sampler.sample()
-    events = await controller.failover_events()
+    events = await telemetry.events.events()
     body = report(sampler.book, readings, intent, events, time.monotonic(), service)
     return web.json_response(body)
 
@@ -192,7 +189,7 @@ async def router_metrics(request: web.Request) -> web.Response:
     responses={200: "Prometheus text format 0.0.4 (text/plain)", 404: "metrics disabled"},
 )
 async def prometheus_metrics(request: web.Request) -> web.Response:
-    metrics, _ = enabled(controller_of(request))
+    metrics = enabled(request).metrics
     # The classic text format: every Prometheus 2.x reads it.
     return web.Response(
         body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4}
@@ -212,9 +209,9 @@ async def count_requests(request: web.Request, handler: Any) -> web.StreamRespon
         status = error.status
         raise
     finally:
-        metrics = controller_of(request).metrics
-        if metrics is not None:
-            metrics.admin.answered(
+        telemetry = context_of(request).telemetry
+        if telemetry is not None:
+            telemetry.metrics.admin.answered(
                 route_label(request), request.method, status, time.perf_counter() - started
             )
 

@@ -1,8 +1,15 @@
 """The OpenAPI 3 document of the admin API, built from the mounted route sets.
 
 Nothing here lists routes by hand: every Operation registered on a RouteSet in
-xds_server.admin.ROUTE_SETS is described, so the document cannot drift from
-what is served (tests/test_admin_unit.py holds both directions).
+the route sets `make_admin_app` mounted are described, so the document cannot drift from
+what is served (tests/admin/test_admin_unit.py holds both directions). Request
+and answer schemas come from the models the handlers parse with
+(admin/bodies.py, admin/schemas.py); the models they nest are shared under
+components/schemas.
+
+The error answer's schema is kept by hand: admin/errors.py writes it as a plain
+dict in one place for every handler, and it is the one schema every other
+operation references, so a model would only restate these three lines.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from typing import Any
 from aiohttp import web
 
 import xds_server
-from xds_server.admin.api import Operation, RouteSet
+from xds_server.admin.api import MOUNTED, Operation, RouteSet
+from xds_server.admin.schemas import schema_object
 
 routes = RouteSet("openapi")
 
@@ -36,10 +44,11 @@ AUTH_NOTE = "401 when ROUTER_ADMIN_TOKEN is set and the bearer token is missing 
 def document(route_sets: Iterable[RouteSet]) -> dict[str, Any]:
     sets = list(route_sets)
     paths: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     for route_set in sets:
         for op in route_set.operations:
             paths.setdefault(openapi_path(op.path), {})[op.method.lower()] = operation(
-                route_set.tag, op
+                route_set.tag, op, schemas
             )
     return {
         "openapi": OPENAPI_VERSION,
@@ -52,7 +61,7 @@ def document(route_sets: Iterable[RouteSet]) -> dict[str, Any]:
         "tags": [{"name": s.tag} for s in sets if s.operations],
         "paths": dict(sorted(paths.items())),
         "components": {
-            "schemas": {"Error": ERROR_SCHEMA},
+            "schemas": dict(sorted(schemas.items())),
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
         },
     }
@@ -62,12 +71,13 @@ def openapi_path(path: str) -> str:
     return _VARIABLE.sub(r"{\1}", path)
 
 
-def operation(tag: str, op: Operation) -> dict[str, Any]:
+def operation(tag: str, op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+    """One operation; the models its schemas nest are added to `schemas`."""
     doc: dict[str, Any] = {
         "tags": [tag],
         "summary": op.summary,
         "operationId": f"{tag}.{op.handler.__name__}",
-        "responses": responses(op),
+        "responses": responses(op, schemas),
     }
     if op.description:
         doc["description"] = op.description
@@ -75,7 +85,8 @@ def operation(tag: str, op: Operation) -> dict[str, Any]:
     if parameters:
         doc["parameters"] = parameters
     if op.request_schema is not None:
-        content = {"application/json": {"schema": op.request_schema}}
+        body = schema_object(op.request_schema, schemas, "validation")
+        content = {"application/json": {"schema": body}}
         doc["requestBody"] = {"required": True, "content": content}
     if op.mutating:
         doc["security"] = [{"bearerAuth": []}]
@@ -96,19 +107,22 @@ def query_parameters(op: Operation) -> list[dict[str, Any]]:
     ]
 
 
-def responses(op: Operation) -> dict[str, Any]:
+def responses(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
     """Documented answers; a mutating call can always answer 401 (bearer auth)."""
     listed = dict(op.responses)
     if op.mutating:
         listed.setdefault(401, AUTH_NOTE)
-    return {str(code): _response(code, text, op) for code, text in sorted(listed.items())}
+    return {str(code): _response(code, text, op, schemas) for code, text in sorted(listed.items())}
 
 
-def _response(code: int, description: str, op: Operation) -> dict[str, Any]:
+def _response(
+    code: int, description: str, op: Operation, schemas: dict[str, Any]
+) -> dict[str, Any]:
+    schema: dict[str, Any] | None = None
     if code >= 400:
-        schema: dict[str, Any] | None = {"$ref": "#/components/schemas/Error"}
-    else:
-        schema = op.response_schema
+        schema = {"$ref": "#/components/schemas/Error"}
+    elif op.response_schema is not None:
+        schema = schema_object(op.response_schema, schemas, "serialization")
     if schema is None:
         return {"description": description}
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -120,6 +134,5 @@ def _response(code: int, description: str, op: Operation) -> dict[str, Any]:
     response_schema={"type": "object"},
 )
 async def openapi_json(request: web.Request) -> web.Response:
-    from xds_server.admin import ROUTE_SETS
-
-    return web.json_response(document(ROUTE_SETS))
+    mounted: tuple[RouteSet, ...] = request.app[MOUNTED]
+    return web.json_response(document(mounted))

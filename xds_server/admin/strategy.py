@@ -25,103 +25,33 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from xds_server.admin.api import RouteSet
+from xds_server.admin.bodies import StrategyChangeAnswer, StrategyOverview, StrategyPut
 from xds_server.admin.changes import (
     CHANGE_ERRORS,
     NOT_CONFIRMED,
-    WAIT_S_SCHEMA,
     outcome,
     status_of,
     timed_apply,
-    utc_now,
-    wait_value,
 )
-from xds_server.admin.context import controller_of
-from xds_server.admin.errors import ApiError, invalid, json_body
-from xds_server.errors import NotFound
+from xds_server.admin.context import AdminContext, context_of
+from xds_server.admin.errors import invalid, json_body
+from xds_server.model.edits import service_of, set_strategy
+from xds_server.model.fields import STRATEGY_NOTES
 from xds_server.model.intent import Intent, Service, Strategy
-from xds_server.pipeline.changes import DEFAULT_WAIT_S
-from xds_server.settings import check_fields, header_name_value, name_value, strategy_value
+from xds_server.model.validation import parse
 from xds_server.telemetry import envoy_stats
 from xds_server.telemetry.envoy_stats import ProxyReading
-
-if TYPE_CHECKING:
-    from xds_server.app import Controller
+from xds_server.timefmt import utc_now
 
 routes = RouteSet("strategy")
 ProxyErrors = dict[str, str | None]
 
-# What each strategy really is in Envoy (envoy-notes.md, "Mapping of the spec").
-STRATEGY_NOTES: dict[str, str] = {
-    Strategy.ROUND_ROBIN: "Envoy ROUND_ROBIN; every backend alike, weights ignored",
-    Strategy.LEAST_CONNECTIONS: (
-        "Envoy LEAST_REQUEST: of two randomly chosen backends (power of two choices), "
-        "the one with fewer *active requests*. It does not count connections; Envoy "
-        "has no true least-connections balancer"
-    ),
-    Strategy.WEIGHTED: "Envoy ROUND_ROBIN honouring each backend's weight (3:1 gives 75/25)",
-    Strategy.RANDOM: "Envoy RANDOM",
-    Strategy.RING_HASH: "Envoy RING_HASH: consistent hashing on the service's hash_header",
-    Strategy.MAGLEV: "Envoy MAGLEV: consistent hashing on the service's hash_header",
-}
 HASHING = frozenset({Strategy.RING_HASH, Strategy.MAGLEV})
-STRATEGY_SCHEMA: dict[str, Any] = {
-    "type": "string",
-    "enum": [s.value for s in Strategy],
-    "description": "; ".join(f"{name}: {note}" for name, note in STRATEGY_NOTES.items()),
-}
-PUT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["strategy"],
-    "additionalProperties": False,
-    "properties": {
-        "strategy": STRATEGY_SCHEMA,
-        "service": {
-            "type": "string",
-            "description": "Only this service; omitted: every service (the default "
-            "strategy is set and per-service overrides are cleared)",
-        },
-        "hash_header": {
-            "type": "string",
-            "description": "Request header hashed by ring_hash or maglev (lower case)",
-        },
-        "wait_s": WAIT_S_SCHEMA,
-    },
-}
-_PUT_FIELDS = {
-    "strategy": strategy_value,
-    "service": name_value,
-    "hash_header": header_name_value,
-    "wait_s": wait_value,
-}
-_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
-CHANGE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "strategy_change": {
-            "type": "object",
-            "properties": {
-                "previous_strategy": {
-                    "type": "string",
-                    "description": "'mixed' when the services differed",
-                },
-                "new_strategy": STRATEGY_SCHEMA,
-                "change_timestamp": {"type": "string", "format": "date-time"},
-                "active_connections_before": _COUNTS,
-                "active_connections_after": _COUNTS,
-                "strategy_applied": {"type": "boolean"},
-                "service": {"type": "string", "nullable": True},
-                "changed_services": {"type": "array", "items": {"type": "string"}},
-                "failures": {"type": "array", "items": {"type": "object"}},
-                "stats_errors": {"type": "array", "items": {"type": "object"}},
-            },
-        }
-    },
-}
 PUT_DESCRIPTION = (
     "Switch the load-balancing strategy of one service or of all. Answers once "
     "every connected proxy ACKed the change or the wait ran out. "
@@ -143,36 +73,15 @@ class StrategyRequest:
 
 
 def parse_request(body: dict[str, Any]) -> StrategyRequest:
-    fields = check_fields(body, _PUT_FIELDS, required=("strategy",))
-    request = StrategyRequest(
-        strategy=fields["strategy"],
-        service=fields.get("service"),
-        hash_header=fields.get("hash_header"),
-        wait_s=fields.get("wait_s", DEFAULT_WAIT_S),
-    )
+    put = parse(StrategyPut, body)
+    request = StrategyRequest(put.strategy, put.service, put.hash_header, put.wait_s)
     if request.hash_header is not None and request.strategy not in HASHING:
         raise invalid("hash_header applies only to ring_hash and maglev", "hash_header")
     return request
 
 
-def set_strategy(intent: Intent, request: StrategyRequest) -> Intent:
-    """The intent with the requested strategy; NotFound for an unknown service."""
-    if request.service is None:
-        services = tuple(_with(s, None, request.hash_header) for s in intent.services)
-        return dataclasses.replace(intent, default_strategy=request.strategy, services=services)
-    if intent.service(request.service) is None:
-        raise NotFound(f"unknown service {request.service!r}")
-    services = tuple(
-        _with(s, request.strategy, request.hash_header) if s.name == request.service else s
-        for s in intent.services
-    )
-    return dataclasses.replace(intent, services=services)
-
-
-def _with(service: Service, strategy: Strategy | None, hash_header: str | None) -> Service:
-    return dataclasses.replace(
-        service, strategy=strategy, hash_header=hash_header or service.hash_header
-    )
+def _apply(intent: Intent, wanted: StrategyRequest) -> Intent:
+    return set_strategy(intent, wanted.strategy, wanted.service, wanted.hash_header)
 
 
 def affected(intent: Intent, service: str | None) -> tuple[Service, ...]:
@@ -206,34 +115,34 @@ def active_connections(
 
 @contextlib.asynccontextmanager
 async def reading_before_change(
-    controller: Controller,
+    context: AdminContext,
 ) -> AsyncIterator[Awaitable[Sequence[ProxyReading]]]:
     """The one reading before the change, under way while the change is made inside
     the `async with`; await what it yields for the figures."""
-    if controller.traffic is None:  # metrics off: only the connections to report
-        read = asyncio.ensure_future(envoy_stats.read_proxies(controller.proxies.connected()))
+    if context.telemetry is None:  # metrics off: only the connections to report
+        read = asyncio.ensure_future(envoy_stats.read_proxies(context.proxies.connected()))
         try:
             yield read
         finally:
             await asyncio.wait([read])  # never left running, whatever the change did
         return
-    async with controller.traffic.covering_change() as reading:
+    async with context.telemetry.sampler.covering_change() as reading:
         yield reading
 
 
-async def reading_after_change(controller: Controller) -> Sequence[ProxyReading]:
-    proxies = controller.proxies.connected()
-    if controller.traffic is None:
+async def reading_after_change(context: AdminContext) -> Sequence[ProxyReading]:
+    proxies = context.proxies.connected()
+    if context.telemetry is None:
         return await envoy_stats.read_proxies(proxies)
-    return await controller.traffic.reader.hosts(proxies)
+    return await context.telemetry.sampler.reader.hosts(proxies)
 
 
 @routes.put(
     "/api/v1/router/strategy",
     summary="Set the load-balancing strategy (all services, or one)",
     description=PUT_DESCRIPTION,
-    request_schema=PUT_SCHEMA,
-    response_schema=CHANGE_SCHEMA,
+    request_schema=StrategyPut,
+    response_schema=StrategyChangeAnswer,
     responses={
         200: "applied by every connected proxy",
         202: NOT_CONFIRMED,
@@ -242,22 +151,20 @@ async def reading_after_change(controller: Controller) -> Sequence[ProxyReading]
     },
 )
 async def put_strategy(request: web.Request) -> web.Response:
-    controller = controller_of(request)
+    context = context_of(request)
     wanted = parse_request(await json_body(request))
-    intent = controller.store.intent
-    if wanted.service is not None and intent.service(wanted.service) is None:
-        raise ApiError(404, "not_found", f"unknown service {wanted.service!r}", "service")
+    intent = context.intent.intent
+    if wanted.service is not None:
+        service_of(intent, wanted.service)  # an unknown service first, before reading stats
     services = affected(intent, wanted.service)
     backends = [b.name for s in services for b in s.backends]
-    async with reading_before_change(controller) as reading:
+    async with reading_before_change(context) as reading:
         timestamp = utc_now()
-        change = functools.partial(set_strategy, request=wanted)
-        timed = await timed_apply(controller, change, wanted.wait_s, ready=reading)
+        change = functools.partial(_apply, wanted=wanted)
+        timed = await timed_apply(context.changes, change, wanted.wait_s, ready=reading)
         before = await reading
     before_counts, before_errors = active_connections(before, backends)
-    after_counts, after_errors = active_connections(
-        await reading_after_change(controller), backends
-    )
+    after_counts, after_errors = active_connections(await reading_after_change(context), backends)
     names = [s.name for s in services]
     body = _change_json(timed.applied.before, wanted, names) | {
         "change_timestamp": timestamp,
@@ -286,17 +193,10 @@ def _change_json(before: Intent, wanted: StrategyRequest, names: list[str]) -> d
     summary="The default strategy and each service's effective strategy",
     description="least_connections is Envoy's LEAST_REQUEST (active requests, power of "
     "two choices), not least connections.",
-    response_schema={
-        "type": "object",
-        "properties": {
-            "default_strategy": STRATEGY_SCHEMA,
-            "services": {"type": "object", "additionalProperties": {"type": "object"}},
-            "strategies": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
-    },
+    response_schema=StrategyOverview,
 )
 async def get_strategy(request: web.Request) -> web.Response:
-    intent = controller_of(request).store.intent
+    intent = context_of(request).intent.intent
     return web.json_response(strategy_json(intent))
 
 

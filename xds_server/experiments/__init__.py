@@ -1,7 +1,7 @@
 """Resilience experiments: fail one backend for real, drive traffic through
 Envoy, watch Envoy's admin API react, measure, and put everything back.
 
-What both experiments promise (issue 4):
+What both experiments promise:
 - One at a time per controller: a second one gets Conflict (HTTP 409).
 - Bounded: every wait ends at the caller's `max_duration_s`; the restore steps
   run afterwards whatever happened (finally), each bounded too.
@@ -20,14 +20,14 @@ What both experiments promise (issue 4):
   bound within one poll (plus one admin read).
 """
 
-from xds_server.experiments.lab import FAILURE_MODES, Experiments, Limits, Recorded
+from xds_server.experiments.lab import FAILURE_MODES, Experiments, LabPorts, Limits
 from xds_server.experiments.runs import circuit_breaker_test, failover_test
 
 __all__ = [
     "FAILURE_MODES",
     "Experiments",
+    "LabPorts",
     "Limits",
-    "Recorded",
     "circuit_breaker_test",
     "failover_test",
 ]

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -24,11 +25,9 @@ from xds_server.experiments.lab import (
     Lab,
     Limits,
 )
+from xds_server.model.edits import find_backend, swap_backend, swap_ejection_time
 from xds_server.model.intent import Backend, Intent, SocketAddress
-from xds_server.pipeline.changes import apply_change
-
-if TYPE_CHECKING:
-    from xds_server.app import Controller
+from xds_server.pipeline.changes import ChangeApplier
 
 # --- making the backend fail, and undoing it -------------------------------------------
 
@@ -93,37 +92,23 @@ class RefusedPort:
         self._socket.bind(("127.0.0.1", 0))
         port = self._socket.getsockname()[1]
         moved = dataclasses.replace(self._original, address="127.0.0.1", port=port)
-        await change_intent(self._lab.controller, _swap_backend(self._original, moved))
+        await change_intent(
+            self._lab.ports.changes, lambda i: swap_backend(i, self._original, moved)
+        )
         self._lab.temporary_changes.append(
             f"{self._original.name} pointed at refusing port 127.0.0.1:{port} (restored)"
         )
 
     async def stop(self) -> None:
         try:
-            current = self._lab.controller.store.intent
-            moved = _find_backend(current, self._original.name)
+            current = self._lab.ports.intent.intent
+            moved = find_backend(current, self._original.name)
             if moved is not None and moved != self._original:
-                await change_intent(self._lab.controller, _swap_backend(moved, self._original))
+                restore = functools.partial(swap_backend, old=moved, new=self._original)
+                await change_intent(self._lab.ports.changes, restore)
         finally:
             if self._socket is not None:
                 self._socket.close()
-
-
-def _find_backend(intent: Intent, name: str) -> Backend | None:
-    return next((b for b in intent.backends() if b.name == name), None)
-
-
-def _swap_backend(old: Backend, new: Backend) -> Callable[[Intent], Intent]:
-    """Replace `old` by `new` only if it is still exactly `old` (someone may have changed it)."""
-
-    def change(intent: Intent) -> Intent:
-        services = tuple(
-            dataclasses.replace(s, backends=tuple(new if b == old else b for b in s.backends))
-            for s in intent.services
-        )
-        return dataclasses.replace(intent, services=services)
-
-    return change
 
 
 async def choose_failure(lab: Lab, wanted: str | None) -> Failure:
@@ -148,10 +133,10 @@ async def failing(failure: Failure) -> AsyncIterator[None]:
 # --- temporary intent changes ------------------------------------------------------------
 
 
-async def change_intent(controller: Controller, change: Callable[[Intent], Intent]) -> None:
+async def change_intent(changes: ChangeApplier, change: Callable[[Intent], Intent]) -> None:
     """Store, publish and wait (bounded) for every proxy's ACK; DependencyUnavailable if not:
     an experiment must not run on a config some proxy does not have."""
-    applied = await apply_change(controller, change, APPLY_WAIT_S)
+    applied = await changes.apply(change, APPLY_WAIT_S)
     if not applied.applied:
         reasons = "; ".join(f"{f.node_id}: {f.reason}" for f in applied.failures)
         raise DependencyUnavailable(f"the experiment's intent change was not applied: {reasons}")
@@ -162,21 +147,11 @@ def ejection_time(intent: Intent, limits: Limits) -> float:
     return limits.ejection_time_s or min(configured, DEFAULT_EJECTION_S)
 
 
-def _with_ejection(seconds: float, only_if: float) -> Callable[[Intent], Intent]:
-    def change(intent: Intent) -> Intent:
-        if intent.policies.circuit_breaker_timeout_s != only_if:
-            return intent  # changed by someone else meanwhile: theirs wins
-        policies = dataclasses.replace(intent.policies, circuit_breaker_timeout_s=seconds)
-        return dataclasses.replace(intent, policies=policies)
-
-    return change
-
-
 @contextlib.asynccontextmanager
 async def ejection_time_set(lab: Lab, seconds: float) -> AsyncIterator[None]:
     """Run the block with `seconds` as the ejection time, restoring the configured one."""
-    controller = lab.controller
-    configured = controller.store.intent.policies.circuit_breaker_timeout_s
+    changes = lab.ports.changes
+    configured = lab.ports.intent.intent.policies.circuit_breaker_timeout_s
     if seconds == configured:
         yield
         return
@@ -184,11 +159,11 @@ async def ejection_time_set(lab: Lab, seconds: float) -> AsyncIterator[None]:
         f"circuit_breaker_timeout {configured:g} s -> {seconds:g} s during the test (restored)"
     )
     try:
-        await change_intent(controller, _with_ejection(seconds, only_if=configured))
+        await change_intent(changes, lambda i: swap_ejection_time(i, configured, seconds))
         await wait_cluster_ejection(lab, seconds)
         yield
     finally:
-        await change_intent(controller, _with_ejection(configured, only_if=seconds))
+        await change_intent(changes, lambda i: swap_ejection_time(i, seconds, configured))
 
 
 async def wait_cluster_ejection(lab: Lab, seconds: float) -> None:

@@ -6,21 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from xds_server.errors import Conflict, DependencyUnavailable, NotFound
+from xds_server.health.base import HealthHolds
 from xds_server.model.intent import Backend, Intent, Service
+from xds_server.pipeline.changes import ChangeApplier
+from xds_server.store.base import IntentView
 from xds_server.telemetry import envoy_stats
 from xds_server.telemetry.envoy_stats import HostStats
-from xds_server.xds.status import ProxyStatus
-
-if TYPE_CHECKING:
-    from xds_server.app import Controller
+from xds_server.telemetry.failover import FailoverEvent
+from xds_server.xds.status import ProxyRegistry, ProxyStatus
 
 POLL_S = 0.02
 APPLY_WAIT_S = 5.0
@@ -44,28 +43,17 @@ class Limits:
     failure: str | None = None  # None: http_503 if the backend has the control, else refused
 
 
-@dataclass(frozen=True)
-class Recorded:
-    """One experiment's answer and when it was given (wall clock)."""
-
-    at: float
-    answer: dict[str, Any]
-
-
 class Experiments:
-    """At most one experiment at a time; the last answers kept for other readers
-    (the metrics API's failover figures)."""
+    """At most one experiment at a time; each run's failover event goes to the
+    event log (the metrics API's failover figures)."""
 
-    def __init__(self, on_record: Callable[[Recorded], None] | None = None) -> None:
+    def __init__(self, on_event: Callable[[FailoverEvent], None] | None = None) -> None:
         self.running: str | None = None
-        self.results: deque[Recorded] = deque(maxlen=100)
-        self._on_record = on_record  # the failover event log
+        self._on_event = on_event
 
-    def record(self, answer: dict[str, Any]) -> None:
-        recorded = Recorded(time.time(), answer)
-        self.results.append(recorded)
-        if self._on_record is not None:
-            self._on_record(recorded)
+    def record(self, event: FailoverEvent) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
 
     @contextlib.contextmanager
     def claim(self, kind: str) -> Iterator[None]:
@@ -95,8 +83,19 @@ def resolve(intent: Intent, name: str) -> tuple[Service, Backend]:
     raise NotFound(f"no service or backend named {name!r}")
 
 
-def observed_proxy(controller: Controller) -> ProxyStatus:
-    for proxy in controller.proxies.connected():
+@dataclass(frozen=True)
+class LabPorts:
+    """What the experiments work with, each a narrow collaborator (wired in app.py)."""
+
+    intent: IntentView
+    changes: ChangeApplier
+    holds: HealthHolds
+    proxies: ProxyRegistry
+    registry: Experiments
+
+
+def observed_proxy(proxies: ProxyRegistry) -> ProxyStatus:
+    for proxy in proxies.connected():
         if proxy.envoy_admin:
             return proxy
     raise DependencyUnavailable(
@@ -108,7 +107,7 @@ def observed_proxy(controller: Controller) -> ProxyStatus:
 class Lab:
     """Everything one experiment works with."""
 
-    controller: Controller
+    ports: LabPorts
     admin: aiohttp.ClientSession
     traffic: aiohttp.ClientSession
     proxy: ProxyStatus
@@ -121,26 +120,26 @@ class Lab:
         return max(0.0, self.deadline - time.monotonic())
 
     def probe_url(self) -> str:
-        return f"http://{self.controller.store.intent.listen}{self.service.routes[0]}"
+        return f"http://{self.ports.intent.intent.listen}{self.service.routes[0]}"
 
 
 @contextlib.asynccontextmanager
 async def open_lab(
-    controller: Controller, kind: str, service: Service, target: Backend, limits: Limits
+    ports: LabPorts, kind: str, service: Service, target: Backend, limits: Limits
 ) -> AsyncIterator[Lab]:
-    proxy = observed_proxy(controller)
-    timeout = aiohttp.ClientTimeout(total=controller.store.intent.policies.request_timeout_s + 1)
+    proxy = observed_proxy(ports.proxies)
+    timeout = aiohttp.ClientTimeout(total=ports.intent.intent.policies.request_timeout_s + 1)
     # The hold outlives every bounded step of the experiment; with replicas it is
     # shared and expires by itself should this controller die meanwhile.
     hold_s = limits.max_duration_s + HOLD_MARGIN_S
-    with controller.experiments.claim(kind):
+    with ports.registry.claim(kind):
         async with (
-            controller.hold_health(target.name, hold_s),
+            ports.holds.held(target.name, hold_s),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as admin,
             aiohttp.ClientSession(timeout=timeout) as traffic,
         ):
             deadline = time.monotonic() + limits.max_duration_s
-            yield Lab(controller, admin, traffic, proxy, service, target, deadline)
+            yield Lab(ports, admin, traffic, proxy, service, target, deadline)
 
 
 # --- reading Envoy -------------------------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xds_server.errors import Conflict
 from xds_server.experiments.faults import choose_failure, ejection_time, ejection_time_set, failing
@@ -14,6 +14,7 @@ from xds_server.experiments.lab import (
     CONFIRM_PROBES,
     Counters,
     Lab,
+    LabPorts,
     Limits,
     Probe,
     Traffic,
@@ -32,9 +33,12 @@ from xds_server.experiments.lab import (
 )
 from xds_server.model.intent import Service
 from xds_server.telemetry.envoy_stats import HostStats
-
-if TYPE_CHECKING:
-    from xds_server.app import Controller
+from xds_server.telemetry.failover import (
+    CIRCUIT_BREAKER_TEST,
+    FAILOVER_TEST,
+    FailoverEvent,
+    event_id,
+)
 
 # --- measures ---------------------------------------------------------------------------
 
@@ -56,9 +60,12 @@ def lost(probes: Sequence[Probe]) -> list[Probe]:
     return [p for p in probes if not p.ok]
 
 
-def remember(controller: Controller, result: dict[str, Any]) -> dict[str, Any]:
-    controller.experiments.record(result)
-    return result
+def remember(ports: LabPorts, source: str, backend: str, ok: bool, time_s: float | None) -> None:
+    """The run's failover event: successful when traffic moved to a backup."""
+    at = time.time()
+    ports.registry.record(
+        FailoverEvent(source, backend, at, ok, ms(time_s), event_id(source, backend, at))
+    )
 
 
 def ms(seconds: float | None) -> float | None:
@@ -89,45 +96,50 @@ class Trip:
     probes: tuple[Probe, ...]
 
 
-async def circuit_breaker_test(controller: Controller, name: str, limits: Limits) -> dict[str, Any]:
+async def circuit_breaker_test(ports: LabPorts, name: str, limits: Limits) -> dict[str, Any]:
     """Fail the backend until Envoy ejects it, see the backup serve, undo, time the readmission."""
     started = time.monotonic()
-    intent = controller.store.intent
+    intent = ports.intent.intent
     service, target = resolve(intent, name)
     seconds = ejection_time(intent, limits)
-    async with open_lab(controller, "circuit-breaker", service, target, limits) as the:
+    async with open_lab(ports, "circuit-breaker", service, target, limits) as the:
         initial = circuit_state(await hosts(the), target.name)
         async with ejection_time_set(the, seconds):
             trip = await trip_and_recover(the, limits)
         final = circuit_state(await hosts(the), target.name)
-    return remember(
-        controller,
-        {
-            "circuit_breaker_test": {
-                "backend": name,
-                "target_backend": target.name,
-                "test_type": "failure_simulation",
-                "failure_mode": trip.failure_mode,
-                "initial_state": initial,
-                "failure_threshold": intent.policies.circuit_breaker_threshold,
-                "simulated_failures": trip.failures,
-                "circuit_breaker_triggered": trip.ejected_after_s is not None,
-                "new_state": "open" if trip.ejected_after_s is not None else "closed",
-                "failover_activated": trip.failover_activated,
-                "backup_backend": trip.backup,
-                "time_to_open_ms": ms(trip.ejected_after_s),
-                "test_duration_ms": ms(time.monotonic() - started),
-                "recovery_time_ms": ms(trip.recovered_after_s),
-                "final_state": final,
-                "ejection_time_s": seconds,
-                "configured_ejection_time_s": intent.policies.circuit_breaker_timeout_s,
-                "requests_sent": len(trip.probes),
-                "requests_lost": len(lost(trip.probes)),
-                "temporary_changes": the.temporary_changes,
-                "proxy": the.proxy.node_id,
-            }
-        },
+    opened = trip.ejected_after_s is not None
+    remember(
+        ports,
+        CIRCUIT_BREAKER_TEST,
+        target.name,
+        opened and trip.failover_activated,
+        trip.ejected_after_s,
     )
+    return {
+        "circuit_breaker_test": {
+            "backend": name,
+            "target_backend": target.name,
+            "test_type": "failure_simulation",
+            "failure_mode": trip.failure_mode,
+            "initial_state": initial,
+            "failure_threshold": intent.policies.circuit_breaker_threshold,
+            "simulated_failures": trip.failures,
+            "circuit_breaker_triggered": trip.ejected_after_s is not None,
+            "new_state": "open" if trip.ejected_after_s is not None else "closed",
+            "failover_activated": trip.failover_activated,
+            "backup_backend": trip.backup,
+            "time_to_open_ms": ms(trip.ejected_after_s),
+            "test_duration_ms": ms(time.monotonic() - started),
+            "recovery_time_ms": ms(trip.recovered_after_s),
+            "final_state": final,
+            "ejection_time_s": seconds,
+            "configured_ejection_time_s": intent.policies.circuit_breaker_timeout_s,
+            "requests_sent": len(trip.probes),
+            "requests_lost": len(lost(trip.probes)),
+            "temporary_changes": the.temporary_changes,
+            "proxy": the.proxy.node_id,
+        }
+    }
 
 
 async def trip_and_recover(the: Lab, limits: Limits) -> Trip:
@@ -176,10 +188,10 @@ class Failover:
     probes: tuple[Probe, ...]
 
 
-async def failover_test(controller: Controller, name: str, limits: Limits) -> dict[str, Any]:
+async def failover_test(ports: LabPorts, name: str, limits: Limits) -> dict[str, Any]:
     """Fail the primary under continuous traffic; measure the switch, the loss, the way back."""
     started = time.monotonic()
-    intent = controller.store.intent
+    intent = ports.intent.intent
     service, primary = resolve(intent, name)
     if len(service.backends) < 2:
         raise Conflict(
@@ -187,36 +199,36 @@ async def failover_test(controller: Controller, name: str, limits: Limits) -> di
         )
     seconds = ejection_time(intent, limits)
     async with (
-        open_lab(controller, "failover", service, primary, limits) as the,
+        open_lab(ports, "failover", service, primary, limits) as the,
         ejection_time_set(the, seconds),
     ):
         run = await fail_over_and_back(the, limits)
     failed = lost(run.probes)
-    return remember(
-        controller,
-        {
-            "failover_test": {
-                "primary_backend": primary.name,
-                "backup_backend": run.backup,
-                "failure_simulation": True,
-                "failure_mode": run.failure_mode,
-                "failover_triggered": run.out_at is not None,
-                "failover_time_ms": ms(None if run.out_at is None else run.out_at - run.failed_at),
-                "requests_during_failover": during(run.probes, run.failed_at, run.out_at),
-                "requests_lost": len(failed),
-                "requests_total": len(run.probes),
-                "upstream_failures_retried": run.retried_failures,
-                "recovery_successful": run.serving_at is not None,
-                "recovery_time_ms": ms(
-                    None if run.serving_at is None else run.serving_at - run.restored_at
-                ),
-                "total_downtime_ms": ms(downtime(failed)),
-                "test_duration_ms": ms(time.monotonic() - started),
-                "temporary_changes": the.temporary_changes,
-                "proxy": the.proxy.node_id,
-            }
-        },
-    )
+    switch_s = None if run.out_at is None else run.out_at - run.failed_at
+    switched = run.out_at is not None and run.backup is not None
+    remember(ports, FAILOVER_TEST, primary.name, switched, switch_s)
+    return {
+        "failover_test": {
+            "primary_backend": primary.name,
+            "backup_backend": run.backup,
+            "failure_simulation": True,
+            "failure_mode": run.failure_mode,
+            "failover_triggered": run.out_at is not None,
+            "failover_time_ms": ms(switch_s),
+            "requests_during_failover": during(run.probes, run.failed_at, run.out_at),
+            "requests_lost": len(failed),
+            "requests_total": len(run.probes),
+            "upstream_failures_retried": run.retried_failures,
+            "recovery_successful": run.serving_at is not None,
+            "recovery_time_ms": ms(
+                None if run.serving_at is None else run.serving_at - run.restored_at
+            ),
+            "total_downtime_ms": ms(downtime(failed)),
+            "test_duration_ms": ms(time.monotonic() - started),
+            "temporary_changes": the.temporary_changes,
+            "proxy": the.proxy.node_id,
+        }
+    }
 
 
 async def fail_over_and_back(the: Lab, limits: Limits) -> Failover:

@@ -4,9 +4,9 @@ Verdicts (`model.Health`) are written into the controller's `health` mapping,
 which the translator turns into EDS `health_status`; every changed verdict
 calls `on_change` (the publisher's `mark_dirty`), so Envoy moves traffic
 within one publish. Envoy has no per-backend response time of its own
-(envoy-notes.md), so the probe durations here are what the health report shows.
+(docs/envoy-notes.md), so the probe durations here are what the health report shows.
 
-Rules (tests/test_health_unit.py pins them):
+Rules (tests/health/test_health_unit.py pins them):
 - A backend is probed as soon as it appears (start-up, or added to the
   intent), so verdicts settle before Envoy even connects. Later probes run at
   a random, stable phase in [0, jitter x interval) plus whole intervals:
@@ -24,7 +24,7 @@ Rules (tests/test_health_unit.py pins them):
   forgotten, one whose address, port or health path changed starts over as
   UNKNOWN (it is another target now).
 
-With several replicas (xds_server/redis_health.py, docs/replicas.md) only the
+With several replicas (xds_server/health/shared.py, docs/replicas.md) only the
 elected prober runs this checker; it starts each backend from the shared record
 (`seed`) instead of UNKNOWN, reports every state change (`on_state`) so the
 record can be written, and is run again from scratch on a later term.

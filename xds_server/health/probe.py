@@ -1,4 +1,6 @@
-"""probe: split from xds_server.health."""
+"""HTTP probes of a backend's health path (aiohttp): a 2xx answer within the
+timeout passes; a non-2xx answer or a refused connection is a definitive failure;
+anything else (timeout, reset) is ambiguous and counts towards the threshold."""
 
 from __future__ import annotations
 

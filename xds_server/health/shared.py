@@ -15,7 +15,7 @@ claim period (LEASE_S + LEASE_S / 3) without probes, during which every
 replica keeps publishing the last verdicts (Envoy's outlier detection still
 ejects failing hosts on its own).
 
-Layout (`prefix` as the intent's, xds_server/redis_store.py):
+Layout (`prefix` as the intent's, xds_server/store/redis.py):
 
     {prefix}:health:prober    string: the prober's id, set NX with a PX lease
     {prefix}:health:records   hash: backend -> JSON record (verdict, probe figures, target)
@@ -84,8 +84,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
-from xds_server.errors import DependencyUnavailable
+from xds_server.errors import DependencyUnavailable, LeaseLost
 from xds_server.health.checker import HealthChecker, Seed, Target, probe_target, probed_backends
 from xds_server.health.verdict import BackendHealth, HealthObserver, ProbeResult
 from xds_server.model.intent import Health, Intent
@@ -196,10 +197,6 @@ end
 return live
 """
 )
-
-
-class LeaseLost(Exception):
-    """The fenced write found another prober: this replica stops probing."""
 
 
 # --- records -----------------------------------------------------------------------------
@@ -415,7 +412,6 @@ class SharedHealth:
         client: Redis,
         prefix: str,
         store: IntentStore,
-        verdicts: MutableMapping[str, Health],
         on_change: Callable[[], None],
         make_checker: CheckerFactory,
         *,
@@ -426,8 +422,9 @@ class SharedHealth:
         self.prober: str | None = None  # the holder Redis named at the last claim
         self.lease_s = lease_s
         self.release_on_stop = True  # False: the lease expires, as after a crash (tests)
+        self._verdicts: dict[str, Health] = {}
         self.mirror = HealthMirror(
-            lambda: store.intent, verdicts, on_change, observers, self._sync_holds
+            lambda: store.intent, self._verdicts, on_change, observers, self._sync_holds
         )
         self.writer = VerdictWriter()
         self.checker = make_checker(self.writer.note, self.mirror.seed)
@@ -449,6 +446,11 @@ class SharedHealth:
     @property
     def probing(self) -> bool:
         return self._probing is not None and not self._probing.done()
+
+    @property
+    def verdicts(self) -> Mapping[str, Health]:
+        """What this replica publishes: the mirror's verdicts (the prober's own stay private)."""
+        return self._verdicts
 
     @property
     def states(self) -> dict[str, BackendHealth]:
@@ -605,11 +607,11 @@ class SharedHealth:
                 self.mirror.expire(loop.time())
         finally:
             self.following = False
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(RedisError, OSError):  # the connection may be dead
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
 
     async def _notified(self, pubsub: PubSub) -> list[dict[str, Any]]:
-        """The notifications of one listening period (redis_store.notifications)."""
+        """The notifications of one listening period (redis_io.notifications)."""
         async with redis_errors("listening for health changes"):
             texts = await notifications(pubsub)
         notes: list[dict[str, Any]] = []

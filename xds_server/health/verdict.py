@@ -1,8 +1,11 @@
-"""verdict: split from xds_server.health."""
+"""Pure health rules: the probe policy, one probe's result, a backend's state and
+the next verdict after a probe, and the summary of a whole intent (overall
+healthy / degraded / unhealthy). No I/O: the checker and the shared health feed it."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -111,7 +114,7 @@ def service_state(service: Service, verdicts: dict[str, Health]) -> str:
     return OVERALL_HEALTHY if healthy else OVERALL_DEGRADED
 
 
-def summarize(intent: Intent, states: dict[str, BackendHealth]) -> HealthSummary:
+def summarize(intent: Intent, states: Mapping[str, BackendHealth]) -> HealthSummary:
     verdicts = {b.name: _verdict(states, b.name) for b in intent.backends()}
     counted = list(verdicts.values())
     return HealthSummary(
@@ -123,6 +126,6 @@ def summarize(intent: Intent, states: dict[str, BackendHealth]) -> HealthSummary
     )
 
 
-def _verdict(states: dict[str, BackendHealth], name: str) -> Health:
+def _verdict(states: Mapping[str, BackendHealth], name: str) -> Health:
     state = states.get(name)
     return Health.UNKNOWN if state is None else state.verdict

@@ -11,7 +11,7 @@ Promises:
 - complete by construction: both directions walk the model's dataclass fields
   and type hints, so a field added to `xds_server.model` is stored without
   touching this module. A type the walk does not know raises TypeError when
-  encoding (tests/test_redis_store.py round-trips an intent with every field set).
+  encoding (tests/model/test_codec.py round-trips an intent with every field set).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ class Policies:
     max_requests: int = 10_000
     max_connections: int = 10_000
     # Concurrent retries allowed per cluster. Envoy's default of 3 made 98 % of
-    # requests fail after a backend was killed under load (envoy-notes.md).
+    # requests fail after a backend was killed under load (docs/envoy-notes.md).
     max_concurrent_retries: int = 10_000
     request_timeout_s: float = 15.0
     # Below this share of healthy hosts Envoy spreads traffic over all hosts

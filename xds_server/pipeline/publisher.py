@@ -3,16 +3,16 @@
 Bursts are coalesced without delaying an isolated change: a change is
 published at once when the publisher is idle; changes arriving while it
 publishes, or during the hold-off after it, are batched into one more
-publish (style.md, item 7). The hold-off is proportional to what the last
-publish cost (COST_FACTOR times its duration, bounded): a small config is
-never held back, a large one cannot spend more than a third of a core on
-rebuilding. A change that would give an inconsistent snapshot is refused and
-the last good snapshot stays.
+publish. The hold-off is proportional to what the last publish cost
+(COST_FACTOR times its duration, bounded): a small config is never held back,
+a large one cannot spend more than a third of a core on rebuilding. A change
+that would give an inconsistent snapshot is refused and the last good snapshot
+stays.
 
 Publishing is incremental: the translator keeps a memory across publishes and
 the snapshot is built against the current one, so a change costs what it
 touches (a health flip re-translates and re-serializes one
-ClusterLoadAssignment; issue 6). The output is what a full rebuild gives.
+ClusterLoadAssignment). The output is what a full rebuild gives.
 
 A snapshot that changes clusters is published only after `before_cluster_change`
 has run (the traffic sampler reads its Envoys' counters then, unless an admin
@@ -33,8 +33,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
+from xds_server.errors import XdsServerError
 from xds_server.model.intent import Health, Intent
 from xds_server.resources import CLUSTER
 from xds_server.store.base import IntentStore
@@ -56,6 +58,16 @@ class Checked:
     previous: Snapshot | None
     snapshot: Snapshot
     build_s: float  # what building it took (the publish reports it as its build)
+
+
+class PublishStatus(Protocol):
+    """What readiness reports: how far publishing got, and why it stopped if it did."""
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def last_error(self) -> str | None: ...
 
 
 class Publisher:
@@ -85,6 +97,11 @@ class Publisher:
         self.last_error: str | None = None
         store.on_change(self.mark_dirty)
 
+    @property
+    def generation(self) -> int:
+        """The generation of the snapshot published last (0: none yet)."""
+        return self._cache.generation
+
     def mark_dirty(self) -> None:
         self._dirty.set()
 
@@ -98,11 +115,12 @@ class Publisher:
         revision, intent = self._store.revision, self._store.intent
         try:
             snapshot, build_s = self._snapshot_of(intent)
-        except Exception as error:  # an intent that cannot be served is never pushed
-            self.last_error = str(error)
+        except XdsServerError as error:  # an intent that cannot be served is never pushed
             log.error("not publishing revision %d: %s", revision, error)
-            self._advance(revision)  # processed, not published: waiters read last_error
-            return self._cache.generation
+            return self._refuse(revision, error)
+        except Exception as error:  # a translator bug: refused too, and with its traceback
+            log.exception("not publishing revision %d: translating it failed", revision)
+            return self._refuse(revision, error)
         if self._on_build is not None:
             self._on_build(build_s)
         current = self._cache.snapshot
@@ -120,6 +138,11 @@ class Publisher:
             await self._cache.publish(snapshot)
         self.last_error = None
         self._advance(revision)
+        return self._cache.generation
+
+    def _refuse(self, revision: int, error: Exception) -> int:
+        self.last_error = str(error)
+        self._advance(revision)  # processed, not published: waiters read last_error
         return self._cache.generation
 
     def check(self, intent: Intent) -> None:

@@ -1,7 +1,7 @@
 """Run a real Envoy: find the binary, start it on a bootstrap, wait until LIVE, stop it.
 
 Every Envoy started here gets `--disable-hot-restart` unless a `base_id` is given,
-so several can share one host (envoy-notes.md). Waits are bounded; failures carry
+so several can share one host (docs/envoy-notes.md). Waits are bounded; failures carry
 the tail of Envoy's log.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from xds_server.errors import XdsServerError
+from xds_server.errors import ConfigError, Problem, XdsServerError
 from xds_server.model.intent import SocketAddress
 from xds_server.proxy.processes import ChildProcess, start_process
 
@@ -161,7 +161,8 @@ def _with_admin(bootstrap: Mapping[str, Any], admin: SocketAddress) -> dict[str,
     if given is None:
         config["admin"] = {**config.get("admin", {}), "address": {"socket_address": wanted}}
     elif (given.get("address"), given.get("port_value")) != (admin.host, admin.port):
-        raise ValueError(f"bootstrap admin address {given} is not {admin}")
+        where = "admin.address.socket_address"
+        raise ConfigError([Problem(where, f"bootstrap admin address {given} is not {admin}")])
     return config
 
 

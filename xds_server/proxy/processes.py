@@ -9,7 +9,7 @@ Promises:
 - children run in their own session, so Ctrl-C in a terminal reaches only the parent,
   which then stops them in its own order.
 
-Signals go to the child's PID only, never to a name or a whole process group.
+Signals go to the child only (through a pidfd), never to a name or a whole process group.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import os
 import random
 import signal
 import socket
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from xds_server.errors import XdsServerError
+from xds_server.errors import ListenFailed, XdsServerError
 
 _TAIL_LINES = 40
 _CHUNK = 65536
@@ -63,6 +64,8 @@ class ChildProcess:
         assert proc.stdout is not None  # start_process always pipes stdout
         self._drain = asyncio.create_task(self._read_output(proc.stdout))
         self._stopping: asyncio.Task[int] | None = None
+        self._pidfd = _open_pidfd(proc.pid)
+        self._close_pidfd = weakref.finalize(self, _close_fd, self._pidfd)
 
     @property
     def pid(self) -> int:
@@ -106,11 +109,14 @@ class ChildProcess:
         return code
 
     def _signal(self, signum: signal.Signals) -> None:
-        # asyncio checks returncode before signalling, so a reaped (and possibly
-        # reused) PID is never signalled.
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signum)
+        # Not asyncio's send_signal: it ends in Popen.send_signal, which first polls
+        # with waitpid(). When the child has already exited (after kill(), or after
+        # a crash) that poll reaps it before asyncio's child watcher can, and the
+        # watcher then reports exit code 255 instead of the real one. A pidfd
+        # signals without reaping and can never reach a recycled PID.
+        if self._proc.returncode is None and self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):  # exited and reaped meanwhile
+                signal.pidfd_send_signal(self._pidfd, signum)
 
     async def _finish_output(self) -> None:
         # A grandchild could hold the pipe open after the child died; do not wait for it.
@@ -121,6 +127,7 @@ class ChildProcess:
             self._drain.cancel()
         if self._log is not None:
             self._log.close()
+        self._close_pidfd()
 
     async def _read_output(self, stream: asyncio.StreamReader) -> None:
         pending = b""
@@ -204,6 +211,21 @@ async def _ready_or_stop(child: ChildProcess, prefix: str, timeout_s: float) -> 
         raise
 
 
+def _open_pidfd(pid: int) -> int | None:
+    # Opened right after the spawn. A child that already exited and was reaped
+    # left its PID free (ProcessLookupError); for that PID to name another process
+    # already, the kernel would have had to cycle through all PIDs meanwhile.
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:  # already exited and reaped: nothing left to signal
+        return None
+
+
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
 def _open_log(log_path: Path | None) -> IO[bytes] | None:
     if log_path is None:
         return None
@@ -229,7 +251,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         if port not in _handed_out and port not in _RESERVED_PORTS and _bindable(host, port):
             _handed_out.add(port)
             return port
-    raise OSError(f"no free port below the ephemeral range ({low}) on {host}")
+    raise ListenFailed(f"no free port below the ephemeral range ({low}) on {host}")
 
 
 def _ephemeral_range() -> tuple[int, int]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from xds_server.errors import ListenFailed
 from xds_server.model.intent import SocketAddress
 
 METHOD = "/xds_server.sample.Who/Name"
@@ -53,7 +54,7 @@ async def start_backend(name: str, host: str = "127.0.0.1", port: int = 0) -> tu
     server.add_generic_rpc_handlers((_who_handler(name),))
     bound = server.add_insecure_port(str(SocketAddress(host, port)))
     if bound == 0:
-        raise OSError(f"cannot listen on {SocketAddress(host, port)}")
+        raise ListenFailed(f"cannot listen on {SocketAddress(host, port)}")
     await server.start()
     return server, bound
 

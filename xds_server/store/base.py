@@ -1,4 +1,10 @@
-"""What every intent store offers, and the one way an intent is edited.
+"""Where the intent lives, with change notification, and the one way it is edited.
+
+`MemoryStore` is the default (the demo needs no Redis); `RedisStore`
+(store/redis.py) is chosen when `ROUTER_REDIS_URL` is set, so several
+replicas share one intent. Every write gets a revision number, local to this
+process and monotonic; the publisher reports which revision each snapshot
+contains, so a writer can wait until its own change is live.
 
 `edit` is how every write is made (the stores' `update` and the admin API):
 the change and its check run against the store's current intent *outside* any
@@ -8,6 +14,10 @@ holds the store (with Redis: never a Redis round trip, never another writer),
 and it is repeated only when another write came first, against that write's
 result: concurrent writers lose no update, and a refused change (the change or
 the check raised) stores nothing.
+
+Life: `start()` before anything reads the intent (a shared store loads or
+seeds it there), `run()` as a task of the controller's TaskGroup (a shared
+store follows other replicas' writes there), `stop()` last.
 """
 
 from __future__ import annotations
@@ -24,7 +34,9 @@ from xds_server.redis_io import backoff_s
 MAX_ATTEMPTS = 50  # lost compare-and-put rounds before an edit gives up with Conflict
 
 
-class IntentStore(Protocol):
+class IntentView(Protocol):
+    """Read side of the store: what the admin API and the experiments read."""
+
     kind: str  # "memory" or "redis", for health reports
 
     @property
@@ -34,6 +46,13 @@ class IntentStore(Protocol):
     def revision(self) -> int:
         """Local and monotonic; changes exactly when `intent` does (read both together)."""
 
+    @property
+    def connected(self) -> bool:
+        """False while the store cannot be reached: reads serve the last known
+        intent, writes raise DependencyUnavailable."""
+
+
+class IntentStore(IntentView, Protocol):
     async def put(self, intent: Intent) -> int:
         """Store a new intent; returns its revision."""
 
@@ -47,11 +66,6 @@ class IntentStore(Protocol):
         refuse the update, which then changes nothing."""
 
     def on_change(self, callback: Callable[[], None]) -> None: ...
-
-    @property
-    def connected(self) -> bool:
-        """False while the store cannot be reached: reads serve the last known
-        intent, writes raise DependencyUnavailable."""
 
     async def start(self) -> None:
         """Load (or seed) the intent. Raises DependencyUnavailable if that is impossible."""

@@ -1,15 +1,7 @@
-"""Where the intent lives, with change notification.
+"""The default store: one intent in this process (the demo needs no Redis).
 
-`MemoryStore` is the default (the demo needs no Redis); `RedisStore`
-(xds_server.redis_store) is chosen when `ROUTER_REDIS_URL` is set, so several
-replicas share one intent. Every write gets a revision number, local to this
-process and monotonic; the publisher reports which revision each snapshot
-contains, so a writer can wait until its own change is live. Every write is
-an `edit` (store/base.py): computed and checked outside, then compared and put.
-
-Life: `start()` before anything reads the intent (a shared store loads or
-seeds it there), `run()` as a task of the controller's TaskGroup (a shared
-store follows other replicas' writes there), `stop()` last.
+Every write is an `edit` (store/base.py): computed and checked outside, then
+compared and put.
 """
 
 from __future__ import annotations

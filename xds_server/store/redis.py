@@ -36,9 +36,8 @@ One caveat inherent to any remote store: if the connection drops after Redis
 executed a write but before its reply arrived, the caller sees 503 although the
 write took effect; the next resync adopts it, so replicas still agree.
 
-Redis errors become DependencyUnavailable in exactly one place, `redis_errors`
-(style.md, item 12); the shared health and metrics (redis_health.py,
-redis_metrics.py) use it too.
+Redis errors become DependencyUnavailable in exactly one place, `redis_errors`;
+the shared health and metrics (health/shared.py, telemetry/shared.py) use it too.
 """
 
 from __future__ import annotations

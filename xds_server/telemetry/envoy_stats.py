@@ -3,7 +3,7 @@
 `GET /clusters?format=json` lists, per cluster, every host with its hostname
 (our backend name, see translate/endpoints.py) and counters such as
 `cx_active`, `rq_active`, `rq_total`. Envoy writes the numbers as strings and
-leaves zeros out (envoy-notes.md); here every missing counter reads as 0.
+leaves zeros out (docs/envoy-notes.md); here every missing counter reads as 0.
 
 Promises: every read is bounded by a short timeout, proxies are read
 concurrently, and a proxy that cannot be read is reported with the reason in
@@ -167,7 +167,7 @@ _STATS_FILTER = rf"^cluster\.[^.]+\.({'|'.join((*CLUSTER_COUNTERS, RQ_TIME))})$"
 # a counter that starts from 0 (traffic.py), which is what it is.
 STATS_PATH = "/stats/prometheus?" + urlencode({"filter": _STATS_FILTER}) + "&usedonly"
 # last_updated changes exactly when Envoy (re)builds a cluster, which gives every
-# host of it fresh counters starting at 0 (envoy-notes.md).
+# host of it fresh counters starting at 0 (docs/envoy-notes.md).
 VERSIONS_PATH = "/config_dump?resource=dynamic_active_clusters&mask=cluster.name,last_updated"
 _SAMPLE = re.compile(r"^envoy_cluster_(\w+)\{([^}]*)\} (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')

@@ -22,7 +22,7 @@ and a snapshot is built and installed without yielding, so every snapshot of
 a later generation was translated from the new verdict.
 
 Where events are kept: an `EventLog`, in memory (`MemoryEventLog`) or, with a
-Redis store, in Redis (xds_server/redis_metrics.py), so they survive a restart.
+Redis store, in Redis (xds_server/telemetry/shared.py), so they survive a restart.
 With several replicas, every replica that has proxies connected times the same
 verdict change for its own proxies; the events carry one id (backend and the
 time of the verdict change, identical on every replica since verdicts are
@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xds_server.cache import SnapshotCache
-from xds_server.experiments import Recorded
 from xds_server.health.verdict import ProbeResult
 from xds_server.model.intent import Health, Intent, Service
 from xds_server.timefmt import iso_utc
@@ -209,7 +208,7 @@ class FailoverTracker:
             at=time.time(),
             successful=acked and pending.backup_available,
             failover_time_ms=round(took * 1000, 1) if acked else None,
-            id=_id(HEALTH_CHECK, pending.backend, pending.changed_at),
+            id=event_id(HEALTH_CHECK, pending.backend, pending.changed_at),
         )
         self.events.append(event)
         if self._on_event is not None:
@@ -245,41 +244,10 @@ def _backup_available(service: Service, name: str, verdicts: dict[str, Health]) 
     )
 
 
-# --- experiments -------------------------------------------------------------------------------
+# --- ids -------------------------------------------------------------------------------------
 
 
-def experiment_events(recorded: Iterable[Recorded]) -> list[FailoverEvent]:
-    """One event per failover or circuit-breaker experiment, oldest first."""
-    events = []
-    for record in recorded:
-        event = experiment_event(record)
-        if event is not None:
-            events.append(event)
-    return events
-
-
-def experiment_event(record: Recorded) -> FailoverEvent | None:
-    """The failover event of one experiment's answer; None for other answers."""
-    answer, at = record.answer, record.at
-    if FAILOVER_TEST in answer:
-        run = answer[FAILOVER_TEST]
-        ok = bool(run.get("failover_triggered")) and run.get("backup_backend") is not None
-        time_ms = run.get("failover_time_ms")
-        backend = run["primary_backend"]
-        return FailoverEvent(
-            FAILOVER_TEST, backend, at, ok, time_ms, _id(FAILOVER_TEST, backend, at)
-        )
-    if CIRCUIT_BREAKER_TEST in answer:
-        run = answer[CIRCUIT_BREAKER_TEST]
-        ok = bool(run.get("circuit_breaker_triggered")) and bool(run.get("failover_activated"))
-        time_ms = run.get("time_to_open_ms")
-        backend = run["target_backend"]
-        event_id = _id(CIRCUIT_BREAKER_TEST, backend, at)
-        return FailoverEvent(CIRCUIT_BREAKER_TEST, backend, at, ok, time_ms, event_id)
-    return None
-
-
-def _id(source: str, backend: str, at: float) -> str:
+def event_id(source: str, backend: str, at: float) -> str:
     """Identical for the same failover wherever it is recorded (`merge`)."""
     return f"{source}:{backend}@{at!r}"
 

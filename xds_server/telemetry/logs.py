@@ -6,7 +6,8 @@ pipeline can filter on `node_id` without parsing messages; in text mode they
 are left out of the line (the message names them already).
 
 XdsEventLog is the logging implementation of the protocol engine's observer
-(style.md, item 9): every xDS event with proxy id, type, version and generation.
+(metrics and logs are two observers of the same hooks): every xDS event with
+proxy id, type, version and generation.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from xds_server.resources import SHORT_NAMES
+from xds_server.timefmt import iso_utc
 from xds_server.xds.observe import StreamInfo
 
 TEXT, JSON = "text", "json"
@@ -39,7 +40,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": _iso(record.created),
+            "time": iso_utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -48,11 +49,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
-
-
-def _iso(epoch: float) -> str:
-    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
-    return f"{whole}.{int(epoch * 1000) % 1000:03d}Z"
 
 
 def configure_logging(debug: bool, verbose: bool, log_format: str = TEXT) -> None:

@@ -1,6 +1,6 @@
 """Controller metrics for Prometheus, served at the admin API's /metrics.
 
-The registry is passed in (style.md, item 10). Events are counted by
+The registry is passed in, never a global one. Events are counted by
 observers: XdsMetrics of the protocol engine, HealthMetrics of the probes,
 AdminMetrics of admin requests (an aiohttp middleware in admin/metrics.py).
 State (connected proxies, open streams, generation, backend verdicts) is read

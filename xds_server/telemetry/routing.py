@@ -2,13 +2,13 @@
 
 A TrafficSampler reads the admin API of every connected proxy (its address
 comes from the proxy's node metadata) every SAMPLE_INTERVAL_S, and once more
-when the metrics are asked for, into a TrafficBook (xds_server/traffic.py),
+when the metrics are asked for, into a TrafficBook (xds_server/telemetry/traffic.py),
 which keeps monotonic totals across Envoy's counter resets. `report` shapes
 the book, the latest readings and the failover events into the spec's JSON;
 the OpenAPI description (admin/metrics.py) defines every figure.
 
 Where the totals live is the sampler's `Ledger`: `MemoryLedger` (the book
-itself) or, with a Redis store, `RedisLedger` (xds_server/redis_metrics.py),
+itself) or, with a Redis store, `RedisLedger` (xds_server/telemetry/shared.py),
 which keeps the totals and each proxy's last reading in Redis, so they survive
 a controller restart and several replicas add to the same totals. Each replica
 reads only the proxies connected to it (an Envoy holds one ADS stream, so it is
@@ -69,7 +69,12 @@ def routing_metrics(book: TrafficBook, clusters: set[str], now: float) -> dict[s
 
 
 def windowed(window: tuple[Point, Point] | None, clusters: set[str]) -> dict[str, Any]:
-    """Rates over the window: requests per second and mean upstream response time."""
+    """Rates over the window: requests per second and mean upstream response time.
+
+    Envoy records upstream_rq_time in whole milliseconds, truncated: a backend on
+    loopback mostly records 0, and the mean over a window can be a few hundredths
+    of a millisecond. Hence three decimals: rounded to one, such a mean read as
+    0.0, as if nothing had been measured."""
     if window is None:
         return {"avg_response_time_ms": None, "requests_per_second": None, "window_s": 0.0}
     first, last = window
@@ -80,7 +85,7 @@ def windowed(window: tuple[Point, Point] | None, clusters: set[str]) -> dict[str
     timed = last.total(f"{RQ_TIME}_count", clusters) - first.total(f"{RQ_TIME}_count", clusters)
     spent = last.total(f"{RQ_TIME}_sum", clusters) - first.total(f"{RQ_TIME}_sum", clusters)
     return {
-        "avg_response_time_ms": round(spent / timed, 1) if timed > 0 else None,
+        "avg_response_time_ms": round(spent / timed, 3) if timed > 0 else None,
         "requests_per_second": round(requests / span, 2),
         "window_s": round(span, 1),
     }

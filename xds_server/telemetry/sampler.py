@@ -35,6 +35,9 @@ pull stays, made once per admin change, over a kept connection
 (envoy_stats.AdminReader).
 
 Readings are applied in the order they were taken (one lock), never overlap.
+The totals live in a `Ledger`: `MemoryLedger` for one controller, or
+`telemetry.shared.RedisLedger` so that replicas count each request once
+(docs/replicas.md).
 """
 
 from __future__ import annotations

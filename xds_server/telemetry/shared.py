@@ -1,6 +1,6 @@
 """Routing totals and failover events in Redis, so the metrics survive a restart.
 
-Layout (`prefix` as the intent's, xds_server/redis_store.py):
+Layout (`prefix` as the intent's, xds_server/store/redis.py):
 
     {prefix}:traffic:totals        hash: totals that only grow (JSON field names)
     {prefix}:traffic:since         wall clock of the first reading ever counted
@@ -94,7 +94,7 @@ return 1
 
 
 class RedisLedger:
-    """A Ledger (router_metrics.py) whose totals and references are in Redis."""
+    """A Ledger (telemetry/sampler.py) whose totals and references are in Redis."""
 
     def __init__(self, client: Redis, prefix: str) -> None:
         self.book = TrafficBook()  # a copy of Redis's totals, reloaded at every sample

@@ -1,7 +1,7 @@
 """Controller-side traffic totals built from Envoy counters that restart.
 
 Envoy's per-host counters (`/clusters`) start again at 0 whenever a cluster is
-rebuilt, e.g. by a strategy change (envoy-notes.md); some cluster counters
+rebuilt, e.g. by a strategy change (docs/envoy-notes.md); some cluster counters
 (`upstream_rq_5xx`, the response-time histogram) disappear with the old
 cluster and come back from 0; every counter restarts with Envoy. The
 `TrafficBook` turns repeated readings into totals that only grow:
@@ -83,7 +83,7 @@ def measure(
     reading: TrafficReading, baseline: ProxyBaseline, clusters: set[str], at: float
 ) -> tuple[Growth, ProxyBaseline]:
     """How much `reading` (taken at `at`) adds over `baseline`, and the next baseline.
-    Pure, so a shared store can apply it with a compare-and-set (redis_metrics.py)."""
+    Pure, so a shared store can apply it with a compare-and-set (telemetry/shared.py)."""
     growth = Growth()
     rebuilt = {c for c, built in reading.built.items() if baseline.built.get(c) != built}
     seen: dict[Key, float] = {}

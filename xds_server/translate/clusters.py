@@ -3,7 +3,7 @@
 One EDS cluster per service, named after it, plus a static cluster for the
 controller's own admin API. The spec's resilience knobs land here:
 circuit_breaker_* become outlier detection, queue_size the pending-request
-limit (see ../shared/docs/envoy-notes.md, "Mapping of the spec").
+limit (see docs/envoy-notes.md, "Mapping of the spec").
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def service_cluster(
             ),
             # Envoy defers health changes (outlier ejections, EDS health) that
             # come within 1 s of another host update and applies them together.
-            # Measured (issue 4): a backend ejected less than a second after an
+            # Measured (docs/envoy-findings.md): a backend ejected less than a second after an
             # EDS push kept getting traffic until the window closed. Our
             # clusters are small; apply every change at once.
             update_merge_window=duration(0),

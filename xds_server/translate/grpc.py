@@ -1,7 +1,7 @@
 """Intent -> what proxyless gRPC clients need for each `protocol: grpc` service.
 
 A gRPC client given the target `xds:///<service>` asks, by name and never by
-wildcard (xds-protocol rule 18), for:
+wildcard (docs/xds-protocol.md rule 18), for:
 
 - LDS: a Listener named after the service whose `api_listener` holds an
   HttpConnectionManager: RDS over ADS, the router as its last filter;
@@ -13,13 +13,10 @@ wildcard (xds-protocol rule 18), for:
   weight as "assigned no load"), and the cluster speaks HTTP/2 upstream so
   that the Envoy routes of a gRPC service, if it has any, reach its backends.
 
-What gRPC clients would reject or silently mishandle is refused here, with the
-field path (`grpc_problems`); the translator raises ConfigError so nothing is
-published. Source: grpc/grpc doc/grpc_xds_features.md ("xDS Features in gRPC"):
-C++/Python clients implement ROUND_ROBIN and RING_HASH (gRFC A42; hash policies
-`header` and `filter_state io.grpc.channel_id`) and NACK any other lb_policy;
-LEAST_REQUEST (gRFC A48) is grpc-java only; "the optional
-load_balancing_weight is always ignored" under round robin.
+What gRPC clients would reject or silently mishandle is refused, with the field
+path, by the intent's own rules (model/rules.py, `grpc_problems`); the
+translator raises ConfigError then, so nothing is published. Ring hash for gRPC
+hashes on a `header` (or `filter_state io.grpc.channel_id`) policy (gRFC A42).
 
 Flagged, not refused (documented in the README): gRPC implements only the
 success-rate and failure-percentage outlier detection (gRFC A50), so the
@@ -48,71 +45,21 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upst
 from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
-from xds_server.errors import ConfigError, Problem
 from xds_server.model.intent import Health, Intent, Policies, Protocol, Service, Strategy
-from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, LISTENER_NAME, ROUTE, Resources
+from xds_server.model.rules import check_grpc
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 from xds_server.translate.clusters import service_cluster
 from xds_server.translate.common import ads_config_source, duration, packed
 from xds_server.translate.endpoints import load_assignment
 from xds_server.translate.listeners import ROUTER_FILTER
 from xds_server.translate.memo import Memory
 
-GRPC_STRATEGIES = frozenset({Strategy.ROUND_ROBIN, Strategy.RING_HASH})
-_UNSUPPORTED: dict[Strategy, str] = {
-    Strategy.LEAST_CONNECTIONS: (
-        "gRPC C++/Python clients NACK lb_policy LEAST_REQUEST (only grpc-java implements it)"
-    ),
-    Strategy.RANDOM: "gRPC clients NACK lb_policy RANDOM",
-    Strategy.MAGLEV: "gRPC clients NACK lb_policy MAGLEV",
-    Strategy.WEIGHTED: (
-        "gRPC round robin ignores endpoint weights, so the weights would be silently dropped"
-    ),
-}
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # gRPC retries only on gRPC status codes (gRFC A44); UNAVAILABLE means the call
 # did not reach the application, so retrying it is safe.
 GRPC_RETRY_ON = "unavailable"
 
 M = TypeVar("M", bound=Message)
-
-
-# ---- validation ----------------------------------------------------------------------
-
-
-def grpc_problems(intent: Intent) -> list[Problem]:
-    """Every reason a gRPC client would NACK or mishandle the intent, with its path."""
-    problems: list[Problem] = []
-    for index, service in enumerate(intent.services):
-        if service.protocol is Protocol.GRPC:
-            problems.extend(_service_problems(intent, index, service))
-    return problems
-
-
-def _service_problems(intent: Intent, index: int, service: Service) -> list[Problem]:
-    path = f"services[{index}]"
-    problems = []
-    strategy = intent.strategy_of(service)
-    if strategy not in GRPC_STRATEGIES:
-        inherited = " (the default, router.strategy)" if service.strategy is None else ""
-        message = (
-            f"{strategy}{inherited} cannot serve gRPC service {service.name!r}: "
-            f"{_UNSUPPORTED[strategy]}; use round_robin or ring_hash"
-        )
-        problems.append(Problem(f"{path}.strategy", message))
-    if service.name == LISTENER_NAME:
-        message = (
-            f"{service.name!r} is the Envoy listener's name, and a gRPC service's "
-            "listener is named after the service"
-        )
-        problems.append(Problem(f"{path}.name", message))
-    return problems
-
-
-def check_grpc(intent: Intent) -> None:
-    """Raise ConfigError listing every grpc_problems entry, if any."""
-    problems = grpc_problems(intent)
-    if problems:
-        raise ConfigError(problems)
 
 
 # ---- the overlay the translator applies ----------------------------------------------

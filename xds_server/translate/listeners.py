@@ -52,6 +52,6 @@ def http_connection_manager() -> hcm_pb2.HttpConnectionManager:
             hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=packed(router_pb2.Router()))
         ],
         # Without this, HTTP/1.0 clients such as the spec's `ab` get 426 Upgrade
-        # Required (envoy-notes.md, "Traps").
+        # Required (docs/envoy-notes.md, "Traps").
         http_protocol_options=protocol_pb2.Http1ProtocolOptions(accept_http_10=True),
     )

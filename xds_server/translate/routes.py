@@ -25,7 +25,7 @@ from xds_server.translate.memo import Memo
 
 # What a retry is for: a refused or reset connection and any 5xx. Together with
 # the previous-host predicate this is what made a SIGKILLed backend cost no
-# request in the measurements of envoy-notes.md.
+# request in the measurements of docs/envoy-notes.md.
 RETRY_ON = "connect-failure,refused-stream,reset,5xx"
 HOST_SELECTION_ATTEMPTS = 5
 ADMIN_TIMEOUT_S = 120.0

@@ -3,7 +3,7 @@ client, every resource it was sent and whether it ACKed or NACKed it.
 
 ProxyRegistry (status.py) keeps one status per proxy and *type*; CSDS reports
 per *resource*. So this module keeps a `ResourceLedger`, another observer of
-the same protocol hooks (style.md, item 9): each response's resource names,
+the same protocol hooks (like metrics and logs): each response's resource names,
 taken with their content from the snapshot the response was built from (the
 resource as sent), and each ACK or NACK applied to the resources it answers.
 Nothing here feeds back into what is sent.
@@ -18,11 +18,11 @@ it (config_status):
 
 A NACK marks only resources whose content was new in the rejected response:
 an unchanged resource sent along (SotW CDS and LDS always carry the full set,
-rule 14) keeps the copy the client accepted before. A resource disappears
-from the report when a full-state response leaves it out, when it is deleted
-from the snapshot, or when its stream closes. Limitation: the hooks do not
-report subscriptions, so an EDS or RDS name a client unsubscribed from while
-the resource still exists stays listed until then.
+docs/xds-protocol.md rule 14) keeps the copy the client accepted before. A
+resource disappears from the report when a full-state response leaves it out,
+when it is deleted from the snapshot, or when its stream closes. Limitation:
+the hooks do not report subscriptions, so an EDS or RDS name a client
+unsubscribed from while the resource still exists stays listed until then.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
 
 import grpc
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
@@ -44,10 +43,7 @@ from google.protobuf import timestamp_pb2
 
 from xds_server.cache import Resource, Snapshot, SnapshotCache
 from xds_server.resources import FULL_STATE_TYPES
-from xds_server.xds.observe import StreamInfo
-
-if TYPE_CHECKING:
-    from xds_server.xds.server import XdsEngine
+from xds_server.xds.observe import Observers, StreamInfo
 
 
 class State(Enum):
@@ -111,7 +107,8 @@ class ResourceLedger:
         for name in names:
             _offer(ledger, name, resources.get(name) if resources else None, version, delta, now)
         if type_url in FULL_STATE_TYPES and not delta:
-            # Rule 14: what a full-state response leaves out, the client deletes.
+            # docs/xds-protocol.md rule 14: what a full-state response leaves out,
+            # the client deletes.
             _keep(ledger, set(names))
         elif resources is not None and len(ledger.rows) > len(resources):
             # Some rows name deleted resources: forget them (bounds the ledger).
@@ -238,7 +235,7 @@ def _client_config(
 
 def _exists(snapshot: Snapshot | None, type_url: str, name: str) -> bool:
     """Deleted resources leave the report even where no response said so
-    (SotW EDS and RDS, rule 15)."""
+    (SotW EDS and RDS, docs/xds-protocol.md rule 15)."""
     current = snapshot.of(type_url) if snapshot is not None else None
     return current is None or name in current.resources
 
@@ -363,15 +360,17 @@ class ClientStatusService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  
 
 
 def _invalid(context: grpc.aio.ServicerContext, error: UnsupportedMatcher) -> None:
-    # Not context.abort(): see XdsEngine.serve.
+    # Not context.abort(): see xds/server.py, XdsEngine.serve.
     context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
     context.set_details(str(error))
 
 
-def add_to_server(engine: XdsEngine, server: grpc.aio.Server) -> ResourceLedger:
-    """Serve CSDS on `server`, fed by the engine's protocol hooks."""
-    ledger = ResourceLedger(engine.cache)
-    engine.observers.add(ledger)
+def add_to_server(
+    cache: SnapshotCache, observers: Observers, server: grpc.aio.Server
+) -> ResourceLedger:
+    """Serve CSDS on `server`, fed by the protocol engine's hooks (`observers`)."""
+    ledger = ResourceLedger(cache)
+    observers.add(ledger)
     csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
         ClientStatusService(ledger), server
     )

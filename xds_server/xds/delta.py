@@ -4,8 +4,7 @@ The client states subscription changes and, on reconnect, what it already
 holds (`initial_resource_versions`); the server sends only resources whose
 version differs from what the client holds, and names deleted or missing
 resources in `removed_resources`. Resource versions are content digests, so
-they mean the same on every replica. Rule numbers refer to
-../shared/docs/xds-protocol.md.
+they mean the same on every replica.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ class DeltaState:
     ) -> None:
         subscribe = list(request.resource_names_subscribe)
         if first:
-            self.known = dict(request.initial_resource_versions)  # rule 22
+            self.known = dict(request.initial_resource_versions)  # docs/xds-protocol.md rule 22
             if not subscribe and legacy and self.type_url in WILDCARD_TYPES:
                 self.wildcard = True
         for name in subscribe:
@@ -55,15 +54,15 @@ class DeltaState:
                 continue
             self.names.add(name)
             if not first:
-                self.known.pop(name, None)  # rule 20: a re-subscription is answered
+                self.known.pop(name, None)  # docs/xds-protocol.md rule 20: answered again
         for name in request.resource_names_unsubscribe:
             if name == WILDCARD:
                 self.wildcard = False
                 self.known = {n: v for n, v in self.known.items() if n in self.names}
                 continue
             self.names.discard(name)
-            # Rule 21: still covered by the wildcard, it must be mentioned again;
-            # otherwise the client has dropped it.
+            # docs/xds-protocol.md rule 21: still covered by the wildcard, it must be
+            # mentioned again; otherwise the client has dropped it.
             self.known.pop(name, None)
 
     def wanted(self, current: TypeSnapshot) -> list[str]:
@@ -72,8 +71,8 @@ class DeltaState:
         return sorted(n for n in self.names if n in current.resources)
 
     def removed(self, current: TypeSnapshot, wanted: set[str]) -> list[str]:
-        """Rule 19: deleted resources the client holds, and explicitly
-        subscribed names that do not exist and were not yet reported."""
+        """docs/xds-protocol.md rule 19: deleted resources the client holds, and
+        explicitly subscribed names that do not exist and were not yet reported."""
         held_gone = [n for n, v in self.known.items() if v is not ABSENT and n not in wanted]
         missing = [n for n in self.names if n not in current.resources and n not in self.known]
         return sorted({*held_gone, *missing})
@@ -107,7 +106,7 @@ class DeltaStream(
         elif request.response_nonce and state.in_flight:
             state.in_flight = False
             self._report_answer(type_url, request, state.version_sent, state.evaluated_generation)
-        # ...but rule 9: subscription changes count whatever the nonce.
+        # ...but docs/xds-protocol.md rule 9: subscription changes count whatever the nonce.
         state.apply(request, first, self._legacy_wildcard)
         self._interest(type_url, state.names, state.wildcard)
         self._wake.set()
@@ -115,8 +114,8 @@ class DeltaStream(
     # ---- responses -----------------------------------------------------------
 
     def responses(self) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-        """Make-before-break (rule 24): additions and updates first, in ADS
-        order; then removals, referrers before what they refer to, so no
+        """Make-before-break (docs/xds-protocol.md rule 24): additions and updates
+        first, in ADS order; then removals, referrers before what they refer to, so no
         listener or route ever points at something already removed."""
         snapshot = self._cache.snapshot
         if snapshot is None or self.info is None:
@@ -152,8 +151,8 @@ class DeltaStream(
         wanted = state.wanted(current)
         changed = [n for n in wanted if state.known.get(n) != current.resources[n].digest]
         removed = state.removed(current, set(wanted))
-        # Rule 22: the first wildcard request is answered even when empty, or
-        # Envoy never finishes initialising.
+        # docs/xds-protocol.md rule 22: the first wildcard request is answered even
+        # when empty, or Envoy never finishes initialising.
         if not (changed or removed or (state.must_answer and state.wildcard)):
             self._quiet(state.type_url, state.in_flight, snapshot.generation)
             return None
@@ -180,7 +179,7 @@ class DeltaStream(
         )
 
     def forget_endpoints(self, names: set[str]) -> None:
-        state = self._states.get(ENDPOINT)  # rule 23
+        state = self._states.get(ENDPOINT)  # docs/xds-protocol.md rule 23
         if state is not None and names & state.known.keys():
             for name in names:
                 state.known.pop(name, None)

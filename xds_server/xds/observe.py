@@ -1,7 +1,7 @@
 """What the protocol engine reports, and the fan-out to whoever listens.
 
 The stream code calls these hooks and nothing else; proxy status, metrics and
-logs are separate implementations (style.md, item 9).
+logs are separate implementations of the same hooks.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Observers:
     `notified(info, type_url, generation)`: a published snapshot changed
     resources this stream subscribes to, so this type owes its client an
     answer for `generation`. Streams a snapshot does not concern hear nothing
-    (per-name watches, issue 6); ProxyRegistry needs it to know who is behind.
+    (per-name watches); ProxyRegistry needs it to know who is behind.
     """
 
     def __init__(self, observers: Sequence[XdsObserver] = ()) -> None:
@@ -67,10 +67,9 @@ class Observers:
 
     def emit(self, hook: str, *args: object) -> None:
         for observer in self._observers:
-            method = getattr(observer, hook, None)
-            if method is None:
-                continue  # an optional hook this observer does not take
-            try:
-                method(*args)
-            except Exception:
+            try:  # the lookup too: an observer whose attribute raises is a failing observer
+                method = getattr(observer, hook, None)
+                if method is not None:  # None: an optional hook this observer does not take
+                    method(*args)
+            except Exception:  # observers are not ours to trust: log, and go on
                 log.exception("observer %r failed in %s", observer, hook)

@@ -19,18 +19,21 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
 from envoy.service.route.v3 import rds_pb2_grpc
+from google.protobuf.message import DecodeError
 
 from xds_server.cache import SnapshotCache
+from xds_server.errors import ListenFailed, ProtocolError
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.xds import csds
 from xds_server.xds.delta import DeltaStream
 from xds_server.xds.observe import Observers
 from xds_server.xds.sotw import SotwStream
-from xds_server.xds.stream import ProtocolError, XdsStream
+from xds_server.xds.stream import XdsStream
 
 log = logging.getLogger("xds_server.xds")
 
-# Rule 30: Delta reconnect requests of large fleets exceed gRPC's 4 MiB default.
+# docs/xds-protocol.md rule 30: Delta reconnect requests of large fleets exceed
+# gRPC's 4 MiB default.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -67,9 +70,10 @@ class XdsEngine:
     ) -> None:
         """Serve one stream until it ends; responses go out with context.write.
 
-        Rule 31: the handler is a coroutine, not an async generator, so that
-        every way the RPC ends (client gone, cancelled mid-write, protocol
-        error) unwinds through the finally blocks below at once. A generator
+        docs/xds-protocol.md rule 31: the handler is a coroutine, not an async
+        generator, so that every way the RPC ends (client gone, cancelled
+        mid-write, protocol error) unwinds through the finally blocks below at
+        once. A generator
         handler that grpc abandons while a write is pending is only closed
         when the garbage collector finds it, and until then the stream keeps
         its watch, its reader task and its proxy status.
@@ -95,6 +99,15 @@ class XdsEngine:
             # its traceback this stream, for as long as it keeps the RPC.
             context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
             context.set_details(str(error))
+        except grpc.aio.BaseError:
+            raise  # the RPC is over (client gone, server stopping): grpc's to handle
+        except Exception:
+            # A bug of ours, never the client's fault: say so, and keep the traceback.
+            log.exception(
+                "xDS %s stream %d (node %s) failed", kind, stream.stream_id, _node(stream)
+            )
+            context.set_code(grpc.StatusCode.INTERNAL)
+            context.set_details("internal error in the xDS server; see its log")
         finally:
             self.open_streams.discard(stream)
             if stream.info is not None:
@@ -107,16 +120,35 @@ class XdsEngine:
     async def _tracked(
         self, stream: XdsStream[Any, Any], requests: AsyncIterator[Any]
     ) -> AsyncGenerator[Any, None]:
-        """Index the stream by node once its first request names the node."""
-        async for request in requests:
+        """The client's requests, until it half-closes or the RPC is over; indexes
+        the stream by node once its first request names the node."""
+        iterator = aiter(requests)
+        while (request := await _next_request(iterator)) is not None:
             yield request
             if stream.info is not None:
                 self._streams_by_node[stream.info.node_id].add(stream)
 
     def _clusters_changed(self, node_id: str, eds_names: set[str]) -> None:
-        """Rule 23 across streams: the node's EDS, on whichever stream it rides."""
+        """docs/xds-protocol.md rule 23 across streams: the node's EDS, on whichever
+        stream it rides."""
         for stream in self._streams_by_node.get(node_id, ()):
             stream.forget_endpoints(eds_names)
+
+
+async def _next_request(requests: AsyncIterator[Any]) -> Any | None:
+    """The next request from grpc; None once the client half-closed or the RPC is
+    over (grpc's own errors: finished, aborted, server stopping). Only a request
+    that does not decode is an error, and the client's."""
+    try:
+        return await anext(requests)
+    except (StopAsyncIteration, grpc.aio.BaseError):
+        return None
+    except DecodeError as error:
+        raise ProtocolError(f"request does not decode: {error}") from error
+
+
+def _node(stream: XdsStream[Any, Any]) -> str:
+    return stream.info.node_id if stream.info is not None else "not yet known"
 
 
 def _stream_handler(kind: str, type_url: str | None, delta: bool) -> Callable[..., Awaitable[None]]:
@@ -189,7 +221,9 @@ def build_server(engine: XdsEngine) -> grpc.aio.Server:
             delta_method: _stream_handler(f"{kind}-delta", type_url, delta=True),
         }
         add(type(base.__name__, (_Servicer, base), methods)(engine), server)
-    csds.add_to_server(engine, server)  # what each client was sent, ACKed, NACKed
+    csds.add_to_server(
+        engine.cache, engine.observers, server
+    )  # what each client was sent, ACKed, NACKed
     return server
 
 
@@ -198,7 +232,7 @@ async def start_server(engine: XdsEngine, address: str) -> tuple[grpc.aio.Server
     server = build_server(engine)
     port = server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise ListenFailed(f"cannot listen on {address}")
     await server.start()
     log.info("xDS server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
     return server, port

@@ -1,9 +1,10 @@
 """One state-of-the-world xDS stream: subscriptions, nonces, ACK/NACK, what to send.
 
 SotW responses carry whole resources: the complete set for CDS and LDS
-(rule 14), only what changed for EDS and RDS (rule 15). What this client
-holds is tracked per name, so a NACKed version is never re-sent (rule 7) and
-a re-subscribed name is sent again (rule 11).
+(docs/xds-protocol.md rule 14), only what changed for EDS and RDS
+(docs/xds-protocol.md rule 15). What this client holds is tracked per name, so
+a NACKed version is never re-sent (docs/xds-protocol.md rule 7) and a
+re-subscribed name is sent again (docs/xds-protocol.md rule 11).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class TypeState:
     type_url: str
     wildcard: bool = False
     names: set[str] = field(default_factory=set)
-    named: bool = False  # named a resource once: ends legacy wildcard (rule 17)
-    nonce: str | None = None  # latest nonce sent; only it may be ACKed (rule 8)
+    named: bool = False  # docs/xds-protocol.md rule 17: named once, legacy wildcard ends
+    nonce: str | None = None  # latest sent; only it may be ACKed (docs/xds-protocol.md rule 8)
     sent: dict[str, Resource] = field(default_factory=dict)  # what the client should hold
     must_answer: bool = False  # an initial wildcard request awaits a response
     in_flight: bool = False  # latest response not yet ACKed or NACKed
@@ -44,7 +45,8 @@ class TypeState:
             self.named = self.named or bool(names)
             self.wildcard = WILDCARD in names
         names.discard(WILDCARD)
-        # Forget what was sent for dropped names, so re-subscribing re-sends (rule 11).
+        # Forget what was sent for dropped names, so re-subscribing re-sends
+        # (docs/xds-protocol.md rule 11).
         self.sent = {n: r for n, r in self.sent.items() if self.wildcard or n in names}
         self.names = names
 
@@ -78,7 +80,7 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
             state = self._states[type_url] = TypeState(type_url)
             state.must_answer = True
         elif state.nonce is not None and request.response_nonce not in ("", state.nonce):
-            self._stale(type_url)  # rule 8
+            self._stale(type_url)  # docs/xds-protocol.md rule 8
             return
         elif request.response_nonce == state.nonce:
             self._settle(state, request)
@@ -87,8 +89,8 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
         self._wake.set()
 
     def _settle(self, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
-        """After a NACK nothing is re-sent until the config changes (rule 7):
-        `sent` keeps the rejected content."""
+        """After a NACK nothing is re-sent until the config changes
+        (docs/xds-protocol.md rule 7): `sent` keeps the rejected content."""
         if state.in_flight:
             state.in_flight = False
             self._report_answer(
@@ -103,10 +105,11 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
             return []
         outgoing = self._make_before_break(snapshot)
         for early in outgoing:
-            # Rule 23: clusters changed in the old+new set re-warm now.
+            # docs/xds-protocol.md rule 23: clusters changed in the old+new set re-warm now.
             self._after_clusters_sent(early)
-        # Rule 24: after an old+new CDS, the final cluster set goes out last,
-        # behind the endpoints, listeners and routes that stop using the old.
+        # docs/xds-protocol.md rule 24: after an old+new CDS, the final cluster set
+        # goes out last, behind the endpoints, listeners and routes that stop using
+        # the old.
         for type_url in self._send_order(clusters_last=bool(outgoing)):
             state = self._states[type_url]
             out = self._evaluate(state, snapshot)
@@ -133,14 +136,15 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
         changed = [n for n in wanted if digest_of(state.sent.get(n)) != current.resources[n].digest]
         gone = [n for n in state.sent if n not in current.resources]
         if state.type_url in FULL_STATE_TYPES:
-            # Rule 14: the complete set, whenever anything in it changed.
+            # docs/xds-protocol.md rule 14: the complete set, whenever anything in it changed.
             if not (changed or gone or (state.must_answer and state.wildcard)):
                 self._quiet(state.type_url, state.in_flight, snapshot.generation)
                 return None
             names = wanted
             state.sent = {n: current.resources[n] for n in wanted}
         else:
-            # Rule 15: only what changed. Rule 13: nothing new, no response.
+            # docs/xds-protocol.md rule 15: only what changed.
+            # docs/xds-protocol.md rule 13: nothing new, no response.
             for name in gone:
                 del state.sent[name]
             if not changed:
@@ -169,15 +173,16 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
         self._clusters_sent([r for r in out.resources if r.name in out.changed])
 
     def forget_endpoints(self, names: set[str]) -> None:
-        state = self._states.get(ENDPOINT)  # rule 23
+        state = self._states.get(ENDPOINT)  # docs/xds-protocol.md rule 23
         if state is not None and names & state.sent.keys():
             state.sent = {n: r for n, r in state.sent.items() if n not in names}
             self._wake.set()
 
     def _make_before_break(self, snapshot: Snapshot) -> list[Outgoing]:
-        """Rule 24: when clusters disappear, first send the new clusters *with*
-        the old ones, then endpoints, listeners and routes, and only then the
-        final cluster set, so no route ever points at a missing cluster."""
+        """docs/xds-protocol.md rule 24: when clusters disappear, first send the
+        new clusters *with* the old ones, then endpoints, listeners and routes,
+        and only then the final cluster set, so no route ever points at a
+        missing cluster."""
         state = self._states.get(CLUSTER)
         current = snapshot.of(CLUSTER)
         if self._fixed_type is not None or state is None or current is None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xds_server.resources import SHORT_NAMES
+from xds_server.timefmt import iso_utc
 from xds_server.xds.observe import StreamInfo
 
 
@@ -37,7 +38,7 @@ class TypeStatus:
     responses: int = 0
     acks: int = 0
     nacks: int = 0
-    stale_nonces: int = 0  # requests ignored for quoting an old nonce (rule 8)
+    stale_nonces: int = 0  # requests ignored: old nonce (docs/xds-protocol.md rule 8)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ProxyStatus:
             "node_id": self.node_id,
             "cluster": self.node_cluster,
             "envoy_admin": self.envoy_admin,
-            "connected_since": _iso(self.connected_since),
+            "connected_since": iso_utc(self.connected_since),
             "streams": len(self.streams),
             "resources": {SHORT_NAMES.get(t, t): _type_json(s) for t, s in self.types.items()},
         }
@@ -201,11 +202,7 @@ def _behind(status: TypeStatus, generation: int) -> bool:
     if status.synced_generation >= owed:
         return False
     nack = status.last_nack
-    return nack is None or nack.generation < owed  # a NACK settles it (rule 7)
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    return nack is None or nack.generation < owed  # a NACK settles (docs/xds-protocol.md rule 7)
 
 
 def _type_json(status: TypeStatus) -> dict[str, object]:
@@ -221,5 +218,5 @@ def _type_json(status: TypeStatus) -> dict[str, object]:
         "stale_nonces": status.stale_nonces,
         "last_nack": None
         if nack is None
-        else {"version": nack.version, "message": nack.message, "at": _iso(nack.at)},
+        else {"version": nack.version, "message": nack.message, "at": iso_utc(nack.at)},
     }

@@ -3,9 +3,8 @@
 A reader task applies each request to per-type state and wakes the writer;
 the writer compares the current snapshot with what this client holds and
 answers only with differences. Because the writer always works from the
-latest state, a newer request supersedes older ones (rule 10) and a burst of
-snapshot changes coalesces (latest wins, never a queue). Rule numbers refer
-to ../shared/docs/xds-protocol.md.
+latest state, a newer request supersedes older ones (docs/xds-protocol.md rule 10)
+and a burst of snapshot changes coalesces (latest wins, never a queue).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any, Generic, Protocol, TypeVar
 
 from xds_server.cache import Resource, SnapshotCache, Watch
+from xds_server.errors import ProtocolError
 from xds_server.resources import CLUSTER, LISTENER
 from xds_server.xds.observe import Observers, StreamInfo
 
@@ -35,10 +35,6 @@ class SentState(Protocol):
     nonce: str | None
     in_flight: bool
     version_sent: str
-
-
-class ProtocolError(Exception):
-    """The client broke the protocol; the stream ends with INVALID_ARGUMENT."""
 
 
 class XdsStream(Generic[Request, Response]):
@@ -68,7 +64,7 @@ class XdsStream(Generic[Request, Response]):
         self._watch: Watch | None = None  # while serving
         self.wakeups = 0  # times the writer woke up, for tests and benchmarks
         self._done = False
-        self._error: Exception | None = None
+        self._error: Exception | None = None  # the reader's, raised by the writer
         self._nonces = itertools.count(1)
         self.info: StreamInfo | None = None
 
@@ -92,7 +88,8 @@ class XdsStream(Generic[Request, Response]):
                 for response in self.responses():
                     yield response
         finally:
-            # Rule 31: a closed stream releases its watch, its task and its status.
+            # docs/xds-protocol.md rule 31: a closed stream releases its watch, its
+            # task and its status.
             watch.close()
             try:
                 await _stop(reader)
@@ -101,13 +98,14 @@ class XdsStream(Generic[Request, Response]):
                     self._observers.emit("stream_closed", self.info)
 
     async def _read(self, requests: AsyncIterator[Request]) -> None:
+        """Apply requests until the client half-closes. `requests` ends quietly when
+        the transport does (XdsEngine), so whatever raises here is a ProtocolError or
+        a bug: the writer raises it in the handler, where the status is chosen."""
         try:
             async for request in requests:
                 self.handle_request(request)
-        except ProtocolError as error:
+        except Exception as error:  # handed over, not swallowed: see serve()
             self._error = error
-        except Exception:
-            pass  # the transport is gone; the writer ends below
         self._done = True
         self._wake.set()
 
@@ -121,8 +119,8 @@ class XdsStream(Generic[Request, Response]):
 
     def _snapshot_changed(self, types: AbstractSet[str], generation: int) -> None:
         """The cache calls this only when `generation` changed names this
-        stream subscribes to (per-name watches, issue 6 item 2): the writer
-        wakes and these types owe the client an answer for `generation`."""
+        stream subscribes to (per-name watches): the writer wakes and these
+        types owe the client an answer for `generation`."""
         if self.info is not None:
             for type_url in types:
                 self._observers.emit("notified", self.info, type_url, generation)
@@ -140,14 +138,14 @@ class XdsStream(Generic[Request, Response]):
         raise NotImplementedError
 
     def forget_endpoints(self, names: set[str]) -> None:
-        """Rule 23: the client must get these EDS resources again."""
+        """docs/xds-protocol.md rule 23: the client must get these EDS resources again."""
         raise NotImplementedError
 
     # ---- shared request handling ---------------------------------------------
 
     def _open_and_type(self, request: Any) -> str:
         if self.info is None:
-            self._open(request)  # rule 1: only the first request must carry node
+            self._open(request)  # docs/xds-protocol.md rule 1: only the first has node
         return self._type_of(request)
 
     def _open(self, request: Any) -> None:
@@ -163,7 +161,8 @@ class XdsStream(Generic[Request, Response]):
         self._observers.emit("stream_opened", self.info)
 
     def _type_of(self, request: Any) -> str:
-        """Rule 2: ADS requests must name their type; per-type streams may not."""
+        """docs/xds-protocol.md rule 2: ADS requests must name their type; per-type
+        streams may not."""
         if self._fixed_type is None:
             if not request.type_url:
                 raise ProtocolError("type_url is required on an aggregated stream")
@@ -176,7 +175,8 @@ class XdsStream(Generic[Request, Response]):
         self, type_url: str, request: Any, version_sent: str, generation: int
     ) -> None:
         """The client answered our latest response: an ACK, or a NACK when
-        error_detail is present (rule 6), never judged by comparing versions."""
+        error_detail is present (docs/xds-protocol.md rule 6), never judged by
+        comparing versions."""
         if request.HasField("error_detail"):
             message = request.error_detail.message
             self._observers.emit("nacked", self.info, type_url, version_sent, message, generation)
@@ -190,7 +190,7 @@ class XdsStream(Generic[Request, Response]):
     # ---- shared response handling --------------------------------------------
 
     def _next_nonce(self) -> str:
-        return f"{self.stream_id}-{next(self._nonces)}"  # rule 3
+        return f"{self.stream_id}-{next(self._nonces)}"  # docs/xds-protocol.md rule 3
 
     def _quiet(self, type_url: str, in_flight: bool, generation: int) -> None:
         """Nothing to send: the client is up to date unless an answer is pending."""
@@ -198,8 +198,9 @@ class XdsStream(Generic[Request, Response]):
             self._observers.emit("up_to_date", self.info, type_url, generation)
 
     def _mark_sent(self, state: SentState, version: str, names: list[str], generation: int) -> str:
-        """Bookkeeping of every response, SotW or Delta: a fresh nonce (rule 3),
-        an answer now awaited, the version it carries. Returns the nonce."""
+        """Bookkeeping of every response, SotW or Delta: a fresh nonce
+        (docs/xds-protocol.md rule 3), an answer now awaited, the version it
+        carries. Returns the nonce."""
         state.nonce = self._next_nonce()
         state.in_flight = True
         state.version_sent = version
@@ -207,8 +208,9 @@ class XdsStream(Generic[Request, Response]):
         return state.nonce
 
     def _clusters_sent(self, clusters: list[Resource]) -> None:
-        """Rule 23: a changed cluster re-warms in Envoy and waits for its
-        endpoints, so its EDS resource must be sent again even if unchanged."""
+        """docs/xds-protocol.md rule 23: a changed cluster re-warms in Envoy and
+        waits for its endpoints, so its EDS resource must be sent again even if
+        unchanged."""
         if clusters and self._on_clusters_changed is not None and self.info is not None:
             self._on_clusters_changed(self.info.node_id, {eds_name(r) for r in clusters})
 

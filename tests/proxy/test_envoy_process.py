@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import xds_server
+from xds_server.errors import ConfigError
 from xds_server.model.intent import SocketAddress
 from xds_server.proxy.bootstrap import SAMPLE_FILES, sample_file_text
 from xds_server.proxy.envoy_process import EnvoyFailed, start_envoy, validate_bootstrap
@@ -81,7 +82,7 @@ def _listener(listen: SocketAddress) -> dict[str, Any]:
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
-        # Without it HTTP/1.0 clients (ab) get 426 (envoy-notes.md).
+        # Without it HTTP/1.0 clients (ab) get 426 (docs/envoy-notes.md).
         "http_protocol_options": {"accept_http_10": True},
         "route_config": {
             "virtual_hosts": [
@@ -158,5 +159,5 @@ async def test_start_envoy_failure_carries_log_tail(tmp_path: Path) -> None:
 async def test_start_envoy_refuses_a_different_admin_address(tmp_path: Path) -> None:
     """The admin address polled must be the one in the bootstrap, or start_envoy refuses."""
     bootstrap = {"admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": 1}}}}
-    with pytest.raises(ValueError, match="admin address"):
+    with pytest.raises(ConfigError, match="admin address"):
         await start_envoy(bootstrap, admin=SocketAddress(LOOPBACK, 2), workdir=tmp_path)

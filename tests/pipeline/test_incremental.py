@@ -1,4 +1,4 @@
-"""Incremental publishing (issue 6, item 5): the translator's memory and the
+"""Incremental publishing: the translator's memory and the
 snapshot's reuse of serialized resources save work and change nothing else."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.xds.conftest import intent_of, service, with_backend, with_policies, with_service
+from tests.factories import intent_of, service
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
+from xds_server.model.edits import update_backend, with_policies, with_service
 from xds_server.model.intent import Health, Intent, Protocol, SocketAddress, Strategy
 from xds_server.pipeline.publisher import Publisher
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -24,9 +25,9 @@ Step = Callable[[Intent, Health_], tuple[Intent, Health_]]
 STEPS: list[tuple[str, Step]] = [
     ("health flip", lambda i, h: (i, {**h, "svc-1-b0": Health.UNHEALTHY})),
     ("flip back", lambda i, h: (i, {**h, "svc-1-b0": Health.HEALTHY})),
-    ("weight", lambda i, h: (with_backend(i, "svc-2", 1, weight=5), h)),
+    ("weight", lambda i, h: (update_backend(i, "svc-2", "svc-2-b1", weight=5), h)),
     ("weighted", lambda i, h: (with_service(i, "svc-2", strategy=Strategy.WEIGHTED), h)),
-    ("port", lambda i, h: (with_backend(i, "svc-0", 0, port=1), h)),
+    ("port", lambda i, h: (update_backend(i, "svc-0", "svc-0-b0", port=1), h)),
     ("route", lambda i, h: (with_service(i, "svc-0", routes=("/zero/", "/z/")), h)),
     ("policies", lambda i, h: (with_policies(i, max_retries=1), h)),
     ("listen", lambda i, h: (dataclasses.replace(i, listen=SocketAddress("0.0.0.0", 8001)), h)),
@@ -53,7 +54,8 @@ def with_grpc_service(intent: Intent) -> Intent:
 def test_incremental_builds_equal_full_rebuilds(base: Intent) -> None:
     """After every kind of change, the snapshot built with the translator's
     memory and the previous snapshot has the bytes and versions of one built
-    from scratch (determinism, rule 27), with and without a gRPC service."""
+    from scratch (determinism, docs/xds-protocol.md rule 27), with and without
+    a gRPC service."""
     intent, health = base, {"svc-1-b0": Health.HEALTHY}
     memory = Memory()
     previous = build_snapshot(translate(intent, health, memory), 1)
@@ -91,7 +93,7 @@ async def second_snapshot(
 
 
 async def test_health_flip_serializes_only_the_changed_assignment() -> None:
-    """Issue 6: a health flip re-serializes one ClusterLoadAssignment and
+    """A health flip re-serializes one ClusterLoadAssignment and
     reuses every other serialized resource."""
 
     async def flip(_store: MemoryStore, health: Health_) -> None:
@@ -120,7 +122,7 @@ async def test_port_change_leaves_routes_and_listeners_alone() -> None:
     service's cluster is rebuilt, to equal bytes, and so concerns no client)."""
 
     async def move(store: MemoryStore, _health: Health_) -> object:
-        return await store.update(lambda i: with_backend(i, "svc-1", 0, port=1))
+        return await store.update(lambda i: update_backend(i, "svc-1", "svc-1-b0", port=1))
 
     snapshot = await second_snapshot(move)
     assert snapshot.serialized[ROUTE] == () and snapshot.serialized[LISTENER] == ()

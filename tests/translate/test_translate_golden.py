@@ -23,7 +23,7 @@ from xds_server.resources import SHORT_NAMES
 from xds_server.settings import parse_settings
 from xds_server.translate import translate
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").exists())
 
 

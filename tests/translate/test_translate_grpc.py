@@ -3,7 +3,6 @@ that refuses what gRPC clients cannot take, and the resources built for them."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -15,9 +14,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from xds_server.admin.strategy import StrategyRequest, set_strategy
 from xds_server.cache import SnapshotCache, build_snapshot
 from xds_server.errors import ConfigError
+from xds_server.model.edits import set_strategy
 from xds_server.model.intent import Intent, Protocol, Strategy
 from xds_server.pipeline.publisher import Publisher
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -110,12 +109,10 @@ def test_admin_strategy_change_that_grpc_cannot_apply_is_refused() -> None:
     intent = intent_of(http_service(), grpc_service())
     cache = SnapshotCache()
     publisher = Publisher(MemoryStore(intent), cache)
-    change = StrategyRequest(Strategy.MAGLEV, service=None, hash_header=None, wait_s=0)
     with pytest.raises(ConfigError) as raised:
-        publisher.check(set_strategy(intent, change))
+        publisher.check(set_strategy(intent, Strategy.MAGLEV))
     assert [p.path for p in raised.value.problems] == ["services[1].strategy"]
-    only_web = dataclasses.replace(change, service="web")
-    publisher.check(set_strategy(intent, only_web))
+    publisher.check(set_strategy(intent, Strategy.MAGLEV, service="web"))
     assert cache.snapshot is None
 
 

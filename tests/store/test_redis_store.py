@@ -1,30 +1,26 @@
-"""The intent codec and RedisStore against a real redis-server (no Envoy here)."""
+"""RedisStore against a real redis-server (no Envoy here); the codec it uses is
+tested in tests/model/test_codec.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
-import json
 import random
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
-from tests.redis_support import RedisServer, moved, redis_settings
-from tests.support import eventually, finished, local_settings
+from tests.factories import local_settings, moved, redis_settings
+from tests.redis_support import RedisServer
+from tests.support import eventually, finished
 from xds_server.app import Controller
-from xds_server.errors import ConfigError, DependencyUnavailable, NotFound
+from xds_server.errors import DependencyUnavailable, NotFound
 from xds_server.model import codec
+from xds_server.model.edits import update_backend
 from xds_server.model.intent import (
-    Backend,
     Intent,
-    Policies,
-    Protocol,
-    Service,
-    SocketAddress,
     Strategy,
 )
 from xds_server.proxy.processes import free_port
@@ -37,15 +33,8 @@ KEY = f"{DEFAULT_PREFIX}:intent"
 
 def bumped(intent: Intent, backend: str, by: int = 1) -> Intent:
     """`intent` with `backend`'s weight raised by `by`."""
-
-    def service(s: Service) -> Service:
-        backends = tuple(
-            dataclasses.replace(b, weight=b.weight + by) if b.name == backend else b
-            for b in s.backends
-        )
-        return dataclasses.replace(s, backends=backends)
-
-    return dataclasses.replace(intent, services=tuple(service(s) for s in intent.services))
+    owner = next(s for s in intent.services if s.backend(backend))
+    return update_backend(intent, owner.name, backend, weight=weight(intent, backend) + by)
 
 
 def weight(intent: Intent, backend: str) -> int:
@@ -82,120 +71,6 @@ async def _true(value: bool) -> bool:
 
 
 # ---- codec ---------------------------------------------------------------------------
-
-
-def every_field_set() -> Intent:
-    """An intent in which every model field with a default differs from it."""
-    backend = Backend("b1", "10.0.0.1", 81, weight=3, priority=2, health_path="/h", draining=True)
-    service = Service(
-        "svc",
-        ("/a/", "/b"),
-        (backend, Backend("b2", "10.0.0.2", 82)),
-        strategy=Strategy.MAGLEV,
-        group="grp",
-        hash_header="x-user",
-        protocol=Protocol.GRPC,
-    )
-    defaults = Policies()
-    policies = Policies(
-        **{
-            f.name: (getattr(defaults, f.name) * 2 + 1)
-            for f in dataclasses.fields(Policies)
-            if not isinstance(getattr(defaults, f.name), bool)
-        }
-    )
-    return Intent(
-        services=(service,),
-        default_strategy=Strategy.RING_HASH,
-        policies=policies,
-        listen=SocketAddress("::1", 8001),
-        admin=SocketAddress("127.0.0.2", 18081),
-    )
-
-
-def _non_default_everywhere(value: Any, seen: dict[type, set[str]]) -> None:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for f in dataclasses.fields(value):
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            if default is dataclasses.MISSING or getattr(value, f.name) != default:
-                seen.setdefault(type(value), set()).add(f.name)
-            _non_default_everywhere(getattr(value, f.name), seen)
-    elif isinstance(value, tuple):
-        for item in value:
-            _non_default_everywhere(item, seen)
-
-
-def test_codec_round_trip_covers_every_model_field() -> None:
-    """Every field of the model survives encode/decode exactly, and the sample sets
-    every field away from its default (a new model field fails here until covered)."""
-    intent = every_field_set()
-    seen: dict[type, set[str]] = {}
-    _non_default_everywhere(intent, seen)
-    for cls in (Intent, Service, Backend, Policies, SocketAddress):
-        assert seen.get(cls) == {f.name for f in dataclasses.fields(cls)}, cls.__name__
-    assert codec.decode_intent(codec.encode_intent(intent)) == intent
-
-
-def test_codec_is_deterministic_and_canonical() -> None:
-    """Equal intents give byte-identical text (an int in a float field too), and the
-    text is compact, key-sorted and tagged with its format."""
-    intent = local_settings().intent
-    as_int = dataclasses.replace(
-        intent, policies=dataclasses.replace(intent.policies, retry_delay_s=2)
-    )
-    as_float = dataclasses.replace(
-        intent, policies=dataclasses.replace(intent.policies, retry_delay_s=2.0)
-    )
-    assert codec.encode_intent(as_int) == codec.encode_intent(as_float)
-    text = codec.encode_intent(intent)
-    assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
-    assert json.loads(text)["format"] == codec.FORMAT
-    assert codec.encode_intent(codec.decode_intent(text)) == text
-
-
-def test_codec_reports_every_problem_with_its_path() -> None:
-    """Strict decoding: wrong types, unknown and missing fields, bad enum values and
-    non-finite numbers are all reported at once, each with its path."""
-    document = json.loads(codec.encode_intent(local_settings().intent))
-    intent = document["intent"]
-    intent["services"][0]["backends"][1]["weight"] = "3"
-    intent["services"][0]["backends"][0]["draining"] = 0
-    intent["services"][1]["colour"] = "blue"
-    del intent["listen"]["port"]
-    intent["default_strategy"] = "fastest"
-    intent["policies"]["retry_delay_s"] = "INF"
-    intent["policies"]["max_retries"] = True
-    text = json.dumps(document).replace('"INF"', "1e999")  # JSON that parses as infinity
-    with pytest.raises(ConfigError) as raised:
-        codec.decode_intent(text)
-    assert {p.path for p in raised.value.problems} == {
-        "intent.services[0].backends[1].weight",
-        "intent.services[0].backends[0].draining",
-        "intent.services[1].colour",
-        "intent.listen.port",
-        "intent.default_strategy",
-        "intent.policies.retry_delay_s",
-        "intent.policies.max_retries",
-    }
-
-
-@pytest.mark.parametrize(
-    ("text", "path"),
-    [
-        ('{"format": 2, "intent": {}}', "format"),
-        ('{"intent": {}}', "format"),
-        ("[1]", ""),
-        ("not json", ""),
-        ('{"format": 1, "intent": {"services": NaN}}', ""),
-        ('{"format": 1}', "intent"),
-    ],
-)
-def test_codec_refuses_what_it_cannot_trust(text: str, path: str) -> None:
-    """An unknown format version, non-JSON, NaN or a missing intent is refused, with a reason."""
-    with pytest.raises(ConfigError) as raised:
-        codec.decode_intent(text)
-    assert raised.value.problems[0].path == path
-    assert str(raised.value)
 
 
 # ---- RedisStore --------------------------------------------------------------------
@@ -419,21 +294,6 @@ async def test_replicas_serve_byte_identical_resources(redis_server: RedisServer
             await b.stop()
     finally:
         await a.stop()
-
-
-def test_codec_reads_an_intent_stored_before_a_field_existed() -> None:
-    """A field with a default (say `protocol`, added after the first release)
-    may be missing from stored JSON: it takes its default. One without a
-    default may not."""
-    intent = local_settings().intent
-    document = json.loads(codec.encode_intent(intent))
-    for service in document["intent"]["services"]:
-        del service["protocol"]
-    assert codec.decode_intent(json.dumps(document)) == intent
-    del document["intent"]["services"][0]["name"]
-    with pytest.raises(ConfigError) as raised:
-        codec.decode_intent(json.dumps(document))
-    assert [p.path for p in raised.value.problems] == ["intent.services[0].name"]
 
 
 async def test_a_task_looping_on_redis_always_ends_when_cancelled(

@@ -1,5 +1,5 @@
 """Routing metrics and controller metrics without Envoy: counter accounting across
-resets, the report's figures, failover timing, structured logs, /metrics and
+resets, the report's figures, failover timing, structured log lines, /metrics and
 ROUTER_METRICS_ENABLED=false."""
 
 from __future__ import annotations
@@ -12,18 +12,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import local_settings, running_controller
-from xds_server import cli
+from tests.factories import local_settings, running_controller
 from xds_server.app import Controller
 from xds_server.cache import Snapshot
-from xds_server.experiments import Recorded
-from xds_server.health.checker import HealthChecker
-from xds_server.health.verdict import BackendHealth, HealthPolicy, ProbeResult
+from xds_server.health.local import LocalHealth
+from xds_server.health.verdict import ProbeResult
 from xds_server.model.intent import Backend, Health, Intent, Service
 from xds_server.resources import CLUSTER, ENDPOINT
-from xds_server.store.memory import MemoryStore
 from xds_server.telemetry.envoy_stats import HostStats, TrafficReading, parse_cluster_stats
-from xds_server.telemetry.failover import FailoverTracker, experiment_events, summary
+from xds_server.telemetry.failover import FailoverEvent, FailoverTracker, summary
 from xds_server.telemetry.logs import JsonFormatter, XdsEventLog
 from xds_server.telemetry.routing import report
 from xds_server.telemetry.traffic import TrafficBook
@@ -196,6 +193,19 @@ def test_report_figures() -> None:
     assert body["proxies"] == {"read": ["envoy-a"], "unreadable": []}
 
 
+def test_mean_response_time_below_a_millisecond_is_not_rounded_away() -> None:
+    """Envoy records whole milliseconds: on loopback most requests record 0 and the
+    mean can be 0.04 ms. It stays visible, and a window in which Envoy flushed no
+    histogram sample (count unchanged) has no mean (null), not 0.0."""
+    zero = {"upstream_rq_time_sum": 0, "upstream_rq_time_count": 0}
+    flushed = {"upstream_rq_time_sum": 4.0, "upstream_rq_time_count": 100}
+    for figures, expected in ((flushed, 0.04), (zero, None)):
+        first = reading(host("qdrant-primary", 0), upstream_rq_completed=0, **zero)
+        last = reading(host("qdrant-primary", 100), upstream_rq_completed=100, **figures)
+        body = report(book_of(first, last, step_s=1.0), [last], INTENT, [], now=1.0)
+        assert body["routing_metrics"]["avg_response_time_ms"] == expected
+
+
 def test_report_without_traffic_or_proxies_says_so() -> None:
     """No reading: no rates (null), no variance (null), breakers unknown."""
     body = report(TrafficBook(), [], INTENT, [], now=0.0)
@@ -208,46 +218,15 @@ def test_report_without_traffic_or_proxies_says_so() -> None:
 # --- failover events ------------------------------------------------------------------------------
 
 
-def test_experiments_become_failover_events() -> None:
-    """A triggered failover test with a backup and an opened breaker that moved
-    traffic are successes; a failover test that never triggered is a failure."""
-    recorded = [
-        Recorded(
-            100.0,
-            {
-                "failover_test": {
-                    "primary_backend": "qdrant-primary",
-                    "backup_backend": "qdrant-secondary",
-                    "failover_triggered": True,
-                    "failover_time_ms": 120.0,
-                }
-            },
-        ),
-        Recorded(
-            200.0,
-            {
-                "circuit_breaker_test": {
-                    "target_backend": "qdrant-primary",
-                    "circuit_breaker_triggered": True,
-                    "failover_activated": True,
-                    "time_to_open_ms": 80.0,
-                }
-            },
-        ),
-        Recorded(
-            300.0,
-            {
-                "failover_test": {
-                    "primary_backend": "qdrant-primary",
-                    "backup_backend": None,
-                    "failover_triggered": False,
-                    "failover_time_ms": None,
-                }
-            },
-        ),
-        Recorded(400.0, {"something_else": {}}),
+def test_failover_summary_counts_successes_and_averages_their_times() -> None:
+    """Successful events are counted apart; the average is over timed events; the
+    last failover is the latest event; events are counted by source."""
+    events = [
+        FailoverEvent("failover_test", "qdrant-primary", 100.0, True, 120.0),
+        FailoverEvent("circuit_breaker_test", "qdrant-primary", 200.0, True, 80.0),
+        FailoverEvent("failover_test", "qdrant-primary", 300.0, False, None),
     ]
-    figures = summary(experiment_events(recorded))
+    figures = summary(events)
     assert figures["total_failovers"] == 3
     assert figures["successful_failovers"] == 2
     assert figures["avg_failover_time_ms"] == 100.0
@@ -331,41 +310,6 @@ async def test_verdict_failover_without_backup_fails_and_without_proxy_is_no_eve
     assert not event.successful and event.failover_time_ms is not None
 
 
-async def test_health_checker_reports_probes_and_verdict_changes() -> None:
-    """Observers hear every probe and each verdict change with the old and new verdict;
-    one failing observer does not stop the others or the checker."""
-    heard: list[tuple[str, ...]] = []
-
-    class Ear:
-        def probed(self, name: str, result: ProbeResult) -> None:
-            heard.append(("probed", name, str(result.ok)))
-
-        def verdict_changed(
-            self, name: str, previous: Health, current: Health, result: ProbeResult
-        ) -> None:
-            heard.append(("changed", name, str(previous), str(current)))
-
-    class Broken(Ear):
-        def probed(self, name: str, result: ProbeResult) -> None:
-            raise RuntimeError("boom")
-
-    store = MemoryStore(INTENT)
-    checker = HealthChecker(
-        store,
-        {},
-        lambda: None,
-        HealthPolicy(interval_s=60),
-        observers=[Broken(), Ear()],
-    )
-    checker.states["qdrant-primary"] = BackendHealth()
-    checker._apply("qdrant-primary", FAILED)
-    checker._apply("qdrant-primary", FAILED)  # still unhealthy: a probe, no change
-    changed = ("changed", "qdrant-primary", "unknown", "unhealthy")
-    probed = ("probed", "qdrant-primary", "False")
-    # Broken's probed() raised; its verdict_changed() (Ear's) still ran.
-    assert heard == [probed, changed, changed, probed]
-
-
 # --- structured logs ----------------------------------------------------------------------------
 
 
@@ -392,20 +336,6 @@ def test_json_log_lines_carry_proxy_id_and_version() -> None:
     assert ack["level"] == "debug" and ack["generation"] == 4 and ack["ack"] is True
     assert nack["level"] == "warning" and nack["ack"] is False and nack["type"] == "eds"
     assert "bad endpoint" in nack["message"]
-
-
-def test_log_format_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--log-json installs the JSON formatter; a bad ROUTER_LOG_FORMAT exits 2."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        assert cli.main(["--log-json", "validate"]) == 0
-        assert any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
-        monkeypatch.setenv("ROUTER_LOG_FORMAT", "xml")
-        assert cli.main(["validate"]) == 2
-    finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
 
 
 # --- /metrics and the switch ---------------------------------------------------------------------
@@ -450,9 +380,10 @@ async def test_metrics_disabled_turns_endpoints_and_collection_off(
     settings = local_settings()
     assert settings.metrics_enabled is False
     async with running_controller(settings) as controller:
-        assert controller.metrics is None and controller.traffic is None
+        assert controller.telemetry is None
         for path in ("/metrics", "/api/v1/router/metrics"):
             status, text = await get(controller, path)
             assert status == 404 and "ROUTER_METRICS_ENABLED" in json.loads(text)["detail"]
         assert list(controller.registry.collect()) == []
-        assert controller.health_checker.observers == []
+        assert isinstance(controller.health, LocalHealth)
+        assert controller.health.checker.observers == []

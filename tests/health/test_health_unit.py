@@ -1,12 +1,12 @@
 """The health checker without Envoy: verdict rules, real HTTP probes against
-in-process sample backends, following the intent, scheduling, and the report."""
+in-process sample backends, following the intent, scheduling, and what the
+checker tells its observers."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import itertools
-import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -15,38 +15,21 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.factories import FAST_POLICY, ambiguous, definitive, one_service, passed, spec_intent
 from tests.support import eventually
-from xds_server.admin.health_report import health_report
 from xds_server.health.checker import HealthChecker, probed_backends
 from xds_server.health.probe import HttpProber, new_session
-from xds_server.health.verdict import BackendHealth, HealthPolicy, ProbeResult, summarize
+from xds_server.health.verdict import BackendHealth, HealthPolicy, ProbeResult
 from xds_server.model.intent import Backend, Health, Intent, Protocol, Service
 from xds_server.samples.backend import make_app
 from xds_server.store.memory import MemoryStore
-from xds_server.timefmt import iso_utc
-
-POLICY = HealthPolicy(
-    interval_s=0.1, timeout_s=0.05, healthy_threshold=2, unhealthy_threshold=3, jitter=0.5
-)
-
-
-def passed() -> ProbeResult:
-    return ProbeResult(ok=True, definitive=False, elapsed_s=0.001, at=time.time())
-
-
-def ambiguous() -> ProbeResult:
-    return ProbeResult(ok=False, definitive=False, elapsed_s=0.05, at=time.time(), error="timeout")
-
-
-def definitive() -> ProbeResult:
-    return ProbeResult(ok=False, definitive=True, elapsed_s=0.001, at=time.time(), error="HTTP 503")
 
 
 def verdicts_after(*results: ProbeResult) -> list[Health]:
     state = BackendHealth()
     seen = []
     for result in results:
-        state.record(result, POLICY)
+        state.record(result, FAST_POLICY)
         seen.append(state.verdict)
     return seen
 
@@ -89,7 +72,9 @@ def test_unhealthy_backend_needs_healthy_threshold_passes_in_a_row() -> None:
 def test_record_reports_only_changes() -> None:
     """record() is True exactly when the verdict flips (what triggers a publish)."""
     state = BackendHealth()
-    changes = [state.record(r, POLICY) for r in (passed(), passed(), definitive(), definitive())]
+    changes = [
+        state.record(r, FAST_POLICY) for r in (passed(), passed(), definitive(), definitive())
+    ]
     assert changes == [True, False, True, False]
 
 
@@ -165,10 +150,6 @@ async def test_hung_backend_times_out_ambiguously(silent_port: int) -> None:
 # --- the checker against a store ----------------------------------------------------------
 
 
-def intent_of(*backends: Backend) -> Intent:
-    return Intent(services=(Service("svc", ("/svc/",), tuple(backends)),))
-
-
 @dataclasses.dataclass
 class Running:
     checker: HealthChecker
@@ -180,10 +161,10 @@ class Running:
 @pytest.fixture
 async def running(sample: tuple[Backend, str], refusing_port: int) -> AsyncIterator[Running]:
     """A checker (interval 0.1 s) over one live sample backend and one dead one."""
-    store = MemoryStore(intent_of(sample[0], Backend("svc-b", "127.0.0.1", refusing_port)))
+    store = MemoryStore(one_service(sample[0], Backend("svc-b", "127.0.0.1", refusing_port)))
     verdicts: dict[str, Health] = {}
     changes: list[dict[str, Health]] = []
-    checker = HealthChecker(store, verdicts, lambda: changes.append(dict(verdicts)), POLICY)
+    checker = HealthChecker(store, verdicts, lambda: changes.append(dict(verdicts)), FAST_POLICY)
     task = asyncio.create_task(checker.run())
     yield Running(checker, store, verdicts, changes)
     task.cancel()
@@ -212,7 +193,7 @@ async def test_checker_follows_intent_changes(
     expected = {"svc-a": Health.HEALTHY, "svc-b": Health.UNHEALTHY}
     await eventually(lambda: has(running, expected), timeout_s=2)
     moved = Backend("svc-b", "127.0.0.1", sample[0].port)
-    await running.store.put(intent_of(moved))
+    await running.store.put(one_service(moved))
     await eventually(lambda: has(running, {"svc-b": Health.HEALTHY}), timeout_s=2)
     assert set(running.checker.states) == {"svc-b"}
 
@@ -223,7 +204,9 @@ async def test_held_backend_is_frozen_then_reprobed(
     """While held, a backend is neither probed nor retargeted; on release it is."""
     await eventually(lambda: has(running, {"svc-a": Health.HEALTHY, "svc-b": Health.UNHEALTHY}))
     with running.checker.held("svc-b"):
-        await running.store.put(intent_of(sample[0], Backend("svc-b", "127.0.0.1", sample[0].port)))
+        await running.store.put(
+            one_service(sample[0], Backend("svc-b", "127.0.0.1", sample[0].port))
+        )
         await asyncio.sleep(0.35)
         assert running.verdicts["svc-b"] is Health.UNHEALTHY
     # Passes from UNKNOWN (retargeted): one probe is enough.
@@ -241,8 +224,8 @@ async def test_probes_keep_a_fixed_period_with_a_jittered_phase() -> None:
         return passed()
 
     backends = [Backend(f"b{i}", "127.0.0.1", 1000 + i) for i in range(6)]
-    store = MemoryStore(intent_of(*backends))
-    policy = dataclasses.replace(POLICY, interval_s=0.2, jitter=0.5)
+    store = MemoryStore(one_service(*backends))
+    policy = dataclasses.replace(FAST_POLICY, interval_s=0.2, jitter=0.5)
     checker = HealthChecker(store, {}, lambda: None, policy, prober=prober)
     started = time.monotonic()
     task = asyncio.create_task(checker.run())
@@ -267,12 +250,14 @@ async def test_a_probe_that_raises_counts_as_an_ambiguous_failure() -> None:
         seen_before_each.append(verdicts.get("b"))
         raise ValueError("odd host")
 
-    store = MemoryStore(intent_of(Backend("b", "127.0.0.1", 1)))
-    checker = HealthChecker(store, verdicts, lambda: None, POLICY, prober=broken)
+    store = MemoryStore(one_service(Backend("b", "127.0.0.1", 1)))
+    checker = HealthChecker(store, verdicts, lambda: None, FAST_POLICY, prober=broken)
     task = asyncio.create_task(checker.run())
-    await eventually(lambda: _true(len(seen_before_each) > POLICY.unhealthy_threshold), 2)
+    await eventually(lambda: _true(len(seen_before_each) > FAST_POLICY.unhealthy_threshold), 2)
     assert not task.done()
-    assert seen_before_each[: POLICY.unhealthy_threshold + 1] == [None] * 3 + [Health.UNHEALTHY]
+    assert seen_before_each[: FAST_POLICY.unhealthy_threshold + 1] == [None] * 3 + [
+        Health.UNHEALTHY
+    ]
     last = checker.states["b"].last
     assert last is not None and last.error == "ValueError: odd host"
     task.cancel()
@@ -285,82 +270,44 @@ async def _true(value: bool) -> bool:
 # --- the report ------------------------------------------------------------------------------
 
 
-def spec_intent() -> Intent:
-    def backend(name: str) -> Backend:
-        return Backend(name, "127.0.0.1", 1)
-
-    return Intent(
-        services=(
-            Service("qdrant", ("/q/",), (backend("qdrant-primary"), backend("qdrant-secondary"))),
-            Service("phi3", ("/p/",), (backend("phi3"),), group="external"),
-            Service("hermes", ("/h/",), (backend("hermes"),), group="external"),
-        )
-    )
-
-
-def states(**results: ProbeResult) -> dict[str, BackendHealth]:
-    out = {}
-    for name, result in results.items():
-        out[name.replace("_", "-")] = state = BackendHealth()
-        state.record(result, POLICY)
-    return out
-
-
-def test_report_has_the_spec_shape_grouped_with_short_keys() -> None:
-    """Groups by display group; 'qdrant-primary' shows as 'primary'; real figures."""
-    probed = states(qdrant_primary=passed(), qdrant_secondary=passed(), phi3=passed())
-    report = health_report(spec_intent(), probed)
-    assert set(report["health_status"]) == {"qdrant", "external"}  # type: ignore[arg-type]
-    qdrant = report["health_status"]["qdrant"]  # type: ignore[index]
-    assert set(qdrant) == {"primary", "secondary"}
-    entry = qdrant["primary"]
-    assert entry["status"] == "healthy" and entry["response_time_ms"] == 1.0
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["last_check"])
-    external = report["health_status"]["external"]  # type: ignore[index]
-    assert external["hermes"] == {"status": "unknown", "response_time_ms": None, "last_check": None}
-    assert (report["total_backends"], report["healthy_backends"]) == (4, 3)
-    assert (report["unhealthy_backends"], report["unknown_backends"]) == (0, 1)
-
-
-def test_unknown_backends_degrade_but_do_not_make_a_service_unhealthy() -> None:
-    """Not yet probed: overall 'degraded' at best, never 'unhealthy' on its own."""
-    assert summarize(spec_intent(), {}).overall == "degraded"
-    everything = states(
-        qdrant_primary=passed(), qdrant_secondary=passed(), phi3=passed(), hermes=passed()
-    )
-    assert summarize(spec_intent(), everything).overall == "healthy"
-
-
-def test_a_service_without_a_serving_backend_makes_overall_unhealthy() -> None:
-    """Both qdrant backends unhealthy: qdrant and the overall verdict are 'unhealthy';
-    one of them unhealthy: 'degraded'."""
-    one_down = states(qdrant_primary=definitive(), qdrant_secondary=passed())
-    assert summarize(spec_intent(), one_down).services["qdrant"] == "degraded"
-    both_down = states(qdrant_primary=definitive(), qdrant_secondary=definitive())
-    summary = summarize(spec_intent(), both_down)
-    assert summary.services["qdrant"] == "unhealthy" and summary.overall == "unhealthy"
-    assert (summary.unhealthy, summary.unknown) == (2, 2)
-
-
-def test_colliding_short_keys_fall_back_to_full_names() -> None:
-    """Two services of one group with backends 'a-x' and 'b-x': 'x' once, then the full name."""
-    intent = Intent(
-        services=(
-            Service("a", ("/a/",), (Backend("a-x", "127.0.0.1", 1),), group="g"),
-            Service("b", ("/b/",), (Backend("b-x", "127.0.0.1", 1),), group="g"),
-        )
-    )
-    assert set(health_report(intent, {})["health_status"]["g"]) == {"x", "b-x"}  # type: ignore[index]
-
-
-def test_iso_utc_is_utc_with_milliseconds() -> None:
-    """last_check: ISO-8601 UTC with a Z, as the spec shows."""
-    assert iso_utc(1752589800.25) == "2025-07-15T14:30:00.250Z"
-
-
 def test_grpc_only_backends_are_not_http_probed() -> None:
     """A gRPC service's backends would fail an HTTP GET and be dropped from EDS;
     the prober leaves them out (UNKNOWN: still routed to)."""
     http = Service("web", ("/web/",), (Backend("web-a", "127.0.0.1", 1),))
     grpc = Service("greeter", (), (Backend("greeter-a", "127.0.0.1", 2),), protocol=Protocol.GRPC)
     assert list(probed_backends(Intent(services=(http, grpc)))) == ["web-a"]
+
+
+async def test_health_checker_reports_probes_and_verdict_changes() -> None:
+    """Observers hear every probe and each verdict change with the old and new verdict;
+    one failing observer does not stop the others or the checker."""
+    heard: list[tuple[str, ...]] = []
+
+    class Ear:
+        def probed(self, name: str, result: ProbeResult) -> None:
+            heard.append(("probed", name, str(result.ok)))
+
+        def verdict_changed(
+            self, name: str, previous: Health, current: Health, result: ProbeResult
+        ) -> None:
+            heard.append(("changed", name, str(previous), str(current)))
+
+    class Broken(Ear):
+        def probed(self, name: str, result: ProbeResult) -> None:
+            raise RuntimeError("boom")
+
+    store = MemoryStore(spec_intent())
+    checker = HealthChecker(
+        store,
+        {},
+        lambda: None,
+        HealthPolicy(interval_s=60),
+        observers=[Broken(), Ear()],
+    )
+    checker.states["qdrant-primary"] = BackendHealth()
+    checker._apply("qdrant-primary", definitive())
+    checker._apply("qdrant-primary", definitive())  # still unhealthy: a probe, no change
+    changed = ("changed", "qdrant-primary", "unknown", "unhealthy")
+    probed = ("probed", "qdrant-primary", "False")
+    # Broken's probed() raised; its verdict_changed() (Ear's) still ran.
+    assert heard == [probed, changed, changed, probed]

@@ -1,18 +1,15 @@
-"""Shared health and shared routing metrics, below the controller: the pure rules
-(which record counts, seeding, merging events) and the Redis scripts and ledgers
-against a private redis-server (no Envoy)."""
+"""Shared health, below the controller: the pure rules (which record counts,
+seeding) and the Redis scripts against a private redis-server (no Envoy)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
-from tests.redis_support import RedisServer
+from tests.factories import one_service
 from tests.support import eventually
 from xds_server.health.checker import HealthChecker
 from xds_server.health.shared import (
@@ -27,15 +24,11 @@ from xds_server.health.shared import (
 )
 from xds_server.health.verdict import BackendHealth, HealthPolicy, ProbeResult
 from xds_server.model.intent import Backend, Health, Intent, Protocol, Service
-from xds_server.redis_io import connect
 from xds_server.store.memory import MemoryStore
-from xds_server.telemetry.envoy_stats import HostStats, TrafficReading
-from xds_server.telemetry.failover import FailoverEvent, merge
-from xds_server.telemetry.shared import RedisEventLog, RedisLedger
 
 A = Backend("svc-a", "127.0.0.1", 1001)
 B = Backend("svc-b", "127.0.0.1", 1002)
-INTENT = Intent(services=(Service("svc", ("/svc/",), (A, B)),))
+INTENT = one_service(A, B)
 TARGET_A = ("127.0.0.1", 1001, "/health")
 
 
@@ -128,34 +121,17 @@ async def _true(value: bool) -> bool:
     return value
 
 
-def test_one_failover_timed_by_two_replicas_is_one_event() -> None:
-    """Same id: one event, successful only if both were, timed to the slower replica;
-    events without an id are never merged."""
-    fast = FailoverEvent("health_check", "svc-a", 10.0, True, 12.0, id="x")
-    slow = FailoverEvent("health_check", "svc-a", 11.0, True, 30.0, id="x")
-    late = FailoverEvent("health_check", "svc-a", 12.0, False, None, id="x")
-    assert merge([fast, slow]) == [dataclasses.replace(slow, at=11.0)]
-    assert merge([fast, slow, late]) == [dataclasses.replace(late, failover_time_ms=None)]
-    plain = FailoverEvent("failover_test", "svc-a", 1.0, True, 5.0)
-    assert merge([plain, plain]) == [plain, plain]
-
-
 # --- the scripts against Redis ----------------------------------------------------------------
 
 
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    redis = connect(redis_server.url)
-    yield redis
-    await redis.aclose()
-
-
-async def test_only_the_lease_holder_writes_and_held_backends_are_skipped(client: Redis) -> None:
+async def test_only_the_lease_holder_writes_and_held_backends_are_skipped(
+    redis_client: Redis,
+) -> None:
     """The prober lease is taken by one replica and renewed only by it; a replica
     that does not hold it writes nothing (the fence); a held backend's record is not
     written even by the holder, while any of its holds lasts; an expired lease can
     be taken by another."""
-    claim, write, hold = map(client.register_script, (CLAIM, WRITE, HOLD))
+    claim, write, hold = map(redis_client.register_script, (CLAIM, WRITE, HOLD))
     lease, keys = "t:prober", ["t:prober", "t:records", "t:holds"]
     assert await claim(keys=[lease], args=["a", "300"]) == "a"
     assert await claim(keys=[lease], args=["b", "300"]) == "a"
@@ -164,58 +140,11 @@ async def test_only_the_lease_holder_writes_and_held_backends_are_skipped(client
     await hold(keys=["t:holds"], args=["svc-a/x1", "60000", "t:ch"])
     await hold(keys=["t:holds"], args=["svc-a/y1", "60000", "t:ch"])  # a second experiment
     assert await write(keys=keys, args=["a", "t:ch", "svc-a", "two", "svc-b", "b1"]) == 1
-    assert await client.hgetall("t:records") == {"svc-a": "one", "svc-b": "b1"}
+    assert await redis_client.hgetall("t:records") == {"svc-a": "one", "svc-b": "b1"}
     await hold(keys=["t:holds"], args=["svc-a/y1", "", "t:ch"])  # one released: still held
     assert await write(keys=keys, args=["a", "t:ch", "svc-a", "three"]) == 0
     await hold(keys=["t:holds"], args=["svc-a/x1", "", "t:ch"])  # both released
     assert await write(keys=keys, args=["a", "t:ch", "svc-a", ""]) == 1  # "" deletes
-    assert await client.hgetall("t:records") == {"svc-b": "b1"}
+    assert await redis_client.hgetall("t:records") == {"svc-b": "b1"}
     await asyncio.sleep(0.4)  # a's lease expires unrenewed
     assert await claim(keys=[lease], args=["b", "300"]) == "b"
-
-
-def reading(node: str, total: int, completed: float, built: str = "t0") -> TrafficReading:
-    host = HostStats("svc", "svc-a", "127.0.0.1:1001", {"rq_total": total})
-    clusters = {("svc", "upstream_rq_completed"): completed}
-    return TrafficReading(node, "x", hosts=(host,), clusters=clusters, built={"svc": built})
-
-
-def completed(ledger: RedisLedger) -> float:
-    return ledger.book.cluster_total("upstream_rq_completed")
-
-
-async def test_ledgers_share_totals_without_double_counting(client: Redis) -> None:
-    """Replica A counts an Envoy to 10; the Envoy moves to replica B, which continues
-    from A's last reading (10 -> 25 adds 15, not 25); a stale reading A took before
-    is dropped; a restarted replica (a new ledger) continues too, across an Envoy
-    counter reset (25 -> 4: Envoy restarted, 4 more)."""
-    a, b = RedisLedger(client, "t"), RedisLedger(client, "t")
-    await a.apply([reading("envoy", 10, 10)], {"svc"}, 1.0, 1000.0)
-    await b.apply([reading("envoy", 25, 25)], {"svc"}, 1.0, 1002.0)
-    await a.apply([reading("envoy", 20, 20)], {"svc"}, 2.0, 1001.0)  # taken before B's
-    assert completed(b) == 25 and completed(a) == 25
-    restarted = RedisLedger(client, "t")
-    await restarted.apply([reading("envoy", 4, 4, built="t1")], {"svc"}, 1.0, 1003.0)
-    assert completed(restarted) == 29
-    assert restarted.book.backends[("svc", "svc-a")].rq_total == 29
-    assert restarted.book.first_reading_at == 1000.0
-
-
-async def test_failover_events_outlive_the_log_that_wrote_them(client: Redis) -> None:
-    """Events written by one log (one controller) are read by a new one (after a
-    restart), and the same failover recorded by two replicas counts once."""
-    first = RedisEventLog(client, "t")
-    writer = asyncio.create_task(first.run())
-    event = FailoverEvent("health_check", "svc-a", 10.0, True, 12.0, id="svc-a@1")
-    first.add(event)
-    first.add(dataclasses.replace(event, failover_time_ms=20.0))  # another replica's timing
-    first.add(FailoverEvent("failover_test", "svc-b", 11.0, False, None, id="t@2"))
-    await eventually(lambda: _stored(client, 3), timeout_s=2)
-    writer.cancel()
-    again = RedisEventLog(client, "t")
-    events = await again.events()
-    assert [(e.backend, e.failover_time_ms) for e in events] == [("svc-a", 20.0), ("svc-b", None)]
-
-
-async def _stored(client: Redis, count: int) -> bool:
-    return bool(await client.llen("t:failover:events") == count)

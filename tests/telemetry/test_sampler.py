@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from tests.support import local_settings
+from tests.factories import local_settings
 from xds_server.telemetry import sampler as sampler_module
 from xds_server.telemetry.envoy_stats import TrafficReading
 from xds_server.telemetry.sampler import MemoryLedger, TrafficSampler

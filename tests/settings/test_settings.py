@@ -12,9 +12,15 @@ import yaml
 
 from xds_server.errors import ConfigError
 from xds_server.model.intent import Intent, Policies, SocketAddress, Strategy
-from xds_server.settings import EMBEDDED_DEFAULTS, format_problems, load_settings, parse_settings
+from xds_server.settings import (
+    EMBEDDED_DEFAULTS,
+    MAX_WEIGHT,
+    format_problems,
+    load_settings,
+    parse_settings,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config" / "router_config.yaml"
 
 
@@ -460,3 +466,79 @@ def test_health_verdict_settings_are_read_from_file_and_environment() -> None:
         "router.health_check_healthy_threshold",
         "router.health_check_jitter",
     }
+
+
+def test_settings_cap_backend_weight() -> None:
+    """The file refuses a weight Envoy could not sum per locality (shared API rule)."""
+    backend = {"name": "a", "address": "127.0.0.1", "port": 1, "weight": MAX_WEIGHT + 1}
+    document = {"services": [{"name": "s", "routes": ["/s/"], "backends": [backend]}]}
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(document, {}, "test")
+    assert [p.path for p in raised.value.problems] == ["services[0].backends[0].weight"]
+
+
+def test_rules_across_fields_are_reported_with_field_problems() -> None:
+    """One pass reports a bad value and every rule across fields together: the
+    gRPC strategy rule, a duplicate route, timeout < interval, and a non-grpc
+    service without routes, next to a bad port and an unknown key."""
+    grpc_backend = {"name": "g-0", "address": "127.0.0.1", "port": 9001}
+    document = minimal_document() | {
+        "router": {"health_check_timeout": 40, "qeue_size": 1},
+    }
+    document["services"][0]["backends"][0]["port"] = 0
+    document["services"] += [
+        {"name": "g", "protocol": "grpc", "strategy": "random", "backends": [grpc_backend]},
+        {"name": "dup", "routes": ["/svc/"], "backends": [grpc_backend | {"name": "d-0"}]},
+        {"name": "none", "backends": [grpc_backend | {"name": "n-0"}]},
+    ]
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document, {}, "x")
+    problems = [str(p) for p in caught.value.problems]  # in document order
+    assert problems[:1] + problems[2:] == [
+        "services[0].backends[0].port: must be an integer between 1 and 65535, got 0",
+        "services[2].routes[0]: duplicate route '/svc/' (first at services[0].routes[0])",
+        "services[3].routes: required (only grpc services may omit it)",
+        "router.qeue_size: unknown key; did you mean 'queue_size'?",
+        "router.health_check_timeout: must be less than health_check_interval (30), got 40",
+    ]
+    assert problems[1].startswith("services[1].strategy: random cannot serve gRPC service 'g'")
+
+
+def test_grpc_rule_skips_a_strategy_that_is_not_known() -> None:
+    """A gRPC service inheriting a bad router.strategy gets the strategy's own
+    problem only, not a gRPC rule about a default nobody chose."""
+    backend = {"name": "g-0", "address": "127.0.0.1", "port": 9001}
+    document = {
+        "router": {"strategy": "fastest"},
+        "services": [{"name": "g", "protocol": "grpc", "backends": [backend]}],
+    }
+    assert problem_paths(document) == {"router.strategy"}
+    assert problem_paths(document | {"router": {}}, {"ROUTER_STRATEGY": "nope"}) == {
+        "env:ROUTER_STRATEGY"
+    }
+
+
+def test_problem_messages_are_pinned() -> None:
+    """The wording of each kind of problem: unknown key (with a hint, or the
+    allowed keys), required, not a mapping, not a list, a bad value, and env."""
+    document: dict[str, Any] = {
+        "zzz": 1,
+        "router": {"strategy": "fastest"},
+        "services": [
+            {"name": "s", "routes": "/s/", "backends": [{"nme": "b", "address": "::1"}]},
+            7,
+        ],
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document, {"ROUTER_QUEUE_SIZE": "lots"}, "x")
+    strategies = ", ".join(s.value for s in Strategy)
+    assert [str(p) for p in caught.value.problems] == [
+        "zzz: unknown key; allowed: router, services",
+        f"router.strategy: must be one of {strategies}, got 'fastest' (str)",
+        "services[0].routes: must be a non-empty list of path prefixes, got '/s/' (str)",
+        "services[0].backends[0].nme: unknown key; did you mean 'name'?",
+        "services[0].backends[0].name: required",
+        "services[0].backends[0].port: required",
+        "services[1]: must be a mapping, got 7 (int)",
+        "env:ROUTER_QUEUE_SIZE: must be an integer, got 'lots'",
+    ]

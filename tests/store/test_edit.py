@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support import local_settings
+from tests.factories import local_settings
 from xds_server.errors import Conflict, NotFound
 from xds_server.model.intent import Intent, Strategy
 from xds_server.store.base import edit

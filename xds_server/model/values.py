@@ -1,9 +1,11 @@
-"""Value converters shared by the settings file and the admin API.
+"""Value converters: the rules of single values, shared by the config file and the admin API.
 
 Each converter takes a parsed YAML (or JSON) value and returns the typed value,
-or raises InvalidValue with a message that says how it is wrong. The admin API
-checks its request bodies with these same converters, so the file and the API
-cannot disagree on a limit or a message.
+or raises InvalidValue with a message that says how it is wrong. The field
+types of model/fields.py wrap them, so the config file's models and the admin
+API's body models check a value alike and cannot disagree on a limit or a
+message. The `*_from_text` readers turn a `ROUTER_*` environment string into
+the YAML-like value a converter takes.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from xds_server.errors import InvalidValue
 from xds_server.model.intent import Protocol, SocketAddress, Strategy
 
 # Paths Envoy sends to the controller; a service route there would hijack them.
@@ -27,13 +29,6 @@ HOST_LABEL_PATTERN = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 MAX_WEIGHT = 1_000_000
-
-
-class InvalidValue(ValueError):
-    """A single value is wrong; the message says how. Caught and turned into a Problem.
-
-    Public because the admin API checks its request bodies with these same
-    converters (`check_fields`), so the file and the API cannot disagree."""
 
 
 Convert = Callable[[object], Any]
@@ -231,26 +226,3 @@ def flag_from_text(text: str) -> object:
 
 def str_from_text(text: str) -> object:
     return text.strip()
-
-
-@dataclass(frozen=True)
-class RouterField:
-    """One `router:` key: how to check a YAML value and how to read its env text."""
-
-    convert: Convert
-    from_text: Callable[[str], object] = str_from_text
-
-
-def int_field(minimum: int, maximum: int | None = None) -> RouterField:
-    return RouterField(integer_between(minimum, maximum), int_from_text)
-
-
-def number_field(minimum: float, *, inclusive: bool, maximum: float | None = None) -> RouterField:
-    return RouterField(
-        number_between(minimum, inclusive=inclusive, maximum=maximum), number_from_text
-    )
-
-
-SECONDS = number_field(0, inclusive=False)
-ADDRESS = RouterField(to_socket_address)
-IP_ADDRESS = RouterField(to_ip_socket_address)

@@ -1,4 +1,4 @@
-"""The admin API without Envoy: validation, error classes, auth, OpenAPI, stats parsing.
+"""The admin API without Envoy: validation, error classes, auth, OpenAPI.
 
 A real controller (store, publisher, xDS and admin servers on free loopback
 ports) with no proxy connected, so every change is "applied" at once unless a
@@ -7,7 +7,6 @@ test registers a proxy that never ACKs.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,14 +14,22 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import local_settings, running_controller
+from tests.factories import local_settings, running_controller
 from xds_server.admin import ROUTE_SETS, make_admin_app
+from xds_server.admin.bodies import (
+    BackendAdd,
+    BackendChange,
+    BackendList,
+    BackendPatch,
+    StrategyChangeAnswer,
+    StrategyOverview,
+    StrategyPut,
+)
 from xds_server.admin.openapi import document, openapi_path
 from xds_server.app import Controller
-from xds_server.errors import ConfigError
 from xds_server.model.intent import Strategy
 from xds_server.resources import CLUSTER, ENDPOINT
-from xds_server.settings import MAX_WEIGHT, parse_settings
+from xds_server.settings import MAX_WEIGHT
 from xds_server.telemetry import envoy_stats
 from xds_server.xds.observe import StreamInfo
 
@@ -68,7 +75,7 @@ async def call(
 
 
 def mounted_routes() -> set[tuple[str, str]]:
-    app = make_admin_app(Controller(local_settings()))
+    app = make_admin_app(Controller(local_settings()).admin_context())
     return {
         (route.method.lower(), openapi_path(route.resource.canonical))
         for route in app.router.routes()
@@ -133,6 +140,48 @@ def test_openapi_says_what_least_connections_really_is() -> None:
     assert put["security"] == [{"bearerAuth": []}] and "401" in put["responses"]
 
 
+def test_openapi_schemas_come_from_the_models() -> None:
+    """Bodies and change answers are the handlers' models: every field the
+    handler reads or answers is documented, nothing else."""
+    doc = document(ROUTE_SETS)
+    put = doc["paths"][STRATEGY]["put"]
+    body = put["requestBody"]["content"]["application/json"]["schema"]
+    assert list(body["properties"]) == list(StrategyPut.model_fields)
+    assert body["required"] == ["strategy"] and body["additionalProperties"] is False
+    change = doc["components"]["schemas"]["StrategyChange"]["properties"]
+    assert {"previous_by_service", "generation", "proxies", "apply_ms"} <= set(change)
+    backends = doc["paths"]["/api/v1/router/services/{service}/backends"]["post"]
+    add = backends["requestBody"]["content"]["application/json"]["schema"]
+    assert list(add["properties"]) == list(BackendAdd.model_fields)
+    assert add["required"] == ["name", "address", "port"]
+    assert add["properties"]["port"] == {"maximum": 65535, "minimum": 1} | {
+        "title": "Port",
+        "type": "integer",
+    }
+    patch = doc["paths"]["/api/v1/router/services/{service}/backends/{backend}"]["patch"]
+    update = patch["requestBody"]["content"]["application/json"]["schema"]
+    assert list(update["properties"]) == list(BackendPatch.model_fields)
+    assert update["minProperties"] == 1
+
+
+def test_openapi_schemas_are_openapi_3_0() -> None:
+    """pydantic's JSON Schema 2020-12 is translated: no null type, no const, no
+    $defs, boolean exclusive bounds, one type per schema."""
+    for node in _nodes(document(ROUTE_SETS)):
+        assert "$defs" not in node and "const" not in node
+        assert isinstance(node.get("exclusiveMinimum", True), bool), node
+        if "type" in node and not isinstance(node["type"], dict):  # not a property named type
+            assert isinstance(node["type"], str) and node["type"] != "null", node
+
+
+def _nodes(node: object) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        return [node] + [n for value in node.values() for n in _nodes(value)]
+    if isinstance(node, list):
+        return [n for value in node for n in _nodes(value)]
+    return []
+
+
 async def test_openapi_is_served(controller: Controller, http: aiohttp.ClientSession) -> None:
     """GET /api/v1/router/openapi.json answers the document of the mounted route sets."""
     status, body = await call(http, controller, "GET", "/api/v1/router/openapi.json")
@@ -162,7 +211,9 @@ async def test_global_strategy_change_sets_default_and_clears_overrides(
     intent = controller.store.intent
     assert intent.default_strategy is Strategy.LEAST_CONNECTIONS
     assert all(s.strategy is None for s in intent.services)
+    StrategyChangeAnswer.model_validate(body)  # the documented shape, no more, no less
     status, current = await call(http, controller, "GET", STRATEGY)
+    StrategyOverview.model_validate(current)
     assert current["default_strategy"] == "least_connections"
     assert {s["strategy"] for s in current["services"].values()} == {"least_connections"}
 
@@ -187,20 +238,6 @@ async def test_service_strategy_change_touches_only_that_service(
     assert [s.name for s in intent.services if s.strategy is not None] == ["embedding"]
 
 
-@pytest.fixture
-async def silent_admin() -> AsyncIterator[str]:
-    """An 'Envoy admin' that accepts connections and never answers."""
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # until the client gives up and closes
-        writer.close()
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    yield f"127.0.0.1:{port}"
-    server.close()
-
-
 async def test_unacked_change_is_reported_not_applied(
     controller: Controller, http: aiohttp.ClientSession, silent_admin: str
 ) -> None:
@@ -220,6 +257,7 @@ async def test_unacked_change_is_reported_not_applied(
     assert status == 202 and change["strategy_applied"] is False
     assert change["failures"] == [{"node_id": "silent-envoy", "reason": "no ACK within 0.3 s"}]
     assert [e["node_id"] for e in change["stats_errors"]] == ["silent-envoy"] * 2
+    StrategyChangeAnswer.model_validate(answer)
     assert elapsed < 2 * envoy_stats.READ_TIMEOUT_S + 0.3 + 1.0
     assert controller.store.intent.default_strategy is Strategy.RANDOM  # stored all the same
 
@@ -235,17 +273,21 @@ async def test_backend_add_update_drain_remove(
     status, body = await call(http, controller, "POST", QDRANT, new)
     assert status == 201 and body["applied"] is True, body
     assert body["backend"]["weight"] == 2 and body["backend"]["health"] in {"unknown", "unhealthy"}
+    BackendChange.model_validate(body)  # the documented shape, no more, no less
     status, listed = await call(http, controller, "GET", QDRANT)
+    BackendList.model_validate(listed)
     assert [b["name"] for b in listed["backends"]][-1] == "qdrant-tertiary"
 
     patch = {"weight": 5, "draining": True}
     status, body = await call(http, controller, "PATCH", QDRANT + "/qdrant-tertiary", patch)
     assert status == 200 and (body["backend"]["weight"], body["backend"]["draining"]) == (5, True)
+    BackendChange.model_validate(body)
     qdrant = controller.store.intent.service("qdrant")
     assert qdrant is not None and qdrant.backend("qdrant-tertiary") is not None
 
     status, body = await call(http, controller, "DELETE", QDRANT + "/qdrant-tertiary")
     assert status == 200 and body["action"] == "removed", body
+    BackendChange.model_validate(body)
     qdrant = controller.store.intent.service("qdrant")
     assert qdrant is not None and qdrant.backend("qdrant-tertiary") is None
 
@@ -439,95 +481,23 @@ async def test_token_guards_every_mutating_call(
     assert status == 200 and guarded.store.intent.default_strategy is Strategy.RANDOM
 
 
-# ---- Envoy stats parsing -----------------------------------------------------------------
-
-CLUSTERS_DOC = {
-    "cluster_statuses": [
-        {
-            "name": "qdrant",
-            "host_statuses": [
-                {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 6333}},
-                    "hostname": "qdrant-primary",
-                    "stats": [
-                        {"name": "cx_connect_fail"},
-                        {"value": "5", "name": "cx_total"},
-                        {"type": "GAUGE", "value": "3", "name": "cx_active"},
-                        {"type": "GAUGE", "name": "rq_active"},
-                        {"value": "10", "name": "rq_total"},
-                    ],
-                    "health_status": {"eds_health_status": "HEALTHY"},
-                },
-                {"hostname": "qdrant-secondary", "stats": [{"name": "cx_active"}]},
-            ],
-        }
-    ]
-}
+# ---- OpenAPI 3.0 from JSON Schema --------------------------------------------------------
 
 
-def test_clusters_json_strings_and_omitted_zeros() -> None:
-    """Envoy's string numbers become ints, omitted zeros read 0, hosts keep their cluster."""
-    hosts = envoy_stats.parse_clusters(CLUSTERS_DOC)
-    primary, secondary = hosts
-    assert (primary.cluster, primary.hostname, primary.address) == (
-        "qdrant",
-        "qdrant-primary",
-        "127.0.0.1:6333",
-    )
-    assert (primary.get("cx_active"), primary.get("rq_active"), primary.get("rq_total")) == (
-        3,
-        0,
-        10,
-    )
-    assert secondary.get("cx_active") == 0 and secondary.get("never_reported") == 0
+def test_json_schema_keywords_are_translated_to_openapi_3_0() -> None:
+    """null becomes nullable, exclusive bounds booleans, const an enum."""
+    from xds_server.admin.schemas import openapi_3_0
 
-
-def test_per_backend_sums_over_proxies_and_ignores_unreadable_ones() -> None:
-    """Counters are summed over proxies; unknown hostnames are ignored; a backend
-    nobody reports reads 0; an unreadable proxy is listed with its error."""
-    hosts = envoy_stats.parse_clusters(CLUSTERS_DOC)
-    stats = [
-        envoy_stats.ProxyStats("a", "127.0.0.1:1", hosts),
-        envoy_stats.ProxyStats("b", "127.0.0.1:2", hosts),
-        envoy_stats.ProxyStats("c", None, error="no admin_address in node metadata"),
-    ]
-    counts = envoy_stats.per_backend(stats, "cx_active", ["qdrant-primary", "mixtral"])
-    assert counts == {"mixtral": 0, "qdrant-primary": 6}
-    assert envoy_stats.unreadable(stats) == [
-        {"node_id": "c", "envoy_admin": None, "error": "no admin_address in node metadata"}
-    ]
-
-
-async def test_read_proxies_is_bounded(silent_admin: str) -> None:
-    """A silent admin and a closed port are reported within the read timeout."""
-    from xds_server.xds.status import ProxyStatus
-
-    closed = await _closed_port()
-    proxies = [
-        ProxyStatus("silent", "c", silent_admin, 0.0),
-        ProxyStatus("closed", "c", f"127.0.0.1:{closed}", 0.0),
-    ]
-    started = time.monotonic()
-    stats = await envoy_stats.read_proxies(proxies, timeout_s=0.3)
-    assert time.monotonic() - started < 1.0
-    assert [(s.node_id, s.hosts, s.error is not None) for s in stats] == [
-        ("silent", (), True),
-        ("closed", (), True),
-    ]
-
-
-async def _closed_port() -> int:
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port: int = server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
-    return port
-
-
-def test_settings_cap_backend_weight() -> None:
-    """The file refuses a weight Envoy could not sum per locality (shared API rule)."""
-    backend = {"name": "a", "address": "127.0.0.1", "port": 1, "weight": MAX_WEIGHT + 1}
-    document = {"services": [{"name": "s", "routes": ["/s/"], "backends": [backend]}]}
-    with pytest.raises(ConfigError) as raised:
-        parse_settings(document, {}, "test")
-    assert [p.path for p in raised.value.problems] == ["services[0].backends[0].weight"]
+    assert openapi_3_0({"anyOf": [{"type": "string"}, {"type": "null"}], "title": "T"}) == {
+        "type": "string",
+        "nullable": True,
+        "title": "T",
+    }
+    ref = {"$ref": "#/components/schemas/X"}
+    assert openapi_3_0({"anyOf": [ref, {"type": "null"}]}) == {"allOf": [ref], "nullable": True}
+    assert openapi_3_0({"type": "number", "exclusiveMinimum": 0}) == {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+    }
+    assert openapi_3_0({"const": "added"}) == {"enum": ["added"]}

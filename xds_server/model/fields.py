@@ -1,0 +1,331 @@
+"""Field types shared by the config file's models and the admin API's body models.
+
+Each type is an `Annotated` alias carrying a `Rule`: the converter of
+model/values.py that checks a value (so every message is the converter's), the
+JSON Schema that describes it (built from the same constants: patterns, bounds,
+enum members), and how a `ROUTER_*` environment variable spells it. A limit or a
+description is written once, here, and the file, the API and both schemas
+follow.
+
+A Rule replaces pydantic's own checking of the value (a plain validator), so
+`Annotated[str | None, NAME]` means "may be omitted" without accepting an
+explicit null: the converter sees the null and says what it thinks of it, as
+the config file always did.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+
+from xds_server.errors import InvalidValue
+from xds_server.model.intent import Protocol, SocketAddress, Strategy
+from xds_server.model.values import (
+    HEADER_PATTERN,
+    MAX_WEIGHT,
+    NAME_PATTERN,
+    REDIS_SCHEMES,
+    RESERVED_ROUTE_PREFIX,
+    RESERVED_ROUTES,
+    Convert,
+    flag_from_text,
+    int_from_text,
+    integer_between,
+    number_between,
+    number_from_text,
+    optional_text,
+    shown,
+    str_from_text,
+    to_flag,
+    to_header_name,
+    to_ip,
+    to_ip_socket_address,
+    to_name,
+    to_path,
+    to_protocol,
+    to_redis_url,
+    to_route,
+    to_socket_address,
+    to_strategy,
+)
+
+INVALID = "invalid_value"  # the pydantic error type of every Rule
+
+
+def invalid_value(message: str) -> PydanticCustomError:
+    """A pydantic error whose message is exactly `message` (braces and all)."""
+    return PydanticCustomError(INVALID, "{message}", {"message": message})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one kind of value is checked, described and read from the environment."""
+
+    convert: Convert
+    schema: Mapping[str, Any]
+    from_text: Callable[[str], object] = str_from_text
+    # The JSON form of a checked value, where it is not the value itself
+    # (a SocketAddress is written host:port).
+    to_json: Callable[[Any], Any] | None = field(default=None, compare=False)
+
+    def check(self, value: object) -> Any:
+        try:
+            return self.convert(value)
+        except InvalidValue as error:
+            raise invalid_value(str(error)) from None
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        serialization = (
+            None
+            if self.to_json is None
+            else core_schema.plain_serializer_function_ser_schema(self.to_json, when_used="json")
+        )
+        return core_schema.no_info_plain_validator_function(self.check, serialization=serialization)
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return copy.deepcopy(dict(self.schema))
+
+
+def integer(minimum: int, maximum: int | None = None, description: str = "") -> Rule:
+    schema: dict[str, Any] = {"type": "integer", "minimum": minimum}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return Rule(integer_between(minimum, maximum), _described(schema, description), int_from_text)
+
+
+def number(
+    minimum: float, *, inclusive: bool, maximum: float | None = None, description: str = ""
+) -> Rule:
+    schema: dict[str, Any] = {"type": "number"}
+    schema["minimum" if inclusive else "exclusiveMinimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    convert = number_between(minimum, inclusive=inclusive, maximum=maximum)
+    return Rule(convert, _described(schema, description), number_from_text)
+
+
+def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return schema | {"description": description} if description else schema
+
+
+def _anchored(pattern: re.Pattern[str]) -> str:
+    return f"^{pattern.pattern}$"
+
+
+def _enum_value(member: Strategy | Protocol) -> str:
+    return member.value
+
+
+# What each strategy really is in Envoy (docs/envoy-notes.md, "Mapping of the spec").
+STRATEGY_NOTES: dict[str, str] = {
+    Strategy.ROUND_ROBIN: "Envoy ROUND_ROBIN; every backend alike, weights ignored",
+    Strategy.LEAST_CONNECTIONS: (
+        "Envoy LEAST_REQUEST: of two randomly chosen backends (power of two choices), "
+        "the one with fewer *active requests*. It does not count connections; Envoy "
+        "has no true least-connections balancer"
+    ),
+    Strategy.WEIGHTED: "Envoy ROUND_ROBIN honouring each backend's weight (3:1 gives 75/25)",
+    Strategy.RANDOM: "Envoy RANDOM",
+    Strategy.RING_HASH: "Envoy RING_HASH: consistent hashing on the service's hash_header",
+    Strategy.MAGLEV: "Envoy MAGLEV: consistent hashing on the service's hash_header",
+}
+
+_PATH_PATTERN = r"^/[^\s?#]*$"  # to_path: starts with '/', no spaces, '?' or '#'
+
+NAME = Rule(
+    to_name,
+    {
+        "type": "string",
+        "pattern": _anchored(NAME_PATTERN),
+        "description": "lower case, up to 63 characters",
+    },
+)
+STRATEGY = Rule(
+    to_strategy,
+    {
+        "type": "string",
+        "enum": [s.value for s in Strategy],
+        "description": "; ".join(f"{name}: {note}" for name, note in STRATEGY_NOTES.items()),
+    },
+    to_json=_enum_value,
+)
+PROTOCOL = Rule(
+    to_protocol,
+    {
+        "type": "string",
+        "enum": [p.value for p in Protocol],
+        "description": "http; or grpc: also served to proxyless gRPC clients as "
+        "xds:///<name> (strategy round_robin or ring_hash)",
+    },
+    to_json=_enum_value,
+)
+HEADER_NAME = Rule(
+    to_header_name,
+    {
+        "type": "string",
+        "pattern": _anchored(HEADER_PATTERN),
+        "description": "request header hashed by ring_hash and maglev (lower case)",
+    },
+)
+HEALTH_PATH = Rule(
+    to_path,
+    {
+        "type": "string",
+        "pattern": _PATH_PATTERN,
+        "description": "probed by the controller",
+    },
+)
+ROUTE = Rule(
+    to_route,
+    {
+        "type": "string",
+        "pattern": _PATH_PATTERN,
+        "not": {
+            "anyOf": [
+                {"pattern": "^" + re.escape(RESERVED_ROUTE_PREFIX)},
+                {"enum": sorted(RESERVED_ROUTES)},
+            ]
+        },
+        "description": f"URL path prefix; {RESERVED_ROUTE_PREFIX}* is the controller's",
+    },
+)
+IP_LITERAL = Rule(
+    to_ip,
+    {
+        "type": "string",
+        "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+        "description": "IPv4 or IPv6 literal (no hostnames: Envoy's EDS resolves none)",
+    },
+)
+PORT = integer(1, 65535)
+# Envoy rejects a locality whose weights sum above 2**32 - 1; a cap per
+# backend keeps any realistic service far below that.
+WEIGHT = integer(1, MAX_WEIGHT, "share of traffic under the weighted strategy")
+PRIORITY = integer(0, description="higher numbers take traffic only when lower ones are unhealthy")
+FLAG = Rule(to_flag, {"type": "boolean"}, flag_from_text)
+DRAINING = Rule(
+    to_flag,
+    {"type": "boolean", "description": "true: no new requests (EDS DRAINING)"},
+    flag_from_text,
+)
+SECONDS = number(0, inclusive=False, description="seconds")
+_ADDRESS_SCHEMA = {"type": "string", "pattern": r"^.+:[0-9]+$"}
+ADDRESS = Rule(
+    to_socket_address,
+    _ADDRESS_SCHEMA | {"description": "host:port (IPv6 as [::1]:port)"},
+    to_json=str,
+)
+IP_ADDRESS = Rule(
+    to_ip_socket_address,
+    _ADDRESS_SCHEMA | {"description": "ip:port (IPv6 as [::1]:port); Envoy binds it"},
+    to_json=str,
+)
+# Empty means unset, so `ROUTER_REDIS_URL=` can switch a file's value off.
+REDIS_URL = Rule(
+    optional_text(to_redis_url),
+    {
+        "anyOf": [
+            {"type": "string", "pattern": "^(" + "|".join(map(re.escape, REDIS_SCHEMES)) + ")"},
+            {"const": ""},
+            {"type": "null"},
+        ]
+    },
+)
+TEXT = Rule(optional_text(str), {"anyOf": [{"type": "string"}, {"type": "null"}]})
+
+Name = Annotated[str, NAME]
+BackendName = Annotated[
+    str, NAME, Field(description="unique across all services (Envoy endpoint hostname, stats key)")
+]
+OptionalName = Annotated[str | None, NAME]  # may be omitted, not null
+StrategyName = Annotated[Strategy, STRATEGY]
+OptionalStrategy = Annotated[Strategy | None, STRATEGY]
+ProtocolName = Annotated[Protocol, PROTOCOL]
+HeaderName = Annotated[str, HEADER_NAME]
+OptionalHeaderName = Annotated[str | None, HEADER_NAME]
+HealthPath = Annotated[str, HEALTH_PATH]
+Route = Annotated[str, ROUTE]
+IpLiteral = Annotated[str, IP_LITERAL]
+Port = Annotated[int, PORT]
+Weight = Annotated[int, WEIGHT]
+OptionalWeight = Annotated[int | None, WEIGHT]
+Priority = Annotated[int, PRIORITY]
+OptionalPriority = Annotated[int | None, PRIORITY]
+Draining = Annotated[bool, DRAINING]
+OptionalDraining = Annotated[bool | None, DRAINING]
+Flag = Annotated[bool, FLAG]
+Seconds = Annotated[float, SECONDS]
+Address = Annotated[SocketAddress, ADDRESS]
+IpAddress = Annotated[SocketAddress, IP_ADDRESS]
+RedisUrl = Annotated[str | None, REDIS_URL]
+OptionalText = Annotated[str | None, TEXT]
+
+
+def not_a_list(what: str, value: object) -> str:
+    return f"must be a non-empty list of {what}, got {shown(value)}"
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A list of `item` (read into a tuple), with the config file's message for anything else.
+
+    `non_empty=False` lets an empty list through: a gRPC service may have no
+    routes, so emptiness is then a rule of the service (settings/rules.py)."""
+
+    what: str
+    item: Any
+    non_empty: bool = True
+
+    def check(self, value: object) -> object:
+        if not isinstance(value, list) or (self.non_empty and not value):
+            raise invalid_value(not_a_list(self.what, value))
+        return value
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        # tuple[item, ...] built at run time (mypy reads `tuple[...]` as a type).
+        items = handler.generate_schema(tuple.__class_getitem__((self.item, ...)))
+        return core_schema.no_info_before_validator_function(self.check, items)
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        if self.non_empty:
+            json_schema["minItems"] = 1
+        return json_schema
+
+
+def rule_of(metadata: list[Any]) -> Rule | None:
+    """The Rule among a field's metadata (pydantic keeps Annotated extras there)."""
+    return next((item for item in metadata if isinstance(item, Rule)), None)
+
+
+class SchemaGenerator(GenerateJsonSchema):
+    """pydantic's JSON Schema, less `"default": null` where null is no valid value
+    (an optional field that may be omitted but not set to null)."""
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        json_schema = super().default_schema(schema)
+        if json_schema.get("default", False) is None and not allows_null(json_schema):
+            del json_schema["default"]
+        return json_schema
+
+
+def allows_null(json_schema: Mapping[str, Any]) -> bool:
+    kind = json_schema.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    return any(allows_null(option) for option in json_schema.get("anyOf", ()))

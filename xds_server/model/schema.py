@@ -1,0 +1,237 @@
+"""The shape of `router_config.yaml`: one pydantic model per level of the file.
+
+These are boundary shapes: they check what a file says and describe it as JSON
+Schema (`xds-server schema`); the frozen dataclasses of model/intent.py stay
+the runtime intent, and `to_service` / `to_backend` convert into them. Values
+are checked by the field types of model/fields.py, which the admin API's body
+models reuse. Defaults come from the intent's dataclasses, so the file, the
+code and the schema cannot drift.
+
+Rules across fields (timeout < interval, unique names and routes, a service's
+routes depending on its protocol, the gRPC rules) are not model validators:
+pydantic runs those only once every field is valid, and the config file
+reports every problem in one pass. settings/rules.py checks them on whatever
+part of a document is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from xds_server.model.fields import (
+    Address,
+    BackendName,
+    Draining,
+    Flag,
+    HeaderName,
+    HealthPath,
+    IpAddress,
+    IpLiteral,
+    Listed,
+    Name,
+    OptionalStrategy,
+    OptionalText,
+    Port,
+    Priority,
+    ProtocolName,
+    RedisUrl,
+    Route,
+    SchemaGenerator,
+    Seconds,
+    StrategyName,
+    Weight,
+    integer,
+    number,
+)
+from xds_server.model.intent import Backend, Intent, Policies, Service
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """The default of a dataclass field: the intent's defaults are the file's."""
+    default = {f.name: f for f in dataclasses.fields(cls)}[name].default
+    assert default is not dataclasses.MISSING, (cls, name)
+    return default
+
+
+class Shape(BaseModel):
+    """A mapping of the config file: unknown keys are errors (typo protection)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendFields(Shape):
+    """What defines an upstream host; the admin API's backend body shares it."""
+
+    name: BackendName
+    address: IpLiteral
+    port: Port
+    weight: Weight = default_of(Backend, "weight")
+    priority: Priority = default_of(Backend, "priority")
+    health_path: HealthPath = default_of(Backend, "health_path")
+
+
+class BackendConfig(BackendFields):
+    """One upstream host of a service."""
+
+    draining: Draining = default_of(Backend, "draining")
+
+    def to_backend(self) -> Backend:
+        return Backend(**dict(self))
+
+
+class ServiceConfig(Shape):
+    """A routed service: URL path prefixes in, backends out."""
+
+    name: Name = Field(description="unique; names the Envoy cluster")
+    strategy: OptionalStrategy = Field(
+        default=None, description="overrides router.strategy for this service"
+    )
+    group: Name = Field(
+        default=default_of(Service, "group"),
+        description="groups services in the health report (default: the name)",
+    )
+    hash_header: HeaderName = default_of(Service, "hash_header")
+    protocol: ProtocolName = default_of(Service, "protocol")
+    routes: Annotated[tuple[str, ...] | None, Listed("path prefixes", Route, non_empty=False)] = (
+        Field(
+            default=None,
+            description="path prefixes, unique across services; required, and non-empty, "
+            "unless the service is grpc",
+        )
+    )
+    backends: Annotated[tuple[BackendConfig, ...], Listed("backends", BackendConfig)]
+
+    def to_service(self) -> Service:
+        return Service(
+            name=self.name,
+            routes=self.routes or (),
+            backends=tuple(b.to_backend() for b in self.backends),
+            strategy=self.strategy,
+            group=self.group,
+            hash_header=self.hash_header,
+            protocol=self.protocol,
+        )
+
+
+_INTENT, _POLICIES = Intent(services=()), Policies()
+
+
+class RouterConfig(Shape):
+    """The `router:` section. Each key can be overridden by ROUTER_<KEY IN UPPER CASE>."""
+
+    # Addresses default to their text (validated into a SocketAddress), so the
+    # schema shows host:port.
+
+    strategy: StrategyName = Field(
+        default=_INTENT.default_strategy,
+        description="default load-balancing strategy, per service overridable",
+    )
+    health_check_interval: Seconds = Field(
+        default=30.0, description="seconds between the controller's probes of a backend"
+    )
+    health_check_timeout: Seconds = Field(
+        default=5.0, description="seconds a probe may take; less than the interval"
+    )
+    health_check_healthy_threshold: Annotated[int, integer(1)] = Field(
+        default=2, description="passes in a row that readmit an unhealthy backend"
+    )
+    health_check_unhealthy_threshold: Annotated[int, integer(1)] = Field(
+        default=3, description="ambiguous failures in a row that eject a backend"
+    )
+    health_check_jitter: Annotated[float, number(0, inclusive=True, maximum=1)] = Field(
+        default=0.1, description="share of the interval over which probes are spread"
+    )
+    health_prober_lease: Seconds = Field(
+        default=5.0, description="seconds the elected prober's Redis lease lasts"
+    )
+    circuit_breaker_threshold: Annotated[int, integer(1)] = Field(
+        default=_POLICIES.circuit_breaker_threshold,
+        description="consecutive 5xx or connect failures that eject a backend",
+    )
+    circuit_breaker_timeout: Seconds = Field(
+        default=_POLICIES.circuit_breaker_timeout_s, description="ejection time in seconds"
+    )
+    max_retries: Annotated[int, integer(0)] = Field(
+        default=_POLICIES.max_retries, description="retries of a failed request"
+    )
+    # Envoy's back-off is in milliseconds.
+    retry_delay: Annotated[float, number(0.001, inclusive=True)] = Field(
+        default=_POLICIES.retry_delay_s, description="retry back-off base interval in seconds"
+    )
+    queue_size: Annotated[int, integer(1)] = Field(
+        default=_POLICIES.queue_size,
+        description="requests waiting for a connection per service; beyond it, 503 at once",
+    )
+    worker_threads: Annotated[int, integer(1)] = Field(
+        default=8, description="Envoy worker threads (--concurrency)"
+    )
+    metrics_enabled: Flag = Field(
+        default=True, description="collect and serve metrics (/metrics, /api/v1/router/metrics)"
+    )
+    max_requests: Annotated[int, integer(1)] = Field(
+        default=_POLICIES.max_requests, description="concurrent requests per service"
+    )
+    max_connections: Annotated[int, integer(1)] = Field(
+        default=_POLICIES.max_connections, description="upstream connections per service"
+    )
+    request_timeout: Seconds = Field(
+        default=_POLICIES.request_timeout_s,
+        description="whole-request timeout in seconds, retries included",
+    )
+    healthy_panic_threshold: Annotated[float, number(0, inclusive=True, maximum=100)] = Field(
+        default=_POLICIES.healthy_panic_threshold_percent,
+        description="percent of healthy backends below which Envoy uses all (0: never)",
+    )
+    listen_address: IpAddress = Field(
+        default=str(_INTENT.listen),
+        validate_default=True,
+        description="Envoy's listener: where clients send requests",
+    )
+    envoy_admin_address: IpAddress = Field(
+        default="127.0.0.1:9901", validate_default=True, description="Envoy's admin interface"
+    )
+    xds_address: Address = Field(
+        default="127.0.0.1:18000", validate_default=True, description="the controller's xDS server"
+    )
+    admin_address: Address = Field(
+        default=str(_INTENT.admin), validate_default=True, description="the controller's admin API"
+    )
+    redis_url: RedisUrl = Field(
+        default=None, description="keep intent and metrics in Redis; null: in memory"
+    )
+    admin_token: OptionalText = Field(
+        default=None,
+        description="bearer token the admin API demands for changes; required when "
+        "admin_address is not loopback",
+    )
+
+
+def _none_is_empty(value: object) -> object:
+    """`router:` with nothing under it is YAML null: the defaults."""
+    return {} if value is None else value
+
+
+def _or_null(json_schema: dict[str, Any]) -> None:
+    json_schema["anyOf"] = [{"$ref": json_schema.pop("$ref")}, {"type": "null"}]
+
+
+class ConfigDocument(Shape):
+    """xds-server's router_config.yaml: router settings and the routed services."""
+
+    model_config = ConfigDict(title="xds-server router_config.yaml")
+
+    router: Annotated[RouterConfig, BeforeValidator(_none_is_empty)] = Field(
+        default_factory=RouterConfig, json_schema_extra=_or_null
+    )
+    services: Annotated[tuple[ServiceConfig, ...], Listed("services", ServiceConfig)]
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema of router_config.yaml (`xds-server schema`)."""
+    schema = ConfigDocument.model_json_schema(schema_generator=SchemaGenerator)
+    return {"$schema": SCHEMA_DIALECT, **schema}

@@ -1,0 +1,147 @@
+"""Rules across fields of router_config.yaml, checked on whatever part of a document is valid.
+
+They run in the same pass as the field checks (model/schema.py), so one run of
+`xds-server validate` lists a bad port and a duplicate route and a gRPC
+service's unusable strategy together. Each rule reads only values that are
+valid on their own and skips what is missing or bad (that has its own problem).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from xds_server.errors import InvalidValue
+from xds_server.model.fields import NAME, PROTOCOL, ROUTE, STRATEGY, Rule, not_a_list
+from xds_server.model.intent import Intent, Protocol, Service
+from xds_server.model.rules import grpc_problems
+from xds_server.model.validation import MISSING, Loc, Located, loc_of, path_of
+from xds_server.model.values import is_ip
+from xds_server.settings.environment import Router
+
+
+def router_problems(router: Router) -> list[Located]:
+    found: list[Located] = []
+    values = router.values
+    interval, timeout = values.health_check_interval, values.health_check_timeout
+    if _known(router, "health_check_interval", "health_check_timeout") and timeout >= interval:
+        message = f"must be less than health_check_interval ({interval:g}), got {timeout:g}"
+        found.append(Located(("router", "health_check_timeout"), message))
+    admin = values.admin_address
+    # A token-less admin API may only be reachable from this host.
+    tokenless = _known(router, "admin_address", "admin_token") and values.admin_token is None
+    if tokenless and not _is_loopback(admin.host):
+        message = f"required when admin_address is not loopback ({admin})"
+        found.append(Located(("router", "admin_token"), message))
+    return found
+
+
+def _known(router: Router, *keys: str) -> bool:
+    return not router.unknown.intersection(keys)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().removesuffix(".") == "localhost":
+        return True
+    return is_ip(host) and ipaddress.ip_address(host).is_loopback
+
+
+def service_problems(document: object, router: Router) -> list[Located]:
+    """Routes by protocol, unique names and routes, and the gRPC rules."""
+    raw = document.get("services") if isinstance(document, dict) else None
+    items = list(enumerate(raw)) if isinstance(raw, list) else []
+    services = [(i, item) for i, item in items if isinstance(item, dict)]
+    found = [f for i, item in services for f in _routes_rule(i, item)]
+    found += _duplicates(services)
+    return found + _grpc_problems(dict(services), len(items), router)
+
+
+def _routes_rule(index: int, item: Mapping[str, Any]) -> list[Located]:
+    """A gRPC service may have no routes (`[]` or none): only proxyless gRPC
+    clients reach it then, not Envoy."""
+    if _valid(PROTOCOL, item, "protocol") is Protocol.GRPC:
+        return []
+    loc = ("services", index, "routes")
+    if "routes" not in item:
+        return [Located(loc, "required (only grpc services may omit it)", MISSING)]
+    if item["routes"] == []:
+        return [Located(loc, not_a_list("path prefixes", []))]
+    return []
+
+
+def _duplicates(services: Sequence[tuple[int, Mapping[str, Any]]]) -> list[Located]:
+    first: dict[tuple[str, str], Loc] = {}
+    found: list[Located] = []
+    for loc, kind, value in (claim for i, item in services for claim in _claims(i, item)):
+        seen = first.setdefault((kind, value), loc)
+        if seen != loc:
+            found.append(Located(loc, f"duplicate {kind} {value!r} (first at {path_of(seen)})"))
+    return found
+
+
+def _claims(index: int, item: Mapping[str, Any]) -> Iterator[tuple[Loc, str, str]]:
+    """Names and routes that must be unique across the document, where valid.
+    Backend names too: a backend's name is its Envoy endpoint hostname and stats key."""
+    at: Loc = ("services", index)
+    name = _valid(NAME, item, "name")
+    if name is not None:
+        yield (*at, "name"), "service name", name
+    for j, raw in _listed(item.get("routes")):
+        route = _checked(ROUTE, raw)
+        if route is not None:
+            yield (*at, "routes", j), "route", route
+    for j, backend in _listed(item.get("backends")):
+        backend_name = _valid(NAME, backend, "name") if isinstance(backend, dict) else None
+        if backend_name is not None:
+            yield (*at, "backends", j, "name"), "backend name", backend_name
+
+
+def _grpc_problems(
+    services: dict[int, Mapping[str, Any]], count: int, router: Router
+) -> list[Located]:
+    """grpc_problems (the intent's rule, which the translator checks too) on a stand-in intent: one
+    service per document item, whatever of it is valid; a strategy rule is
+    dropped where the effective strategy is not known."""
+    stand_ins = [_stand_in(services.get(i, {})) for i in range(count)]
+    intent = Intent(services=tuple(stand_ins), default_strategy=router.values.strategy)
+    unsure = {
+        f"services[{i}].strategy"
+        for i, item in services.items()
+        if _strategy_unknown(item, "strategy" in router.unknown)
+    }
+    return [
+        Located(loc_of(p.path), p.message) for p in grpc_problems(intent) if p.path not in unsure
+    ]
+
+
+def _stand_in(item: Mapping[str, Any]) -> Service:
+    return Service(
+        name=_valid(NAME, item, "name") or str(item.get("name", "?")),
+        routes=(),
+        backends=(),
+        strategy=_valid(STRATEGY, item, "strategy"),
+        protocol=_valid(PROTOCOL, item, "protocol") or Protocol.HTTP,
+    )
+
+
+def _strategy_unknown(item: Mapping[str, Any], default_unknown: bool) -> bool:
+    if "strategy" in item:
+        return _valid(STRATEGY, item, "strategy") is None
+    return default_unknown
+
+
+def _valid(rule: Rule, item: Mapping[str, Any], key: str) -> Any:
+    """The checked value of item[key], or None when it is absent or bad."""
+    return _checked(rule, item[key]) if key in item else None
+
+
+def _checked(rule: Rule, value: object) -> Any:
+    try:
+        return rule.convert(value)
+    except InvalidValue:
+        return None
+
+
+def _listed(raw: object) -> Iterator[tuple[int, object]]:
+    return enumerate(raw) if isinstance(raw, list) else iter(())
