@@ -123,6 +123,9 @@ async def push(controller: Controller, change: Callable[..., Any], n: int) -> fl
     return elapsed
 
 
+HTTP_FLOOR = "admin: GET /healthz (the HTTP floor)"
+
+
 def calls(controller: Controller, client: AdminClient) -> list[Callable[[int], Awaitable[float]]]:
     """One timed change of each kind of KINDS, in that order, given a sequence number."""
 
@@ -179,6 +182,11 @@ async def measure(changes: int) -> tuple[Samples, dict[str, int]]:
                         reads = sampler.hook_reads
                         samples[kind].append(await call(n))
                         hook_reads[kind] += sampler.hook_reads - reads
+                # The floor under every admin call: one HTTP round trip through the
+                # controller's middlewares that changes nothing.
+                floor = samples.setdefault(HTTP_FLOOR, [])
+                for _ in range(changes):
+                    floor.append(await client.call("GET", "/healthz", {}))
             finally:
                 await client.stop()
             samples[f"{KINDS[0]}: its apply_ms"] = client.apply_s[STRATEGY][1:]  # not the setup
