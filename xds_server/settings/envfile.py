@@ -94,11 +94,21 @@ def _first_line(binding: Binding) -> int:
 def _problem(binding: Binding, known: Collection[str]) -> str | None:
     key = binding.key or ""
     if key not in known:
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        return f"unknown setting; did you mean {close[0]}?" if close else "unknown setting"
+        close = _closest(key, known)
+        return f"unknown setting; did you mean {close}?" if close else "unknown setting"
     if binding.value is None:
         return f"no value (expected {key}=VALUE)"
     return _systemd_disagrees(binding.original.string.strip())
+
+
+def _closest(key: str, known: Collection[str]) -> str | None:
+    """A known key that begins with `key`'s name (ROUTER_METRICS), else the most
+    similar one; compared without the prefix, which every candidate shares."""
+    names = {k.removeprefix(ENV_PREFIX): k for k in sorted(known)}
+    typed = key.removeprefix(ENV_PREFIX)
+    longer = [name for name in names if name.startswith(typed)]
+    close = longer or difflib.get_close_matches(typed, names, n=1, cutoff=0.6)
+    return names[close[0]] if close else None
 
 
 def _systemd_disagrees(original: str) -> str | None:
