@@ -1,9 +1,9 @@
-"""`xds-server run` as a systemd service (deploy/systemd/xds-server.service, `Type=notify`).
+"""`xds-server run` as a systemd service (deploy/systemd/request-router.service, `Type=notify`).
 
 What systemd is told, over sd_notify (xds_server/sdnotify.py):
 - READY=1 once `Controller.start` returned: the first snapshot is published and
   the xDS port is open, so an Envoy started after the controller
-  (`After=xds-server.service`) gets its configuration on its first request;
+  (`After=request-router.service`) gets its configuration on its first request;
 - WATCHDOG=1 every half `WatchdogSec=`, from the event loop (a stuck loop is restarted);
 - RELOADING=1 when SIGHUP (`systemctl reload`) starts a reload of the config
   file, READY=1 when it is done, with STATUS= saying whether it was applied;

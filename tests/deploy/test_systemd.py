@@ -52,7 +52,7 @@ def directives(unit: str) -> dict[str, list[str]]:
 
 
 def test_systemd_verifies_both_units(tmp_path: Path) -> None:
-    units = [here(name, tmp_path) for name in ("xds-server.service", "xds-envoy.service")]
+    units = [here(name, tmp_path) for name in ("request-router.service", "xds-envoy.service")]
     done = subprocess.run(
         [systemd_analyze(), "verify", *map(str, units)], capture_output=True, text=True
     )
@@ -61,13 +61,13 @@ def test_systemd_verifies_both_units(tmp_path: Path) -> None:
 
 def test_verify_would_catch_a_mistake(tmp_path: Path) -> None:
     """The check above can fail: a misspelt directive is reported."""
-    unit = here("xds-server.service", tmp_path)
+    unit = here("request-router.service", tmp_path)
     unit.write_text(unit.read_text().replace("Type=notify", "Typ=notify"))
     done = subprocess.run([systemd_analyze(), "verify", str(unit)], capture_output=True, text=True)
     assert "Typ" in done.stderr
 
 
-@pytest.mark.parametrize("unit", ["xds-server.service", "xds-envoy.service"])
+@pytest.mark.parametrize("unit", ["request-router.service", "xds-envoy.service"])
 def test_security_exposure_is_at_most_ok(unit: str, tmp_path: Path) -> None:
     done = subprocess.run(
         [systemd_analyze(), "security", "--offline=true", str(here(unit, tmp_path))],
@@ -81,15 +81,17 @@ def test_security_exposure_is_at_most_ok(unit: str, tmp_path: Path) -> None:
 
 
 def test_the_controller_unit_is_what_the_spec_operates() -> None:
-    unit = directives("xds-server.service")
+    """`journalctl -u request-router` matches the unit's own name, not an alias:
+    the spec's name is the file's."""
+    unit = directives("request-router.service")
     assert unit["Type"] == ["notify"]
-    assert unit["Alias"] == ["request-router.service"]  # systemctl stop request-router
+    assert unit["Alias"] == ["xds-server.service"]
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert unit["WatchdogSec"] and unit["EnvironmentFile"] == ["/etc/xds-server/router.env"]
     assert unit["DynamicUser"] == ["yes"] and unit["CapabilityBoundingSet"] == [""]
     envoy = directives("xds-envoy.service")
-    assert "xds-server.service" in envoy["After"][0].split()
-    assert envoy["Requires"] == ["xds-server.service"]
+    assert "request-router.service" in envoy["After"][0].split()
+    assert envoy["Requires"] == envoy["PartOf"] == ["request-router.service"]
 
 
 def test_the_envoy_unit_commands_make_a_bootstrap_envoy_accepts(tmp_path: Path) -> None:
