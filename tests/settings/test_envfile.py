@@ -1,4 +1,4 @@
-"""`.env` files: python-dotenv's parse, with lines, typos and what systemd would read differently."""
+"""`.env` files: python-dotenv's parse, with lines, typos, and what systemd reads otherwise."""
 
 from __future__ import annotations
 
