@@ -11,76 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import signal
-import socket
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from xds_server.proxy.processes import free_port
+from tests.systemd_support import Run, start_run, stop_run
 
-ROOT = Path(__file__).resolve().parent.parent
 WATCHDOG_USEC = 200_000  # pings every 100 ms
 
 
-class Systemd:
-    """The notify socket's end: datagrams as they come, each with its arrival time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(os.fspath(path))
-        self.sock.setblocking(False)
-
-    async def next(self, timeout_s: float = 30.0) -> tuple[float, dict[str, str]]:
-        async with asyncio.timeout(timeout_s):
-            data = await asyncio.get_running_loop().sock_recv(self.sock, 4096)
-        fields = dict(line.split("=", 1) for line in data.decode().splitlines())
-        return time.monotonic(), fields
-
-    async def until(self, key: str, timeout_s: float = 30.0) -> tuple[dict[str, str], int]:
-        """The first message with `key`, and how many WATCHDOG pings came before it."""
-        pings = 0
-        while True:
-            _, fields = await self.next(timeout_s)
-            if key in fields:
-                return fields, pings
-            pings += "WATCHDOG" in fields
-
-
 @pytest.fixture
-async def controller(
-    tmp_path: Path,
-) -> AsyncIterator[tuple[Systemd, asyncio.subprocess.Process, str]]:
-    systemd = Systemd(tmp_path / "notify")
-    admin = f"127.0.0.1:{free_port()}"
-    config = tmp_path / "router_config.yaml"
-    config.write_text((ROOT / "config/router_config.yaml").read_text())
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")},
-        "PYTHONPATH": os.fspath(ROOT),
-        "NOTIFY_SOCKET": os.fspath(systemd.path),
-        "WATCHDOG_USEC": str(WATCHDOG_USEC),
-        "ROUTER_XDS_ADDRESS": f"127.0.0.1:{free_port()}",
-        "ROUTER_ADMIN_ADDRESS": admin,
-        "ROUTER_ENVOY_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "xds_server.cli", "run", "--config", str(config),
-        env=env, cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+async def controller(tmp_path: Path) -> AsyncIterator[Run]:
+    run = await start_run(tmp_path, watchdog_usec=WATCHDOG_USEC)
     try:
-        yield systemd, process, admin
+        yield run
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        systemd.sock.close()
+        await stop_run(run)
 
 
 async def readyz(admin: str) -> tuple[int, dict[str, object]]:
@@ -89,9 +38,9 @@ async def readyz(admin: str) -> tuple[int, dict[str, object]]:
 
 
 async def test_ready_after_the_first_snapshot_then_watchdog_reload_and_stop(
-    controller: tuple[Systemd, asyncio.subprocess.Process, str],
+    controller: Run,
 ) -> None:
-    systemd, process, admin = controller
+    systemd, process, admin = controller.notify, controller.process, controller.admin
     _, ready = await systemd.next()
     # READY=1 is the first thing said, and by then the snapshot is out and the port open.
     assert ready["READY"] == "1", ready
@@ -112,9 +61,9 @@ async def test_ready_after_the_first_snapshot_then_watchdog_reload_and_stop(
     assert 0.05 < sum(gaps) / len(gaps) < 0.3
 
     process.send_signal(signal.SIGHUP)
-    reloading, _ = await systemd.until("RELOADING")
+    reloading = await systemd.until("RELOADING")
     assert "MONOTONIC_USEC" in reloading
-    reloaded, _ = await systemd.until("READY")
+    reloaded = await systemd.until("READY")
     assert reloaded["STATUS"] == "config reloaded"
 
     process.send_signal(signal.SIGTERM)

@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.systemd_support import UNITS, directives, systemd_analyze
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-UNITS = ROOT / "deploy/systemd"
 INSTALLED_BIN = "/opt/xds-server/bin/"
 LEVELS_AT_MOST_OK = ("PERFECT", "SAFE", "OK")  # systemd-analyze's words, best first
-
-
-def systemd_analyze() -> str:
-    found = shutil.which("systemd-analyze")
-    if found is None:
-        pytest.fail("systemd-analyze is missing: scripts/ensure-system-tools installs it")
-    return found
 
 
 def here(unit: str, tmp_path: Path) -> Path:
@@ -38,17 +31,6 @@ def here(unit: str, tmp_path: Path) -> Path:
     copy = tmp_path / unit
     copy.write_text((UNITS / unit).read_text().replace(INSTALLED_BIN, f"{venv_bin}/"))
     return copy
-
-
-def directives(unit: str) -> dict[str, list[str]]:
-    """Key -> every value, continuation lines joined (systemd.syntax)."""
-    text = re.sub(r"\\\n\s*", " ", (UNITS / unit).read_text())
-    found: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if "=" in line and not line.startswith(("#", ";", "[")):
-            key, _, value = line.partition("=")
-            found.setdefault(key.strip(), []).append(value.strip())
-    return found
 
 
 def test_systemd_verifies_both_units(tmp_path: Path) -> None:
