@@ -58,10 +58,15 @@ class Run:
     admin: str  # host:port of the admin API
 
 
-async def start_run(tmp_path: Path, *, watchdog_usec: int, wrapper: Sequence[str] = ()) -> Run:
+async def start_run(
+    tmp_path: Path, *, watchdog_usec: int, wrapper: Sequence[str] = (), dot_env: str = ""
+) -> Run:
     """`xds-server run --config <a copy of config/router_config.yaml>` on free ports,
-    told to notify, `wrapper` (e.g. strace) in front of the interpreter."""
+    told to notify, `wrapper` (e.g. strace) in front of the interpreter, `dot_env`
+    as `.env` in its working directory."""
     notify = NotifySocket(tmp_path / "notify")
+    if dot_env:
+        (tmp_path / ".env").write_text(dot_env)
     admin = f"127.0.0.1:{free_port()}"
     config = tmp_path / "router_config.yaml"
     config.write_text((ROOT / "config/router_config.yaml").read_text())

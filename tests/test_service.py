@@ -70,3 +70,26 @@ async def test_ready_after_the_first_snapshot_then_watchdog_reload_and_stop(
     await systemd.until("STOPPING")
     async with asyncio.timeout(15):
         assert await process.wait() == 0
+
+
+async def test_a_reload_keeps_what_the_env_file_set(tmp_path: Path) -> None:
+    """The file is read at start; a SIGHUP reload of the config file applies the
+    same ROUTER_* values, not the file's own strategy."""
+    run = await start_run(tmp_path, watchdog_usec=0, dot_env="ROUTER_STRATEGY=least_connections\n")
+    try:
+        await run.notify.until("READY")
+        assert await default_strategy(run.admin) == "least_connections"
+        run.process.send_signal(signal.SIGHUP)
+        assert (await run.notify.until("READY"))["STATUS"] == "config reloaded"
+        assert await default_strategy(run.admin) == "least_connections"
+    finally:
+        await stop_run(run)
+
+
+async def default_strategy(admin: str) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://{admin}/api/v1/router/strategy") as answer,
+    ):
+        strategy: str = (await answer.json())["default_strategy"]
+        return strategy
