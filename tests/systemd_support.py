@@ -56,6 +56,7 @@ class Run:
     process: asyncio.subprocess.Process
     notify: NotifySocket
     admin: str  # host:port of the admin API
+    config: Path  # the config file it runs with
 
 
 async def start_run(
@@ -83,7 +84,7 @@ async def start_run(
     process = await asyncio.create_subprocess_exec(
         *argv, env=env, cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL
     )
-    return Run(process, notify, admin)
+    return Run(process, notify, admin, config)
 
 
 async def stop_run(run: Run) -> None:

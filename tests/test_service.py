@@ -32,6 +32,10 @@ async def controller(tmp_path: Path) -> AsyncIterator[Run]:
         await stop_run(run)
 
 
+def break_queue_size(config: Path) -> None:
+    config.write_text(config.read_text().replace("queue_size: ", "queue_size: -"))
+
+
 async def readyz(admin: str) -> tuple[int, dict[str, object]]:
     async with aiohttp.ClientSession() as http, http.get(f"http://{admin}/readyz") as answer:
         return answer.status, await answer.json()
@@ -65,6 +69,11 @@ async def test_ready_after_the_first_snapshot_then_watchdog_reload_and_stop(
     assert "MONOTONIC_USEC" in reloading
     reloaded = await systemd.until("READY")
     assert reloaded["STATUS"] == "config reloaded"
+    break_queue_size(controller.config)
+    process.send_signal(signal.SIGHUP)
+    refused = await systemd.until("READY")
+    assert refused["STATUS"].startswith("config reload refused"), refused
+    assert (await readyz(admin))[0] == 200
 
     process.send_signal(signal.SIGTERM)
     await systemd.until("STOPPING")

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import AsyncIterator
 
 from xds_server.app import Controller
 from xds_server.sdnotify import READY, STOPPING, Notifier, reloading
+
+log = logging.getLogger("xds_server.service")
 
 
 class SystemdService:
@@ -60,9 +63,15 @@ class SystemdService:
         task.add_done_callback(self._reloads.discard)
 
     async def _reload(self) -> None:
+        """Always answered by READY=1 (systemd holds the unit in "reloading" until
+        then), except when stopping cancels it: STOPPING=1 was said."""
         async with self._reloading:
             self.notifier.send(reloading(), "STATUS=reloading the config file")
-            applied = await self.controller.reload()
+            try:
+                applied = await self.controller.reload()
+            except Exception:  # a bug, not a bad file: nothing was applied, keep serving
+                log.exception("config reload failed, keeping the running config")
+                applied = False
             outcome = "reloaded" if applied else "reload refused (see the log), running config kept"
             self.notifier.send(READY, f"STATUS=config {outcome}")
 
