@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
 from xds_server import cli
 from xds_server.telemetry.logs import JsonFormatter
@@ -22,3 +26,86 @@ def test_log_format_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         root.handlers[:], _ = saved
         root.setLevel(saved[1])
+
+
+# ---- .env files ------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A working directory of its own, no ROUTER_* variable, logging put back after."""
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("ROUTER_")]:
+        monkeypatch.delenv(name)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    yield tmp_path
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+
+
+def xds_port_of_bootstrap(capsys: pytest.CaptureFixture[str], *options: str) -> int:
+    assert cli.main(["bootstrap", "--node-id", "n", *options]) == 0
+    bootstrap = yaml.safe_load(capsys.readouterr().out)
+    (cluster,) = bootstrap["static_resources"]["clusters"]
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    port: int = endpoint["address"]["socket_address"]["port_value"]
+    return port
+
+
+def test_dot_env_is_read_and_the_real_environment_wins(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert xds_port_of_bootstrap(capsys) == 18000  # no .env: the default
+    (in_tmp / ".env").write_text("ROUTER_XDS_ADDRESS=127.0.0.1:18111\n")
+    assert xds_port_of_bootstrap(capsys) == 18111
+    (in_tmp / "other.env").write_text("ROUTER_XDS_ADDRESS=127.0.0.1:18333\n")
+    assert xds_port_of_bootstrap(capsys, "--env-file", "other.env") == 18333  # not ./.env
+    monkeypatch.setenv("ROUTER_XDS_ADDRESS", "127.0.0.1:18222")
+    assert xds_port_of_bootstrap(capsys) == 18222
+
+
+def test_a_missing_env_file_is_an_error(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", "--env-file", "missing.env"]) == 1
+    assert "missing.env: cannot read" in capsys.readouterr().err
+
+
+def test_every_problem_with_its_file_and_line(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = in_tmp / "router_config.yaml"
+    config.write_text((ROOT / "config/router_config.yaml").read_text() + "\nextra_key: 1\n")
+    (in_tmp / ".env").write_text(
+        "# the spec's variables\n"
+        "ROUTER_STRATEGY=round_robin\n"
+        "ROUTER_QUEUE_SIZE=lots\n"
+        "ROUTER_MAX_RETRIE=3\n"
+        "ROUTER_RETRY_DELAY=1\n"
+    )
+    monkeypatch.setenv("ROUTER_RETRY_DELAY", "0")  # the real environment's: its own name
+    assert cli.main(["validate", "--config", str(config)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"invalid configuration ({config}, .env):"
+    assert lines[1].startswith("extra_key: ")
+    assert lines[2].startswith("env:ROUTER_RETRY_DELAY: ")
+    assert lines[3] == ".env:3: ROUTER_QUEUE_SIZE: must be an integer, got 'lots'"
+    assert (
+        lines[4] == ".env:4: ROUTER_MAX_RETRIE: unknown setting; did you mean ROUTER_MAX_RETRIES?"
+    )
+    assert len(lines) == 5
+
+
+def test_the_shipped_example_is_valid(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = ROOT / "config/router.env.example"
+    config = ROOT / "config/router_config.yaml"
+    assert cli.main(["validate", "--env-file", str(example), "--config", str(config)]) == 0
+    spec = ["ROUTER_STRATEGY=round_robin", "ROUTER_QUEUE_SIZE=1000", "ROUTER_METRICS_ENABLED=true"]
+    assert set(spec) <= set(example.read_text().splitlines())
+
+
+def test_log_format_from_the_env_file(in_tmp: Path) -> None:
+    (in_tmp / ".env").write_text("ROUTER_LOG_FORMAT=json\n")
+    assert cli.main(["validate"]) == 0
+    assert any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)

@@ -18,7 +18,17 @@ from xds_server.errors import ConfigError, DependencyUnavailable
 from xds_server.model.schema import config_json_schema
 from xds_server.proxy.bootstrap import make_bootstrap, render_bootstrap
 from xds_server.proxy.envoy_process import find_envoy_binary
+from xds_server.sdnotify import Notifier
+from xds_server.service import SystemdService
 from xds_server.settings import Settings, format_problems, load_settings
+from xds_server.settings.envfile import (
+    EnvFile,
+    in_file_order,
+    known_keys,
+    load_env_file,
+    merged,
+    relocate,
+)
 from xds_server.telemetry.logs import JSON, LOG_FORMATS, TEXT, configure_logging
 
 log = logging.getLogger("xds_server")
@@ -28,6 +38,7 @@ LOG_FORMAT_ENV = "ROUTER_LOG_FORMAT"  # text (default) or json
 # The options every command takes, before or after the command name.
 COMMON_DEFAULTS: dict[str, object] = {
     "config": None,
+    "env_file": None,
     "debug": False,
     "verbose": False,
     "log_json": False,
@@ -46,26 +57,74 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    log_format = JSON if args.log_json else os.environ.get(LOG_FORMAT_ENV, TEXT) or TEXT
+    try:  # the schema describes any configuration, so it reads none
+        env_file = None if args.command == cmd_schema else read_env_file(args.env_file)
+    except ConfigError as error:
+        print(f"xds-server: {format_problems(error)}", file=sys.stderr)
+        return 1
+    environ, origins = merged(os.environ, env_file) if env_file else (dict(os.environ), {})
+    log_format = JSON if args.log_json else environ.get(LOG_FORMAT_ENV, TEXT) or TEXT
     if log_format not in LOG_FORMATS:
         print(f"{LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}", file=sys.stderr)
         return 2
     configure_logging(args.debug, args.verbose, log_format)
-    if args.command == cmd_schema:  # describes any config file, so it reads none
+    if args.command == cmd_schema:
         return cmd_schema(args)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as error:
-        print(f"invalid configuration ({args.config or 'embedded defaults'}):", file=sys.stderr)
-        print(format_problems(error), file=sys.stderr)
+    settings = checked_settings(args, env_file, environ, origins)
+    if settings is None:
         return 1
+    if env_file is not None and args.command in (cmd_run, cmd_demo):
+        adopt(env_file)
     command: int = args.command(settings, args)
     return command
+
+
+def read_env_file(path: Path | None) -> EnvFile | None:
+    """`--env-file PATH`, else `.env` in the working directory when there is one."""
+    return load_env_file(path, known_keys([LOG_FORMAT_ENV]))
+
+
+def checked_settings(
+    args: argparse.Namespace,
+    env_file: EnvFile | None,
+    environ: dict[str, str],
+    origins: dict[str, str],
+) -> Settings | None:
+    """The settings, or None after printing every problem of the env file and the config."""
+    problems = list(env_file.problems) if env_file else []
+    settings = None
+    try:
+        settings = load_settings(args.config, environ)
+    except ConfigError as error:
+        problems += relocate(error.problems, origins)
+    if env_file is not None:
+        problems = in_file_order(problems, env_file)
+    if not problems:
+        return settings
+    sources = [os.fspath(args.config) if args.config else "embedded defaults"]
+    sources += [env_file.label] if env_file else []
+    print(f"invalid configuration ({', '.join(sources)}):", file=sys.stderr)
+    print(format_problems(ConfigError(problems)), file=sys.stderr)
+    return None
+
+
+def adopt(env_file: EnvFile) -> None:
+    """The file's values join the process environment (the real one still wins), so a
+    config reload (SIGHUP, file change) reads the same `ROUTER_*` values as the start.
+    The file itself is read once, at start, as systemd reads `EnvironmentFile=`."""
+    for key, value in env_file.values.items():
+        os.environ.setdefault(key, value)
 
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--config", type=Path, help="router_config.yaml (default: embedded)")
+    common.add_argument(
+        "--env-file",
+        type=Path,
+        help="ROUTER_* variables, KEY=VALUE lines (default: ./.env when it exists);"
+        " the real environment wins",
+    )
     common.add_argument("--debug", action="store_true", help="debug logging")
     common.add_argument("--verbose", action="store_true", help="info logging")
     common.add_argument(
@@ -126,7 +185,8 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> int:
         controller = Controller(settings, config_path=args.config)
-        stop = stop_on_signals(controller)
+        service = SystemdService(controller, Notifier())
+        stop = service.handle_signals()
         try:
             await controller.start()
         except DependencyUnavailable as error:  # e.g. Redis unreachable at start
@@ -138,7 +198,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             f"http://{controller.admin_address}",
             flush=True,
         )
-        await controller.run(stop)
+        service.ready()
+        async with service.watchdog():
+            await controller.run(stop)
         return 0
 
     return asyncio.run(run())

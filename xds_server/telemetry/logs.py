@@ -1,6 +1,9 @@
 """Logging: plain text for people, one JSON object per line for log pipelines.
 
-`--log-json` or ROUTER_LOG_FORMAT=json switches to JSON. Fields given as
+`--log-json` or ROUTER_LOG_FORMAT=json switches to JSON. When stderr is the
+journal (a systemd unit, deploy/systemd/), text lines carry their priority as
+an sd-daemon prefix (`<3>`: `journalctl -p err` filters on it) and no
+timestamp, which the journal keeps itself. Fields given as
 `extra=` (proxy id, version, backend, ...) become top-level JSON keys, so a
 pipeline can filter on `node_id` without parsing messages; in text mode they
 are left out of the line (the message names them already).
@@ -14,9 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from xds_server.resources import SHORT_NAMES
 from xds_server.timefmt import iso_utc
@@ -25,6 +29,7 @@ from xds_server.xds.observe import StreamInfo
 TEXT, JSON = "text", "json"
 LOG_FORMATS = (TEXT, JSON)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOURNAL_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -51,11 +56,47 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class JournalFormatter(logging.Formatter):
+    """Text for the journal: each line (a traceback's too) starts with the record's
+    syslog priority, which journald reads as the entry's (sd-daemon(3):
+    https://www.freedesktop.org/software/systemd/man/latest/sd-daemon.html)."""
+
+    def __init__(self) -> None:
+        super().__init__(JOURNAL_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def syslog_priority(level: int) -> int:
+    """2 critical, 3 error, 4 warning, 6 info, 7 debug."""
+    for threshold, priority in ((50, 2), (40, 3), (30, 4), (20, 6)):
+        if level >= threshold:
+            return priority
+    return 7
+
+
+def stderr_is_journal(stream: TextIO | None = None) -> bool:
+    """systemd sets $JOURNAL_STREAM to `device:inode` of the journal stream it
+    connected stdout/stderr to (systemd.exec(5)); an inherited value names another file."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        stat = os.fstat((sys.stderr if stream is None else stream).fileno())
+    except (AttributeError, OSError, ValueError):  # no file behind it (a test's capture)
+        return False
+    return bool(expected) and expected == f"{stat.st_dev}:{stat.st_ino}"
+
+
+def _text_formatter() -> logging.Formatter:
+    return JournalFormatter() if stderr_is_journal() else logging.Formatter(TEXT_FORMAT)
+
+
 def configure_logging(debug: bool, verbose: bool, log_format: str = TEXT) -> None:
     """--debug: everything; --verbose: info; default: warnings, plus the demo's own lines."""
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == JSON else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == JSON else _text_formatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     if not debug:
         logging.getLogger("xds_server.demo").setLevel(logging.INFO)
