@@ -7,6 +7,7 @@ test registers a proxy that never ACKs.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -429,6 +430,76 @@ async def test_rejected_request_is_json_and_changes_nothing(
     assert answer["detail"]
     assert controller.store.intent is intent and controller.store.revision == revision
     assert intent_driven_versions(controller) == published
+
+
+# Every call that takes a body (OpenAPI path), with a body that would be valid as JSON.
+BODY_CALLS: list[tuple[str, str, dict[str, Any]]] = [
+    ("PUT", STRATEGY, {"strategy": "random"}),
+    (
+        "POST",
+        "/api/v1/router/services/{service}/backends",
+        {"name": "q3", "address": "127.0.0.3", "port": 9},
+    ),
+    ("PATCH", "/api/v1/router/services/{service}/backends/{backend}", {"weight": 3}),
+    ("POST", "/api/v1/router/circuit-breaker/test", {"backend": "qdrant"}),
+    ("POST", "/api/v1/router/failover/test", {"primary_backend": "qdrant-primary"}),
+]
+
+
+def test_every_call_with_a_body_documents_415() -> None:
+    """BODY_CALLS lists exactly the documented operations with a request body, and
+    each documents its 415."""
+    doc = document(ROUTE_SETS)
+    with_body = {
+        (method.upper(), path)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if "requestBody" in op
+    }
+    assert {(method, path) for method, path, _ in BODY_CALLS} == with_body
+    for method, path in with_body:
+        assert "415" in doc["paths"][path][method.lower()]["responses"], (method, path)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", None])
+@pytest.mark.parametrize(("method", "path", "body"), BODY_CALLS)
+async def test_a_body_that_is_not_declared_json_is_refused_with_415(
+    controller: Controller,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    content_type: str | None,
+) -> None:
+    """A JSON text sent as text/plain, or with no Content-Type, is not parsed on a
+    guess: 415 unsupported_media_type, and nothing changes."""
+    intent, revision = controller.store.intent, controller.store.revision
+    concrete = path.format(service="qdrant", backend="qdrant-primary")
+    url = f"http://{controller.admin_address}{concrete}"
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    skip = ["Content-Type"] if content_type is None else []
+    data = json.dumps(body).encode()
+    async with http.request(
+        method, url, data=data, headers=headers, skip_auto_headers=skip
+    ) as response:
+        answer = await response.json()
+        assert response.status == 415, answer
+    assert answer["error"] == "unsupported_media_type"
+    assert "application/json" in answer["detail"]
+    assert (content_type or "no Content-Type") in answer["detail"]
+    assert controller.store.intent is intent and controller.store.revision == revision
+
+
+async def test_json_with_a_charset_parameter_is_json(
+    controller: Controller, http: aiohttp.ClientSession
+) -> None:
+    """application/json; charset=utf-8 (any case) is JSON."""
+    url = f"http://{controller.admin_address}{STRATEGY}"
+    headers = {"Content-Type": "Application/JSON; charset=utf-8"}
+    data = json.dumps({"strategy": "random"}).encode()
+    async with http.put(url, data=data, headers=headers) as response:
+        assert response.status == 200, await response.text()
+    assert controller.store.intent.default_strategy is Strategy.RANDOM
 
 
 def intent_driven_versions(controller: Controller) -> dict[str, str]:

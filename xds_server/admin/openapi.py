@@ -39,6 +39,10 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 AUTH_NOTE = "401 when ROUTER_ADMIN_TOKEN is set and the bearer token is missing or wrong"
+MEDIA_NOTE = (
+    "the body is not declared Content-Type: application/json (a charset parameter is "
+    "fine): nothing was parsed or changed"
+)
 
 
 def document(route_sets: Iterable[RouteSet]) -> dict[str, Any]:
@@ -108,10 +112,13 @@ def query_parameters(op: Operation) -> list[dict[str, Any]]:
 
 
 def responses(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
-    """Documented answers; a mutating call can always answer 401 (bearer auth)."""
+    """Documented answers; a mutating call can always answer 401 (bearer auth), and one
+    with a body 415 (admin/errors.py json_body)."""
     listed = dict(op.responses)
     if op.mutating:
         listed.setdefault(401, AUTH_NOTE)
+    if op.request_schema is not None:
+        listed.setdefault(415, MEDIA_NOTE)
     return {str(code): _response(code, text, op, schemas) for code, text in sorted(listed.items())}
 
 
