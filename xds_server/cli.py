@@ -47,9 +47,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     log_format = JSON if args.log_json else os.environ.get(LOG_FORMAT_ENV, TEXT) or TEXT
-    if log_format not in LOG_FORMATS:
-        print(f"{LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}", file=sys.stderr)
-        return 2
+    if log_format not in LOG_FORMATS:  # a configuration error like any other: exit 1
+        print("invalid configuration:", file=sys.stderr)
+        allowed = ", ".join(LOG_FORMATS)
+        print(
+            f"env:{LOG_FORMAT_ENV}: must be one of {allowed}, got {log_format!r}", file=sys.stderr
+        )
+        return 1
     configure_logging(args.debug, args.verbose, log_format)
     if args.command == cmd_schema:  # describes any config file, so it reads none
         return cmd_schema(args)

@@ -283,7 +283,7 @@ def test_bool_is_not_an_integer() -> None:
 
 def test_top_level_shape() -> None:
     """The document must be a mapping holding `services`; `router` is optional."""
-    assert problem_paths(None) == {""}
+    assert problem_paths(None) == {"test.yaml"}
     assert problem_paths({"router": {}}) == {"services"}
     assert problem_paths({"services": []}) == {"services"}
     assert parse_settings(minimal_document() | {"router": None}, {}, "x").worker_threads == 8
@@ -328,6 +328,54 @@ def test_environment_can_fix_the_timeout_interval_relation() -> None:
     assert problem_paths(document) == {"router.health_check_timeout"}
     settings = parse_settings(document, {"ROUTER_HEALTH_CHECK_INTERVAL": "60"}, "x")
     assert (settings.health_check_timeout_s, settings.health_check_interval_s) == (40.0, 60.0)
+
+
+def test_a_rule_blames_the_variable_that_set_the_value() -> None:
+    """timeout < interval broken by ROUTER_HEALTH_CHECK_TIMEOUT is that variable's
+    problem, not the file key's; from the file, the file key's."""
+    environ = {"ROUTER_HEALTH_CHECK_TIMEOUT": "40"}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(minimal_document(), environ, "x")
+    assert [str(p) for p in caught.value.problems] == [
+        "env:ROUTER_HEALTH_CHECK_TIMEOUT: must be less than health_check_interval (30), got 40"
+    ]
+    from_file = minimal_document() | {"router": {"health_check_timeout": 40}}
+    assert problem_paths(from_file) == {"router.health_check_timeout"}
+    # The file's value, overridden by a good variable, is not blamed either.
+    assert problem_paths(from_file, {"ROUTER_HEALTH_CHECK_TIMEOUT": "45"}) == {
+        "env:ROUTER_HEALTH_CHECK_TIMEOUT"
+    }
+
+
+def test_an_empty_file_says_so_and_names_the_file(tmp_path: Path) -> None:
+    """An empty file (or one of comments only) is one problem naming the file, so
+    a reload's log line says which file it refused."""
+    for text in ("", "# nothing yet\n"):
+        path = tmp_path / "router_config.yaml"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as caught:
+            load_settings(path, {})
+        assert [str(p) for p in caught.value.problems] == [
+            f"{path}: the file is empty; it needs at least a `services:` list"
+        ]
+    with pytest.raises(ConfigError) as caught:
+        parse_settings([1], {}, "mine.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "mine.yaml: the configuration must be a mapping, got [1] (list)"
+    ]
+
+
+def test_booleans_read_as_the_file_spells_them() -> None:
+    """A boolean where it does not belong reads `got true (boolean)`, like YAML."""
+    document = minimal_document()
+    document["services"][0]["backends"][0]["port"] = True
+    document["router"] = {"strategy": False}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document, {}, "x")
+    messages = [str(p) for p in caught.value.problems]
+    assert "services[0].backends[0].port: must be an integer, got true (boolean)" in messages
+    assert any(m.endswith("got false (boolean)") for m in messages), messages
+    assert not any("True" in m or "(bool)" in m for m in messages), messages
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0:18080", "10.1.2.3:18080", "[::]:18080", "ctl:1"])

@@ -203,7 +203,12 @@ def to_redis_url(text: str) -> str:
 
 
 def shown(value: object) -> str:
-    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+    """A value as the file spells it: null, true/false, then Python's repr and type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (boolean)"
+    return f"{value!r} ({type(value).__name__})"
 
 
 # --- environment text -> YAML-like value --------------------------------------------
