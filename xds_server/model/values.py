@@ -184,7 +184,9 @@ def to_socket_address(value: object, host_check: Convert = to_host) -> SocketAdd
 
 
 def to_ip_socket_address(value: object) -> SocketAddress:
-    """host:port where Envoy binds (its listener and admin): an IP host."""
+    """ip:port, for every address of the config: Envoy binds its listener and admin
+    there, and reaches the controller's xDS and admin addresses through STATIC
+    clusters, which take no names ("malformed IP address: localhost")."""
     return to_socket_address(value, to_ip)
 
 

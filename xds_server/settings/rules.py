@@ -44,8 +44,7 @@ def _known(router: Router, *keys: str) -> bool:
 
 
 def _is_loopback(host: str) -> bool:
-    if host.lower().removesuffix(".") == "localhost":
-        return True
+    # Addresses are IP literals (model/values.py to_ip_socket_address).
     return is_ip(host) and ipaddress.ip_address(host).is_loopback
 
 
