@@ -190,6 +190,30 @@ async def test_openapi_is_served(controller: Controller, http: aiohttp.ClientSes
     assert body == document(ROUTE_SETS)
 
 
+# ---- health ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/v1/health", "/api/v1/router/health"])
+async def test_health_answers_hold_exactly_the_documented_keys(
+    controller: Controller, http: aiohttp.ClientSession, path: str
+) -> None:
+    """Both health answers use the spec's names (overall_health and the counts) and
+    hold exactly the keys their OpenAPI schema documents; the summary has one verdict
+    per service instead of the per-backend entries."""
+    status, body = await call(http, controller, "GET", path)
+    documented = document(ROUTE_SETS)["paths"][path]["get"]["responses"]["200"]
+    schema = documented["content"]["application/json"]["schema"]
+    assert set(body) == set(schema["properties"]), body
+    # No backend runs here: probes fail (or have not run yet: unknown).
+    assert body["overall_health"] in {"unhealthy", "degraded"}
+    summary = path == "/api/v1/health"
+    assert status == (503 if summary and body["overall_health"] == "unhealthy" else 200)
+    counts = ("healthy_backends", "unhealthy_backends", "unknown_backends")
+    assert body["total_backends"] == sum(body[k] for k in counts) == 7
+    if path == "/api/v1/health":
+        assert set(body["services"]) == {s.name for s in controller.store.intent.services}
+
+
 # ---- strategy --------------------------------------------------------------------------
 
 
