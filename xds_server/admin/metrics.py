@@ -62,7 +62,8 @@ response complete; Envoy publishes this histogram at its stats flush, every 1 s 
 
 load_balancing.backend_distribution: per backend, the requests Envoy sent to it (every \
 attempt, retries included; Envoy's per-host rq_total; the spec names them `requests`) and \
-its share of its service's attempts in percent; total_attempts is their sum. distribution_variance_by_service: population variance of those shares \
+its share of its service's attempts in percent; total_attempts is their sum. \
+distribution_variance_by_service: population variance of those shares \
 in percentage points squared (0.0 = perfectly even; null without requests); \
 distribution_variance: the largest of them over services with more than one backend. A \
 weighted strategy is uneven on purpose.
