@@ -28,6 +28,8 @@ from xds_server.admin.bodies import (
 )
 from xds_server.admin.openapi import document, openapi_path
 from xds_server.app import Controller
+from xds_server.errors import Conflict
+from xds_server.experiments import Experiments
 from xds_server.model.intent import Strategy
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.settings import MAX_WEIGHT
@@ -545,6 +547,66 @@ async def test_duplicate_address_in_a_service_is_a_conflict(
     status, answer = await call(http, controller, "POST", QDRANT, body)
     assert (status, answer["error"]) == (409, "conflict")
     assert controller.store.intent.service("qdrant") == qdrant
+
+
+# ---- experiments hold the intent ------------------------------------------------------
+
+INTENT_CHANGES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("PUT", STRATEGY, {"strategy": "random"}),
+    ("POST", QDRANT, {"name": "q3", "address": "127.0.0.3", "port": 9}),
+    ("PATCH", QDRANT + "/qdrant-primary", {"weight": 3}),
+    ("DELETE", QDRANT + "/qdrant-secondary", None),
+]
+
+
+async def test_intent_changes_are_refused_while_an_experiment_runs(
+    controller: Controller, http: aiohttp.ClientSession
+) -> None:
+    """Every intent-changing call answers 409 naming the running experiment and
+    changes nothing; once it has ended, the same call works. The document says so."""
+    intent, revision = controller.store.intent, controller.store.revision
+    with controller.experiments.claim("failover", "qdrant-primary"):
+        for method, path, body in INTENT_CHANGES:
+            status, answer = await call(http, controller, method, path, body)
+            assert (status, answer["error"]) == (409, "conflict"), (method, path, answer)
+            assert "the failover experiment on qdrant-primary is running" in answer["detail"]
+    assert controller.store.intent is intent and controller.store.revision == revision
+    status, answer = await call(http, controller, "PUT", STRATEGY, {"strategy": "random"})
+    assert status == 200, answer
+    doc = document(ROUTE_SETS)
+    for method, path in {
+        ("put", STRATEGY),
+        ("post", "/api/v1/router/services/{service}/backends"),
+        ("patch", "/api/v1/router/services/{service}/backends/{backend}"),
+        ("delete", "/api/v1/router/services/{service}/backends/{backend}"),
+    }:
+        assert (
+            "an experiment is running"
+            in doc["paths"][path][method]["responses"]["409"]["description"]
+        ), (method, path)
+
+
+def test_the_registry_keeps_changes_and_experiments_apart() -> None:
+    """An experiment is refused while a change is applied (naming it) and vice versa;
+    two changes may run together."""
+    registry = Experiments()
+    busy = r"PUT /api/v1/router/strategy\) is being applied"
+    with (
+        registry.changing("PUT /api/v1/router/strategy"),
+        registry.changing("PATCH /x"),
+        pytest.raises(Conflict, match=busy),
+        registry.claim("failover", "qdrant-primary"),
+    ):
+        pass
+    running = "the circuit-breaker experiment on qdrant-primary"
+    with (
+        registry.claim("circuit-breaker", "qdrant-primary"),
+        pytest.raises(Conflict, match=running),
+        registry.changing("PUT /api/v1/router/strategy"),
+    ):
+        pass
+    with registry.changing("PUT /api/v1/router/strategy"):  # released: works again
+        pass
 
 
 # ---- bearer token ----------------------------------------------------------------------

@@ -17,12 +17,13 @@ from xds_server.admin.errors import invalid, json_body
 from xds_server.experiments import Limits, circuit_breaker_test, failover_test
 from xds_server.model.validation import parse
 
-routes = RouteSet("experiments")
+routes = RouteSet("experiments", edits_intent=False)
 
 _ERRORS = {
     400: "malformed body (not JSON, or not an object)",
     404: "unknown service or backend",
-    409: "another experiment is running, or the service has no backup",
+    409: "another experiment is running, an intent change is being applied (the detail "
+    "names it), or the service has no backup",
     422: "invalid value; `field` names it",
     503: "no connected Envoy to observe, or a temporary change was not applied",
 }
