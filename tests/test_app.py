@@ -64,6 +64,20 @@ async def test_sighup_reload_request(controller: Controller) -> None:
     await eventually(back_to_file, timeout_s=5)
 
 
+async def test_a_reload_waits_for_a_running_experiment(controller: Controller) -> None:
+    """A config reload during an experiment is stored only once it has ended (and
+    restored its temporary changes), so the file's values are the last word."""
+    assert controller.config_path is not None
+    rewrite(controller.config_path, "strategy: round_robin", "strategy: maglev")
+    with controller.experiments.claim("failover", "qdrant-primary"):
+        reload = asyncio.create_task(controller.reload())
+        await asyncio.sleep(0.3)
+        assert not reload.done()
+        assert controller.store.intent.default_strategy is Strategy.ROUND_ROBIN
+    assert await asyncio.wait_for(reload, timeout=5) is True
+    assert controller.store.intent.default_strategy is Strategy.MAGLEV
+
+
 async def test_invalid_config_keeps_running_config(
     controller: Controller, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -336,6 +336,11 @@ class Controller:
         return await self.config.reload()
 
     async def _reloaded(self, settings: Settings) -> None:
+        # A running experiment restores state when it ends: the file waits for that,
+        # so its values are the last word (experiments/__init__.py).
+        if self.experiments.running is not None:
+            log.info("config reload waits until %s has ended", self.experiments.running)
+            await self.experiments.idle()
         # The admin port may have been chosen at start (port 0): keep the real one.
         await self.store.put(dataclasses.replace(settings.intent, admin=self.admin_address))
 

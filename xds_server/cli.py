@@ -64,9 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     environ, origins = merged(os.environ, env_file) if env_file else (dict(os.environ), {})
     log_format = JSON if args.log_json else environ.get(LOG_FORMAT_ENV, TEXT) or TEXT
-    if log_format not in LOG_FORMATS:
-        print(f"{LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}", file=sys.stderr)
-        return 2
+    if log_format not in LOG_FORMATS:  # a configuration error like any other: exit 1
+        print("invalid configuration:", file=sys.stderr)
+        allowed = ", ".join(LOG_FORMATS)
+        print(
+            f"env:{LOG_FORMAT_ENV}: must be one of {allowed}, got {log_format!r}", file=sys.stderr
+        )
+        return 1
     configure_logging(args.debug, args.verbose, log_format)
     if args.command == cmd_schema:
         return cmd_schema(args)

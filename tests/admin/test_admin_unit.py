@@ -7,6 +7,7 @@ test registers a proxy that never ACKs.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,8 @@ from xds_server.admin.bodies import (
 )
 from xds_server.admin.openapi import document, openapi_path
 from xds_server.app import Controller
+from xds_server.errors import Conflict
+from xds_server.experiments import Experiments
 from xds_server.model.intent import Strategy
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.settings import MAX_WEIGHT
@@ -187,6 +190,30 @@ async def test_openapi_is_served(controller: Controller, http: aiohttp.ClientSes
     status, body = await call(http, controller, "GET", "/api/v1/router/openapi.json")
     assert status == 200
     assert body == document(ROUTE_SETS)
+
+
+# ---- health ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/v1/health", "/api/v1/router/health"])
+async def test_health_answers_hold_exactly_the_documented_keys(
+    controller: Controller, http: aiohttp.ClientSession, path: str
+) -> None:
+    """Both health answers use the spec's names (overall_health and the counts) and
+    hold exactly the keys their OpenAPI schema documents; the summary has one verdict
+    per service instead of the per-backend entries."""
+    status, body = await call(http, controller, "GET", path)
+    documented = document(ROUTE_SETS)["paths"][path]["get"]["responses"]["200"]
+    schema = documented["content"]["application/json"]["schema"]
+    assert set(body) == set(schema["properties"]), body
+    # No backend runs here: probes fail (or have not run yet: unknown).
+    assert body["overall_health"] in {"unhealthy", "degraded"}
+    summary = path == "/api/v1/health"
+    assert status == (503 if summary and body["overall_health"] == "unhealthy" else 200)
+    counts = ("healthy_backends", "unhealthy_backends", "unknown_backends")
+    assert body["total_backends"] == sum(body[k] for k in counts) == 7
+    if path == "/api/v1/health":
+        assert set(body["services"]) == {s.name for s in controller.store.intent.services}
 
 
 # ---- strategy --------------------------------------------------------------------------
@@ -431,6 +458,76 @@ async def test_rejected_request_is_json_and_changes_nothing(
     assert intent_driven_versions(controller) == published
 
 
+# Every call that takes a body (OpenAPI path), with a body that would be valid as JSON.
+BODY_CALLS: list[tuple[str, str, dict[str, Any]]] = [
+    ("PUT", STRATEGY, {"strategy": "random"}),
+    (
+        "POST",
+        "/api/v1/router/services/{service}/backends",
+        {"name": "q3", "address": "127.0.0.3", "port": 9},
+    ),
+    ("PATCH", "/api/v1/router/services/{service}/backends/{backend}", {"weight": 3}),
+    ("POST", "/api/v1/router/circuit-breaker/test", {"backend": "qdrant"}),
+    ("POST", "/api/v1/router/failover/test", {"primary_backend": "qdrant-primary"}),
+]
+
+
+def test_every_call_with_a_body_documents_415() -> None:
+    """BODY_CALLS lists exactly the documented operations with a request body, and
+    each documents its 415."""
+    doc = document(ROUTE_SETS)
+    with_body = {
+        (method.upper(), path)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if "requestBody" in op
+    }
+    assert {(method, path) for method, path, _ in BODY_CALLS} == with_body
+    for method, path in with_body:
+        assert "415" in doc["paths"][path][method.lower()]["responses"], (method, path)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", None])
+@pytest.mark.parametrize(("method", "path", "body"), BODY_CALLS)
+async def test_a_body_that_is_not_declared_json_is_refused_with_415(
+    controller: Controller,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    content_type: str | None,
+) -> None:
+    """A JSON text sent as text/plain, or with no Content-Type, is not parsed on a
+    guess: 415 unsupported_media_type, and nothing changes."""
+    intent, revision = controller.store.intent, controller.store.revision
+    concrete = path.format(service="qdrant", backend="qdrant-primary")
+    url = f"http://{controller.admin_address}{concrete}"
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    skip = ["Content-Type"] if content_type is None else []
+    data = json.dumps(body).encode()
+    async with http.request(
+        method, url, data=data, headers=headers, skip_auto_headers=skip
+    ) as response:
+        answer = await response.json()
+        assert response.status == 415, answer
+    assert answer["error"] == "unsupported_media_type"
+    assert "application/json" in answer["detail"]
+    assert (content_type or "no Content-Type") in answer["detail"]
+    assert controller.store.intent is intent and controller.store.revision == revision
+
+
+async def test_json_with_a_charset_parameter_is_json(
+    controller: Controller, http: aiohttp.ClientSession
+) -> None:
+    """application/json; charset=utf-8 (any case) is JSON."""
+    url = f"http://{controller.admin_address}{STRATEGY}"
+    headers = {"Content-Type": "Application/JSON; charset=utf-8"}
+    data = json.dumps({"strategy": "random"}).encode()
+    async with http.put(url, data=data, headers=headers) as response:
+        assert response.status == 200, await response.text()
+    assert controller.store.intent.default_strategy is Strategy.RANDOM
+
+
 def intent_driven_versions(controller: Controller) -> dict[str, str]:
     """Published versions of every type but EDS, which health probes may change
     at any moment (they are not in the intent)."""
@@ -450,6 +547,66 @@ async def test_duplicate_address_in_a_service_is_a_conflict(
     status, answer = await call(http, controller, "POST", QDRANT, body)
     assert (status, answer["error"]) == (409, "conflict")
     assert controller.store.intent.service("qdrant") == qdrant
+
+
+# ---- experiments hold the intent ------------------------------------------------------
+
+INTENT_CHANGES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("PUT", STRATEGY, {"strategy": "random"}),
+    ("POST", QDRANT, {"name": "q3", "address": "127.0.0.3", "port": 9}),
+    ("PATCH", QDRANT + "/qdrant-primary", {"weight": 3}),
+    ("DELETE", QDRANT + "/qdrant-secondary", None),
+]
+
+
+async def test_intent_changes_are_refused_while_an_experiment_runs(
+    controller: Controller, http: aiohttp.ClientSession
+) -> None:
+    """Every intent-changing call answers 409 naming the running experiment and
+    changes nothing; once it has ended, the same call works. The document says so."""
+    intent, revision = controller.store.intent, controller.store.revision
+    with controller.experiments.claim("failover", "qdrant-primary"):
+        for method, path, body in INTENT_CHANGES:
+            status, answer = await call(http, controller, method, path, body)
+            assert (status, answer["error"]) == (409, "conflict"), (method, path, answer)
+            assert "the failover experiment on qdrant-primary is running" in answer["detail"]
+    assert controller.store.intent is intent and controller.store.revision == revision
+    status, answer = await call(http, controller, "PUT", STRATEGY, {"strategy": "random"})
+    assert status == 200, answer
+    doc = document(ROUTE_SETS)
+    for method, path in {
+        ("put", STRATEGY),
+        ("post", "/api/v1/router/services/{service}/backends"),
+        ("patch", "/api/v1/router/services/{service}/backends/{backend}"),
+        ("delete", "/api/v1/router/services/{service}/backends/{backend}"),
+    }:
+        assert (
+            "an experiment is running"
+            in doc["paths"][path][method]["responses"]["409"]["description"]
+        ), (method, path)
+
+
+def test_the_registry_keeps_changes_and_experiments_apart() -> None:
+    """An experiment is refused while a change is applied (naming it) and vice versa;
+    two changes may run together."""
+    registry = Experiments()
+    busy = r"PUT /api/v1/router/strategy\) is being applied"
+    with (
+        registry.changing("PUT /api/v1/router/strategy"),
+        registry.changing("PATCH /x"),
+        pytest.raises(Conflict, match=busy),
+        registry.claim("failover", "qdrant-primary"),
+    ):
+        pass
+    running = "the circuit-breaker experiment on qdrant-primary"
+    with (
+        registry.claim("circuit-breaker", "qdrant-primary"),
+        pytest.raises(Conflict, match=running),
+        registry.changing("PUT /api/v1/router/strategy"),
+    ):
+        pass
+    with registry.changing("PUT /api/v1/router/strategy"):  # released: works again
+        pass
 
 
 # ---- bearer token ----------------------------------------------------------------------

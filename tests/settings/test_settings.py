@@ -156,7 +156,7 @@ def test_further_environment_variables_override_yaml() -> None:
         "ROUTER_LISTEN_ADDRESS": "[::1]:8080",
         "ROUTER_ADMIN_ADDRESS": "10.0.0.5:18081",
         "ROUTER_ADMIN_TOKEN": "s3cret",
-        "ROUTER_XDS_ADDRESS": "localhost:18001",
+        "ROUTER_XDS_ADDRESS": "127.0.0.2:18001",
         "ROUTER_ENVOY_ADMIN_ADDRESS": "127.0.0.1:9902",
         "ROUTER_REDIS_URL": "redis://localhost:6379/0",
         "ROUTER_MAX_REQUESTS": "7",
@@ -167,7 +167,7 @@ def test_further_environment_variables_override_yaml() -> None:
     settings = load_settings(SHIPPED, environ)
     assert settings.intent.listen == SocketAddress("::1", 8080)
     assert settings.intent.admin == SocketAddress("10.0.0.5", 18081)
-    assert settings.xds_address == SocketAddress("localhost", 18001)
+    assert settings.xds_address == SocketAddress("127.0.0.2", 18001)
     assert settings.envoy_admin_address == SocketAddress("127.0.0.1", 9902)
     assert (settings.admin_token, settings.redis_url) == ("s3cret", "redis://localhost:6379/0")
     policies = settings.intent.policies
@@ -283,7 +283,7 @@ def test_bool_is_not_an_integer() -> None:
 
 def test_top_level_shape() -> None:
     """The document must be a mapping holding `services`; `router` is optional."""
-    assert problem_paths(None) == {""}
+    assert problem_paths(None) == {"test.yaml"}
     assert problem_paths({"router": {}}) == {"services"}
     assert problem_paths({"services": []}) == {"services"}
     assert parse_settings(minimal_document() | {"router": None}, {}, "x").worker_threads == 8
@@ -330,7 +330,55 @@ def test_environment_can_fix_the_timeout_interval_relation() -> None:
     assert (settings.health_check_timeout_s, settings.health_check_interval_s) == (40.0, 60.0)
 
 
-@pytest.mark.parametrize("address", ["0.0.0.0:18080", "10.1.2.3:18080", "[::]:18080", "ctl:1"])
+def test_a_rule_blames_the_variable_that_set_the_value() -> None:
+    """timeout < interval broken by ROUTER_HEALTH_CHECK_TIMEOUT is that variable's
+    problem, not the file key's; from the file, the file key's."""
+    environ = {"ROUTER_HEALTH_CHECK_TIMEOUT": "40"}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(minimal_document(), environ, "x")
+    assert [str(p) for p in caught.value.problems] == [
+        "env:ROUTER_HEALTH_CHECK_TIMEOUT: must be less than health_check_interval (30), got 40"
+    ]
+    from_file = minimal_document() | {"router": {"health_check_timeout": 40}}
+    assert problem_paths(from_file) == {"router.health_check_timeout"}
+    # The file's value, overridden by a good variable, is not blamed either.
+    assert problem_paths(from_file, {"ROUTER_HEALTH_CHECK_TIMEOUT": "45"}) == {
+        "env:ROUTER_HEALTH_CHECK_TIMEOUT"
+    }
+
+
+def test_an_empty_file_says_so_and_names_the_file(tmp_path: Path) -> None:
+    """An empty file (or one of comments only) is one problem naming the file, so
+    a reload's log line says which file it refused."""
+    for text in ("", "# nothing yet\n"):
+        path = tmp_path / "router_config.yaml"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as caught:
+            load_settings(path, {})
+        assert [str(p) for p in caught.value.problems] == [
+            f"{path}: the file is empty; it needs at least a `services:` list"
+        ]
+    with pytest.raises(ConfigError) as caught:
+        parse_settings([1], {}, "mine.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "mine.yaml: the configuration must be a mapping, got [1] (list)"
+    ]
+
+
+def test_booleans_read_as_the_file_spells_them() -> None:
+    """A boolean where it does not belong reads `got true (boolean)`, like YAML."""
+    document = minimal_document()
+    document["services"][0]["backends"][0]["port"] = True
+    document["router"] = {"strategy": False}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document, {}, "x")
+    messages = [str(p) for p in caught.value.problems]
+    assert "services[0].backends[0].port: must be an integer, got true (boolean)" in messages
+    assert any(m.endswith("got false (boolean)") for m in messages), messages
+    assert not any("True" in m or "(bool)" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:18080", "10.1.2.3:18080", "[::]:18080"])
 def test_non_loopback_admin_without_token_is_rejected(address: str) -> None:
     """An admin API reachable from other hosts needs a token."""
     environ = {"ROUTER_ADMIN_ADDRESS": address}
@@ -342,11 +390,41 @@ def test_non_loopback_admin_without_token_is_rejected(address: str) -> None:
     assert token.admin_token == "t"
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:1", "127.9.9.9:1", "[::1]:1", "localhost:1"])
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "127.9.9.9:1", "[::1]:1"])
 def test_loopback_admin_needs_no_token(address: str) -> None:
-    """Loopback admin addresses (127.0.0.0/8, ::1, localhost) work without a token."""
+    """Loopback admin addresses (127.0.0.0/8, ::1) work without a token."""
     settings = parse_settings(minimal_document(), {"ROUTER_ADMIN_ADDRESS": address}, "x")
     assert settings.admin_token is None
+
+
+@pytest.mark.parametrize(
+    "key", ["listen_address", "envoy_admin_address", "xds_address", "admin_address"]
+)
+@pytest.mark.parametrize("host", ["localhost", "ctl.internal"])
+def test_every_address_is_an_ip_literal(key: str, host: str) -> None:
+    """What router_config.yaml says: every *_address is ip:port, no host names
+    (Envoy reaches each through a static cluster, which resolves none), in the
+    file and in the environment alike."""
+    document = minimal_document() | {"router": {key: f"{host}:18090"}}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document, {}, "x")
+    assert [p.path for p in caught.value.problems] == [f"router.{key}"]
+    assert "must be an IPv4 or IPv6 address" in caught.value.problems[0].message
+    assert problem_paths(minimal_document(), {f"ROUTER_{key.upper()}": f"{host}:1"}) == {
+        f"env:ROUTER_{key.upper()}"
+    }
+    shipped = SHIPPED.read_text(encoding="utf-8")
+    assert "addresses are IP literals only, no host names" in shipped
+
+
+def test_an_admin_address_from_the_environment_is_named_in_the_token_rule() -> None:
+    """The token rule says where the non-loopback address came from."""
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(minimal_document(), {"ROUTER_ADMIN_ADDRESS": "10.0.0.5:1"}, "x")
+    assert [str(p) for p in caught.value.problems] == [
+        "router.admin_token: required when admin_address is not loopback "
+        "(10.0.0.5:1, from env:ROUTER_ADMIN_ADDRESS)"
+    ]
 
 
 def test_secrets_stay_out_of_repr() -> None:

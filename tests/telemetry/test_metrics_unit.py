@@ -169,6 +169,7 @@ def test_report_figures() -> None:
     book = book_of(first, last, step_s=4.0)
     body = report(book, [last], INTENT, [], now=4.0)
     assert body["routing_metrics"] | {"since": None} == {
+        "counted": "client requests: a retried request counts once",
         "total_requests": 100,
         "successful_requests": 96,
         "failed_requests": 4,
@@ -180,6 +181,8 @@ def test_report_figures() -> None:
         "since": None,
     }
     lb = body["load_balancing"]
+    # Attempts, retries included: 60 + 40 here (a test below has retries).
+    assert lb["counted"].startswith("upstream attempts") and lb["total_attempts"] == 100
     assert lb["backend_distribution"]["qdrant-primary"] == {
         "requests": 60,
         "percentage": 60.0,
@@ -204,6 +207,23 @@ def test_mean_response_time_below_a_millisecond_is_not_rounded_away() -> None:
         last = reading(host("qdrant-primary", 100), upstream_rq_completed=100, **figures)
         body = report(book_of(first, last, step_s=1.0), [last], INTENT, [], now=1.0)
         assert body["routing_metrics"]["avg_response_time_ms"] == expected
+
+
+def test_retries_make_attempts_exceed_client_requests_and_the_answer_says_so() -> None:
+    """74 client requests, 10 of which failed once on the primary and were retried
+    on the secondary: 74 requests, 84 attempts, each block naming what it counts."""
+    first = reading(host("qdrant-primary", 0), host("qdrant-secondary", 0), upstream_rq_completed=0)
+    last = reading(
+        host("qdrant-primary", 30, error=10),
+        host("qdrant-secondary", 54),
+        upstream_rq_completed=74,
+    )
+    body = report(book_of(first, last), [last], INTENT, [], now=1.0)
+    requests, lb = body["routing_metrics"], body["load_balancing"]
+    assert (requests["total_requests"], lb["total_attempts"]) == (74, 84)
+    assert sum(b["requests"] for b in lb["backend_distribution"].values()) == 84
+    assert "client requests" in requests["counted"]
+    assert "retries included" in lb["counted"] and "total_requests" in lb["counted"]
 
 
 def test_report_without_traffic_or_proxies_says_so() -> None:

@@ -1,9 +1,11 @@
 """The controller's admin HTTP API (aiohttp).
 
 Routes live in small modules, one RouteSet each; this module mounts them,
-adds JSON errors and bearer-token auth for mutating calls, and serves the
-OpenAPI document built from the same route sets. HTTP status codes are
-chosen in the admin package and nowhere else.
+adds JSON errors, bearer-token auth for mutating calls and the experiments'
+claim on intent changes (experiments/__init__.py: a change is refused with 409
+while an experiment runs, and an experiment while a change is applied), and
+serves the OpenAPI document built from the same route sets. HTTP status codes
+are chosen in the admin package and nowhere else.
 """
 
 from __future__ import annotations
@@ -28,30 +30,39 @@ ROUTE_SETS: tuple[RouteSet, ...] = (
     openapi.routes,
 )
 MUTATING_KEY: web.AppKey[set[tuple[str, str]]] = web.AppKey("mutating")
+EDITING_KEY: web.AppKey[set[tuple[str, str]]] = web.AppKey("editing")
 
 
 def make_admin_app(context: AdminContext) -> web.Application:
     # Outermost first: the request counter sees the final status of every answer.
-    app = web.Application(middlewares=[metrics.count_requests, json_errors, bearer_token_auth])
+    app = web.Application(
+        middlewares=[metrics.count_requests, json_errors, bearer_token_auth, experiment_claim]
+    )
     app[CONTEXT] = context
     app[MOUNTED] = ROUTE_SETS
     app[MUTATING_KEY] = set()
+    app[EDITING_KEY] = set()
     for route_set in ROUTE_SETS:
         for op in route_set.operations:
             resource = app.router.add_resource(op.path)
             resource.add_route(op.method, op.handler)
             if op.mutating:
                 app[MUTATING_KEY].add((op.method, op.path))
+            if op.edits_intent:
+                app[EDITING_KEY].add((op.method, op.path))
     return app
+
+
+def _route_of(request: web.Request) -> tuple[str, str]:
+    route = request.match_info.route.resource
+    return request.method, route.canonical if route is not None else request.path
 
 
 @web.middleware
 async def bearer_token_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     """With ROUTER_ADMIN_TOKEN set, every mutating call needs the bearer token."""
     token = request.app[CONTEXT].admin_token
-    route = request.match_info.route.resource
-    path = route.canonical if route is not None else request.path
-    if token and (request.method, path) in request.app[MUTATING_KEY]:
+    if token and _route_of(request) in request.app[MUTATING_KEY]:
         offered = request.headers.get("Authorization", "")
         if not hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
             return error_response(
@@ -59,3 +70,16 @@ async def bearer_token_auth(request: web.Request, handler: Any) -> web.StreamRes
             )
     response: web.StreamResponse = await handler(request)
     return response
+
+
+@web.middleware
+async def experiment_claim(request: web.Request, handler: Any) -> web.StreamResponse:
+    """An intent change holds off experiments from its first read to its last ACK,
+    and is refused (Conflict, 409 naming it) while an experiment runs."""
+    method, path = _route_of(request)
+    if (method, path) not in request.app[EDITING_KEY]:
+        response: web.StreamResponse = await handler(request)
+        return response
+    with request.app[CONTEXT].lab.registry.changing(f"{method} {request.path}"):
+        claimed: web.StreamResponse = await handler(request)
+        return claimed

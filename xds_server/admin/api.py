@@ -26,6 +26,7 @@ class Operation:
     handler: Handler
     summary: str
     mutating: bool
+    edits_intent: bool  # refused while an experiment runs (admin/__init__.py)
     request_schema: Schema | None  # a body model, or a JSON schema kept by hand
     responses: dict[int, str]
     description: str = ""
@@ -37,6 +38,9 @@ class Operation:
 class RouteSet:
     tag: str
     operations: list[Operation] = field(default_factory=list)
+    # Its mutating operations change the intent (the experiments' do not: they
+    # change it for a while themselves and take the one-at-a-time claim).
+    edits_intent: bool = True
 
     def route(
         self,
@@ -52,6 +56,7 @@ class RouteSet:
     ) -> Callable[[Handler], Handler]:
         """Register a handler. Non-GET operations are mutating: they need the
         admin token when one is configured."""
+        mutating = method.upper() not in ("GET", "HEAD")
 
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -60,7 +65,8 @@ class RouteSet:
                     path=path,
                     handler=handler,
                     summary=summary,
-                    mutating=method.upper() not in ("GET", "HEAD"),
+                    mutating=mutating,
+                    edits_intent=mutating and self.edits_intent,
                     request_schema=request_schema,
                     responses=responses or {200: "OK"},
                     description=description,

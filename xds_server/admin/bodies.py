@@ -46,6 +46,7 @@ from xds_server.model.fields import (
 )
 from xds_server.model.intent import Backend, Health
 from xds_server.model.schema import BackendFields, Shape
+from xds_server.model.values import shown
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 
 MAX_DURATION_S = 60.0
@@ -113,7 +114,7 @@ class BackendPatch(Body):
 def _seconds(low: float, high: float) -> Any:
     def convert(value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidValue(f"must be a number of seconds, got {value!r}")
+            raise InvalidValue(f"must be a number of seconds, got {shown(value)}")
         if not math.isfinite(value) or not low <= value <= high:
             raise InvalidValue(f"must be a number of seconds between {low:g} and {high:g}")
         return float(value)

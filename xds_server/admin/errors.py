@@ -91,8 +91,20 @@ def _field_of(error: XdsServerError) -> str | None:
     return None
 
 
+JSON_TYPE = "application/json"
+
+
+def unsupported_media_type(got: str) -> ApiError:
+    detail = f"the body must be {JSON_TYPE} (a charset parameter is fine), got {got}"
+    return ApiError(415, "unsupported_media_type", detail)
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 that says what is wrong."""
+    """The request body as a JSON object: 415 unless it is declared application/json
+    (a text/plain body is not parsed on a guess), 400 when it is not a JSON object."""
+    if request.content_type != JSON_TYPE:
+        got = request.headers.get("Content-Type")
+        raise unsupported_media_type(repr(got) if got else "no Content-Type")
     try:
         body = await request.json(loads=json.loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

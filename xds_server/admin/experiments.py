@@ -17,11 +17,13 @@ from xds_server.admin.errors import invalid, json_body
 from xds_server.experiments import Limits, circuit_breaker_test, failover_test
 from xds_server.model.validation import parse
 
-routes = RouteSet("experiments")
+routes = RouteSet("experiments", edits_intent=False)
 
 _ERRORS = {
+    400: "malformed body (not JSON, or not an object)",
     404: "unknown service or backend",
-    409: "another experiment is running, or the service has no backup",
+    409: "another experiment is running, an intent change is being applied (the detail "
+    "names it), or the service has no backup",
     422: "invalid value; `field` names it",
     503: "no connected Envoy to observe, or a temporary change was not applied",
 }
@@ -31,6 +33,20 @@ _DOC = (
     "/clusters every 20 ms (upper bounds within one poll), requests lost = probe "
     "requests answered 5xx or not at all. The health checker is paused for the "
     "failed backend during the test. "
+)
+
+
+FAILOVER_TIMES = (
+    "Two different times. failover_time_ms is Envoy's: from the moment the primary "
+    "starts failing to Envoy taking it out of rotation (ejected by outlier detection), "
+    "so it includes the consecutive failures the circuit breaker needs. "
+    "total_downtime_ms is the clients': from the start of the first probe request that "
+    "failed (5xx or no answer) to the end of the last one; 0 when none failed. They "
+    "differ because during failover_time_ms Envoy retries each failed attempt on the "
+    "backup (upstream_failures_retried counts them), so a client sees a slower answer, "
+    "not an error: a failover_time_ms of ~600 with a total_downtime_ms of 0 is the "
+    "failover working. requests_during_failover are the probe requests started within "
+    "failover_time_ms; recovery_time_ms runs from the repair to the primary serving again."
 )
 
 
@@ -58,11 +74,7 @@ async def circuit_breaker(request: web.Request) -> web.Response:
 @routes.post(
     "/api/v1/router/failover/test",
     summary="Fail a primary backend under continuous traffic; measure failover and recovery",
-    description=_DOC + "failover_time_ms runs from the failure to Envoy taking the "
-    "primary out of rotation; requests_during_failover are the probe requests started "
-    "in that window; recovery_time_ms runs from the repair to the primary serving "
-    "again; total_downtime_ms is the client-visible span of failed requests (0 when "
-    "none failed).",
+    description=_DOC + FAILOVER_TIMES,
     request_schema=FailoverTest,
     responses={200: "the experiment ran; see failover_test", **_ERRORS},
 )

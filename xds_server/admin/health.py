@@ -2,8 +2,11 @@
 
 `GET /api/v1/router/health` is the spec's "Backend health status" shape with
 real probe figures; `GET /api/v1/health` (Envoy routes it to the controller)
-is the one-glance summary, 503 when some service has nothing to route to, so
-a load balancer in front of the router can use it as its health check.
+is the one-glance summary: the same `overall_health` and counts, and one
+verdict per service instead of the per-backend entries; 503 when some service
+has nothing to route to, so a load balancer in front of the router can use it
+as its health check. (The spec shows no answer for it; it shares the spec's
+names rather than inventing others.)
 """
 
 from __future__ import annotations
@@ -74,14 +77,19 @@ async def router_health(request: web.Request) -> web.Response:
 @routes.get(
     "/api/v1/health",
     summary="Overall router health; 503 when some service cannot be served",
-    description=_COUNTS_DOC,
+    description="The summary of /api/v1/router/health: the same overall_health and "
+    "counts, and per service its verdict (healthy, degraded, unhealthy) instead of the "
+    "per-backend entries. " + _COUNTS_DOC,
     responses={200: "healthy or degraded", 503: "unhealthy"},
     response_schema={
         "type": "object",
         "properties": {
-            "status": _COUNTS["overall_health"],
-            "services": {"type": "object", "additionalProperties": {"type": "string"}},
-            **{k: v for k, v in _COUNTS.items() if k != "overall_health"},
+            **_COUNTS,
+            "services": {
+                "type": "object",
+                "description": "service -> its verdict, by the same rule as overall_health",
+                "additionalProperties": _COUNTS["overall_health"],
+            },
         },
     },
 )
@@ -89,7 +97,7 @@ async def overall_health(request: web.Request) -> web.Response:
     context = context_of(request)
     summary = summarize(context.intent.intent, context.health.states)
     body = {
-        "status": summary.overall,
+        "overall_health": summary.overall,
         "total_backends": summary.total,
         "healthy_backends": summary.healthy,
         "unhealthy_backends": summary.unhealthy,

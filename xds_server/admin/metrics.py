@@ -42,6 +42,12 @@ replica). The window rates are computed from those shared totals at this replica
 readings, so they cover the fleet too (other replicas' Envoys as of their last reading, \
 at most one interval behind). See docs/replicas.md.
 
+Two counts, and each block says which it holds (`counted`): routing_metrics counts client \
+requests, load_balancing counts upstream attempts. A request that failed on one backend and \
+was retried on another is one client request and two attempts, so total_attempts (the sum \
+of backend_distribution) can exceed total_requests; their difference is the retries, within \
+one reading.
+
 routing_metrics counts requests as clients saw them, for the services' clusters (the \
 controller's own admin API behind the listener is not counted): total_requests = requests \
 Envoy answered for a service (Envoy's upstream_rq_completed: once per client request, \
@@ -55,8 +61,9 @@ requests per second, and the mean of Envoy's upstream_rq_time (per attempt, requ
 response complete; Envoy publishes this histogram at its stats flush, every 1 s in our bootstraps).
 
 load_balancing.backend_distribution: per backend, the requests Envoy sent to it (every \
-attempt, retries included; Envoy's per-host rq_total) and its share of its service's \
-requests in percent. distribution_variance_by_service: population variance of those shares \
+attempt, retries included; Envoy's per-host rq_total; the spec names them `requests`) and \
+its share of its service's attempts in percent; total_attempts is their sum. \
+distribution_variance_by_service: population variance of those shares \
 in percentage points squared (0.0 = perfectly even; null without requests); \
 distribution_variance: the largest of them over services with more than one backend. A \
 weighted strategy is uneven on purpose.
@@ -89,6 +96,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "routing_metrics": {
             "type": "object",
             "properties": {
+                "counted": {"type": "string", "description": "what total_requests counts"},
                 "total_requests": _COUNT,
                 "successful_requests": _COUNT,
                 "failed_requests": _COUNT,
@@ -105,6 +113,8 @@ REPORT_SCHEMA: dict[str, Any] = {
             "properties": {
                 "strategy": {"type": "string"},
                 "strategies": {"type": "object", "additionalProperties": {"type": "string"}},
+                "counted": {"type": "string", "description": "what the distribution counts"},
+                "total_attempts": _COUNT,
                 "backend_distribution": {
                     "type": "object",
                     "additionalProperties": {

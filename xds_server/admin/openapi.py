@@ -39,6 +39,11 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 AUTH_NOTE = "401 when ROUTER_ADMIN_TOKEN is set and the bearer token is missing or wrong"
+EXPERIMENT_NOTE = "an experiment is running (the detail names it): retry when it has ended"
+MEDIA_NOTE = (
+    "the body is not declared Content-Type: application/json (a charset parameter is "
+    "fine): nothing was parsed or changed"
+)
 
 
 def document(route_sets: Iterable[RouteSet]) -> dict[str, Any]:
@@ -108,10 +113,16 @@ def query_parameters(op: Operation) -> list[dict[str, Any]]:
 
 
 def responses(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
-    """Documented answers; a mutating call can always answer 401 (bearer auth)."""
+    """Documented answers; a mutating call can always answer 401 (bearer auth), one
+    with a body 415 (admin/errors.py json_body), and an intent change 409 while an
+    experiment runs (admin/__init__.py)."""
     listed = dict(op.responses)
     if op.mutating:
         listed.setdefault(401, AUTH_NOTE)
+    if op.request_schema is not None:
+        listed.setdefault(415, MEDIA_NOTE)
+    if op.edits_intent:
+        listed[409] = f"{listed[409]}; or {EXPERIMENT_NOTE}" if 409 in listed else EXPERIMENT_NOTE
     return {str(code): _response(code, text, op, schemas) for code, text in sorted(listed.items())}
 
 

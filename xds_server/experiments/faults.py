@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import json
 import socket
@@ -25,9 +24,9 @@ from xds_server.experiments.lab import (
     Lab,
     Limits,
 )
-from xds_server.model.edits import find_backend, swap_backend, swap_ejection_time
+from xds_server.model.edits import find_backend, swap_address, swap_ejection_time
 from xds_server.model.intent import Backend, Intent, SocketAddress
-from xds_server.pipeline.changes import ChangeApplier
+from xds_server.pipeline.changes import Applied, ChangeApplier
 
 # --- making the backend fail, and undoing it -------------------------------------------
 
@@ -76,39 +75,51 @@ async def fault_state(session: aiohttp.ClientSession, url: str) -> dict[str, Any
 
 
 class RefusedPort:
-    """Point the backend at a loopback port that refuses connections, by intent."""
+    """Point the backend at a loopback port that refuses connections, by intent.
+
+    Only the backend's address and port change, and only they are put back, and
+    only while they are still the refusing port: the port is bound by this run,
+    so no one else's value can equal it, and a weight or drain set meanwhile stays."""
 
     mode = CONNECTION_REFUSED
 
     def __init__(self, lab: Lab) -> None:
         self._lab = lab
         self._socket: socket.socket | None = None
-        self._original = lab.target
+        self._name = lab.target.name
+        self._original = SocketAddress(lab.target.address, lab.target.port)
+        self._refusing: SocketAddress | None = None
+        self._entry = ""
 
     async def start(self) -> None:
         # Bound but never listening: connects are refused, and nobody else can
         # take the port while the experiment holds it.
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.bind(("127.0.0.1", 0))
-        port = self._socket.getsockname()[1]
-        moved = dataclasses.replace(self._original, address="127.0.0.1", port=port)
-        await change_intent(
-            self._lab.ports.changes, lambda i: swap_backend(i, self._original, moved)
-        )
-        self._lab.temporary_changes.append(
-            f"{self._original.name} pointed at refusing port 127.0.0.1:{port} (restored)"
-        )
+        refusing = self._refusing = SocketAddress("127.0.0.1", self._socket.getsockname()[1])
+        move = functools.partial(swap_address, name=self._name, old=self._original, new=refusing)
+        self._entry = f"{self._name} pointed at refusing port {refusing} (restored)"
+        self._lab.temporary_changes.append(self._entry)
+        await change_intent(self._lab.ports.changes, move)
 
     async def stop(self) -> None:
         try:
-            current = self._lab.ports.intent.intent
-            moved = find_backend(current, self._original.name)
-            if moved is not None and moved != self._original:
-                restore = functools.partial(swap_backend, old=moved, new=self._original)
-                await change_intent(self._lab.ports.changes, restore)
+            refusing = self._refusing
+            if refusing is not None:
+                back = functools.partial(
+                    swap_address, name=self._name, old=refusing, new=self._original
+                )
+                applied = await change_intent(self._lab.ports.changes, back)
+                if not _at(applied.before, self._name, refusing):
+                    not_restored(self._lab, self._entry)
         finally:
             if self._socket is not None:
                 self._socket.close()
+
+
+def _at(intent: Intent, name: str, where: SocketAddress) -> bool:
+    backend = find_backend(intent, name)
+    return backend is not None and (backend.address, backend.port) == (where.host, where.port)
 
 
 async def choose_failure(lab: Lab, wanted: str | None) -> Failure:
@@ -123,8 +134,10 @@ async def choose_failure(lab: Lab, wanted: str | None) -> Failure:
 
 @contextlib.asynccontextmanager
 async def failing(failure: Failure) -> AsyncIterator[None]:
-    await failure.start()
+    # stop() undoes what start() got done, also when start() failed halfway
+    # (a stored change some proxy did not ACK).
     try:
+        await failure.start()
         yield
     finally:
         await failure.stop()
@@ -133,13 +146,22 @@ async def failing(failure: Failure) -> AsyncIterator[None]:
 # --- temporary intent changes ------------------------------------------------------------
 
 
-async def change_intent(changes: ChangeApplier, change: Callable[[Intent], Intent]) -> None:
+async def change_intent(changes: ChangeApplier, change: Callable[[Intent], Intent]) -> Applied:
     """Store, publish and wait (bounded) for every proxy's ACK; DependencyUnavailable if not:
     an experiment must not run on a config some proxy does not have."""
     applied = await changes.apply(change, APPLY_WAIT_S)
     if not applied.applied:
         reasons = "; ".join(f"{f.node_id}: {f.reason}" for f in applied.failures)
         raise DependencyUnavailable(f"the experiment's intent change was not applied: {reasons}")
+    return applied
+
+
+KEPT = "(not restored: changed meanwhile by someone else, whose value stays)"
+
+
+def not_restored(lab: Lab, entry: str) -> None:
+    """Say in the answer that a temporary change was not undone, and why."""
+    lab.temporary_changes[lab.temporary_changes.index(entry)] = entry.replace("(restored)", KEPT)
 
 
 def ejection_time(intent: Intent, limits: Limits) -> float:
@@ -155,15 +177,16 @@ async def ejection_time_set(lab: Lab, seconds: float) -> AsyncIterator[None]:
     if seconds == configured:
         yield
         return
-    lab.temporary_changes.append(
-        f"circuit_breaker_timeout {configured:g} s -> {seconds:g} s during the test (restored)"
-    )
+    entry = f"circuit_breaker_timeout {configured:g} s -> {seconds:g} s during the test (restored)"
+    lab.temporary_changes.append(entry)
     try:
         await change_intent(changes, lambda i: swap_ejection_time(i, configured, seconds))
         await wait_cluster_ejection(lab, seconds)
         yield
     finally:
-        await change_intent(changes, lambda i: swap_ejection_time(i, seconds, configured))
+        back = await change_intent(changes, lambda i: swap_ejection_time(i, seconds, configured))
+        if back.before.policies.circuit_breaker_timeout_s != seconds:
+            not_restored(lab, entry)
 
 
 async def wait_cluster_ejection(lab: Lab, seconds: float) -> None:

@@ -44,26 +44,63 @@ class Limits:
 
 
 class Experiments:
-    """At most one experiment at a time; each run's failover event goes to the
-    event log (the metrics API's failover figures)."""
+    """The intent's one-at-a-time registry: at most one experiment, and never one
+    while an intent change is being applied, nor a change while one runs (see the
+    package docstring). Each run's failover event goes to the event log (the
+    metrics API's failover figures)."""
 
     def __init__(self, on_event: Callable[[FailoverEvent], None] | None = None) -> None:
-        self.running: str | None = None
+        self.running: str | None = None  # "the failover experiment on qdrant-primary"
         self._on_event = on_event
+        self._changes: dict[int, str] = {}  # in-flight intent changes, by ticket
+        self._ticket = 0
+        self._idle: asyncio.Event | None = None
 
     def record(self, event: FailoverEvent) -> None:
         if self._on_event is not None:
             self._on_event(event)
 
     @contextlib.contextmanager
-    def claim(self, kind: str) -> Iterator[None]:
+    def claim(self, kind: str, target: str | None = None) -> Iterator[None]:
+        """Hold the intent for one experiment; Conflict while another runs or a
+        change is being applied (its restore would race that change)."""
         if self.running is not None:
-            raise Conflict(f"the {self.running} experiment is running; retry when it has ended")
-        self.running = kind
+            raise Conflict(f"{self.running} is running; retry when it has ended")
+        if self._changes:
+            change = next(iter(self._changes.values()))
+            raise Conflict(
+                f"an intent change ({change}) is being applied; retry when it is confirmed"
+            )
+        self.running = f"the {kind} experiment" + (f" on {target}" if target else "")
+        self._idle = asyncio.Event()
         try:
             yield
         finally:
             self.running = None
+            self._idle.set()
+
+    @contextlib.contextmanager
+    def changing(self, what: str) -> Iterator[None]:
+        """Hold off experiments while the intent change `what` is applied; Conflict
+        while one runs: it restores state when it ends, and it measures a config that
+        must not move under it."""
+        if self.running is not None:
+            raise Conflict(
+                f"{self.running} is running: intent changes are refused until it has "
+                "restored its temporary changes; retry when it has ended"
+            )
+        self._ticket += 1
+        ticket = self._ticket
+        self._changes[ticket] = what
+        try:
+            yield
+        finally:
+            del self._changes[ticket]
+
+    async def idle(self) -> None:
+        """Return once no experiment runs (at once when none does)."""
+        while self.running is not None and self._idle is not None:
+            await self._idle.wait()
 
 
 # --- where: the service, the backend, the proxy -------------------------------------
@@ -132,7 +169,7 @@ async def open_lab(
     # The hold outlives every bounded step of the experiment; with replicas it is
     # shared and expires by itself should this controller die meanwhile.
     hold_s = limits.max_duration_s + HOLD_MARGIN_S
-    with ports.registry.claim(kind):
+    with ports.registry.claim(kind, target.name):
         async with (
             ports.holds.held(target.name, hold_s),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as admin,

@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any
 
 from xds_server.errors import Conflict, NotFound
-from xds_server.model.intent import Backend, Intent, Service, Strategy
+from xds_server.model.intent import Backend, Intent, Service, SocketAddress, Strategy
 
 # ---- finding ---------------------------------------------------------------------------
 
@@ -114,15 +114,25 @@ def remove_backend(intent: Intent, service_name: str, backend_name: str) -> Inte
 
 
 # ---- compare-and-swap edits ----------------------------------------------------------------
-# An experiment undoes its own temporary change. If someone changed the same
-# thing meanwhile, theirs wins: these leave the intent alone unless the current
-# value is still exactly `old`.
+# An experiment's temporary change, and its undoing, touch only what the
+# experiment changes, and only while that still holds the value the experiment
+# expects: whatever someone else changed meanwhile (a config reload, another
+# replica) stays as they left it (experiments/__init__.py).
 
 
-def swap_backend(intent: Intent, old: Backend, new: Backend) -> Intent:
-    """`new` in place of `old`, wherever `old` still is exactly `old`."""
+def swap_address(intent: Intent, name: str, old: SocketAddress, new: SocketAddress) -> Intent:
+    """Backend `name` at `new`, if it is still at `old`; its other fields (weight,
+    priority, draining...) as they are now."""
     services = tuple(
-        dataclasses.replace(s, backends=tuple(new if b == old else b for b in s.backends))
+        dataclasses.replace(
+            s,
+            backends=tuple(
+                dataclasses.replace(b, address=new.host, port=new.port)
+                if b.name == name and (b.address, b.port) == (old.host, old.port)
+                else b
+                for b in s.backends
+            ),
+        )
         for s in intent.services
     )
     return dataclasses.replace(intent, services=services)

@@ -52,7 +52,6 @@ from xds_server.model.values import (
     to_protocol,
     to_redis_url,
     to_route,
-    to_socket_address,
     to_strategy,
 )
 
@@ -221,14 +220,13 @@ DRAINING = Rule(
 )
 SECONDS = number(0, inclusive=False, description="seconds")
 _ADDRESS_SCHEMA = {"type": "string", "pattern": r"^.+:[0-9]+$"}
-ADDRESS = Rule(
-    to_socket_address,
-    _ADDRESS_SCHEMA | {"description": "host:port (IPv6 as [::1]:port)"},
-    to_json=str,
-)
 IP_ADDRESS = Rule(
     to_ip_socket_address,
-    _ADDRESS_SCHEMA | {"description": "ip:port (IPv6 as [::1]:port); Envoy binds it"},
+    _ADDRESS_SCHEMA
+    | {
+        "description": "ip:port (IPv6 as [::1]:port), an IP literal: Envoy binds or "
+        "connects to it and resolves no names there"
+    },
     to_json=str,
 )
 # Empty means unset, so `ROUTER_REDIS_URL=` can switch a file's value off.
@@ -266,7 +264,6 @@ Draining = Annotated[bool, DRAINING]
 OptionalDraining = Annotated[bool | None, DRAINING]
 Flag = Annotated[bool, FLAG]
 Seconds = Annotated[float, SECONDS]
-Address = Annotated[SocketAddress, ADDRESS]
 IpAddress = Annotated[SocketAddress, IP_ADDRESS]
 RedisUrl = Annotated[str | None, REDIS_URL]
 OptionalText = Annotated[str | None, TEXT]

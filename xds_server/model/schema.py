@@ -22,7 +22,6 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from xds_server.model.fields import (
-    Address,
     BackendName,
     Draining,
     Flag,
@@ -195,11 +194,15 @@ class RouterConfig(Shape):
     envoy_admin_address: IpAddress = Field(
         default="127.0.0.1:9901", validate_default=True, description="Envoy's admin interface"
     )
-    xds_address: Address = Field(
-        default="127.0.0.1:18000", validate_default=True, description="the controller's xDS server"
+    xds_address: IpAddress = Field(
+        default="127.0.0.1:18000",
+        validate_default=True,
+        description="the controller's xDS server (Envoy's bootstrap connects to it)",
     )
-    admin_address: Address = Field(
-        default=str(_INTENT.admin), validate_default=True, description="the controller's admin API"
+    admin_address: IpAddress = Field(
+        default=str(_INTENT.admin),
+        validate_default=True,
+        description="the controller's admin API (Envoy routes /api/v1/router/ to it)",
     )
     redis_url: RedisUrl = Field(
         default=None, description="keep intent and metrics in Redis; null: in memory"

@@ -178,7 +178,9 @@ def to_socket_address(value: object, host_check: Convert = to_host) -> SocketAdd
 
 
 def to_ip_socket_address(value: object) -> SocketAddress:
-    """host:port where Envoy binds (its listener and admin): an IP host."""
+    """ip:port, for every address of the config: Envoy binds its listener and admin
+    there, and reaches the controller's xDS and admin addresses through STATIC
+    clusters, which take no names ("malformed IP address: localhost")."""
     return to_socket_address(value, to_ip)
 
 
@@ -197,7 +199,12 @@ def to_redis_url(text: str) -> str:
 
 
 def shown(value: object) -> str:
-    return "null" if value is None else f"{value!r} ({type(value).__name__})"
+    """A value as the file spells it: null, true/false, then Python's repr and type."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (boolean)"
+    return f"{value!r} ({type(value).__name__})"
 
 
 # --- environment text -> YAML-like value --------------------------------------------

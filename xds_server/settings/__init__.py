@@ -115,8 +115,18 @@ def parse_settings(document: object, environ: Mapping[str, str], source: str) ->
     found += router_problems(router) + service_problems(document, router)
     problems = problems_of(document, found) + list(router.problems)
     if problems or parsed is None:
-        raise ConfigError(problems)
+        raise ConfigError([_named(p, source, document) for p in problems])
     return _build(router.values, parsed.services, source)
+
+
+def _named(problem: Problem, source: str, document: object) -> Problem:
+    """A problem of the whole document is the file's: it names the file (a reload's log
+    line has no other context), and an empty file says it is empty."""
+    if problem.path:
+        return problem
+    if document is None:
+        return Problem(source, "the file is empty; it needs at least a `services:` list")
+    return Problem(source, problem.message)
 
 
 def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: str) -> Settings:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from xds_server.errors import InvalidValue, Problem
 from xds_server.model.fields import rule_of
 from xds_server.model.schema import RouterConfig
+from xds_server.model.validation import Loc
 from xds_server.model.values import str_from_text
 
 ENV_PREFIX = "ROUTER_"
@@ -28,6 +29,16 @@ class Router:
     values: RouterConfig  # the winning valid values, defaults for the rest
     unknown: frozenset[str]  # keys whose winning value is bad
     problems: tuple[Problem, ...]  # of the environment; the file's are the document's
+    from_env: frozenset[str] = frozenset()  # keys whose value came from ROUTER_<KEY>
+
+    def loc_of(self, key: str) -> Loc:
+        """Where `key`'s value came from, for a problem about it: the variable that
+        set it (`env:ROUTER_<KEY>`), or its place in the file (`router.<key>`)."""
+        return (env_name(key),) if key in self.from_env else ("router", key)
+
+
+def env_name(key: str) -> str:
+    return f"env:{ENV_PREFIX}{key.upper()}"
 
 
 def effective_router(section: object, environ: Mapping[str, str]) -> Router:
@@ -38,13 +49,13 @@ def effective_router(section: object, environ: Mapping[str, str]) -> Router:
         for key, raw in section.items():
             if key in RouterConfig.model_fields:
                 _take(winners, unknown, key, raw)  # the file's problems are reported elsewhere
-    for key in RouterConfig.model_fields:
-        name = ENV_PREFIX + key.upper()
-        if name in environ:
-            message = _take_text(winners, unknown, key, environ[name])
-            if message is not None:
-                problems.append(Problem(f"env:{name}", message))
-    return Router(RouterConfig.model_validate(winners), frozenset(unknown), tuple(problems))
+    from_env = {key for key in RouterConfig.model_fields if ENV_PREFIX + key.upper() in environ}
+    for key in sorted(from_env, key=list(RouterConfig.model_fields).index):
+        message = _take_text(winners, unknown, key, environ[ENV_PREFIX + key.upper()])
+        if message is not None:
+            problems.append(Problem(env_name(key), message))
+    values = RouterConfig.model_validate(winners)
+    return Router(values, frozenset(unknown), tuple(problems), frozenset(from_env))
 
 
 def _take_text(winners: dict[str, object], unknown: set[str], key: str, text: str) -> str | None:

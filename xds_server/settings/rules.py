@@ -22,18 +22,21 @@ from xds_server.settings.environment import Router
 
 
 def router_problems(router: Router) -> list[Located]:
+    """Each problem blames where the offending value came from: the file's key, or
+    the ROUTER_* variable that overrode it."""
     found: list[Located] = []
     values = router.values
     interval, timeout = values.health_check_interval, values.health_check_timeout
     if _known(router, "health_check_interval", "health_check_timeout") and timeout >= interval:
         message = f"must be less than health_check_interval ({interval:g}), got {timeout:g}"
-        found.append(Located(("router", "health_check_timeout"), message))
+        found.append(Located(router.loc_of("health_check_timeout"), message))
     admin = values.admin_address
     # A token-less admin API may only be reachable from this host.
     tokenless = _known(router, "admin_address", "admin_token") and values.admin_token is None
     if tokenless and not _is_loopback(admin.host):
-        message = f"required when admin_address is not loopback ({admin})"
-        found.append(Located(("router", "admin_token"), message))
+        where = path_of(router.loc_of("admin_address"))
+        message = f"required when admin_address is not loopback ({admin}, from {where})"
+        found.append(Located(router.loc_of("admin_token"), message))
     return found
 
 
@@ -42,8 +45,7 @@ def _known(router: Router, *keys: str) -> bool:
 
 
 def _is_loopback(host: str) -> bool:
-    if host.lower().removesuffix(".") == "localhost":
-        return True
+    # Addresses are IP literals (model/values.py to_ip_socket_address).
     return is_ip(host) and ipaddress.ip_address(host).is_loopback
 
 

@@ -30,6 +30,14 @@ from xds_server.timefmt import iso_utc
 
 log = logging.getLogger("xds_server.metrics")
 
+# What each block counts, said in the answer itself: a retried request is one
+# client request but two upstream attempts, so the distribution can sum higher.
+COUNTED_REQUESTS = "client requests: a retried request counts once"
+COUNTED_ATTEMPTS = (
+    "upstream attempts: every try, retries included, so total_attempts can exceed "
+    "routing_metrics.total_requests"
+)
+
 
 def report(
     book: TrafficBook,
@@ -58,6 +66,7 @@ def routing_metrics(book: TrafficBook, clusters: set[str], now: float) -> dict[s
     overloaded += book.cluster_total("upstream_rq_active_overflow", clusters)
     window = book.window(now)
     return {
+        "counted": COUNTED_REQUESTS,
         "total_requests": int(total),
         "successful_requests": int(total - failed),
         "failed_requests": int(failed),
@@ -105,6 +114,8 @@ def load_balancing(
     return {
         "strategy": str(intent.strategy_of(only) if only else intent.default_strategy),
         "strategies": {s.name: str(intent.strategy_of(s)) for s in services},
+        "counted": COUNTED_ATTEMPTS,
+        "total_attempts": sum(share["requests"] for share in distribution.values()),
         "backend_distribution": distribution,
         "distribution_variance": max(measured) if measured else None,
         "distribution_variance_by_service": variances,
