@@ -5,7 +5,8 @@
     ├── InconsistentSnapshot a snapshot references resources it does not hold
     ├── NotFound             an admin operation names an unknown service or backend
     ├── Conflict             an operation clashes with the current state
-    └── DependencyUnavailable a store or other dependency cannot be reached
+    ├── DependencyUnavailable a store or other dependency cannot be reached
+    └── AddressUnavailable   a server cannot listen on its address (e.g. taken)
 
 NotFound and Conflict may name the input they are about (`field`, e.g.
 "service"); the admin API answers it as the error's `field`.
@@ -65,3 +66,13 @@ class Conflict(_FieldError):
 
 class DependencyUnavailable(XdsServerError):
     """A dependency (the store) cannot be reached; nothing was changed."""
+
+
+class AddressUnavailable(XdsServerError):
+    """A server (the admin API, the xDS server, Envoy's listener) cannot listen
+    on its address, e.g. because another program holds it. `setting` names the
+    configuration key that chooses the address."""
+
+    def __init__(self, server: str, address: object, reason: str, setting: str) -> None:
+        self.address = str(address)
+        super().__init__(f"{server} cannot listen on {address} ({setting}): {reason}")

@@ -82,6 +82,15 @@ class ChildProcess:
         async with asyncio.timeout(timeout_s):
             return await self._proc.wait()
 
+    @property
+    def stopping(self) -> bool:
+        """True once `stop()` was called: an exit from then on is expected."""
+        return self._stopping is not None
+
+    async def exited(self) -> int:
+        """Wait, without a bound, until the child exits; its exit code."""
+        return await self._proc.wait()
+
     def kill(self) -> None:
         """SIGKILL now, for failure tests; `stop()` still reaps afterwards."""
         self._signal(signal.SIGKILL)
@@ -159,6 +168,16 @@ class ChildProcess:
         return ProcessFailed(
             f"{self.argv[0]} (pid {self.pid}) {what}", self.output_tail(), self.pid
         )
+
+
+def exit_status(code: int) -> str:
+    """How a child ended, for a log line: "exit code 1", "killed by SIGKILL"."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 async def start_process(
