@@ -3,7 +3,10 @@
 `xds-server demo` runs it until Ctrl-C; the end-to-end tests and the benchmarks
 run the very same stack on free ports (local_settings). Start order: backends,
 controller, Envoy; stop order is the reverse, and every child process is
-stopped by its PID.
+stopped by its PID. The stack is up once Envoy's listener is bound to the
+router address (AddressUnavailable otherwise); from then on a supervisor
+logs any part that ends on its own, and `Stack.until_stopped` returns when
+Envoy or the controller did.
 """
 
 from __future__ import annotations
