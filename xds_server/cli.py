@@ -14,7 +14,12 @@ from pathlib import Path
 
 from xds_server.app import Controller
 from xds_server.demo import running_stack
-from xds_server.errors import AddressUnavailable, ConfigError, DependencyUnavailable
+from xds_server.errors import (
+    AddressUnavailable,
+    ConfigError,
+    DependencyUnavailable,
+    XdsServerError,
+)
 from xds_server.model.schema import config_json_schema
 from xds_server.proxy.bootstrap import make_bootstrap, render_bootstrap
 from xds_server.proxy.envoy_process import find_envoy_binary
@@ -157,7 +162,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         failure = asyncio.run(demo())
-    except AddressUnavailable as error:  # nothing listens where the banner would say
+    except XdsServerError as error:  # a taken port, a part that would not start
         print(f"xds-server demo: {error}", file=sys.stderr)
         return 1
     if failure is not None:

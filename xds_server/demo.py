@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import sys
 import tempfile
 from asyncio import FIRST_COMPLETED
@@ -26,7 +27,7 @@ from xds_server.errors import AddressUnavailable
 from xds_server.model.intent import Backend, Service, SocketAddress
 from xds_server.proxy.bootstrap import make_bootstrap
 from xds_server.proxy.envoy_process import EnvoyFailed, EnvoyProcess, start_envoy, wait_listening
-from xds_server.proxy.processes import ChildProcess, free_port, start_process
+from xds_server.proxy.processes import ChildProcess, bind_error, free_port, start_process
 from xds_server.proxy.supervisor import Supervisor
 from xds_server.resources import LISTENER_NAME
 from xds_server.settings import Settings, load_settings
@@ -150,6 +151,7 @@ async def running_stack(
                 envoy_admin=settings.envoy_admin_address,
                 delta=delta,
             )
+            _check_free(settings.envoy_admin_address, "Envoy admin", "router.envoy_admin_address")
             envoy = await start_envoy(
                 bootstrap,
                 admin=settings.envoy_admin_address,
@@ -171,6 +173,14 @@ def _run_in_background(controller: Controller) -> tuple[asyncio.Event, asyncio.T
 async def _stop_task(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
     stop.set()
     await asyncio.wait([task])  # how it ended, the supervisor reports
+
+
+def _check_free(address: SocketAddress, server: str, setting: str) -> None:
+    """Envoy with its admin port taken exits with a log line; say it in one."""
+    error = bind_error(address)
+    if error is not None:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise AddressUnavailable(server, address, reason, setting)
 
 
 async def _confirm_listening(envoy: EnvoyProcess, listen: SocketAddress) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.factories import config_file, local_settings
 from tests.support import eventually
+from xds_server.model.intent import SocketAddress
 from xds_server.proxy.processes import ChildProcess, start_process
 from xds_server.settings import Settings
 
@@ -87,16 +88,36 @@ async def _said(demo: ChildProcess, line: str) -> bool:
     return line in demo.output_tail()
 
 
-async def test_demo_with_its_listen_port_taken_exits_1_naming_the_address(
-    tmp_path: Path,
+def address_of(settings: Settings, setting: str) -> SocketAddress:
+    intent = settings.intent
+    return {
+        "listen_address": intent.listen,
+        "envoy_admin_address": settings.envoy_admin_address,
+        "admin_address": intent.admin,
+        "xds_address": settings.xds_address,
+    }[setting]
+
+
+@pytest.mark.parametrize(
+    ("setting", "server"),
+    [
+        ("listen_address", "Envoy"),
+        ("envoy_admin_address", "Envoy admin"),
+        ("admin_address", "admin API"),
+        ("xds_address", "xDS server"),
+    ],
+)
+async def test_demo_with_a_port_taken_exits_1_naming_the_address(
+    tmp_path: Path, setting: str, server: str
 ) -> None:
-    """Another program listens on the router address: Envoy NACKs the listener,
-    and the demo says so in one line and exits 1, instead of printing a banner
-    whose address answers with the other program; everything it started stops."""
+    """Another program listens on one of the demo's addresses: the demo says so
+    in one line and exits 1, and everything it started stops. For the router
+    address Envoy only NACKs the listener and is LIVE all the same; the demo
+    used to print its banner, whose address answered with the other program."""
     settings = local_settings()
-    listen = settings.intent.listen
+    taken = address_of(settings, setting)
     with socket.socket() as holder:
-        holder.bind((listen.host, listen.port))
+        holder.bind((taken.host, taken.port))
         holder.listen()
         demo = await start_process(
             demo_argv(settings, tmp_path), ready_line_prefix=None, timeout_s=0
@@ -108,9 +129,11 @@ async def test_demo_with_its_listen_port_taken_exits_1_naming_the_address(
     output = demo.output_tail()
     assert code == 1, output
     assert "router (Envoy listener)" not in output
-    assert output.splitlines()[-1] == (
-        f"xds-server demo: Envoy cannot listen on {listen} (router.listen_address): "
-        f"cannot bind '{listen}': Address already in use"
+    last = output.splitlines()[-1]
+    assert last.startswith(
+        f"xds-server demo: {server} cannot listen on {taken} (router.{setting}): "
     )
+    assert last.endswith("Address already in use"), last
+    assert "Traceback" not in output
     ports = [settings.envoy_admin_address.port] + [b.port for b in settings.intent.backends()]
-    assert [port for port in ports if someone_listens(port)] == []
+    assert [port for port in ports if port != taken.port and someone_listens(port)] == []

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from xds_server.errors import XdsServerError
+from xds_server.model.intent import SocketAddress
 
 _TAIL_LINES = 40
 _CHUNK = 65536
@@ -267,3 +268,17 @@ def _bindable(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def bind_error(address: SocketAddress) -> OSError | None:
+    """Why a server cannot bind `address` now; None when it can. SO_REUSEADDR as
+    servers (Envoy, aiohttp, gRPC) set it: a port with only closed connections
+    left on it is free."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address.host, address.port))
+        except OSError as error:
+            return error
+    return None
