@@ -72,7 +72,13 @@ fi
 initial_strategy=$(field 'd["default_strategy"]')
 pass "router reachable (default strategy $initial_strategy)"
 
-# 1. round robin: 10 searches, every one 200, spread over the qdrant backends
+# 1. round robin: set it (the README's commands leave the demo on weighted),
+#    then 10 searches, one curl each: every one 200, alternating strictly
+#    between the qdrant backends (one rotation: README, "Round robin across workers")
+status=$(call PUT /api/v1/router/strategy '{"strategy": "round_robin"}')
+if [[ "$status" != 200 ]]; then
+    fail "round robin" "PUT strategy round_robin gave HTTP $status: $(head -c 300 "$WORK/body")"
+fi
 codes=()
 backends=()
 for _ in $(seq 1 10); do
@@ -82,11 +88,18 @@ for _ in $(seq 1 10); do
     backends+=("$(grep -i '^x-backend:' <<<"$out" | cut -d' ' -f2 | tr -d '\r')")
 done
 ok=$(printf '%s\n' "${codes[@]}" | grep -c '^200$')
-seen=$(printf '%s\n' "${backends[@]}" | sort | uniq -c | awk '{printf "%s=%s ", $2, $1}')
-if [[ "$ok" == 10 && $(printf '%s\n' "${backends[@]}" | sort -u | wc -l) -ge 2 ]]; then
-    pass "round robin: 10/10 answered 200 ($seen)"
+distinct=$(printf '%s\n' "${backends[@]}" | sort -u | wc -l)
+repeats=0
+for i in $(seq 1 9); do
+    [[ "${backends[$i]}" == "${backends[$((i - 1))]}" ]] && repeats=$((repeats + 1))
+done
+order="${backends[*]}"
+if [[ "$status" != 200 ]]; then
+    :  # reported above
+elif [[ "$ok" == 10 && "$distinct" == 2 && "$repeats" == 0 ]]; then
+    pass "round robin: 10/10 answered 200, strictly alternating ($order)"
 else
-    fail "round robin" "$ok/10 answered 200, backends: $seen"
+    fail "round robin" "$ok/10 answered 200, $repeats repeats in a row, order: $order"
 fi
 
 # 2-3. strategy switches, applied = ACKed by every connected Envoy

@@ -12,7 +12,10 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from tests.support import finished
 from xds_server.app import Controller
@@ -33,6 +36,31 @@ LOOPBACK = "127.0.0.1"
 def redis_settings(server: RedisServer, base: Settings | None = None) -> Settings:
     """`base` (default: fresh local settings) with the Redis URL set."""
     return dataclasses.replace(base or local_settings(), redis_url=server.url)
+
+
+def config_file(settings: Settings, path: Path) -> Path:
+    """A router_config.yaml holding `settings` (addresses, services, Redis URL)."""
+    intent = settings.intent
+    router = {
+        "listen_address": str(intent.listen),
+        "admin_address": str(intent.admin),
+        "xds_address": str(settings.xds_address),
+        "envoy_admin_address": str(settings.envoy_admin_address),
+        "health_check_jitter": settings.health_check_jitter,
+        "redis_url": settings.redis_url,
+    }
+    services = [
+        {
+            "name": s.name,
+            "routes": list(s.routes),
+            "backends": [
+                {"name": b.name, "address": b.address, "port": b.port} for b in s.backends
+            ],
+        }
+        for s in intent.services
+    ]
+    path.write_text(yaml.safe_dump({"router": router, "services": services}))
+    return path
 
 
 def moved(settings: Settings) -> Settings:

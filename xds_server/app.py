@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -31,6 +32,7 @@ from redis.asyncio import Redis
 from xds_server.admin import make_admin_app
 from xds_server.admin.context import AdminContext
 from xds_server.cache import SnapshotCache
+from xds_server.errors import AddressUnavailable
 from xds_server.experiments import Experiments, LabPorts
 from xds_server.health.base import HealthSource
 from xds_server.health.checker import HealthChecker, Seed
@@ -272,7 +274,8 @@ class Controller:
         await self.health.start()
         await self._start_admin()
         await self.publisher.publish_now()
-        self._grpc, port = await start_server(self.engine, str(self.settings.xds_address))
+        with _listening("xDS server", self.settings.xds_address, "router.xds_address"):
+            self._grpc, port = await start_server(self.engine, str(self.settings.xds_address))
         self.xds_address = SocketAddress(self.settings.xds_address.host, port)
 
     async def stop(self) -> None:
@@ -313,7 +316,8 @@ class Controller:
         await self._admin.setup()
         wanted = self.settings.intent.admin
         site = web.TCPSite(self._admin, wanted.host, wanted.port)
-        await site.start()
+        with _listening("admin API", wanted, "router.admin_address"):
+            await site.start()
         port = self._admin.addresses[0][1]
         self.admin_address = SocketAddress(wanted.host, port)
         if port != wanted.port:  # port 0: Envoy must learn the real one
@@ -343,6 +347,16 @@ class Controller:
             await self.experiments.idle()
         # The admin port may have been chosen at start (port 0): keep the real one.
         await self.store.put(dataclasses.replace(settings.intent, admin=self.admin_address))
+
+
+@contextlib.contextmanager
+def _listening(server: str, address: SocketAddress, setting: str) -> Iterator[None]:
+    """A bind that fails (port taken, address not local) as one clear error."""
+    try:
+        yield
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise AddressUnavailable(server, address, reason, setting) from error
 
 
 def _nothing() -> None:

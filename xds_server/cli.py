@@ -14,7 +14,12 @@ from pathlib import Path
 
 from xds_server.app import Controller
 from xds_server.demo import running_stack
-from xds_server.errors import ConfigError, DependencyUnavailable
+from xds_server.errors import (
+    AddressUnavailable,
+    ConfigError,
+    DependencyUnavailable,
+    XdsServerError,
+)
 from xds_server.model.schema import config_json_schema
 from xds_server.proxy.bootstrap import make_bootstrap, render_bootstrap
 from xds_server.proxy.envoy_process import find_envoy_binary
@@ -193,7 +198,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         stop = service.handle_signals()
         try:
             await controller.start()
-        except DependencyUnavailable as error:  # e.g. Redis unreachable at start
+        except (DependencyUnavailable, AddressUnavailable) as error:  # Redis down, port taken
             await controller.stop()
             print(f"xds-server: cannot start: {error}", file=sys.stderr)
             return 1
@@ -213,16 +218,23 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     find_envoy_binary()  # fail before starting anything when there is no Envoy
 
-    async def demo() -> None:
+    async def demo() -> str | None:
         async with running_stack(settings, config_path=args.config, delta=args.delta) as stack:
             stop = stop_on_signals(stack.controller)
             print(stack.describe(), flush=True)
             print(f"try: curl -s http://{settings.intent.listen}/api/v1/router/health", flush=True)
             print("Ctrl-C stops everything.", flush=True)
-            await stop.wait()
-        print("demo stopped; every process it started has exited.", flush=True)
+            return await stack.until_stopped(stop)
 
-    asyncio.run(demo())
+    try:
+        failure = asyncio.run(demo())
+    except XdsServerError as error:  # a taken port, a part that would not start
+        print(f"xds-server demo: {error}", file=sys.stderr)
+        return 1
+    if failure is not None:
+        print(f"demo stopped: {failure}; every process it started has exited.", file=sys.stderr)
+        return 1
+    print("demo stopped; every process it started has exited.", flush=True)
     return 0
 
 

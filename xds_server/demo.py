@@ -3,7 +3,10 @@
 `xds-server demo` runs it until Ctrl-C; the end-to-end tests and the benchmarks
 run the very same stack on free ports (local_settings). Start order: backends,
 controller, Envoy; stop order is the reverse, and every child process is
-stopped by its PID.
+stopped by its PID. The stack is up once Envoy's listener is bound to the
+router address (AddressUnavailable otherwise); from then on a supervisor
+logs any part that ends on its own, and `Stack.until_stopped` returns when
+Envoy or the controller did.
 """
 
 from __future__ import annotations
@@ -11,17 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import sys
 import tempfile
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from xds_server.app import Controller
+from xds_server.errors import AddressUnavailable
 from xds_server.model.intent import Backend, Service, SocketAddress
 from xds_server.proxy.bootstrap import make_bootstrap
-from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
-from xds_server.proxy.processes import ChildProcess, free_port, start_process
+from xds_server.proxy.envoy_process import EnvoyFailed, EnvoyProcess, start_envoy, wait_listening
+from xds_server.proxy.processes import ChildProcess, bind_error, free_port, start_process
+from xds_server.proxy.supervisor import Supervisor
+from xds_server.resources import LISTENER_NAME
 from xds_server.settings import Settings, load_settings
 
 BACKEND_START_TIMEOUT_S = 15.0
@@ -65,6 +73,17 @@ class Stack:
     controller: Controller
     envoy: EnvoyProcess
     backends: dict[str, ChildProcess]
+    supervisor: Supervisor
+
+    async def until_stopped(self, stop: asyncio.Event) -> str | None:
+        """Wait for `stop` (None), or for Envoy or the controller to end on its own
+        (what ended, and how; the supervisor has logged it)."""
+        stopped = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(self.supervisor.failure())
+        done, pending = await asyncio.wait({stopped, failed}, return_when=FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return failed.result() if failed in done else None
 
     def describe(self) -> str:
         settings = self.controller.settings
@@ -124,13 +143,15 @@ async def running_stack(
             controller = Controller(settings, config_path=config_path)
             stack.push_async_callback(controller.stop)
             await controller.start()
-            stack.push_async_callback(_stop_task, *_run_in_background(controller))
+            stop, serving = _run_in_background(controller)
+            stack.push_async_callback(_stop_task, stop, serving)
             bootstrap = make_bootstrap(
                 node_id=DEMO_NODE_ID,
                 xds=controller.xds_address,
                 envoy_admin=settings.envoy_admin_address,
                 delta=delta,
             )
+            _check_free(settings.envoy_admin_address, "Envoy admin", "router.envoy_admin_address")
             envoy = await start_envoy(
                 bootstrap,
                 admin=settings.envoy_admin_address,
@@ -138,7 +159,10 @@ async def running_stack(
                 concurrency=envoy_concurrency or settings.worker_threads,
             )
             stack.push_async_callback(envoy.stop)
-            yield Stack(controller, envoy, backends)
+            await _confirm_listening(envoy, settings.intent.listen)
+            supervisor = _supervise(backends, envoy, serving)
+            stack.push_async_callback(supervisor.close)  # first: what follows is stopping
+            yield Stack(controller, envoy, backends, supervisor)
 
 
 def _run_in_background(controller: Controller) -> tuple[asyncio.Event, asyncio.Task[None]]:
@@ -148,4 +172,31 @@ def _run_in_background(controller: Controller) -> tuple[asyncio.Event, asyncio.T
 
 async def _stop_task(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
     stop.set()
-    await task
+    await asyncio.wait([task])  # how it ended, the supervisor reports
+
+
+def _check_free(address: SocketAddress, server: str, setting: str) -> None:
+    """Envoy with its admin port taken exits with a log line; say it in one."""
+    error = bind_error(address)
+    if error is not None:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise AddressUnavailable(server, address, reason, setting)
+
+
+async def _confirm_listening(envoy: EnvoyProcess, listen: SocketAddress) -> None:
+    """Envoy LIVE is not Envoy listening: a taken port is only a NACK."""
+    try:
+        await wait_listening(envoy, LISTENER_NAME, listen)
+    except EnvoyFailed as error:
+        raise AddressUnavailable("Envoy", listen, str(error), "router.listen_address") from None
+
+
+def _supervise(
+    backends: dict[str, ChildProcess], envoy: EnvoyProcess, serving: asyncio.Task[None]
+) -> Supervisor:
+    supervisor = Supervisor()
+    for name, child in backends.items():
+        supervisor.child(f"backend {name}", child, vital=False)
+    supervisor.child("Envoy", envoy.child, vital=True)
+    supervisor.task("controller", serving)
+    return supervisor

@@ -7,6 +7,7 @@
     ├── NotFound              an admin operation names an unknown service or backend
     ├── Conflict              an operation clashes with the current state
     ├── DependencyUnavailable a store or other dependency cannot be reached
+    ├── AddressUnavailable    a server cannot listen on its configured address (e.g. taken)
     ├── ProtocolError         an xDS client broke the protocol; its stream ends INVALID_ARGUMENT
     ├── LeaseLost             another replica holds the prober lease; this one stops probing
     ├── ListenFailed          no socket could be bound to serve on (also an OSError)
@@ -97,3 +98,13 @@ class LeaseLost(XdsServerError):
 
 class ListenFailed(XdsServerError, OSError):
     """No socket could be bound. An OSError too, like the one a taken port raises."""
+
+
+class AddressUnavailable(XdsServerError):
+    """A server (the admin API, the xDS server, Envoy's listener) cannot listen
+    on its address, e.g. because another program holds it. `setting` names the
+    configuration key that chooses the address."""
+
+    def __init__(self, server: str, address: object, reason: str, setting: str) -> None:
+        self.address = str(address)
+        super().__init__(f"{server} cannot listen on {address} ({setting}): {reason}")

@@ -19,9 +19,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
-from tests.factories import SEARCH_BODY, moved, qdrant_only, redis_settings, running_controller
+from tests.factories import (
+    SEARCH_BODY,
+    config_file,
+    moved,
+    qdrant_only,
+    redis_settings,
+    running_controller,
+)
 from tests.redis_support import RedisServer
 from tests.support import eventually
 from xds_server.app import Controller
@@ -72,31 +78,6 @@ async def running_envoy(
         yield envoy
     finally:
         await envoy.stop()
-
-
-def config_file(settings: Settings, path: Path) -> Path:
-    """A router_config.yaml holding `settings` (addresses, services, Redis URL)."""
-    intent = settings.intent
-    router = {
-        "listen_address": str(intent.listen),
-        "admin_address": str(intent.admin),
-        "xds_address": str(settings.xds_address),
-        "envoy_admin_address": str(settings.envoy_admin_address),
-        "health_check_jitter": settings.health_check_jitter,
-        "redis_url": settings.redis_url,
-    }
-    services = [
-        {
-            "name": s.name,
-            "routes": list(s.routes),
-            "backends": [
-                {"name": b.name, "address": b.address, "port": b.port} for b in s.backends
-            ],
-        }
-        for s in intent.services
-    ]
-    path.write_text(yaml.safe_dump({"router": router, "services": services}))
-    return path
 
 
 @contextlib.asynccontextmanager

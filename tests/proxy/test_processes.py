@@ -3,6 +3,7 @@ line, stop and kill by PID."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -11,7 +12,14 @@ import time
 
 import pytest
 
-from xds_server.proxy.processes import ProcessFailed, _ephemeral_range, free_port, start_process
+from xds_server.model.intent import SocketAddress
+from xds_server.proxy.processes import (
+    ProcessFailed,
+    _ephemeral_range,
+    bind_error,
+    free_port,
+    start_process,
+)
 
 
 def test_free_ports_are_below_the_ephemeral_range_distinct_and_bindable() -> None:
@@ -87,3 +95,14 @@ def _block_until_exited(pid: int) -> None:
             return
         time.sleep(0.001)
     raise AssertionError(f"pid {pid} did not exit within 10 s")
+
+
+def test_bind_error_says_why_a_port_cannot_be_bound() -> None:
+    """A port another socket listens on gives the OS's reason; a free one, None."""
+    address = SocketAddress("127.0.0.1", free_port())
+    assert bind_error(address) is None
+    with socket.socket() as holder:
+        holder.bind((address.host, address.port))
+        holder.listen()
+        error = bind_error(address)
+    assert error is not None and error.errno == errno.EADDRINUSE

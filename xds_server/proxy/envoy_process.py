@@ -203,6 +203,47 @@ async def _ready_state(admin: SocketAddress) -> str:
     return text.strip()
 
 
+async def wait_listening(
+    envoy: EnvoyProcess, name: str, address: SocketAddress, timeout_s: float = 10.0
+) -> None:
+    """Wait until Envoy's listener `name` is bound to `address`.
+
+    LIVE proves only that Envoy received its listeners: one it could not bind
+    (the port taken by another program) is NACKed, and Envoy is LIVE all the
+    same. `/listeners` lists the bound ones with their address; a rejected one
+    has an `error_state` in `/config_dump`, whose details say why. EnvoyFailed
+    with that reason (or after `timeout_s`) otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await _bound(envoy, name) == address:
+            return
+        if (reason := await _listener_error(envoy, name)) is not None:
+            raise EnvoyFailed(reason)
+        await asyncio.sleep(_POLL_INTERVAL_S)
+    raise EnvoyFailed(f"listener {name!r} not bound {timeout_s:g} s after Envoy was LIVE")
+
+
+async def _bound(envoy: EnvoyProcess, name: str) -> SocketAddress | None:
+    statuses = (await envoy.admin_json("/listeners?format=json")).get("listener_statuses", [])
+    for status in statuses:
+        bound = status.get("local_address", {}).get("socket_address", {})
+        if status.get("name") == name and "port_value" in bound:
+            return SocketAddress(bound["address"], int(bound["port_value"]))
+    return None
+
+
+async def _listener_error(envoy: EnvoyProcess, name: str) -> str | None:
+    dump = await envoy.admin_json("/config_dump?resource=dynamic_listeners")
+    for listener in dump.get("configs", []):
+        error = listener.get("error_state")
+        if error is None:
+            continue
+        rejected = listener.get("name") or error.get("failed_configuration", {}).get("name")
+        if rejected == name:
+            return str(error.get("details", "rejected by Envoy"))
+    return None
+
+
 def _failed(envoy: EnvoyProcess, what: str) -> EnvoyFailed:
     tail = envoy.failure_tail()
     return EnvoyFailed(f"{what}\n--- Envoy log tail ---\n{tail}" if tail else what)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from xds_server.errors import ListenFailed, XdsServerError
+from xds_server.model.intent import SocketAddress
 
 _TAIL_LINES = 40
 _CHUNK = 65536
@@ -84,6 +85,15 @@ class ChildProcess:
         """Wait for the child to exit on its own; TimeoutError if it has not in time."""
         async with asyncio.timeout(timeout_s):
             return await self._proc.wait()
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop()` was called: an exit from then on is expected."""
+        return self._stopping is not None
+
+    async def exited(self) -> int:
+        """Wait, without a bound, until the child exits; its exit code."""
+        return await self._proc.wait()
 
     def kill(self) -> None:
         """SIGKILL now, for failure tests; `stop()` still reaps afterwards."""
@@ -166,6 +176,16 @@ class ChildProcess:
         return ProcessFailed(
             f"{self.argv[0]} (pid {self.pid}) {what}", self.output_tail(), self.pid
         )
+
+
+def exit_status(code: int) -> str:
+    """How a child ended, for a log line: "exit code 1", "killed by SIGKILL"."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 async def start_process(
@@ -270,3 +290,17 @@ def _bindable(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def bind_error(address: SocketAddress) -> OSError | None:
+    """Why a server cannot bind `address` now; None when it can. SO_REUSEADDR as
+    servers (Envoy, aiohttp, gRPC) set it: a port with only closed connections
+    left on it is free."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address.host, address.port))
+        except OSError as error:
+            return error
+    return None

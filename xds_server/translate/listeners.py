@@ -18,6 +18,17 @@ from xds_server.translate.memo import Memo
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
+# Each Envoy worker thread keeps its own round-robin position. Without this the
+# kernel hands sequential connections (one curl after another) to any of the
+# workers, and round robin does not alternate; exact balance gives a new
+# connection to the worker with the fewest open ones, so sequential clients
+# share one worker and one rotation, and concurrent clients still spread over
+# all workers (README, "Round robin across workers"; bench/README.md measures
+# that it costs no throughput).
+# https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/intro/threading_model
+EXACT_BALANCE = listener_pb2.Listener.ConnectionBalanceConfig(
+    exact_balance=listener_pb2.Listener.ConnectionBalanceConfig.ExactBalance()
+)
 
 
 def listeners(
@@ -40,6 +51,7 @@ def router_listener(listen: SocketAddress) -> listener_pb2.Listener:
                 ]
             )
         ],
+        connection_balance_config=EXACT_BALANCE,
     )
 
 

@@ -8,6 +8,7 @@ codes are chosen here and nowhere else.
 from __future__ import annotations
 
 import logging
+import socket
 from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -229,10 +230,25 @@ def build_server(engine: XdsEngine) -> grpc.aio.Server:
 
 async def start_server(engine: XdsEngine, address: str) -> tuple[grpc.aio.Server, int]:
     """Start serving on `address` ("host:port"; port 0 picks one). Returns the port."""
+    _check_bindable(address)
     server = build_server(engine)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # newer grpcio raises where older ones returned 0
+        port = 0
     if port == 0:
         raise ListenFailed(f"cannot listen on {address}")
     await server.start()
     log.info("xDS server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
     return server, port
+
+
+def _check_bindable(address: str) -> None:
+    """Raise the OS's own error (e.g. "Address already in use") when `address` cannot
+    be bound. gRPC would only log a line of its own and say that it failed.
+    SO_REUSEADDR as gRPC sets it: a port with only closed connections is free."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, int(port)))
