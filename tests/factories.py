@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from tests.redis_support import RedisServer
 
 LOOPBACK = "127.0.0.1"
+# For `xds-server` subprocesses: read no `.env` from the working directory, so a
+# developer's own file cannot change what a test runs.
+NO_DOT_ENV = ("--env-file", "/dev/null")
 
 # ---- settings ----------------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ async def start_run(
         "ROUTER_ADMIN_ADDRESS": admin,
         "ROUTER_ENVOY_ADMIN_ADDRESS": f"127.0.0.1:{free_port()}",
     }
+    # Run in tmp_path: a .env there is the test's own, and no other is read.
     argv = [*wrapper, sys.executable, "-m", "xds_server.cli", "run", "--config", str(config)]
     process = await asyncio.create_subprocess_exec(
         *argv, env=env, cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL

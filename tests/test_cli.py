@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.factories import NO_DOT_ENV
 from xds_server import cli
 from xds_server.model.intent import SocketAddress
 from xds_server.proxy.processes import free_port
@@ -23,7 +24,7 @@ LOOPBACK = "127.0.0.1"
 
 
 def test_log_format_flag_and_env(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--log-json installs the JSON formatter; a bad ROUTER_LOG_FORMAT exits 1, like
     every other configuration error, naming the variable."""
@@ -145,7 +146,7 @@ def test_run_with_a_port_taken_says_so_in_one_line(setting: str) -> None:
     with taken_port() as taken:
         env = {f"ROUTER_{k.upper()}": f"{LOOPBACK}:{port}" for k, port in free.items()}
         env[f"ROUTER_{setting.upper()}"] = str(taken)
-        argv = [sys.executable, "-m", "xds_server.cli", "run"]
+        argv = [sys.executable, "-m", "xds_server.cli", "run", *NO_DOT_ENV]
         done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, timeout=60)
     lines = done.stderr.decode().strip().splitlines()
     assert done.returncode == 1, lines

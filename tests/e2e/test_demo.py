@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import config_file, local_settings
+from tests.factories import NO_DOT_ENV, config_file, local_settings
 from tests.support import eventually
 from xds_server.model.intent import SocketAddress
 from xds_server.proxy.processes import ChildProcess, start_process
@@ -28,7 +28,7 @@ DEMO_STOP_TIMEOUT_S = 30.0
 
 def demo_argv(settings: Settings, workdir: Path) -> list[str]:
     config = config_file(settings, workdir / "router_config.yaml")
-    return [sys.executable, "-m", "xds_server.cli", "demo", "--config", str(config)]
+    return [sys.executable, "-m", "xds_server.cli", "demo", *NO_DOT_ENV, "--config", str(config)]
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from tests.factories import (
+    NO_DOT_ENV,
     SEARCH_BODY,
     config_file,
     moved,
@@ -84,7 +85,7 @@ async def running_envoy(
 async def replica_process(settings: Settings, workdir: Path) -> AsyncIterator[ChildProcess]:
     """`xds-server run` in its own process (so it can be SIGKILLed by PID)."""
     config = config_file(settings, workdir / "replica.yaml")
-    argv = [sys.executable, "-m", "xds_server.cli", "run", "--config", str(config)]
+    argv = [sys.executable, "-m", "xds_server.cli", "run", *NO_DOT_ENV, "--config", str(config)]
     child = await start_process(
         argv,
         ready_line_prefix="xds-server:",
