@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import functools
 import json
 import statistics
 import sys
@@ -43,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import summary_ms
+from bench.push_to_ack import push, weight_change
 from xds_server.app import Controller
 from xds_server.demo import local_settings, running_stack
 from xds_server.model.edits import with_service
@@ -68,11 +67,7 @@ def push_strategy(intent: Intent, n: int) -> Intent:
 
 
 def push_weight(intent: Intent, n: int) -> Intent:
-    qdrant = intent.service("qdrant")
-    assert qdrant is not None
-    first, *rest = qdrant.backends
-    backends = (dataclasses.replace(first, weight=PUSH_WEIGHTS + n % 5), *rest)
-    return with_service(intent, "qdrant", backends=backends, strategy=Strategy.WEIGHTED)
+    return weight_change(intent, n, lowest=PUSH_WEIGHTS, count=5)
 
 
 class AdminClient:
@@ -110,17 +105,6 @@ class AdminClient:
         assert self._process.stdin is not None
         self._process.stdin.close()
         await self._process.wait()
-
-
-async def push(controller: Controller, change: Callable[..., Any], n: int) -> float:
-    started = time.perf_counter()
-    _, revision = await controller.store.update(functools.partial(change, n=n))
-    generation = await controller.publisher.wait_for_revision(revision)
-    failures = await controller.proxies.wait_until_applied(generation, 5)
-    elapsed = time.perf_counter() - started
-    if failures:
-        raise SystemExit(f"push {n} not applied: {failures}")
-    return elapsed
 
 
 HTTP_FLOOR = "admin: GET /healthz (the HTTP floor)"

@@ -19,25 +19,40 @@ import dataclasses
 import functools
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import summary_ms
+from xds_server.app import Controller
 from xds_server.demo import local_settings, running_stack
 from xds_server.model.edits import with_service
 from xds_server.model.intent import Intent, Strategy
 
 
-def weight_change(intent: Intent, n: int) -> Intent:
+def weight_change(intent: Intent, n: int, lowest: int = 1, count: int = 7) -> Intent:
+    """qdrant weighted, its first backend's weight one of lowest .. lowest+count-1."""
     qdrant = intent.service("qdrant")
     assert qdrant is not None
     first, *rest = qdrant.backends
-    backends = (dataclasses.replace(first, weight=1 + n % 7), *rest)
+    backends = (dataclasses.replace(first, weight=lowest + n % count), *rest)
     return with_service(intent, "qdrant", backends=backends, strategy=Strategy.WEIGHTED)
 
 
 def strategy_change(intent: Intent, n: int) -> Intent:
     strategy = Strategy.LEAST_CONNECTIONS if n % 4 == 1 else Strategy.ROUND_ROBIN
     return with_service(intent, "embedding", strategy=strategy)
+
+
+async def push(controller: Controller, change: Callable[..., Intent], n: int) -> float:
+    """One timed intent change on the store: seconds until every proxy ACKed it."""
+    started = time.perf_counter()
+    _, revision = await controller.store.update(functools.partial(change, n=n))
+    generation = await controller.publisher.wait_for_revision(revision)
+    failures = await controller.proxies.wait_until_applied(generation, 5)
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"change {n} not applied: {failures}")
+    return elapsed
 
 
 async def measure(changes: int) -> dict[str, list[float]]:
@@ -54,14 +69,7 @@ async def measure(changes: int) -> dict[str, list[float]]:
                     if i % 2 == 0
                     else ("cds+eds (strategy)", strategy_change)
                 )
-                started = time.perf_counter()
-                _, revision = await controller.store.update(functools.partial(change, n=i))
-                generation = await controller.publisher.wait_for_revision(revision)
-                failures = await controller.proxies.wait_until_applied(generation, 5)
-                elapsed = time.perf_counter() - started
-                if failures:
-                    raise SystemExit(f"change {i} not applied: {failures}")
-                samples[kind].append(elapsed)
+                samples[kind].append(await push(controller, change, i))
             samples["wire only: sent -> ACK (baseline)"] = list(controller.proxies.convergence_s)
     return samples
 

@@ -25,7 +25,6 @@ RESERVED_ROUTES = frozenset({"/api/v1/router", "/api/v1/health"})
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 HEADER_PATTERN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token, lower case
-HOST_LABEL_PATTERN = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 MAX_WEIGHT = 1_000_000
@@ -124,17 +123,6 @@ def to_route(value: object) -> str:
     return text
 
 
-def to_host(value: object) -> str:
-    text = to_text(value)
-    if "://" in text:
-        raise InvalidValue(f"{text!r} must be a bare host, without a scheme")
-    if is_ip(text) or is_hostname(text):
-        return text
-    if ":" in text:
-        raise InvalidValue(f"{text!r} must be a bare host; give the port separately")
-    raise InvalidValue(f"{text!r} is neither an IP address nor a hostname")
-
-
 def to_ip(value: object) -> str:
     """An IP address, not a hostname: Envoy takes no hostnames in EDS endpoints
     or listener addresses (a hostname there would be NACKed)."""
@@ -154,16 +142,10 @@ def is_ip(text: str) -> bool:
     return True
 
 
-def is_hostname(text: str) -> bool:
-    labels = text.removesuffix(".").split(".")
-    # An all-digit last label is a mistyped IPv4 address (999.1.1.1), not a name.
-    valid = (
-        all(HOST_LABEL_PATTERN.fullmatch(label) for label in labels) and not labels[-1].isdigit()
-    )
-    return len(text) <= 253 and valid
-
-
-def to_socket_address(value: object, host_check: Convert = to_host) -> SocketAddress:
+def to_ip_socket_address(value: object) -> SocketAddress:
+    """ip:port, for every address of the config: Envoy binds its listener and admin
+    there, and reaches the controller's xDS and admin addresses through STATIC
+    clusters, which take no names ("malformed IP address: localhost")."""
     text = to_text(value)
     host, sep, port = text.rpartition(":")
     if not sep or not (port.isascii() and port.isdigit()):
@@ -174,14 +156,7 @@ def to_socket_address(value: object, host_check: Convert = to_host) -> SocketAdd
             raise InvalidValue(f"{text!r}: only IPv6 addresses go in brackets")
     elif ":" in host:
         raise InvalidValue(f"{text!r}: write an IPv6 host in brackets, as [::1]:port")
-    return SocketAddress(host_check(host), integer_between(1, 65535)(int(port)))
-
-
-def to_ip_socket_address(value: object) -> SocketAddress:
-    """ip:port, for every address of the config: Envoy binds its listener and admin
-    there, and reaches the controller's xDS and admin addresses through STATIC
-    clusters, which take no names ("malformed IP address: localhost")."""
-    return to_socket_address(value, to_ip)
+    return SocketAddress(to_ip(host), integer_between(1, 65535)(int(port)))
 
 
 def optional_text(check: Callable[[str], str]) -> Convert:

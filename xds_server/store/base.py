@@ -115,3 +115,16 @@ async def edit(
         f"the intent changed under this update {MAX_ATTEMPTS} times in a row; "
         "nothing was stored, try again"
     )
+
+
+class EditingStore:
+    """`put` and `update` for a store that implements `compare_and_put`: every
+    write is an `edit`, whichever store it is."""
+
+    async def put(self: IntentStore, intent: Intent) -> int:
+        _, revision = await self.update(lambda _: intent)
+        return revision
+
+    async def update(self: IntentStore, change: Callable[[Intent], Intent]) -> tuple[Intent, int]:
+        edited = await edit(self, change)
+        return edited.after, edited.revision

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from xds_server.model.intent import Intent
-from xds_server.store.base import edit
+from xds_server.store.base import EditingStore
 
 
-class MemoryStore:
+class MemoryStore(EditingStore):
     """An in-process store: one intent, a revision counter, change callbacks."""
 
     kind = "memory"
@@ -30,10 +30,6 @@ class MemoryStore:
     def revision(self) -> int:
         return self._revision
 
-    async def put(self, intent: Intent) -> int:
-        _, revision = await self.update(lambda _: intent)
-        return revision
-
     async def compare_and_put(self, intent: Intent, revision: int) -> int | None:
         # No await in here: atomic on the event loop, no lock needed.
         if revision != self._revision:
@@ -44,10 +40,6 @@ class MemoryStore:
             for callback in self._callbacks:
                 callback()
         return self._revision
-
-    async def update(self, change: Callable[[Intent], Intent]) -> tuple[Intent, int]:
-        edited = await edit(self, change)
-        return edited.after, edited.revision
 
     def on_change(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)

@@ -62,7 +62,7 @@ from xds_server.redis_io import (
     reconnecting,
     redis_errors,
 )
-from xds_server.store.base import edit
+from xds_server.store.base import EditingStore
 
 log = logging.getLogger("xds_server.redis_store")
 
@@ -91,7 +91,7 @@ class Stored:
     intent: Intent
 
 
-class RedisStore:
+class RedisStore(EditingStore):
     """An IntentStore kept in Redis; see the module docstring for the guarantees."""
 
     kind = "redis"
@@ -147,14 +147,6 @@ class RedisStore:
 
     def on_change(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
-
-    async def put(self, intent: Intent) -> int:
-        _, revision = await self.update(lambda _: intent)
-        return revision
-
-    async def update(self, change: Callable[[Intent], Intent]) -> tuple[Intent, int]:
-        edited = await edit(self, change)
-        return edited.after, edited.revision
 
     async def compare_and_put(self, intent: Intent, revision: int) -> int | None:
         """Write `intent` over the Redis revision of the intent at `revision`, if Redis
