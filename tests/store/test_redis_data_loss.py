@@ -1,0 +1,234 @@
+"""Redis losing data, restarting or stalling under two RedisStore replicas (a real
+redis-server each time): no accepted write is lost, the replicas converge, and a
+write's answer says what is known about it (docs/replicas.md, "Redis losing data")."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from tests.factories import local_settings, redis_settings, running_controller
+from tests.redis_support import RedisServer
+from tests.support import eventually
+from xds_server.errors import DependencyUnavailable
+from xds_server.model.edits import update_backend
+from xds_server.model.intent import Intent
+from xds_server.store.redis import DEFAULT_PREFIX, RedisStore
+
+KEY = f"{DEFAULT_PREFIX}:intent"
+
+
+def bumped(intent: Intent, backend: str, by: int = 1) -> Intent:
+    owner = next(s for s in intent.services if s.backend(backend))
+    return update_backend(intent, owner.name, backend, weight=weight(intent, backend) + by)
+
+
+def weight(intent: Intent, backend: str) -> int:
+    return next(b.weight for b in intent.backends() if b.name == backend)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+class Follower:
+    """A store's `run()` as a task that can be paused (cancelled) and resumed: a replica
+    that is stopped (SIGSTOP, a long GC pause, a partition) follows nothing meanwhile."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self._task: asyncio.Task[None] | None = None
+
+    def resume(self) -> None:
+        assert self._task is None
+        self._task = asyncio.create_task(self.store.run())
+
+    async def pause(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+@contextlib.asynccontextmanager
+async def replicas(url: str, seed: Intent, count: int = 2) -> AsyncIterator[list[Follower]]:
+    """`count` started stores on one Redis, each following writes."""
+    stores = [RedisStore(url, seed) for _ in range(count)]
+    followers = [Follower(s) for s in stores]
+    try:
+        for follower in followers:
+            await follower.store.start()
+            follower.resume()
+            await eventually(lambda s=follower.store: _true(s.listening), timeout_s=5)
+        yield followers
+    finally:
+        for follower in followers:
+            await follower.pause()
+            await follower.store.stop()
+
+
+async def redis_holds(server: RedisServer) -> tuple[int, Intent] | None:
+    from xds_server.model.codec import decode_intent
+
+    client = server.client()
+    try:
+        revision, text = await client.hmget(KEY, ["revision", "intent"])
+    finally:
+        await client.aclose()
+    return None if revision is None else (int(revision), decode_intent(text))
+
+
+async def written_until_accepted(
+    store: RedisStore, change: Callable[[Intent], Intent], timeout_s: float = 15
+) -> list[str]:
+    """What a client does with a 503: retry (bounded). Returns the refusals seen."""
+    refusals: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            await store.update(change)
+            return refusals
+        except DependencyUnavailable as error:
+            refusals.append(str(error))
+            assert loop.time() < deadline, refusals[-3:]
+            await asyncio.sleep(0.1)
+
+
+async def anything_written(server: RedisServer) -> bool:
+    client: Redis = server.client()
+    try:
+        return bool(await client.exists(KEY, f"{DEFAULT_PREFIX}:recovery"))
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("comes_back", ["empty", "with an older copy"])
+async def test_redis_losing_data_while_replicas_were_paused_loses_no_write(
+    redis_server: RedisServer, comes_back: str
+) -> None:
+    """B paused; x written through A; A paused too; Redis restarted, either empty or
+    with the copy it held before x (what loading an older RDB or AOF file does: DUMP
+    and RESTORE of the key). B resumes first (its copy is older: no x) and a client
+    writes y through it; A resumes a moment later. No accepted write may be lost:
+    both replicas end up serving x and y, at one revision, and Redis holds the same."""
+    seed = local_settings().intent
+    async with replicas(redis_server.url, seed) as (a, b):
+        await b.pause()
+        older_copy = await dump(redis_server)
+        await a.store.update(lambda i: bumped(i, "qdrant-primary", 5))  # x
+        await a.pause()
+        await redis_server.restart()  # same port, empty
+        if comes_back != "empty":
+            await restore(redis_server, older_copy)
+        b.resume()
+        if comes_back == "empty":
+            await eventually(lambda: anything_written(redis_server), timeout_s=5)
+        else:
+            await asyncio.sleep(0.3)  # B reconnected: it holds what Redis holds
+        y = asyncio.create_task(
+            written_until_accepted(b.store, lambda i: bumped(i, "embedding-gpu0", 3))
+        )
+        await asyncio.sleep(0.2)
+        a.resume()
+        await y
+        await eventually(lambda: _true(a.store.intent == b.store.intent), timeout_s=10)
+        held = await redis_holds(redis_server)
+        assert held is not None
+        revision, intent = held
+        assert intent == a.store.intent == b.store.intent
+        assert a.store.remote_revision == b.store.remote_revision == revision
+        assert weight(intent, "qdrant-primary") == weight(seed, "qdrant-primary") + 5  # x
+        assert weight(intent, "embedding-gpu0") == weight(seed, "embedding-gpu0") + 3  # y
+
+
+async def dump(server: RedisServer) -> bytes:
+    client = Redis.from_url(server.url)  # raw bytes: DUMP's payload is binary
+    try:
+        payload: bytes = await client.dump(KEY)
+        return payload
+    finally:
+        await client.aclose()
+
+
+async def restore(server: RedisServer, payload: bytes) -> None:
+    client = Redis.from_url(server.url)
+    try:
+        await client.restore(KEY, 0, payload)
+    finally:
+        await client.aclose()
+
+
+async def test_a_write_refused_during_a_stall_is_not_stored_later(
+    redis_server: RedisServer,
+) -> None:
+    """Redis stalls: first its writes (CLIENT PAUSE WRITE: the write's read answers,
+    its script waits inside Redis), then the whole process (SIGSTOP, by PID) for
+    longer than the command bound. The write fails within the bound; when Redis
+    resumes it runs the script it held, and that must not store a write the
+    caller was told failed."""
+    seed = local_settings().intent
+    async with replicas(redis_server.url, seed, count=1) as (a,):
+        admin = redis_server.client()
+        await admin.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+        await admin.aclose()
+        write = asyncio.create_task(a.store.update(lambda i: bumped(i, "hermes")))
+        await asyncio.sleep(0.5)
+        redis_server.pause()
+        try:
+            with pytest.raises(DependencyUnavailable) as refused:
+                await write
+        finally:
+            redis_server.resume()
+        await asyncio.sleep(1.0)  # Redis runs what it held
+        print(f"\nanswer during the stall: {type(refused.value).__name__}: {refused.value}")
+        assert await redis_holds(redis_server) == (1, seed)
+
+
+# ---- a whole controller: what its probes and its admin API answer ---------------------
+
+
+async def get_json(admin: object, path: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://{admin}{path}") as response:
+        body: dict[str, Any] = await response.json()
+        return response.status, body
+
+
+async def test_probes_report_a_hung_redis_without_waiting_for_a_write(
+    redis_server: RedisServer,
+) -> None:
+    """redis-server SIGSTOPped (by PID) with no write in flight: within a few seconds
+    /readyz answers 503 naming the store's problem and /healthz (liveness) stays 200
+    but says "degraded". SIGCONT: both are "ok" again, by themselves."""
+    async with running_controller(redis_settings(redis_server)) as controller:
+        admin = controller.admin_address
+        code, ready = await get_json(admin, "/readyz")
+        assert code == 200 and ready["status"] == "ok", ready
+        redis_server.pause()
+        try:
+
+            async def unready() -> bool:
+                return (await get_json(admin, "/readyz"))[0] == 503
+
+            took = await eventually(unready, timeout_s=6, interval_s=0.1)
+            code, ready = await get_json(admin, "/readyz")
+            assert code == 503 and ready["ready"] is False
+            assert ready["store"] == "unavailable" and "PING" in ready["reason"], ready
+            code, health = await get_json(admin, "/healthz")
+            assert code == 200 and health["status"] == "degraded", health
+        finally:
+            redis_server.resume()
+
+        async def ready_again() -> bool:
+            code, body = await get_json(admin, "/readyz")
+            return code == 200 and body["status"] == "ok"
+
+        back = await eventually(ready_again, timeout_s=10, interval_s=0.1)
+    print(f"\nhung Redis: /readyz 503 after {took:.1f} s; ok {back:.1f} s after SIGCONT")
