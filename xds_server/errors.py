@@ -7,6 +7,8 @@
     ├── NotFound              an admin operation names an unknown service or backend
     ├── Conflict              an operation clashes with the current state
     ├── DependencyUnavailable a store or other dependency cannot be reached
+    │   ├── NotStored         the store refused or could not take a write: nothing was stored
+    │   └── OutcomeUnknown    a write was sent and its answer never came: it may be stored
     ├── AddressUnavailable    a server cannot listen on its configured address (e.g. taken)
     ├── ProtocolError         an xDS client broke the protocol; its stream ends INVALID_ARGUMENT
     ├── LeaseLost             another replica holds the prober lease; this one stops probing
@@ -85,7 +87,23 @@ class Conflict(_FieldError):
 
 
 class DependencyUnavailable(XdsServerError):
-    """A dependency (the store) cannot be reached; nothing was changed."""
+    """A dependency (the store) cannot be reached; nothing was changed (but see
+    OutcomeUnknown)."""
+
+
+class NotStored(DependencyUnavailable):
+    """A write the store did not take, for certain: it was never sent, Redis refused
+    it, or it arrived after its deadline (store/redis.py). Safe to retry as is."""
+
+
+class OutcomeUnknown(DependencyUnavailable):
+    """A write was sent to the store and no answer came within the bound: it may or
+    may not have been stored. `revision` is the store revision it would have made;
+    read the state back before retrying."""
+
+    def __init__(self, detail: str, revision: int) -> None:
+        super().__init__(detail)
+        self.revision = revision
 
 
 class ProtocolError(XdsServerError):

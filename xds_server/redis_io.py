@@ -20,9 +20,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from xds_server.errors import DependencyUnavailable
+from xds_server.errors import DependencyUnavailable, OutcomeUnknown
 
 log = logging.getLogger("xds_server.redis_store")
 
@@ -31,6 +31,12 @@ CONNECT_TIMEOUT_S = 1.0
 
 
 COMMAND_TIMEOUT_S = 2.0
+
+
+PING_TIMEOUT_S = 1.0  # a Redis that does not answer a heartbeat within this is "unavailable"
+
+
+HEARTBEAT_S = 1.0  # how often a follower checks that Redis answers (and holds what it did)
 
 
 BACKOFF_START_S = 0.05
@@ -67,9 +73,16 @@ def connect(url: str) -> Redis:
 
 
 @contextlib.asynccontextmanager
-async def redis_errors(doing: str) -> AsyncIterator[None]:
+async def redis_errors(
+    doing: str, *, timeout_s: float = COMMAND_TIMEOUT_S, writes_revision: int | None = None
+) -> AsyncIterator[None]:
     """The one place where Redis errors become DependencyUnavailable, and where Redis
-    calls are bounded (COMMAND_TIMEOUT_S for the whole block).
+    calls are bounded (`timeout_s`, COMMAND_TIMEOUT_S by default, for the whole block).
+
+    `writes_revision`: the block sends a write that would make that revision. A
+    timeout or a broken connection then leaves its outcome unknown (Redis may have
+    run it and the answer been lost, or may still run it), raised as OutcomeUnknown;
+    an error answer from Redis is still a plain refusal.
 
     The bound is ours rather than redis-py's socket_timeout: given one, redis-py
     sends through asyncio.wait_for, which on Python 3.11 loses a cancellation that
@@ -77,10 +90,15 @@ async def redis_errors(doing: str) -> AsyncIterator[None]:
     outlives its cancellation, and a controller asked to stop never ends (measured:
     about 1 in 3 cancellations of a task looping on HGET survived)."""
     try:
-        async with asyncio.timeout(COMMAND_TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             yield
     except (RedisError, OSError) as error:  # OSError: socket errors, and our TimeoutError
-        raise DependencyUnavailable(f"Redis unavailable while {doing}: {error}") from error
+        what = str(error) or f"no answer within {timeout_s:g} s"  # TimeoutError says nothing
+        if writes_revision is not None and not isinstance(error, ResponseError):
+            raise OutcomeUnknown(
+                f"Redis did not answer while {doing}: {what}", writes_revision
+            ) from error
+        raise DependencyUnavailable(f"Redis unavailable while {doing}: {what}") from error
 
 
 def as_text(value: bytes | str) -> str:

@@ -209,6 +209,9 @@ async def test_probes_report_a_hung_redis_without_waiting_for_a_write(
     but says "degraded". SIGCONT: both are "ok" again, by themselves."""
     async with running_controller(redis_settings(redis_server)) as controller:
         admin = controller.admin_address
+        store = controller.store
+        assert isinstance(store, RedisStore)
+        await eventually(lambda: _true(store.listening), timeout_s=5)  # idle, following
         code, ready = await get_json(admin, "/readyz")
         assert code == 200 and ready["status"] == "ok", ready
         redis_server.pause()

@@ -16,7 +16,7 @@ from tests.factories import local_settings, moved, redis_settings
 from tests.redis_support import RedisServer
 from tests.support import eventually, finished
 from xds_server.app import Controller
-from xds_server.errors import DependencyUnavailable, NotFound
+from xds_server.errors import DependencyUnavailable, NotFound, NotStored
 from xds_server.model import codec
 from xds_server.model.edits import update_backend
 from xds_server.model.intent import (
@@ -29,6 +29,7 @@ from xds_server.store.base import edit
 from xds_server.store.redis import DEFAULT_PREFIX, RedisStore
 
 KEY = f"{DEFAULT_PREFIX}:intent"
+RECOVERY_WINDOW_S = 0.5
 
 
 def bumped(intent: Intent, backend: str, by: int = 1) -> Intent:
@@ -43,8 +44,9 @@ def weight(intent: Intent, backend: str) -> int:
 
 @contextlib.asynccontextmanager
 async def running_store(url: str, seed: Intent) -> AsyncIterator[RedisStore]:
-    """A started RedisStore with its listener running, stopped on exit."""
-    store = RedisStore(url, seed)
+    """A started RedisStore with its listener running, stopped on exit (a short
+    recovery window: these tests have one replica, or all of them connected)."""
+    store = RedisStore(url, seed, recovery_window_s=RECOVERY_WINDOW_S)
     await store.start()
     listener = asyncio.create_task(store.run())
     try:
@@ -112,8 +114,9 @@ async def test_concurrent_updates_through_two_stores_lose_none(redis_server: Red
 
 
 async def test_replicas_learn_by_notification_not_polling(redis_server: RedisServer) -> None:
-    """An idle store reads nothing from Redis; a write through A reaches B by pub/sub
-    within 100 ms and fires B's change callback once."""
+    """An idle store never reads the intent from Redis (its heartbeat reads only the
+    revision, with HGET; the intent is read with HMGET); a write through A reaches B
+    by pub/sub within 100 ms and fires B's change callback once."""
     seed = local_settings().intent
     async with (
         running_store(redis_server.url, seed) as a,
@@ -186,8 +189,9 @@ async def test_outage_refuses_writes_then_recovers_and_restores(
     redis_server: RedisServer,
 ) -> None:
     """Redis down: the last intent is still served, writes raise DependencyUnavailable,
-    `connected` is false. Redis back empty: the store reconnects by itself, writes its
-    intent back at the same revision, and accepts writes again."""
+    `connected` is false. Redis back empty: the store reconnects by itself, refuses
+    writes while it reconciles (it is the only replica: after the window its copy
+    wins), writes its intent back at the same revision, and accepts writes again."""
     seed = local_settings().intent
     async with running_store(redis_server.url, seed) as store:
         await store.update(lambda i: bumped(i, "hermes", 4))
@@ -199,6 +203,10 @@ async def test_outage_refuses_writes_then_recovers_and_restores(
         await redis_server.start()  # same port, no data
         took = await eventually(lambda: _true(store.connected), timeout_s=5)
         print(f"\nstore reconnected {took * 1000:.0f} ms after redis-server was back")
+        assert store.condition.state == "reconciling"
+        with pytest.raises(NotStored, match="reconciling"):
+            await store.update(lambda i: bumped(i, "hermes"))
+        await eventually(lambda: _true(store.condition.state == "ok"), timeout_s=5)
         assert await stored(redis_server) == (2, known)
         await store.update(lambda i: bumped(i, "hermes"))
         assert weight((await stored(redis_server))[1], "hermes") == weight(known, "hermes") + 1

@@ -30,7 +30,10 @@ CHANGE_ERRORS: dict[int, str] = {
     400: "malformed body (not JSON, or not an object)",
     401: "missing or wrong bearer token (only when ROUTER_ADMIN_TOKEN is set)",
     422: "invalid value; `field` names it",
-    503: "the store (Redis) is unreachable: nothing was stored",
+    503: 'nothing was stored (`outcome` "not_stored"): the store (Redis) is unreachable, '
+    "or reconciling after a data loss; safe to retry",
+    504: 'the store did not answer after the write was sent (`outcome` "unknown"): it may '
+    "have been stored as `revision`; read the state back (`check` says how) before retrying",
 }
 
 

@@ -11,30 +11,40 @@ from xds_server.store.base import IntentView
 routes = RouteSet("status")
 
 
-STORE_OUTAGE = (
-    'During a store (Redis) outage the answer stays 200 with status "degraded" and '
-    'store "unavailable": the controller keeps serving the last known intent to its '
-    "Envoys, and an orchestrator that restarted it (liveness) or removed it from the xDS "
-    "service (readiness) would turn a write outage into a configuration outage. "
-    "Mutating calls answer 503 meanwhile; the store reconnects by itself."
+STORE_PROBES = (
+    "The store's state is `ok`, `unavailable` (Redis does not answer, a PING included, "
+    "within its bound: the follower checks every second) or `reconciling` (Redis lost "
+    "data or restarted and the replicas are agreeing on the newest copy; "
+    "docs/replicas.md). Liveness stays 200 through both, with status `degraded` and "
+    "the reason: restarting the controller cannot bring Redis back, and would drop its "
+    "Envoys' streams. Readiness answers 503 with the reason: this replica cannot take "
+    "writes and may serve an intent that is about to be replaced. Envoys already "
+    "connected keep their streams and configuration either way."
 )
 
 
 def store_status(store: IntentView) -> dict[str, object]:
-    """{"status": "ok" | "degraded", "store": "ok" | "unavailable", "store_kind": ...}"""
-    up = store.connected
-    return {
-        "status": "ok" if up else "degraded",
-        "store": "ok" if up else "unavailable",
+    """{"status": "ok" | "degraded", "store": "ok" | "unavailable" | "reconciling",
+    "store_kind", "store_revision", and "reason" / "store_diverged" when they apply}"""
+    condition = store.condition
+    body: dict[str, object] = {
+        "status": "ok" if condition.state == "ok" else "degraded",
+        "store": condition.state,
         "store_kind": store.kind,
+        "store_revision": condition.revision,
     }
+    if condition.reason is not None:
+        body["reason"] = condition.reason
+    if condition.diverged is not None:
+        body["store_diverged"] = condition.diverged
+    return body
 
 
 @routes.get(
     "/healthz",
-    summary="Liveness: the controller answers; status says whether its store is reachable",
-    description=STORE_OUTAGE,
-    responses={200: "alive (status ok, or degraded while the store is unreachable)"},
+    summary="Liveness: the controller answers; status says whether its store is usable",
+    description=STORE_PROBES,
+    responses={200: "alive (status ok, or degraded with the store's state and reason)"},
 )
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response(store_status(context_of(request).intent))
@@ -42,23 +52,27 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get(
     "/readyz",
-    summary="Readiness: the first snapshot is published",
-    description=STORE_OUTAGE,
+    summary="Readiness: the first snapshot is published and the store takes writes",
+    description=STORE_PROBES,
     responses={
-        200: "ready (status ok, or degraded while the store is unreachable)",
-        503: "not ready yet",
+        200: "ready",
+        503: "not ready: no snapshot published yet, or the store is unavailable or "
+        "reconciling (`reason` says which)",
     },
 )
 async def readyz(request: web.Request) -> web.Response:
     context = context_of(request)
     generation = context.published.generation
-    ready = generation > 0
+    store = store_status(context.intent)
+    ready = generation > 0 and store["store"] == "ok"
     body = {
         "ready": ready,
         "generation": generation,
         "last_error": context.published.last_error,
-        **store_status(context.intent),
+        **store,
     }
+    if generation == 0:
+        body["reason"] = "no snapshot published yet"
     return web.json_response(body, status=200 if ready else 503)
 
 

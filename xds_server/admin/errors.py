@@ -16,6 +16,8 @@ from xds_server.errors import (
     InconsistentSnapshot,
     InvalidValue,
     NotFound,
+    NotStored,
+    OutcomeUnknown,
     XdsServerError,
 )
 
@@ -49,6 +51,7 @@ _MAPPED: tuple[tuple[type[XdsServerError], int, str], ...] = (
     (ConfigError, 422, "invalid_value"),
     (InvalidValue, 422, "invalid_value"),
     (InconsistentSnapshot, 422, "inconsistent"),
+    (OutcomeUnknown, 504, "outcome_unknown"),
     (DependencyUnavailable, 503, "dependency_unavailable"),
 )
 
@@ -76,10 +79,28 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 def _mapped(error: XdsServerError) -> web.Response:
     for cls, status, name in _MAPPED:
         if isinstance(error, cls):
-            return error_response(status, name, str(error), field=_field_of(error))
+            return error_response(
+                status, name, str(error), field=_field_of(error), **_store_outcome(error)
+            )
     # One of ours that no admin handler should let out: a bug, so with its traceback.
     log.error("admin answered %s with 500", type(error).__name__, exc_info=error)
     return error_response(500, "internal_error", str(error))
+
+
+def _store_outcome(error: XdsServerError) -> dict[str, Any]:
+    """What a store error says about the write: known not stored (503), or unknown
+    (504: sent, never answered; `revision` is the one it would have made, and the
+    detail says how to check before retrying)."""
+    if isinstance(error, OutcomeUnknown):
+        check = (
+            "The write may have been stored. Before retrying, read the state back: "
+            "GET the resource you changed, or GET /readyz once the store is ok: a "
+            f"store_revision below {error.revision} means it was not stored."
+        )
+        return {"outcome": "unknown", "revision": error.revision, "check": check}
+    if isinstance(error, NotStored):
+        return {"outcome": "not_stored"}
+    return {}
 
 
 def _field_of(error: XdsServerError) -> str | None:

@@ -34,6 +34,16 @@ from xds_server.redis_io import backoff_s
 MAX_ATTEMPTS = 50  # lost compare-and-put rounds before an edit gives up with Conflict
 
 
+@dataclass(frozen=True)
+class StoreCondition:
+    """What the probes report about the store (admin/core.py)."""
+
+    state: str  # "ok", "unavailable" (does not answer) or "reconciling" (after a data loss)
+    reason: str | None  # why, when not "ok"
+    revision: int  # the store's revision of the intent served (Redis's, with Redis)
+    diverged: str | None = None  # accepted writes this replica had to drop, and why
+
+
 class IntentView(Protocol):
     """Read side of the store: what the admin API and the experiments read."""
 
@@ -50,6 +60,10 @@ class IntentView(Protocol):
     def connected(self) -> bool:
         """False while the store cannot be reached: reads serve the last known
         intent, writes raise DependencyUnavailable."""
+
+    @property
+    def condition(self) -> StoreCondition:
+        """Whether writes can be taken now, and why not."""
 
 
 class IntentStore(IntentView, Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from xds_server.model.intent import Intent
-from xds_server.store.base import EditingStore
+from xds_server.store.base import EditingStore, StoreCondition
 
 
 class MemoryStore(EditingStore):
@@ -47,6 +47,10 @@ class MemoryStore(EditingStore):
     @property
     def connected(self) -> bool:
         return True
+
+    @property
+    def condition(self) -> StoreCondition:
+        return StoreCondition("ok", None, self._revision)
 
     async def start(self) -> None:
         pass
