@@ -16,12 +16,13 @@ from redis.asyncio import Redis
 from tests.factories import local_settings, redis_settings, running_controller
 from tests.redis_support import RedisServer
 from tests.support import eventually
-from xds_server.errors import DependencyUnavailable
+from xds_server.errors import DependencyUnavailable, OutcomeUnknown
 from xds_server.model.edits import update_backend
 from xds_server.model.intent import Intent
 from xds_server.store.redis import DEFAULT_PREFIX, RedisStore
 
 KEY = f"{DEFAULT_PREFIX}:intent"
+WINDOW_S = 2.0  # the recovery window of these tests' replicas (5 s by default)
 
 
 def bumped(intent: Intent, backend: str, by: int = 1) -> Intent:
@@ -58,9 +59,11 @@ class Follower:
 
 
 @contextlib.asynccontextmanager
-async def replicas(url: str, seed: Intent, count: int = 2) -> AsyncIterator[list[Follower]]:
+async def replicas(
+    url: str, seed: Intent, count: int = 2, window_s: float = WINDOW_S
+) -> AsyncIterator[list[Follower]]:
     """`count` started stores on one Redis, each following writes."""
-    stores = [RedisStore(url, seed) for _ in range(count)]
+    stores = [RedisStore(url, seed, recovery_window_s=window_s) for _ in range(count)]
     followers = [Follower(s) for s in stores]
     try:
         for follower in followers:
@@ -112,7 +115,7 @@ async def anything_written(server: RedisServer) -> bool:
 
 @pytest.mark.parametrize("comes_back", ["empty", "with an older copy"])
 async def test_redis_losing_data_while_replicas_were_paused_loses_no_write(
-    redis_server: RedisServer, comes_back: str
+    redis_server: RedisServer, comes_back: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """B paused; x written through A; A paused too; Redis restarted, either empty or
     with the copy it held before x (what loading an older RDB or AOF file does: DUMP
@@ -131,6 +134,7 @@ async def test_redis_losing_data_while_replicas_were_paused_loses_no_write(
         b.resume()
         if comes_back == "empty":
             await eventually(lambda: anything_written(redis_server), timeout_s=5)
+            assert b.store.condition.state == "reconciling"  # what /readyz reports
         else:
             await asyncio.sleep(0.3)  # B reconnected: it holds what Redis holds
         y = asyncio.create_task(
@@ -138,7 +142,11 @@ async def test_redis_losing_data_while_replicas_were_paused_loses_no_write(
         )
         await asyncio.sleep(0.2)
         a.resume()
-        await y
+        refusals = await y
+        assert refusals, "y was accepted while the replicas had not reconciled"
+        assert all("reconciling" in r for r in refusals), refusals
+        assert b.store.recoveries == a.store.recoveries == 1
+        assert "Redis data loss suspected" in caplog.text
         await eventually(lambda: _true(a.store.intent == b.store.intent), timeout_s=10)
         held = await redis_holds(redis_server)
         assert held is not None
@@ -190,6 +198,125 @@ async def test_a_write_refused_during_a_stall_is_not_stored_later(
         await asyncio.sleep(1.0)  # Redis runs what it held
         print(f"\nanswer during the stall: {type(refused.value).__name__}: {refused.value}")
         assert await redis_holds(redis_server) == (1, seed)
+        # Sent and never answered: the caller is told the outcome is unknown (it may
+        # have run before its deadline), not that nothing was stored.
+        assert isinstance(refused.value, OutcomeUnknown) and refused.value.revision == 2
+        await eventually(lambda: _true(a.store.condition.state == "ok"), timeout_s=10)
+        await a.store.update(lambda i: bumped(i, "hermes"))
+        assert await redis_holds(redis_server) == (2, a.store.intent)
+
+
+async def test_a_replica_paused_through_a_whole_recovery_adopts_it(
+    redis_server: RedisServer,
+) -> None:
+    """B paused while x is written and Redis comes back empty; A alone recovers (its
+    copy is the newest). B resumes long after, holding only the seed: its next write
+    finds a new epoch that contains its revision, adopts it and builds y on x."""
+    seed = local_settings().intent
+    async with replicas(redis_server.url, seed, window_s=0.5) as (a, b):
+        await b.pause()
+        await a.store.update(lambda i: bumped(i, "qdrant-primary", 5))  # x
+        await redis_server.restart()
+        await eventually(lambda: _true(a.store.condition.state == "ok"), timeout_s=10)
+        assert a.store.recoveries == 1 and await redis_holds(redis_server) == (2, a.store.intent)
+        await b.store.update(lambda i: bumped(i, "embedding-gpu0", 3))  # y, B still paused
+        _, intent = await redis_holds(redis_server) or (0, seed)
+        assert weight(intent, "qdrant-primary") == weight(seed, "qdrant-primary") + 5
+        assert weight(intent, "embedding-gpu0") == weight(seed, "embedding-gpu0") + 3
+        await eventually(lambda: _true(a.store.intent == b.store.intent == intent), timeout_s=5)
+
+
+async def test_the_replica_with_the_newest_copy_restores_it_even_after_the_window(
+    redis_server: RedisServer,
+) -> None:
+    """z written through B, which A had not heard of (A paused); B paused, Redis back
+    empty; A alone recovers revision 2. When B resumes, Redis's epoch lacks z but has
+    taken no write since: B's copy is the newer one, a second recovery restores it,
+    and A adopts z."""
+    seed = local_settings().intent
+    async with replicas(redis_server.url, seed, window_s=0.5) as (a, b):
+        await a.store.update(lambda i: bumped(i, "qdrant-primary", 5))  # x, both hear of it
+        await eventually(lambda: _true(b.store.remote_revision == 2), timeout_s=5)
+        await a.pause()
+        await b.store.update(lambda i: bumped(i, "phi3", 2))  # z: revision 3, B only
+        await b.pause()
+        await redis_server.restart()
+        a.resume()
+        await recovered_alone(a.store, redis_server, 2)
+        b.resume()
+        await eventually(lambda: _true(a.store.intent == b.store.intent), timeout_s=10)
+        assert weight(a.store.intent, "phi3") == weight(seed, "phi3") + 2  # z survived
+        assert a.store.condition.diverged is None and b.store.condition.diverged is None
+        assert await redis_holds(redis_server) == (3, b.store.intent)
+
+
+async def recovered_alone(store: RedisStore, server: RedisServer, revision: int) -> None:
+    """`store` went through a recovery and Redis holds its copy at `revision`."""
+    await eventually(lambda: _true(store.recoveries == 1), timeout_s=10)
+    await eventually(lambda: _true(store.condition.state == "ok"), timeout_s=10)
+    assert await redis_holds(server) == (revision, store.intent)
+
+
+async def test_diverged_replicas_converge_and_say_what_was_lost(
+    redis_server: RedisServer,
+) -> None:
+    """As above, but A took a write (w) after its recovery and before B resumed: both
+    hold an accepted write the other lacks. B converges on Redis's intent (the one
+    every other replica serves) and reports, in its condition (/healthz, /readyz),
+    which revisions it had to drop."""
+    seed = local_settings().intent
+    async with replicas(redis_server.url, seed, window_s=0.5) as (a, b):
+        await a.pause()
+        await b.store.update(lambda i: bumped(i, "phi3", 2))  # z: revision 2, B only
+        await b.pause()
+        await redis_server.restart()
+        a.resume()
+        await recovered_alone(a.store, redis_server, 1)
+        await a.store.update(lambda i: bumped(i, "hermes", 1))  # w: revision 2 of a new epoch
+        b.resume()
+        await eventually(lambda: _true(a.store.intent == b.store.intent), timeout_s=10)
+        diverged = b.store.condition.diverged
+        assert diverged is not None and "revisions 2 to 2" in diverged, diverged
+        assert weight(b.store.intent, "hermes") == weight(seed, "hermes") + 1
+
+
+async def test_a_deleted_intent_is_noticed_without_a_write_and_restored(
+    redis_server: RedisServer,
+) -> None:
+    """The intent's key deleted while Redis runs (no restart, no write, no
+    notification): the heartbeat notices within a second or two, the replicas
+    reconcile and write their copy back at its revision."""
+    seed = local_settings().intent
+    async with replicas(redis_server.url, seed, window_s=0.5) as (a, b):
+        await a.store.update(lambda i: bumped(i, "hermes", 4))
+        await eventually(lambda: _true(b.store.remote_revision == 2), timeout_s=5)
+        client = redis_server.client()
+        await client.delete(KEY)
+        await client.aclose()
+        took = await eventually(lambda: _true(a.store.recoveries == 1), timeout_s=5)
+        await eventually(lambda: redis_has(redis_server, 2, a.store.intent), timeout_s=5)
+        assert b.store.intent == a.store.intent
+    print(f"\ndeleted intent noticed after {took:.1f} s")
+
+
+async def redis_has(server: RedisServer, revision: int, intent: Intent) -> bool:
+    return await redis_holds(server) == (revision, intent)
+
+
+async def test_fresh_replica_waits_for_a_recovery_under_way(redis_server: RedisServer) -> None:
+    """A replica starting while the others reconcile neither seeds its config nor
+    serves it: its start waits for the recovery and adopts the result."""
+    seed = local_settings().intent
+    async with replicas(redis_server.url, seed, count=1, window_s=1.0) as (a,):
+        await a.store.update(lambda i: bumped(i, "hermes", 4))
+        await redis_server.restart()
+        await eventually(lambda: anything_written(redis_server), timeout_s=5)
+        fresh = RedisStore(redis_server.url, seed, recovery_window_s=1.0)
+        try:
+            await fresh.start()
+            assert fresh.intent == a.store.intent and fresh.remote_revision == 2
+        finally:
+            await fresh.stop()
 
 
 # ---- a whole controller: what its probes and its admin API answer ---------------------
