@@ -270,9 +270,10 @@ async def test_redis_outage_keeps_envoy_served_refuses_writes_and_recovers(
     redis_server: RedisServer, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     """redis-server stopped: traffic still flows, a PATCH answers 503 and changes
-    nothing, /healthz and /readyz answer 200 "degraded". redis-server restarted (empty)
-    on the same port: the controller reconnects without a restart of its own, and a
-    PATCH then succeeds and is ACKed by Envoy."""
+    nothing, /healthz answers 200 "degraded" and /readyz 503. redis-server restarted
+    (empty) on the same port: the controller reconnects without a restart of its own,
+    restores its copy after the recovery window, and a PATCH then succeeds and is
+    ACKed by Envoy."""
     settings = qdrant_only(redis_settings(redis_server))
     async with (
         running_backends(settings, tmp_path),
@@ -288,16 +289,23 @@ async def test_redis_outage_keeps_envoy_served_refuses_writes_and_recovers(
             assert reply.status == 503
             assert (await reply.json())["error"] == "dependency_unavailable"
         assert controller.store.intent == intent and serving(controller) == versions
-        degraded = {"status": "degraded", "store": "unavailable", "store_kind": "redis"}
-        assert await status_of(http, admin, "/healthz") == (200, degraded)
+        code, health = await status_of(http, admin, "/healthz")
+        assert code == 200, health  # liveness: restarting would not bring Redis back
+        assert (health["status"], health["store"]) == ("degraded", "unavailable"), health
+        assert "Redis unavailable" in health["reason"], health
         code, ready = await status_of(http, admin, "/readyz")
-        assert code == 200 and ready["ready"] and ready["status"] == "degraded"
+        assert code == 503 and not ready["ready"] and ready["store"] == "unavailable", ready
         url = f"http://{settings.intent.listen}/api/v1/vectors/search"
         async with http.post(url, json=SEARCH_BODY) as response:
             assert response.status == 200  # Envoy keeps the last configuration
 
         await redis_server.start()  # same port, empty
         took = await eventually(lambda: _true(controller.store.connected), timeout_s=5)
+
+        async def ready() -> bool:  # after the recovery window: its copy is restored
+            return (await status_of(http, admin, "/readyz"))[0] == 200
+
+        await eventually(ready, timeout_s=15)
         assert (await status_of(http, admin, "/healthz"))[1]["status"] == "ok"
         async with http.patch(backend_url(admin), json={"weight": 7}) as reply:
             assert reply.status == 200, await reply.text()

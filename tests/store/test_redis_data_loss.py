@@ -362,3 +362,49 @@ async def test_probes_report_a_hung_redis_without_waiting_for_a_write(
 
         back = await eventually(ready_again, timeout_s=10, interval_s=0.1)
     print(f"\nhung Redis: /readyz 503 after {took:.1f} s; ok {back:.1f} s after SIGCONT")
+
+
+async def patch_weight(admin: object, weight: int) -> tuple[int, dict[str, Any]]:
+    url = f"http://{admin}/api/v1/router/services/qdrant/backends/qdrant-primary"
+    async with aiohttp.ClientSession() as http, http.patch(url, json={"weight": weight}) as reply:
+        body: dict[str, Any] = await reply.json()
+        return reply.status, body
+
+
+async def test_admin_answers_say_whether_a_write_was_stored(redis_server: RedisServer) -> None:
+    """A PATCH that never reached Redis (stopped): 503, outcome "not_stored". A PATCH
+    sent to a Redis that stalled before answering: 504, outcome "unknown", with the
+    revision it would have made and how to check; it did not land when Redis
+    resumed. The OpenAPI document lists both statuses for the change routes."""
+    async with running_controller(redis_settings(redis_server)) as controller:
+        admin = controller.admin_address
+        store = controller.store
+        assert isinstance(store, RedisStore)
+        await eventually(lambda: _true(store.listening), timeout_s=5)
+        before = await redis_holds(redis_server)
+        assert before is not None
+
+        client = redis_server.client()
+        await client.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+        await client.aclose()
+        answer = asyncio.create_task(patch_weight(admin, 7))
+        await asyncio.sleep(0.5)
+        redis_server.pause()
+        try:
+            status, body = await answer
+        finally:
+            redis_server.resume()
+        assert status == 504, body
+        assert body["outcome"] == "unknown" and body["revision"] == before[0] + 1, body
+        assert "GET /readyz" in body["check"], body
+        await eventually(lambda: _true(store.condition.state == "ok"), timeout_s=10)
+        assert await redis_holds(redis_server) == before  # the late script refused itself
+
+        await redis_server.stop()
+        status, body = await patch_weight(admin, 8)
+        assert status == 503 and body["outcome"] == "not_stored", body
+        assert controller.store.intent == before[1]
+
+        _, document = await get_json(admin, "/api/v1/router/openapi.json")
+        responses = document["paths"]["/api/v1/router/services/{service}/backends/{backend}"]
+        assert {"503", "504"} <= set(responses["patch"]["responses"]), responses["patch"]
