@@ -2,39 +2,51 @@
 
 Layout (`prefix` defaults to "xds-server"):
 
-    {prefix}:intent    hash {revision: N, intent: <xds_server.codec JSON>}
-    {prefix}:changes   pub/sub channel; every write publishes its revision
+    {prefix}:intent           hash {revision, intent: <codec JSON>, epoch, base, run}
+    {prefix}:changes          pub/sub channel; every write publishes its revision
+    {prefix}:recovery         hash {replica id: "revision\nintent"} while replicas reconcile
+    {prefix}:recovery:window  present (with an expiry) while a recovery collects copies
 
 Consistency model:
-- Every write is a compare-and-set (one Lua script, so atomic in Redis): it
-  succeeds only if the stored revision is still the one the change was
-  computed from, and then stores intent and revision+1 together and publishes.
-  The change is computed (and, on the admin path, translated as a check) from
-  the intent this replica last adopted, outside the lock and without reading
-  Redis's intent first (`store.base.edit`); `compare_and_put` then reads only
-  the stored revision and sends the script. On a lost race (either step) it
-  reads and adopts the fresh intent and the edit computes and checks again
-  (bounded attempts, jittered), so concurrent admin writes through different
-  replicas never lose an update.
+- Every write is a compare-and-set (one Lua script, store/redis_scripts.py, so
+  atomic in Redis): it succeeds only if the stored revision and epoch are still
+  the ones the change was computed from, and then stores intent and revision+1
+  together and publishes. The change is computed (and, on the admin path,
+  translated as a check) from the intent this replica last adopted, outside the
+  lock and without reading Redis's intent first (`store.base.edit`);
+  `compare_and_put` then reads only the stored revision (and Redis's clock) and
+  sends the script. On a lost race (either step) it reads and adopts the fresh
+  intent and the edit computes and checks again (bounded attempts, jittered), so
+  concurrent admin writes through different replicas never lose an update.
 - Replicas learn of writes by pub/sub, never by polling: a notification makes
-  the store read the current (revision, intent) and adopt it when it is newer.
-  The subscription is confirmed before the read, so no write falls between.
-- Seeding: at start, when Redis holds no intent, the first replica's config
-  intent becomes revision 1 (compare-and-set against "absent": exactly one
-  replica wins a race); every later replica and every restart adopts Redis's
-  intent, whatever its own config says, so all serve identical versions.
-- Redis lost its data (restarted without persistence, or restored from an older
-  copy): a replica that knows a newer revision than Redis holds writes its copy
-  back at that revision. A write acknowledged to a client is known to the
-  replica that made it, so it survives as long as that replica does.
+  the store read the current (revision, intent) and adopt it when it continues
+  what it serves. The subscription is confirmed before the read, so no write
+  falls between. A heartbeat every HEARTBEAT_S (redis_io.py) checks that Redis
+  answers within PING_TIMEOUT_S and still holds this replica's revision and
+  epoch, written by the Redis process running now; it reads no intent.
+- Seeding: at start, when Redis holds no intent and no recovery is under way, a
+  replica that serves nothing yet seeds its config intent as revision 1 (one
+  script: exactly one replica wins a race); every later replica and every
+  restart adopts Redis's intent, whatever its own config says.
+- Redis lost data (restarted, empty or with an older file; the key deleted):
+  store/lineage.py judges what Redis holds against what this replica serves
+  (revision regression, another Redis run id, a missing key, an epoch that lacks
+  our revisions). Then writes are refused (NotStored, 503) while every replica
+  that notices enters its copy into a recovery; after RECOVERY_WINDOW_S the
+  newest copy (highest revision) becomes the intent of a new epoch, and every
+  replica adopts it. docs/replicas.md has the rule, its window and its one
+  residual case (a replica paused through the whole window whose newest write
+  another replica has built on since: reported as `diverged`).
 
 Outage: reads are served from the last adopted intent, so Envoys keep their
-configuration; `update` raises DependencyUnavailable (HTTP 503) and stores
-nothing; `connected` turns false; `run` reconnects with bounded, jittered
-backoff and resynchronises (restoring the intent if Redis came back empty).
-One caveat inherent to any remote store: if the connection drops after Redis
-executed a write but before its reply arrived, the caller sees 503 although the
-write took effect; the next resync adopts it, so replicas still agree.
+configuration; `connected` turns false; `run` reconnects with bounded, jittered
+backoff and resynchronises. A write that was never sent, or that Redis refused,
+raises NotStored (HTTP 503: nothing was stored). A write that was sent and not
+answered within its bound raises OutcomeUnknown (HTTP 504): it may have run.
+Its script carries a deadline in Redis's own clock (the moment this replica
+stops waiting, minus DEADLINE_MARGIN_S), so a Redis that stalls and later runs
+it refuses it: only a write that ran in time and whose answer was lost is
+stored without the caller hearing of it, and the next resync adopts it.
 
 Redis errors become DependencyUnavailable in exactly one place, `redis_errors`;
 the shared health and metrics (health/shared.py, telemetry/shared.py) use it too.
