@@ -147,6 +147,7 @@ class RedisStore(EditingStore):
         self._revision = 1  # local and monotonic: what the publisher waits on
         self._remote = 0  # Redis's revision of self._intent; 0 = none adopted yet
         self._epoch = ""  # the epoch of self._intent (store/lineage.py)
+        self._run_id = ""  # the Redis process's run id, as last asked (INFO server)
         self._callbacks: list[Callable[[], None]] = []
         self._lock = asyncio.Lock()  # one read-modify-adopt at a time in this replica
         self._connected = False
@@ -314,12 +315,19 @@ class RedisStore(EditingStore):
             pipe.exists(self._recovery)
             pipe.info("server")
             _, revision, epoch, run, recovering, info = await pipe.execute()
+        self._seen_run(info.get("run_id"))
         return (
             revision == str(self._remote)
             and (epoch or "") == self._epoch
-            and run == info.get("run_id")
+            and run == self._run_id
             and not recovering
         )
+
+    def _seen_run(self, run_id: str | None) -> None:
+        if run_id != self._run_id:
+            if self._run_id:
+                log.warning("Redis restarted (run id %s, was %s)", run_id, self._run_id)
+            self._run_id = run_id or ""
 
     async def _refresh(self) -> None:
         async with self._lock:
@@ -329,7 +337,9 @@ class RedisStore(EditingStore):
         """Read what Redis holds and adopt it if it continues what we serve; otherwise
         leave it to the follower's resync (Redis lost data: recover) and, unless
         `quiet`, raise NotStored for the write that found out."""
-        stored, recovering = await self._read()
+        stored, recovering = await self._read(ask_run=False)
+        if stored is not None and not stored.current_run:
+            stored, recovering = await self._read()  # our run id may be the stale one
         judged = judge(self._position, stored, recovering)
         if judged.verdict is Verdict.ADOPT and stored is not None:
             self._adopt(stored)
@@ -418,8 +428,12 @@ class RedisStore(EditingStore):
 
     # ---- Redis commands ------------------------------------------------------------
 
-    async def _read(self) -> tuple[Stored | None, bool]:
-        """What Redis holds (None: no intent) and whether a recovery is under way."""
+    async def _read(self, *, ask_run: bool = True) -> tuple[Stored | None, bool]:
+        """What Redis holds (None: no intent) and whether a recovery is under way.
+
+        `ask_run=False` (reading a write just notified) judges `run` against the run
+        id last asked for instead of asking INFO again: the write script checked it,
+        and the heartbeat asks every HEARTBEAT_S anyway."""
         fields = ["revision", "intent", "epoch", "base", "run"]
         async with (
             self._redis_errors("reading the intent"),
@@ -427,9 +441,12 @@ class RedisStore(EditingStore):
         ):
             pipe.hmget(self._key, fields)
             pipe.exists(self._recovery)
-            pipe.info("server")
-            (revision, text, epoch, base, run), recovering, info = await pipe.execute()
-        run_id = info.get("run_id")
+            if ask_run:
+                pipe.info("server")
+            replies = await pipe.execute()
+        (revision, text, epoch, base, run), recovering = replies[0], replies[1]
+        if ask_run:
+            self._seen_run(replies[2].get("run_id"))
         if revision is None or text is None:
             return None, bool(recovering)
         try:
@@ -438,7 +455,7 @@ class RedisStore(EditingStore):
                 intent=decode_intent(text),
                 epoch=epoch or "",
                 base=int(base or 0),
-                current_run=run is not None and run == run_id,
+                current_run=run is not None and run == self._run_id,
             )
         except (ValueError, ConfigError) as error:
             self._connected = False  # as good as unreachable: no write can build on it
