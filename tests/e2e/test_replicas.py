@@ -287,7 +287,9 @@ async def test_redis_outage_keeps_envoy_served_refuses_writes_and_recovers(
         await redis_server.stop()
         async with http.patch(backend_url(admin), json={"weight": 7}) as reply:
             assert reply.status == 503
-            assert (await reply.json())["error"] == "dependency_unavailable"
+            refused = await reply.json()
+            assert refused["error"] == "dependency_unavailable", refused
+            assert refused["outcome"] == "not_stored", refused  # never sent: Redis is down
         assert controller.store.intent == intent and serving(controller) == versions
         code, health = await status_of(http, admin, "/healthz")
         assert code == 200, health  # liveness: restarting would not bring Redis back
