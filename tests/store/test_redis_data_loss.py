@@ -408,3 +408,41 @@ async def test_admin_answers_say_whether_a_write_was_stored(redis_server: RedisS
         _, document = await get_json(admin, "/api/v1/router/openapi.json")
         responses = document["paths"]["/api/v1/router/services/{service}/backends/{backend}"]
         assert {"503", "504"} <= set(responses["patch"]["responses"]), responses["patch"]
+
+
+async def test_probes_report_a_recovery_while_it_lasts(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis restarted empty under a controller: while the replicas reconcile, /readyz
+    answers 503 with store "reconciling" and the reason, /healthz 200 "degraded", a
+    warning is logged, and a PATCH answers 503 not_stored. Then all is "ok" again and
+    Redis holds the controller's copy at its revision."""
+    settings = redis_settings(redis_server)
+    store = RedisStore(settings.redis_url or "", settings.intent, recovery_window_s=1.5)
+    async with running_controller(settings, store=store) as controller:
+        admin = controller.admin_address
+        await eventually(lambda: _true(store.listening), timeout_s=5)
+        status, _ = await patch_weight(admin, 9)
+        assert status == 200
+        held = await redis_holds(redis_server)
+        await redis_server.restart()
+
+        async def reconciling() -> bool:
+            return (await get_json(admin, "/readyz"))[1].get("store") == "reconciling"
+
+        await eventually(reconciling, timeout_s=5, interval_s=0.02)
+        code, ready = await get_json(admin, "/readyz")
+        assert code == 503 and "Redis holds no intent" in ready["reason"], ready
+        code, health = await get_json(admin, "/healthz")
+        assert code == 200 and health["status"] == "degraded", health
+        assert health["store"] == "reconciling", health
+        status, body = await patch_weight(admin, 10)
+        assert status == 503 and body["outcome"] == "not_stored", body
+        assert "reconciling" in body["detail"], body
+        assert "Redis data loss suspected" in caplog.text
+
+        async def ready() -> bool:
+            return (await get_json(admin, "/readyz"))[0] == 200
+
+        await eventually(ready, timeout_s=10)
+        assert await redis_holds(redis_server) == held
