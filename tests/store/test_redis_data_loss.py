@@ -1,6 +1,7 @@
 """Redis losing data, restarting or stalling under two RedisStore replicas (a real
 redis-server each time): no accepted write is lost, the replicas converge, and a
-write's answer says what is known about it (docs/replicas.md, "Redis losing data")."""
+write's answer says what is known about it (docs/replicas.md, "The intent when
+Redis loses data")."""
 
 from __future__ import annotations
 
@@ -15,27 +16,15 @@ from redis.asyncio import Redis
 
 from tests.factories import local_settings, redis_settings, running_controller
 from tests.redis_support import RedisServer
+from tests.store.test_redis_store import _true, bumped, weight
 from tests.support import eventually
 from xds_server.errors import DependencyUnavailable, OutcomeUnknown
-from xds_server.model.edits import update_backend
+from xds_server.model.codec import decode_intent
 from xds_server.model.intent import Intent
 from xds_server.store.redis import DEFAULT_PREFIX, RedisStore
 
 KEY = f"{DEFAULT_PREFIX}:intent"
 WINDOW_S = 2.0  # the recovery window of these tests' replicas (5 s by default)
-
-
-def bumped(intent: Intent, backend: str, by: int = 1) -> Intent:
-    owner = next(s for s in intent.services if s.backend(backend))
-    return update_backend(intent, owner.name, backend, weight=weight(intent, backend) + by)
-
-
-def weight(intent: Intent, backend: str) -> int:
-    return next(b.weight for b in intent.backends() if b.name == backend)
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 class Follower:
@@ -78,8 +67,6 @@ async def replicas(
 
 
 async def redis_holds(server: RedisServer) -> tuple[int, Intent] | None:
-    from xds_server.model.codec import decode_intent
-
     client = server.client()
     try:
         revision, text = await client.hmget(KEY, ["revision", "intent"])
