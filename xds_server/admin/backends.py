@@ -28,7 +28,8 @@ from xds_server.admin.changes import (
     wait_value,
 )
 from xds_server.admin.context import context_of
-from xds_server.admin.errors import invalid, json_body
+from xds_server.admin.errors import invalid
+from xds_server.admin.requests import json_body
 from xds_server.errors import InvalidValue
 from xds_server.model.edits import (
     add_backend,

@@ -13,7 +13,8 @@ from aiohttp import web
 from xds_server.admin.api import RouteSet
 from xds_server.admin.bodies import CircuitBreakerTest, ExperimentBody, FailoverTest
 from xds_server.admin.context import context_of
-from xds_server.admin.errors import invalid, json_body
+from xds_server.admin.errors import invalid
+from xds_server.admin.requests import json_body
 from xds_server.experiments import Limits, circuit_breaker_test, failover_test
 from xds_server.model.validation import parse
 

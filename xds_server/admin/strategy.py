@@ -39,7 +39,8 @@ from xds_server.admin.changes import (
     timed_apply,
 )
 from xds_server.admin.context import AdminContext, context_of
-from xds_server.admin.errors import invalid, json_body
+from xds_server.admin.errors import invalid
+from xds_server.admin.requests import json_body
 from xds_server.model.edits import service_of, set_strategy
 from xds_server.model.fields import STRATEGY_NOTES
 from xds_server.model.intent import Intent, Service, Strategy

@@ -1,0 +1,119 @@
+"""The OpenAPI document against the live admin API, by schemathesis.
+
+Schemathesis generates requests from the document (admin/openapi.py) and sends
+them to a real controller whose admin API listens on a free loopback port (a
+thread runs its event loop: schemathesis calls synchronously). Each answer must
+be no server error, a status the operation documents, with the documented
+content type and schema; a request the document calls valid must not be
+refused, except 404 and 409 (the state decides: an unknown name, a name taken)
+and 503 (no Envoy is connected, which the experiments need). After any 4xx the
+store's revision is what it was: a refused request changed nothing.
+
+Bounded: a fixed seed and a few examples per operation (`MAX_EXAMPLES`), so
+the run is the same every time and short on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+import requests
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    positive_data_acceptance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.factories import local_settings, running_controller
+from xds_server.admin import ROUTE_SETS
+from xds_server.admin.openapi import document
+from xds_server.app import Controller
+
+MAX_EXAMPLES = 12
+# What a valid request may still get: 2xx, or what the state decides.
+ACCEPTED = ["2xx", "404", "409", "503"]
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "seed": 20261203,
+        "generation": {"max-examples": MAX_EXAMPLES},
+        "checks": {
+            "not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "503"]},
+            "positive_data_acceptance": {"expected-statuses": ACCEPTED},
+        },
+    }
+)
+schema = schemathesis.openapi.from_dict(document(ROUTE_SETS), config=CONFIG)
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    positive_data_acceptance,
+]
+
+
+class LiveController:
+    """A started controller on its own event loop in a thread, stopped (bounded) at exit."""
+
+    def __init__(self) -> None:
+        self.controller: Controller | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="live-admin", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:
+            self._error = error
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with running_controller(local_settings()) as controller:
+            self.controller = controller
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> Controller:
+        self._thread.start()
+        if not self._ready.wait(30) or self.controller is None:
+            raise AssertionError(f"the controller did not start: {self._error!r}")
+        return self.controller
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(20)
+        assert not self._thread.is_alive(), "the controller did not stop within 20 s"
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[Controller]:
+    with LiveController() as controller:
+        yield controller
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[requests.Session]:
+    with requests.Session() as opened:
+        yield opened
+
+
+@schema.parametrize()
+def test_the_live_api_answers_as_documented(
+    case: schemathesis.Case, live: Controller, session: requests.Session
+) -> None:
+    revision = live.store.revision
+    response = case.call(base_url=f"http://{live.admin_address}", session=session, timeout=30)
+    case.validate_response(response, checks=CHECKS)
+    if 400 <= response.status_code < 500:
+        assert live.store.revision == revision, f"a {response.status_code} changed the intent"
