@@ -9,6 +9,10 @@ refused, except 404 and 409 (the state decides: an unknown name, a name taken)
 and 503 (no Envoy is connected, which the experiments need). After any 4xx the
 store's revision is what it was: a refused request changed nothing.
 
+Path parameters are drawn mostly from the configured services and backends (a
+name schemathesis makes up is a 404 before the body is even read), so the
+bodies are judged too.
+
 Bounded: a fixed seed and a few examples per operation (`MAX_EXAMPLES`), so
 the run is the same every time and short on a loaded machine.
 """
@@ -18,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
 import schemathesis
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -34,8 +40,9 @@ from tests.factories import local_settings, running_controller
 from xds_server.admin import ROUTE_SETS
 from xds_server.admin.openapi import document
 from xds_server.app import Controller
+from xds_server.settings import load_settings
 
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 25
 # What a valid request may still get: 2xx, or what the state decides.
 ACCEPTED = ["2xx", "404", "409", "503"]
 CONFIG = schemathesis.Config.from_dict(
@@ -49,6 +56,8 @@ CONFIG = schemathesis.Config.from_dict(
     }
 )
 schema = schemathesis.openapi.from_dict(document(ROUTE_SETS), config=CONFIG)
+# (service, backend) of the shipped configuration, which local_settings() serves.
+KNOWN = [(s.name, b.name) for s in load_settings(None).intent.services for b in s.backends]
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -56,6 +65,22 @@ CHECKS = [
     response_schema_conformance,
     positive_data_acceptance,
 ]
+
+
+@schema.hook
+def flatmap_path_parameters(
+    context: schemathesis.HookContext, path_parameters: dict[str, Any]
+) -> st.SearchStrategy[dict[str, Any]]:
+    """Mostly a configured service and one of its backends; sometimes the made-up names."""
+    if not path_parameters:
+        return st.just(path_parameters)
+
+    def named(pair: tuple[str, str]) -> dict[str, Any]:
+        given = {"service": pair[0], "backend": pair[1]}
+        return {key: value for key, value in given.items() if key in path_parameters}
+
+    known = st.sampled_from(KNOWN).map(named)
+    return st.one_of(known, known, known, st.just(path_parameters))
 
 
 class LiveController:

@@ -172,7 +172,7 @@ async def update(request: web.Request) -> web.Response:
         202: NOT_CONFIRMED,
         404: "unknown service or backend",
         409: "the last backend of a service cannot be removed",
-        **{k: v for k, v in CHANGE_ERRORS.items() if k != 400},
+        **CHANGE_ERRORS,
     },
 )
 async def remove(request: web.Request) -> web.Response:

@@ -22,6 +22,14 @@ from aiohttp import web
 
 import xds_server
 from xds_server.admin.api import MOUNTED, Operation, RouteSet
+from xds_server.admin.requests import (
+    CHARSET,
+    JSON_TYPE,
+    MALFORMED,
+    MAX_BODY_BYTES,
+    MAX_DEPTH,
+    MAX_NUMBER_DIGITS,
+)
 from xds_server.admin.schemas import schema_object
 
 routes = RouteSet("openapi")
@@ -39,10 +47,25 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 AUTH_NOTE = "401 when ROUTER_ADMIN_TOKEN is set and the bearer token is missing or wrong"
+ORIGIN_NOTE = (
+    "without ROUTER_ADMIN_TOKEN: the Origin header names another site than this API's "
+    "own host:port (a cross-site page); clients that send no Origin are served"
+)
 EXPERIMENT_NOTE = "an experiment is running (the detail names it): retry when it has ended"
 MEDIA_NOTE = (
-    "the body is not declared Content-Type: application/json (a charset parameter is "
-    "fine): nothing was parsed or changed"
+    f"the body (where one is taken or sent) is not declared Content-Type: {JSON_TYPE} "
+    "(charset utf-8 or none): nothing was parsed or changed"
+)
+SIZE_NOTE = f"the body is larger than {MAX_BODY_BYTES} bytes"
+INVALID_NOTE = "invalid value; `field` names it"
+EDGES = (
+    f"Mutating calls (PUT, POST, PATCH, DELETE): a body is {JSON_TYPE} in {CHARSET} "
+    f"(415 otherwise), at most {MAX_BODY_BYTES} bytes (413), one JSON object nested at "
+    f"most {MAX_DEPTH} deep with numbers of at most {MAX_NUMBER_DIGITS} digits (400); "
+    "the headers read (Authorization, Origin, Host, Content-Type) are UTF-8 (400). "
+    "Without ROUTER_ADMIN_TOKEN a call that carries an Origin header must come from "
+    "this API's own host:port (403); with it, the bearer token decides (401). A method "
+    "a path does not have answers 405 with Allow."
 )
 
 
@@ -61,7 +84,7 @@ def document(route_sets: Iterable[RouteSet]) -> dict[str, Any]:
             "title": "xds-server admin API",
             "version": xds_server.__version__,
             "description": "Runtime control of the Envoy-based request router. Changes "
-            "answer once every connected Envoy ACKed them (or say which did not).",
+            "answer once every connected Envoy ACKed them (or say which did not). " + EDGES,
         },
         "tags": [{"name": s.tag} for s in sets if s.operations],
         "paths": dict(sorted(paths.items())),
@@ -113,14 +136,19 @@ def query_parameters(op: Operation) -> list[dict[str, Any]]:
 
 
 def responses(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
-    """Documented answers; a mutating call can always answer 401 (bearer auth), one
-    with a body 415 (admin/errors.py json_body), and an intent change 409 while an
-    experiment runs (admin/__init__.py)."""
+    """Documented answers; a mutating call can always answer 400 (a header that does
+    not decode), 401 (bearer auth), 403 (cross-site without a token) and 415 (a body
+    not declared JSON, admin/requests.py), one that takes a body 413 and 422, and an
+    intent change 409 while an experiment runs (admin/__init__.py)."""
     listed = dict(op.responses)
     if op.mutating:
+        listed.setdefault(400, MALFORMED)
         listed.setdefault(401, AUTH_NOTE)
-    if op.request_schema is not None:
+        listed.setdefault(403, ORIGIN_NOTE)
         listed.setdefault(415, MEDIA_NOTE)
+    if op.request_schema is not None:
+        listed.setdefault(413, SIZE_NOTE)
+        listed.setdefault(422, INVALID_NOTE)
     if op.edits_intent:
         listed[409] = f"{listed[409]}; or {EXPERIMENT_NOTE}" if 409 in listed else EXPERIMENT_NOTE
     return {str(code): _response(code, text, op, schemas) for code, text in sorted(listed.items())}
@@ -130,9 +158,9 @@ def _response(
     code: int, description: str, op: Operation, schemas: dict[str, Any]
 ) -> dict[str, Any]:
     schema: dict[str, Any] | None = None
-    if code >= 400:
+    if code >= 400 and code not in op.report_statuses:
         schema = {"$ref": "#/components/schemas/Error"}
-    elif op.response_schema is not None:
+    elif op.response_schema is not None and (code < 300 or code in op.report_statuses):
         schema = schema_object(op.response_schema, schemas, "serialization")
     if schema is None:
         return {"description": description}

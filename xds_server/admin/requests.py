@@ -38,6 +38,11 @@ MAX_BODY_BYTES = 1024**2  # aiohttp's default, made explicit; a real body is < 1
 MAX_DEPTH = 64  # nesting of arrays and objects; a real body nests 1 deep
 MAX_NUMBER_DIGITS = 100  # digits of one number literal (integer, fraction and exponent)
 READ_HEADERS = ("Authorization", "Origin", "Host", "Content-Type")
+MALFORMED = (
+    f"a header that is not UTF-8, a charset other than {CHARSET}, or a body that does not "
+    f"decode: not UTF-8, not JSON, not one object, nested deeper than {MAX_DEPTH}, a "
+    f"number of more than {MAX_NUMBER_DIGITS} digits or a lone surrogate escape"
+)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # JSON strings (escapes included) and the brackets outside them.
