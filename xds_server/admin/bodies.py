@@ -52,7 +52,16 @@ from xds_server.pipeline.changes import DEFAULT_WAIT_S
 MAX_DURATION_S = 60.0
 MAX_CONCURRENCY = 32
 
-WaitSeconds = Annotated[float, Rule(wait_value, WAIT_S_SCHEMA)]
+
+def _body_wait(value: object) -> float:
+    """wait_s in a body: omitted means the default, null is refused like every other
+    optional field's (model/fields.py), so the schema's "number" is the whole truth."""
+    if value is None:
+        raise InvalidValue("wait_s must be a number of seconds >= 0, got null")
+    return wait_value(value)
+
+
+WaitSeconds = Annotated[float, Rule(_body_wait, WAIT_S_SCHEMA)]
 
 
 # A request body: unknown keys are errors, as in the config file.
