@@ -42,7 +42,7 @@ from xds_server.admin.openapi import document
 from xds_server.app import Controller
 from xds_server.settings import load_settings
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 30
 # What a valid request may still get: 2xx, or what the state decides.
 ACCEPTED = ["2xx", "404", "409", "503"]
 CONFIG = schemathesis.Config.from_dict(
