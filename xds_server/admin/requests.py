@@ -14,17 +14,17 @@ comes before anything is changed:
   number of more than MAX_NUMBER_DIGITS digits, not JSON, not one JSON
   object, or a string holding a lone surrogate (\\ud800: no UTF-8 spells it,
   so the store, Redis and the protobuf encoder could not write it): 400.
-  The limits are far beyond any real body and keep the decoder's work
-  bounded: Python's int() refuses more than 4,300 digits with a ValueError and
-  its JSON parser recurses once per nesting level (a RecursionError at ~1,000);
+  The limits are far beyond any real body; without them the decoder fails
+  with what a handler would answer as a 500: Python's int() refuses more than
+  4,300 digits (ValueError) and its JSON parser recurses once per nesting level
+  (RecursionError near 1,000, which is caught as "too deep" too);
 - a body larger than MAX_BODY_BYTES: 413 (aiohttp's client_max_size).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -44,11 +44,7 @@ MALFORMED = (
     f"number of more than {MAX_NUMBER_DIGITS} digits or a lone surrogate escape"
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-# JSON strings (escapes included) and the brackets outside them.
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET = re.compile(rb"[\[\]{}]")
-_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+_NOT_DIGITS = str.maketrans("", "", "+-.eE")  # what a JSON number holds besides digits
 
 
 def forbidden(detail: str) -> ApiError:
@@ -100,22 +96,27 @@ def check_same_origin(request: web.Request) -> None:
 
 
 def _origin_authority(origin: str) -> tuple[str, int] | None:
+    """(host, port) of an http(s) origin; None for "null" (an opaque origin) or
+    anything that is not an origin."""
     try:
-        url = URL(origin)
+        return _host_port(URL(origin))
     except ValueError:
         return None
-    if url.scheme not in _DEFAULT_PORTS or not url.host or url.path not in ("", "/"):
-        return None  # "null" (an opaque origin), or not an origin at all
-    return url.host.lower(), url.port or _DEFAULT_PORTS[url.scheme]
 
 
 def _authority(host: str, origin: str) -> tuple[str, int] | None:
+    """(host, port) of a Host header, its port defaulting to the Origin scheme's."""
     scheme = origin.partition("://")[0].lower()
     try:
-        url = URL(f"{scheme if scheme in _DEFAULT_PORTS else 'http'}://{host}")
+        return _host_port(URL(f"{scheme if scheme in _DEFAULT_PORTS else 'http'}://{host}"))
     except ValueError:
         return None
-    if not url.host or url.path not in ("", "/"):
+
+
+def _host_port(url: URL) -> tuple[str, int] | None:
+    if url.scheme not in _DEFAULT_PORTS or not url.host or url.user is not None:
+        return None
+    if url.path not in ("", "/") or url.query_string or url.fragment:
         return None
     return url.host.lower(), url.port or _DEFAULT_PORTS[url.scheme]
 
@@ -148,29 +149,41 @@ def decode_object(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise bad_request(f"body is not valid UTF-8: {error}") from None
-    depth = nesting(raw)
-    if depth > MAX_DEPTH:
-        raise bad_request(f"body nests {depth} levels deep; at most {MAX_DEPTH} are accepted")
+    too_deep = bad_request(f"body nests deeper than {MAX_DEPTH} levels of arrays and objects")
     try:
         body = json.loads(text, parse_int=_integer, parse_float=_float)
     except json.JSONDecodeError as error:
         raise bad_request(f"body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise too_deep from None
     except _TooLong as error:
         raise bad_request(str(error)) from None
     if not isinstance(body, dict):
         raise bad_request("body must be a JSON object")
-    try:
-        json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise bad_request("body holds a lone surrogate escape (\\ud800-\\udfff)") from None
+    # Each walk only when the text could need it: deeper nesting needs that many
+    # brackets, a lone surrogate a \u escape (decoded UTF-8 holds none).
+    if text.count("[") + text.count("{") > MAX_DEPTH and nests_deeper(body, MAX_DEPTH):
+        raise too_deep
+    if "\\u" in text:
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request("body holds a lone surrogate escape (\\ud800-\\udfff)") from None
     return body
 
 
-def nesting(raw: bytes) -> int:
-    """The deepest nesting of arrays and objects, strings skipped (no recursion, so
-    any depth is measured; unbalanced text is the JSON parser's to refuse)."""
-    brackets = _BRACKET.findall(_STRING.sub(b"", raw))
-    return max(itertools.accumulate(_DEPTH_STEP[b[0]] for b in brackets), default=0)
+def nests_deeper(value: object, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` deep in `value` (the value
+    itself is level 1). Iterative: no recursion, so any parsed depth is measured."""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        assert isinstance(children, Iterable)  # only arrays and objects are pending
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 class _TooLong(ValueError):
@@ -178,7 +191,7 @@ class _TooLong(ValueError):
 
 
 def _checked_length(literal: str) -> str:
-    digits = sum(character.isdigit() for character in literal)
+    digits = len(literal.translate(_NOT_DIGITS))
     if digits > MAX_NUMBER_DIGITS:
         raise _TooLong(
             f"body holds a number of {digits} digits; at most {MAX_NUMBER_DIGITS} are accepted"
