@@ -302,17 +302,23 @@ async def test_a_405_says_what_is_allowed(
 # ---- the document states every answer ----------------------------------------------------
 
 
-def test_every_status_a_route_can_answer_is_documented() -> None:
-    """Mutating: 400 (headers, body), 401, 403; with a body also 413, 415, 422; an
-    intent change also 409 and 503; the experiments 409, 503."""
-    doc = document(ROUTE_SETS)
+@pytest.mark.parametrize("bearer", [True, False])
+def test_every_status_a_route_can_answer_is_documented(bearer: bool) -> None:
+    """Mutating: 400 (headers, body), 415, and 401 with a token configured or 403
+    without (and then no security requirement); with a body also 413, 422; an intent
+    change also 409 and 503; the experiments 404, 409, 503."""
+    doc = document(ROUTE_SETS, bearer=bearer)
+    assert ("securitySchemes" in doc["components"]) is bearer
     for route_set in ROUTE_SETS:
         for op in route_set.operations:
             path = doc["paths"][openapi_path(op.path)]
-            codes = set(path[op.method.lower()]["responses"])
+            documented = path[op.method.lower()]
+            codes = set(documented["responses"])
             wanted: set[str] = set()
             if op.mutating:
-                wanted |= {"400", "401", "403", "415"}
+                wanted |= {"400", "415", "401" if bearer else "403"}
+                assert ("security" in documented) is bearer
+                assert ("403" if bearer else "401") not in codes
             if op.request_schema is not None:
                 wanted |= {"413", "422"}
             if op.edits_intent:

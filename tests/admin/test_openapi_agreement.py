@@ -113,6 +113,11 @@ BODIES: dict[tuple[str, str], list[object]] = {
         NEW | {"health_path": "/a?b"},
         NEW | {"health_path": "/a#b"},
         NEW | {"health_path": "/a\n"},
+        NEW | {"health_path": "/a\x1d"},  # white space to str.isspace, not to ECMA's \s
+        NEW | {"health_path": "/a\x85"},
+        NEW | {"health_path": "/a\u3000"},
+        NEW | {"health_path": "/a\ufeff"},  # the other way round
+        NEW | {"health_path": "/\U0001f600"},
         NEW | {"name": "Q3"},
         NEW | {"name": "q" * 63},
         NEW | {"name": "q" * 64},

@@ -2,12 +2,15 @@
 
 Schemathesis generates requests from the document (admin/openapi.py) and sends
 them to a real controller whose admin API listens on a free loopback port (a
-thread runs its event loop: schemathesis calls synchronously). Each answer must
-be no server error, a status the operation documents, with the documented
-content type and schema; a request the document calls valid must not be
-refused, except 404 and 409 (the state decides: an unknown name, a name taken)
-and 503 (no Envoy is connected, which the experiments need). After any 4xx the
-store's revision is what it was: a refused request changed nothing.
+thread runs its event loop: schemathesis calls synchronously), against the
+document that controller serves (no token: no security, the Origin checked).
+Each answer must be no server error (503 is one only by design here: no Envoy
+is connected, and no backend is up for the health summary), a status the
+operation documents, with the documented content type and schema; a request
+the document calls valid must not be refused, except 404 and 409 (the state
+decides: an unknown name, a name taken) and 503; one it calls invalid must be
+refused (schemathesis' negative cases). After any 4xx the store's revision is
+what it was: a refused request changed nothing.
 
 Path parameters are drawn mostly from the configured services and backends (a
 name schemathesis makes up is a 404 before the body is even read), so the
@@ -31,6 +34,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
     positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
@@ -55,7 +59,8 @@ CONFIG = schemathesis.Config.from_dict(
         },
     }
 )
-schema = schemathesis.openapi.from_dict(document(ROUTE_SETS), config=CONFIG)
+# The document the tokenless controller below serves (no security, Origin checked).
+schema = schemathesis.openapi.from_dict(document(ROUTE_SETS, bearer=False), config=CONFIG)
 # (service, backend) of the shipped configuration, which local_settings() serves.
 KNOWN = [(s.name, b.name) for s in load_settings(None).intent.services for b in s.backends]
 CHECKS = [
@@ -64,6 +69,7 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
     positive_data_acceptance,
+    negative_data_rejection,
 ]
 
 

@@ -32,7 +32,6 @@ NOT_CONFIRMED = "stored, but not ACKed by every proxy in time (or NACKed): see f
 # document adds the ones every mutating call shares, admin/openapi.py).
 CHANGE_ERRORS: dict[int, str] = {
     400: MALFORMED,
-    401: "missing or wrong bearer token (only when ROUTER_ADMIN_TOKEN is set)",
     422: "invalid value; `field` names it",
     503: "the store (Redis) is unreachable: nothing was stored",
 }

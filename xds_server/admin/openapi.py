@@ -7,6 +7,11 @@ and answer schemas come from the models the handlers parse with
 (admin/bodies.py, admin/schemas.py); the models they nest are shared under
 components/schemas.
 
+The document describes the API as configured: with ROUTER_ADMIN_TOKEN set a
+mutating call needs the bearer token (security, 401), without it the Origin
+is checked instead (403), so `document(..., bearer=...)` says which; the one
+served follows the controller's settings.
+
 The error answer's schema is kept by hand: admin/errors.py writes it as a plain
 dict in one place for every handler, and it is the one schema every other
 operation references, so a model would only restate these three lines.
@@ -22,6 +27,7 @@ from aiohttp import web
 
 import xds_server
 from xds_server.admin.api import MOUNTED, Operation, RouteSet
+from xds_server.admin.context import context_of
 from xds_server.admin.requests import (
     CHARSET,
     JSON_TYPE,
@@ -46,10 +52,11 @@ ERROR_SCHEMA: dict[str, Any] = {
         "field": {"type": "string", "description": "the offending field, where there is one"},
     },
 }
-AUTH_NOTE = "401 when ROUTER_ADMIN_TOKEN is set and the bearer token is missing or wrong"
+AUTH_NOTE = "the bearer token (ROUTER_ADMIN_TOKEN) is missing or wrong"
 ORIGIN_NOTE = (
-    "without ROUTER_ADMIN_TOKEN: the Origin header names another site than this API's "
-    "own host:port (a cross-site page); clients that send no Origin are served"
+    "the Origin header names another site than this API's own host:port (a cross-site "
+    "page; no ROUTER_ADMIN_TOKEN is set, so the origin is checked): clients that send "
+    "no Origin are served"
 )
 EXPERIMENT_NOTE = "an experiment is running (the detail names it): retry when it has ended"
 MEDIA_NOTE = (
@@ -69,15 +76,19 @@ EDGES = (
 )
 
 
-def document(route_sets: Iterable[RouteSet]) -> dict[str, Any]:
+def document(route_sets: Iterable[RouteSet], *, bearer: bool = True) -> dict[str, Any]:
+    """The document of `route_sets`; `bearer`: ROUTER_ADMIN_TOKEN is set."""
     sets = list(route_sets)
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     for route_set in sets:
         for op in route_set.operations:
             paths.setdefault(openapi_path(op.path), {})[op.method.lower()] = operation(
-                route_set.tag, op, schemas
+                route_set.tag, op, schemas, bearer=bearer
             )
+    components: dict[str, Any] = {"schemas": dict(sorted(schemas.items()))}
+    if bearer:
+        components["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -88,10 +99,7 @@ def document(route_sets: Iterable[RouteSet]) -> dict[str, Any]:
         },
         "tags": [{"name": s.tag} for s in sets if s.operations],
         "paths": dict(sorted(paths.items())),
-        "components": {
-            "schemas": dict(sorted(schemas.items())),
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-        },
+        "components": components,
     }
 
 
@@ -99,13 +107,15 @@ def openapi_path(path: str) -> str:
     return _VARIABLE.sub(r"{\1}", path)
 
 
-def operation(tag: str, op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+def operation(
+    tag: str, op: Operation, schemas: dict[str, Any], *, bearer: bool = True
+) -> dict[str, Any]:
     """One operation; the models its schemas nest are added to `schemas`."""
     doc: dict[str, Any] = {
         "tags": [tag],
         "summary": op.summary,
         "operationId": f"{tag}.{op.handler.__name__}",
-        "responses": responses(op, schemas),
+        "responses": responses(op, schemas, bearer=bearer),
     }
     if op.description:
         doc["description"] = op.description
@@ -116,7 +126,7 @@ def operation(tag: str, op: Operation, schemas: dict[str, Any]) -> dict[str, Any
         body = schema_object(op.request_schema, schemas, "validation")
         content = {"application/json": {"schema": body}}
         doc["requestBody"] = {"required": True, "content": content}
-    if op.mutating:
+    if op.mutating and bearer:
         doc["security"] = [{"bearerAuth": []}]
     return doc
 
@@ -135,16 +145,19 @@ def query_parameters(op: Operation) -> list[dict[str, Any]]:
     ]
 
 
-def responses(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+def responses(op: Operation, schemas: dict[str, Any], *, bearer: bool = True) -> dict[str, Any]:
     """Documented answers; a mutating call can always answer 400 (a header that does
-    not decode), 401 (bearer auth), 403 (cross-site without a token) and 415 (a body
-    not declared JSON, admin/requests.py), one that takes a body 413 and 422, and an
-    intent change 409 while an experiment runs (admin/__init__.py)."""
+    not decode), 401 with a token configured (bearer auth) or 403 without one
+    (cross-site), and 415 (a body not declared JSON, admin/requests.py), one that
+    takes a body 413 and 422, and an intent change 409 while an experiment runs
+    (admin/__init__.py)."""
     listed = dict(op.responses)
     if op.mutating:
         listed.setdefault(400, MALFORMED)
-        listed.setdefault(401, AUTH_NOTE)
-        listed.setdefault(403, ORIGIN_NOTE)
+        if bearer:
+            listed.setdefault(401, AUTH_NOTE)
+        else:
+            listed.setdefault(403, ORIGIN_NOTE)
         listed.setdefault(415, MEDIA_NOTE)
     if op.request_schema is not None:
         listed.setdefault(413, SIZE_NOTE)
@@ -174,4 +187,5 @@ def _response(
 )
 async def openapi_json(request: web.Request) -> web.Response:
     mounted: tuple[RouteSet, ...] = request.app[MOUNTED]
-    return web.json_response(document(mounted))
+    bearer = bool(context_of(request).admin_token)
+    return web.json_response(document(mounted, bearer=bearer))
