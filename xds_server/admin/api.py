@@ -32,6 +32,9 @@ class Operation:
     description: str = ""
     query: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> JSON schema
     response_schema: Schema | None = None  # of the 2xx answers
+    # Error statuses whose answer is the report itself (response_schema), not an Error:
+    # GET /api/v1/health answers its summary with 503 when unhealthy.
+    report_statuses: tuple[int, ...] = ()
 
 
 @dataclass
@@ -53,6 +56,7 @@ class RouteSet:
         description: str = "",
         query: dict[str, dict[str, Any]] | None = None,
         response_schema: Schema | None = None,
+        report_statuses: tuple[int, ...] = (),
     ) -> Callable[[Handler], Handler]:
         """Register a handler. Non-GET operations are mutating: they need the
         admin token when one is configured."""
@@ -72,6 +76,7 @@ class RouteSet:
                     description=description,
                     query=query or {},
                     response_schema=response_schema,
+                    report_statuses=report_statuses,
                 )
             )
             return handler

@@ -28,7 +28,8 @@ from xds_server.admin.changes import (
     wait_value,
 )
 from xds_server.admin.context import context_of
-from xds_server.admin.errors import invalid, json_body
+from xds_server.admin.errors import invalid
+from xds_server.admin.requests import json_body
 from xds_server.errors import InvalidValue
 from xds_server.model.edits import (
     add_backend,
@@ -171,7 +172,7 @@ async def update(request: web.Request) -> web.Response:
         202: NOT_CONFIRMED,
         404: "unknown service or backend",
         409: "the last backend of a service cannot be removed",
-        **{k: v for k, v in CHANGE_ERRORS.items() if k != 400},
+        **CHANGE_ERRORS,
     },
 )
 async def remove(request: web.Request) -> web.Response:

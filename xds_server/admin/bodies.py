@@ -44,7 +44,7 @@ from xds_server.model.fields import (
     StrategyName,
     Weight,
 )
-from xds_server.model.intent import Backend, Health
+from xds_server.model.intent import Backend, Health, Strategy
 from xds_server.model.schema import BackendFields, Shape
 from xds_server.model.values import shown
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
@@ -52,7 +52,16 @@ from xds_server.pipeline.changes import DEFAULT_WAIT_S
 MAX_DURATION_S = 60.0
 MAX_CONCURRENCY = 32
 
-WaitSeconds = Annotated[float, Rule(wait_value, WAIT_S_SCHEMA)]
+
+def _body_wait(value: object) -> float:
+    """wait_s in a body: omitted means the default, null is refused like every other
+    optional field's (model/fields.py), so the schema's "number" is the whole truth."""
+    if value is None:
+        raise InvalidValue("wait_s must be a number of seconds >= 0, got null")
+    return wait_value(value)
+
+
+WaitSeconds = Annotated[float, Rule(_body_wait, WAIT_S_SCHEMA)]
 
 
 # A request body: unknown keys are errors, as in the config file.
@@ -62,8 +71,21 @@ Body = Shape
 # ---- strategy --------------------------------------------------------------------------
 
 
+HASHING = frozenset({Strategy.RING_HASH, Strategy.MAGLEV})
+# hash_header is omitted, or the strategy hashes (OpenAPI 3.0 has no if/then).
+HASH_HEADER_RULE: dict[str, Any] = {
+    "anyOf": [
+        {"not": {"required": ["hash_header"]}},
+        {"properties": {"strategy": {"enum": sorted(s.value for s in HASHING)}}},
+    ]
+}
+
+
 class StrategyPut(Body):
-    """The strategy to set, for one service or for all."""
+    """The strategy to set, for one service or for all; a hash_header only with a
+    hashing strategy (admin/strategy.py parse_request)."""
+
+    model_config = ConfigDict(json_schema_extra=HASH_HEADER_RULE)
 
     strategy: StrategyName
     service: OptionalName = Field(
@@ -91,9 +113,14 @@ class BackendAdd(BackendFields):
 
 
 class BackendPatch(Body):
-    """What may change of a backend; at least one of weight, priority, draining."""
+    """What may change of a backend; at least one of weight, priority, draining
+    (wait_s alone changes nothing: admin/backends.py answers 422)."""
 
-    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [{"required": [key]} for key in ("weight", "priority", "draining")]
+        }
+    )
 
     weight: OptionalWeight = None
     priority: OptionalPriority = None
@@ -141,9 +168,15 @@ def _failure(value: object) -> str:
 
 
 _DEFAULT_LIMITS = Limits()
+# Schema-valid is only true: false passes the converter and is refused with 422
+# by the handler (admin/experiments.py limits_of), with its reason.
 SIMULATE_FAILURE = Rule(
     _flag,
-    {**FLAG.schema, "description": "must be true: the experiment really makes the backend fail"},
+    {
+        **FLAG.schema,
+        "enum": [True],
+        "description": "must be true: the experiment really makes the backend fail",
+    },
 )
 MAX_DURATION = Rule(
     _seconds(1.0, MAX_DURATION_S),

@@ -14,21 +14,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from xds_server.admin.requests import MALFORMED
 from xds_server.model.intent import Intent
 from xds_server.pipeline.changes import MAX_WAIT_S, Applied, ChangeApplier, wait_seconds
 
+# No "maximum": a longer wait is accepted and clamped, so the schema says no more
+# than the validator (pipeline/changes.py wait_seconds) refuses.
 WAIT_S_SCHEMA: dict[str, Any] = {
     "type": "number",
     "minimum": 0,
-    "maximum": MAX_WAIT_S,
     "default": 5,
-    "description": "How long to wait for every proxy's ACK, in seconds (clamped to 60).",
+    "description": f"How long to wait for every proxy's ACK, in seconds (clamped to "
+    f"{MAX_WAIT_S:g}).",
 }
 NOT_CONFIRMED = "stored, but not ACKed by every proxy in time (or NACKed): see failures"
-# Error answers every changing route can give (besides its own 404/409).
+# Error answers every changing route can give (besides its own 404/409; the
+# document adds the ones every mutating call shares, admin/openapi.py).
 CHANGE_ERRORS: dict[int, str] = {
-    400: "malformed body (not JSON, or not an object)",
-    401: "missing or wrong bearer token (only when ROUTER_ADMIN_TOKEN is set)",
+    400: MALFORMED,
     422: "invalid value; `field` names it",
     503: 'nothing was stored (`outcome` "not_stored"): the store (Redis) is unreachable, '
     "or reconciling after a data loss; safe to retry",

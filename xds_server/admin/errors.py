@@ -3,7 +3,6 @@ that says what happened. Our exception classes map to HTTP codes here, once."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -68,9 +67,12 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return error_response(
+        answer = error_response(
             error.status, error.reason.lower().replace(" ", "_"), error.text or ""
         )
+        if "Allow" in error.headers:  # a 405 says which methods the path has (RFC 9110)
+            answer.headers["Allow"] = error.headers["Allow"]
+        return answer
     except Exception:
         log.exception("admin handler failed: %s %s", request.method, request.path)
         return error_response(500, "internal_error", "unexpected error; see the controller log")
@@ -110,26 +112,3 @@ def _field_of(error: XdsServerError) -> str | None:
     if isinstance(error, NotFound | Conflict):
         return error.field
     return None
-
-
-JSON_TYPE = "application/json"
-
-
-def unsupported_media_type(got: str) -> ApiError:
-    detail = f"the body must be {JSON_TYPE} (a charset parameter is fine), got {got}"
-    return ApiError(415, "unsupported_media_type", detail)
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object: 415 unless it is declared application/json
-    (a text/plain body is not parsed on a guess), 400 when it is not a JSON object."""
-    if request.content_type != JSON_TYPE:
-        got = request.headers.get("Content-Type")
-        raise unsupported_media_type(repr(got) if got else "no Content-Type")
-    try:
-        body = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise bad_request(f"body is not valid JSON: {error}") from error
-    if not isinstance(body, dict):
-        raise bad_request("body must be a JSON object")
-    return body

@@ -13,14 +13,15 @@ from aiohttp import web
 from xds_server.admin.api import RouteSet
 from xds_server.admin.bodies import CircuitBreakerTest, ExperimentBody, FailoverTest
 from xds_server.admin.context import context_of
-from xds_server.admin.errors import invalid, json_body
+from xds_server.admin.errors import invalid
+from xds_server.admin.requests import MALFORMED, json_body
 from xds_server.experiments import Limits, circuit_breaker_test, failover_test
 from xds_server.model.validation import parse
 
 routes = RouteSet("experiments", edits_intent=False)
 
 _ERRORS = {
-    400: "malformed body (not JSON, or not an object)",
+    400: MALFORMED,
     404: "unknown service or backend",
     409: "another experiment is running, an intent change is being applied (the detail "
     "names it), or the service has no backup",

@@ -81,6 +81,7 @@ async def router_health(request: web.Request) -> web.Response:
     "counts, and per service its verdict (healthy, degraded, unhealthy) instead of the "
     "per-backend entries. " + _COUNTS_DOC,
     responses={200: "healthy or degraded", 503: "unhealthy"},
+    report_statuses=(503,),
     response_schema={
         "type": "object",
         "properties": {

@@ -7,6 +7,11 @@ and answer schemas come from the models the handlers parse with
 (admin/bodies.py, admin/schemas.py); the models they nest are shared under
 components/schemas.
 
+The document describes the API as configured: with ROUTER_ADMIN_TOKEN set a
+mutating call needs the bearer token (security, 401), without it the Origin
+is checked instead (403), so `document(..., bearer=...)` says which; the one
+served follows the controller's settings.
+
 The error answer's schema is kept by hand: admin/errors.py writes it as a plain
 dict in one place for every handler, and it is the one schema every other
 operation references, so a model would only restate these three lines.
@@ -22,6 +27,15 @@ from aiohttp import web
 
 import xds_server
 from xds_server.admin.api import MOUNTED, Operation, RouteSet
+from xds_server.admin.context import context_of
+from xds_server.admin.requests import (
+    CHARSET,
+    JSON_TYPE,
+    MALFORMED,
+    MAX_BODY_BYTES,
+    MAX_DEPTH,
+    MAX_NUMBER_DIGITS,
+)
 from xds_server.admin.schemas import schema_object
 
 routes = RouteSet("openapi")
@@ -38,37 +52,54 @@ ERROR_SCHEMA: dict[str, Any] = {
         "field": {"type": "string", "description": "the offending field, where there is one"},
     },
 }
-AUTH_NOTE = "401 when ROUTER_ADMIN_TOKEN is set and the bearer token is missing or wrong"
+AUTH_NOTE = "the bearer token (ROUTER_ADMIN_TOKEN) is missing or wrong"
+ORIGIN_NOTE = (
+    "the Origin header names another site than this API's own host:port (a cross-site "
+    "page; no ROUTER_ADMIN_TOKEN is set, so the origin is checked): clients that send "
+    "no Origin are served"
+)
 EXPERIMENT_NOTE = "an experiment is running (the detail names it): retry when it has ended"
 MEDIA_NOTE = (
-    "the body is not declared Content-Type: application/json (a charset parameter is "
-    "fine): nothing was parsed or changed"
+    f"the body (where one is taken or sent) is not declared Content-Type: {JSON_TYPE} "
+    "(charset utf-8 or none): nothing was parsed or changed"
+)
+SIZE_NOTE = f"the body is larger than {MAX_BODY_BYTES} bytes"
+INVALID_NOTE = "invalid value; `field` names it"
+EDGES = (
+    f"Mutating calls (PUT, POST, PATCH, DELETE): a body is {JSON_TYPE} in {CHARSET} "
+    f"(415 otherwise), at most {MAX_BODY_BYTES} bytes (413), one JSON object nested at "
+    f"most {MAX_DEPTH} deep with numbers of at most {MAX_NUMBER_DIGITS} digits (400); "
+    "the headers read (Authorization, Origin, Host, Content-Type) are UTF-8 (400). "
+    "Without ROUTER_ADMIN_TOKEN a call that carries an Origin header must come from "
+    "this API's own host:port (403); with it, the bearer token decides (401). A method "
+    "a path does not have answers 405 with Allow."
 )
 
 
-def document(route_sets: Iterable[RouteSet]) -> dict[str, Any]:
+def document(route_sets: Iterable[RouteSet], *, bearer: bool = True) -> dict[str, Any]:
+    """The document of `route_sets`; `bearer`: ROUTER_ADMIN_TOKEN is set."""
     sets = list(route_sets)
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     for route_set in sets:
         for op in route_set.operations:
             paths.setdefault(openapi_path(op.path), {})[op.method.lower()] = operation(
-                route_set.tag, op, schemas
+                route_set.tag, op, schemas, bearer=bearer
             )
+    components: dict[str, Any] = {"schemas": dict(sorted(schemas.items()))}
+    if bearer:
+        components["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "xds-server admin API",
             "version": xds_server.__version__,
             "description": "Runtime control of the Envoy-based request router. Changes "
-            "answer once every connected Envoy ACKed them (or say which did not).",
+            "answer once every connected Envoy ACKed them (or say which did not). " + EDGES,
         },
         "tags": [{"name": s.tag} for s in sets if s.operations],
         "paths": dict(sorted(paths.items())),
-        "components": {
-            "schemas": dict(sorted(schemas.items())),
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-        },
+        "components": components,
     }
 
 
@@ -76,13 +107,15 @@ def openapi_path(path: str) -> str:
     return _VARIABLE.sub(r"{\1}", path)
 
 
-def operation(tag: str, op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+def operation(
+    tag: str, op: Operation, schemas: dict[str, Any], *, bearer: bool = True
+) -> dict[str, Any]:
     """One operation; the models its schemas nest are added to `schemas`."""
     doc: dict[str, Any] = {
         "tags": [tag],
         "summary": op.summary,
         "operationId": f"{tag}.{op.handler.__name__}",
-        "responses": responses(op, schemas),
+        "responses": responses(op, schemas, bearer=bearer),
     }
     if op.description:
         doc["description"] = op.description
@@ -93,7 +126,7 @@ def operation(tag: str, op: Operation, schemas: dict[str, Any]) -> dict[str, Any
         body = schema_object(op.request_schema, schemas, "validation")
         content = {"application/json": {"schema": body}}
         doc["requestBody"] = {"required": True, "content": content}
-    if op.mutating:
+    if op.mutating and bearer:
         doc["security"] = [{"bearerAuth": []}]
     return doc
 
@@ -112,15 +145,23 @@ def query_parameters(op: Operation) -> list[dict[str, Any]]:
     ]
 
 
-def responses(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
-    """Documented answers; a mutating call can always answer 401 (bearer auth), one
-    with a body 415 (admin/errors.py json_body), and an intent change 409 while an
-    experiment runs (admin/__init__.py)."""
+def responses(op: Operation, schemas: dict[str, Any], *, bearer: bool = True) -> dict[str, Any]:
+    """Documented answers; a mutating call can always answer 400 (a header that does
+    not decode), 401 with a token configured (bearer auth) or 403 without one
+    (cross-site), and 415 (a body not declared JSON, admin/requests.py), one that
+    takes a body 413 and 422, and an intent change 409 while an experiment runs
+    (admin/__init__.py)."""
     listed = dict(op.responses)
     if op.mutating:
-        listed.setdefault(401, AUTH_NOTE)
-    if op.request_schema is not None:
+        listed.setdefault(400, MALFORMED)
+        if bearer:
+            listed.setdefault(401, AUTH_NOTE)
+        else:
+            listed.setdefault(403, ORIGIN_NOTE)
         listed.setdefault(415, MEDIA_NOTE)
+    if op.request_schema is not None:
+        listed.setdefault(413, SIZE_NOTE)
+        listed.setdefault(422, INVALID_NOTE)
     if op.edits_intent:
         listed[409] = f"{listed[409]}; or {EXPERIMENT_NOTE}" if 409 in listed else EXPERIMENT_NOTE
     return {str(code): _response(code, text, op, schemas) for code, text in sorted(listed.items())}
@@ -130,9 +171,9 @@ def _response(
     code: int, description: str, op: Operation, schemas: dict[str, Any]
 ) -> dict[str, Any]:
     schema: dict[str, Any] | None = None
-    if code >= 400:
+    if code >= 400 and code not in op.report_statuses:
         schema = {"$ref": "#/components/schemas/Error"}
-    elif op.response_schema is not None:
+    elif op.response_schema is not None and (code < 300 or code in op.report_statuses):
         schema = schema_object(op.response_schema, schemas, "serialization")
     if schema is None:
         return {"description": description}
@@ -146,4 +187,5 @@ def _response(
 )
 async def openapi_json(request: web.Request) -> web.Response:
     mounted: tuple[RouteSet, ...] = request.app[MOUNTED]
-    return web.json_response(document(mounted))
+    bearer = bool(context_of(request).admin_token)
+    return web.json_response(document(mounted, bearer=bearer))

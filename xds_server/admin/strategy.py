@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from xds_server.admin.api import RouteSet
-from xds_server.admin.bodies import StrategyChangeAnswer, StrategyOverview, StrategyPut
+from xds_server.admin.bodies import HASHING, StrategyChangeAnswer, StrategyOverview, StrategyPut
 from xds_server.admin.changes import (
     CHANGE_ERRORS,
     NOT_CONFIRMED,
@@ -39,7 +39,8 @@ from xds_server.admin.changes import (
     timed_apply,
 )
 from xds_server.admin.context import AdminContext, context_of
-from xds_server.admin.errors import invalid, json_body
+from xds_server.admin.errors import invalid
+from xds_server.admin.requests import json_body
 from xds_server.model.edits import service_of, set_strategy
 from xds_server.model.fields import STRATEGY_NOTES
 from xds_server.model.intent import Intent, Service, Strategy
@@ -51,7 +52,6 @@ from xds_server.timefmt import utc_now
 routes = RouteSet("strategy")
 ProxyErrors = dict[str, str | None]
 
-HASHING = frozenset({Strategy.RING_HASH, Strategy.MAGLEV})
 PUT_DESCRIPTION = (
     "Switch the load-balancing strategy of one service or of all. Answers once "
     "every connected proxy ACKed the change or the wait ran out. "

@@ -140,7 +140,12 @@ STRATEGY_NOTES: dict[str, str] = {
     Strategy.MAGLEV: "Envoy MAGLEV: consistent hashing on the service's hash_header",
 }
 
-_PATH_PATTERN = r"^/[^\s?#]*$"  # to_path: starts with '/', no spaces, '?' or '#'
+# to_path: starts with '/', no white space (str.isspace), '?' or '#'. The white space
+# is spelled out: `\s` is another set in other regex engines (ECMA 262's, which JSON
+# Schema names, lacks \x1c-\x1f and \x85 and has \ufeff), so a client's schema
+# check would disagree with the converter.
+_SPACE = r"\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_PATH_PATTERN = rf"^/[^{_SPACE}?#]*$"
 
 NAME = Rule(
     to_name,
