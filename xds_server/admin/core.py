@@ -59,6 +59,7 @@ async def healthz(request: web.Request) -> web.Response:
         503: "not ready: no snapshot published yet, or the store is unavailable or "
         "reconciling (`reason` says which)",
     },
+    report_statuses=(503,),
 )
 async def readyz(request: web.Request) -> web.Response:
     context = context_of(request)
