@@ -38,6 +38,7 @@ from tests.factories import intent_of
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
 from xds_server.model.intent import Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.samples.grpc_sample import start_backend
 from xds_server.translate import translate
 from xds_server.xds.observe import Observers, StreamInfo
 from xds_server.xds.server import XdsEngine, start_server
@@ -539,6 +540,17 @@ async def xds() -> AsyncIterator[Harness]:
         yield harness
     finally:
         await harness.stop()
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[dict[str, int]]:
+    """Two sample gRPC backends on free loopback ports: name -> port."""
+    started = {name: await start_backend(name) for name in ("greeter-a", "greeter-b")}
+    try:
+        yield {name: port for name, (_, port) in started.items()}
+    finally:
+        for server, _ in started.values():
+            await server.stop(0)
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.protobuf import struct_pb2
 
+from tests.factories import intent_of
 from tests.xds.conftest import DeltaClient, Harness, XdsClient, poll
-from xds_server.model.edits import update_backend
 from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, ROUTE
 from xds_server.telemetry.logs import XdsEventLog
 from xds_server.xds import limits
@@ -107,8 +107,7 @@ async def test_unknown_types_on_sotw_ads_keep_no_state_and_wake_nothing(xds: Har
     assert indexed_types(xds) <= set(ADS_ORDER)
     assert stream.wakeups == wakeups
     assert xds.registry.proxies["node-1"].types.keys() == {CLUSTER}
-    assert xds.intent is not None
-    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=33_000))
+    await xds.publish(intent_of(3))  # a third cluster
     assert (await client.recv_type(CLUSTER)).version_info != clusters.version_info
 
 
@@ -422,8 +421,7 @@ async def test_a_capped_stream_leaves_others_on_its_channel_alone(
     bad = xds.client(node_id="bad", channel=channel)
     attack(bad)
     await exhausted(bad)
-    assert xds.intent is not None
-    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=33_000))
+    await xds.publish(intent_of(3))  # a third cluster
     assert (await good.recv_type(CLUSTER)).version_info != clusters.version_info
 
 

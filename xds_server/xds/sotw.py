@@ -17,6 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import Resource, Snapshot, TypeSnapshot, version_of
 from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, ROUTE
+from xds_server.xds import limits
 from xds_server.xds.stream import WILDCARD, WILDCARD_TYPES, XdsStream, digest_of
 
 
@@ -75,6 +76,10 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
 
     def handle_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
         type_url = self._open_and_type(request)
+        if not self._serves(type_url):
+            return  # docs/xds-protocol.md rule 35
+        names = request.resource_names
+        limits.check_texts("resource name", names)  # docs/xds-protocol.md rule 36
         state = self._states.get(type_url)
         if state is None:
             state = self._states[type_url] = TypeState(type_url)
@@ -84,7 +89,9 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
             return
         elif request.response_nonce == state.nonce:
             self._settle(state, request)
-        state.subscribe(request.resource_names, self._legacy_wildcard)
+        # SotW names replace the type's previous ones (duplicates counted: a bound).
+        self._budget.charge(type_url, len(names), limits.total_chars(names))
+        state.subscribe(names, self._legacy_wildcard)
         self._interest(type_url, state.names, state.wildcard)
         self._wake.set()
 
