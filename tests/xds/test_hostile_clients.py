@@ -321,8 +321,8 @@ FORGED = "bad\n2026-01-01 00:00:00 ERROR xds_server: forged\x1b[31m"
 
 
 async def nack_cycles(xds: Harness, client: XdsClient, messages: Iterable[str]) -> None:
-    """Get svc-0's CLA sent again and again (unsubscribe, subscribe: rule 11)
-    and NACK each time with the next message."""
+    """Get svc-0's CLA sent again and again (unsubscribe, subscribe again:
+    docs/xds-protocol.md rule 11) and NACK each time with the next message."""
     nonce = ""
     for message in messages:
         client.send(ENDPOINT, ["svc-0"], nonce=nonce)
