@@ -21,9 +21,12 @@ from google.protobuf import struct_pb2
 
 from tests.factories import intent_of
 from tests.xds.conftest import DeltaClient, Harness, XdsClient, poll
+from xds_server.model.edits import update_backend
 from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, ROUTE
 from xds_server.telemetry.logs import XdsEventLog
 from xds_server.xds import limits
+from xds_server.xds.delta import DeltaStream
+from xds_server.xds.sotw import SotwStream
 from xds_server.xds.stream import XdsStream
 
 ADS_SOTW = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
@@ -176,6 +179,70 @@ async def test_a_refused_type_url_is_clipped_in_the_status(xds: Harness) -> None
     ended = await client.ended()
     assert ended.code == grpc.StatusCode.INVALID_ARGUMENT
     assert len(ended.details or "") < 2 * limits.LOG_TEXT_CHARS
+
+
+def evaluated_types(monkeypatch: pytest.MonkeyPatch, stream_class: type[Any]) -> list[str]:
+    """The types the writers of `stream_class` evaluate from now on, in order."""
+    seen: list[str] = []
+    evaluate = stream_class._evaluate
+
+    def counted(self: Any, state: Any, snapshot: Any) -> Any:
+        seen.append(state.type_url)
+        return evaluate(self, state, snapshot)
+
+    monkeypatch.setattr(stream_class, "_evaluate", counted)
+    return seen
+
+
+async def test_a_sotw_request_costs_the_evaluation_of_its_own_type_only(
+    xds: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/xds-protocol.md rule 35: a 60-byte request of one type is not
+    amplified into an evaluation of every type the stream holds (here 20,000
+    subscribed EDS names): only its own type is looked at; a snapshot change
+    likewise evaluates only the types it concerns."""
+    client = xds.client()
+    got = await client.subscribe_all()
+    client.send(ENDPOINT, ["svc-0", "svc-1", *(f"missing-{i}" for i in range(20_000))])
+    await xds.barrier(client, ENDPOINT)  # no response: svc-0 and svc-1 are held
+    stream = only_stream(xds)
+    await poll(lambda: not stream.pending)
+    seen = evaluated_types(monkeypatch, SotwStream)
+    for _ in range(50):
+        client.ack(got[CLUSTER])  # the same ACK again: changes nothing
+    await xds.barrier(client, CLUSTER)
+    await poll(lambda: not stream.pending)
+    assert set(seen) == {CLUSTER}, set(seen)
+    seen.clear()
+    assert xds.intent is not None
+    await xds.publish(update_backend(xds.intent, "svc-0", "svc-0-b0", port=33_000))
+    await client.recv_type(ENDPOINT)
+    await poll(lambda: not stream.pending)
+    assert set(seen) == {ENDPOINT}, set(seen)
+
+
+async def test_a_delta_request_costs_the_evaluation_of_its_own_type_only(
+    xds: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/xds-protocol.md rule 35, Delta: the same for a Delta stream."""
+    client = DeltaClient(xds)
+    client.send(CLUSTER)
+    clusters = await client.recv()
+    client.ack(clusters)
+    client.send(ENDPOINT, ["svc-0", *(f"missing-{i}" for i in range(20_000))])
+    endpoints = await client.recv()
+    client.ack(endpoints)
+    await poll(lambda: xds.recorder.count("acked") == 2)
+    stream = only_stream(xds)
+    await poll(lambda: not stream.pending)
+    seen = evaluated_types(monkeypatch, DeltaStream)
+    for _ in range(50):
+        client.ack(clusters)  # the same ACK again: changes nothing
+    client.send(CLUSTER, nonce="barrier")
+    await poll(lambda: xds.recorder.count("stale_nonce") == 1)
+    await poll(lambda: not stream.pending)
+    assert set(seen) == {CLUSTER}, set(seen)
+    await client.close()
 
 
 # ---- docs/xds-protocol.md rule 36: caps -------------------------------------

@@ -119,7 +119,7 @@ class DeltaStream(
         state.apply(request, first, self._legacy_wildcard)
         self._budget.charge(type_url, len(state.names), state.name_chars)
         self._interest(type_url, state.names, state.wildcard)
-        self._wake.set()
+        self._touch(type_url)
 
     def _check(self, request: discovery_pb2.DeltaDiscoveryRequest, first: bool) -> None:
         """docs/xds-protocol.md rule 36: the names a request would add, and on a
@@ -142,7 +142,8 @@ class DeltaStream(
         snapshot = self._cache.snapshot
         if snapshot is None or self.info is None:
             return []
-        evaluated = [self._evaluate(self._states[t], snapshot) for t in self._send_order()]
+        due = [t for t in self._send_order() if self._due(t)]
+        evaluated = [self._evaluate(self._states[t], snapshot) for t in due]
         outs = [out for out in evaluated if out is not None]
         for out in outs:
             if out.type_url == CLUSTER:
@@ -205,4 +206,4 @@ class DeltaStream(
         if state is not None and names & state.known.keys():
             for name in names:
                 state.known.pop(name, None)
-            self._wake.set()
+            self._touch(ENDPOINT)

@@ -4,7 +4,10 @@ A reader task applies each request to per-type state and wakes the writer;
 the writer compares the current snapshot with what this client holds and
 answers only with differences. Because the writer always works from the
 latest state, a newer request supersedes older ones (docs/xds-protocol.md rule 10)
-and a burst of snapshot changes coalesces (latest wins, never a queue).
+and a burst of snapshot changes coalesces (latest wins, never a queue). It
+looks only at the types due: those a request was about, or that a snapshot
+changed for this stream, so a small request never costs an evaluation of
+everything the stream subscribes to.
 
 What a client can make a stream hold is bounded (xds/limits.py): a type this
 server does not serve keeps nothing and wakes nothing (docs/xds-protocol.md
@@ -69,6 +72,8 @@ class XdsStream(Generic[Request, Response]):
         self._legacy_wildcard = legacy_wildcard
         self._on_clusters_changed = on_clusters_changed
         self._wake = asyncio.Event()
+        # Types the writer's next pass evaluates: asked about, or changed for us.
+        self._due_types: set[str] = set()
         self._watch: Watch | None = None  # while serving
         self.wakeups = 0  # times the writer woke up, for tests and benchmarks
         self._done = False
@@ -119,8 +124,18 @@ class XdsStream(Generic[Request, Response]):
         self._done = True
         self._wake.set()
 
-    def wake(self) -> None:
+    def _touch(self, type_url: str) -> None:
+        """`type_url` is due: the writer's next pass evaluates it."""
+        self._due_types.add(type_url)
         self._wake.set()
+
+    def _due(self, type_url: str) -> bool:
+        """Whether this pass of the writer evaluates `type_url` (it is then no
+        longer due)."""
+        if type_url not in self._due_types:
+            return False
+        self._due_types.discard(type_url)
+        return True
 
     @property
     def pending(self) -> bool:
@@ -134,6 +149,7 @@ class XdsStream(Generic[Request, Response]):
         if self.info is not None:
             for type_url in types:
                 self._observers.emit("notified", self.info, type_url, generation)
+        self._due_types.update(types)
         self._wake.set()
 
     def _interest(self, type_url: str, names: AbstractSet[str], wildcard: bool) -> None:
