@@ -3,7 +3,7 @@
 A client is not trusted to be small: every request is bounded by gRPC's
 receive limit, and what a stream keeps from its client (node strings,
 subscribed names, Delta's initial versions, NACK messages) is bounded here
-(docs/xds-protocol.md rules 35 and 36). Each cap is far above what Envoy or a
+(docs/xds-protocol.md rules 36 and 37). Each cap is far above what Envoy or a
 proxyless gRPC client sends: `tests/xds/test_real_clients_fit.py` measures
 what they send and checks every figure stays below a tenth of its cap. Past a
 cap the stream ends with RESOURCE_EXHAUSTED (`LimitExceeded`), saying which
@@ -23,7 +23,7 @@ from xds_server.errors import ProtocolError
 
 # gRPC's receive limit for one request. docs/xds-protocol.md rule 30: far above
 # gRPC's 4 MiB default, for Delta reconnects of large fleets; a Delta reconnect
-# of 5,000 services (bench/large_config.py at that size) is about 0.2 MB a type.
+# of 5,000 services (bench/hostile_streams.py measures it) is 0.15 MB a type.
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 # A resource name, a Delta initial version, a node id, cluster or admin
 # address. DNS names stop at 253 characters, Kubernetes names at 253 too;
