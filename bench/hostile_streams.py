@@ -1,6 +1,7 @@
 """What a hostile client's requests cost, and what the real ones weigh against the caps.
 
-    python -m bench.hostile_streams [--unknown 20000] [--batch 1000] [--services 5000]
+    python -m bench.hostile_streams [--unknown 20000] [--batch 1000] [--extra-names 20000]
+                                    [--services 5000]
 
 docs/xds-protocol.md rule 35: one ADS stream (Envoy-like, subscribed to a
 100-service config and synced) sends `--unknown` requests, each for a type
@@ -12,6 +13,11 @@ stream: as many requests of a served type quoting a stale nonce (ignored by
 docs/xds-protocol.md rule 8, so O(1) too). Every batch ends with a barrier:
 a stale-nonce request, counted by the proxy registry once every earlier
 request was read.
+
+Then the same rule for a served type: `--batch` repetitions of a CDS ACK
+(60 bytes, changing nothing) on a stream that also subscribes to
+`--extra-names` EDS names; baseline, the same on a stream without them. The
+time per request must not follow the names the stream holds.
 
 docs/xds-protocol.md rules 30 and 36: the requests an Envoy of a
 `--services` configuration sends at most (SotW EDS, and a Delta reconnect's
@@ -69,11 +75,17 @@ class RawStream:
             self._first = False
         self._requests.put_nowait(request)
 
-    async def subscribe(self, type_url: str, names: list[str]) -> None:
-        """Subscribe and ACK the answer, as Envoy does."""
+    async def subscribe(
+        self, type_url: str, names: list[str]
+    ) -> discovery_pb2.DiscoveryResponse | None:
+        """Subscribe and ACK the answer, as Envoy does (none if nothing exists)."""
         self.send(type_url, names)
-        response = await asyncio.wait_for(self.responses.get(), 10.0)
+        try:
+            response = await asyncio.wait_for(self.responses.get(), 2.0)
+        except TimeoutError:
+            return None
         self.send(type_url, names, response.nonce, response.version_info)
+        return response
 
     async def close(self) -> None:
         self._requests.put_nowait(None)
@@ -138,6 +150,41 @@ async def unknown_types(unknown: int, batch: int) -> None:
         await core.stop()
 
 
+async def small_requests(extra_names: int, batch: int) -> None:
+    """A CDS ACK sent again, `batch` times, on a stream that also subscribes to
+    `extra_names` EDS names that do not exist; baseline: a stream without them."""
+    core = await Core(large_intent(100, 2)).start()
+    channel = grpc.aio.insecure_channel(core.address)
+    try:
+        print(f"{batch} repeated CDS ACKs (60 bytes each) on one ADS stream")
+        for extra in (0, extra_names):
+            stream = RawStream(channel)
+            subscriptions = envoy_like(large_intent(100, 2))
+            subscriptions[ENDPOINT] += [f"missing-{i}" for i in range(extra)]
+            got = {t: await stream.subscribe(t, names) for t, names in subscriptions.items()}
+            clusters = got[CLUSTER]
+            assert clusters is not None
+            await asyncio.sleep(0.5)
+            ack = (CLUSTER, [], clusters.nonce, clusters.version_info)
+            started = time.perf_counter()
+            before = _status(core).acks
+            for _ in range(batch):
+                stream.send(*ack)
+            stream.send(CLUSTER, [], nonce="barrier")
+            until = _status(core).stale_nonces + 1
+            while _status(core).stale_nonces < until:  # noqa: ASYNC110  (no event marks a stale nonce)
+                await asyncio.sleep(0.001)
+            elapsed = time.perf_counter() - started
+            assert _status(core).acks == before  # repeats: no new ACK
+            label = "baseline, 100 EDS names" if not extra else f"with {extra} more EDS names"
+            print(f"  {label:32} {elapsed / batch * 1e6:8.1f} us per request")
+            await stream.close()
+            await asyncio.sleep(0.2)
+    finally:
+        await channel.close()
+        await core.stop()
+
+
 def request_sizes(services: int) -> None:
     intent = large_intent(services, 2)
     snapshot = build_snapshot(translate(intent), 1)
@@ -164,8 +211,10 @@ def main() -> None:
     parser.add_argument("--unknown", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--services", type=int, default=5_000)
+    parser.add_argument("--extra-names", type=int, default=20_000)
     args = parser.parse_args()
     asyncio.run(unknown_types(args.unknown, args.batch))
+    asyncio.run(small_requests(args.extra_names, args.batch))
     request_sizes(args.services)
 
 
