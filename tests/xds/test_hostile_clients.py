@@ -8,7 +8,6 @@ counted (not repeated) in the log.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -490,7 +489,3 @@ async def test_a_capped_stream_leaves_others_on_its_channel_alone(
     await exhausted(bad)
     await xds.publish(intent_of(3))  # a third cluster
     assert (await good.recv_type(CLUSTER)).version_info != clusters.version_info
-
-
-def _log_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.levelno >= level]
