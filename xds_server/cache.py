@@ -282,10 +282,14 @@ class _WatchIndex:
                     del by_name[name]
         for name in join:
             by_name.setdefault(name, set()).add(watch)
+        if not by_name:  # docs/xds-protocol.md rule 35: nothing kept for a type nobody watches
+            del self._named[type_url]
 
     def set_wildcard(self, watch: Watch, type_url: str, wildcard: bool) -> None:
         watching = self._wildcard.setdefault(type_url, set())
         (watching.add if wildcard else watching.discard)(watch)
+        if not watching:
+            del self._wildcard[type_url]
 
     def affected(self, changes: Mapping[str, AbstractSet[str]]) -> dict[Watch, set[str]]:
         """Each watch interested in some change, with the types concerned."""

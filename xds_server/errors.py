@@ -11,6 +11,7 @@
     │   └── OutcomeUnknown    a write was sent and its answer never came: it may be stored
     ├── AddressUnavailable    a server cannot listen on its configured address (e.g. taken)
     ├── ProtocolError         an xDS client broke the protocol; its stream ends INVALID_ARGUMENT
+    │   └── LimitExceeded xds/limits.py: a client passed a cap; stream ends RESOURCE_EXHAUSTED
     ├── LeaseLost             another replica holds the prober lease; this one stops probing
     ├── ListenFailed          no socket could be bound to serve on (also an OSError)
     ├── ApiError              admin/errors.py: an admin request refused with its HTTP status

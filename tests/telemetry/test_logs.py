@@ -1,4 +1,5 @@
-"""Log lines for the journal: priority prefixes when stderr is the journal stream."""
+"""Log lines for the journal: priority prefixes when stderr is the journal stream;
+the xDS event log's NACK lines (docs/xds-protocol.md rule 37)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from xds_server.telemetry.logs import JournalFormatter, stderr_is_journal
+from xds_server.resources import ENDPOINT
+from xds_server.telemetry.logs import JournalFormatter, XdsEventLog, stderr_is_journal
+from xds_server.xds.observe import StreamInfo
 
 
 def record(level: int, message: str) -> logging.LogRecord:
@@ -36,3 +39,28 @@ def test_the_journal_is_recognized_by_device_and_inode(
         assert not stderr_is_journal(other)  # inherited by a process whose stderr moved
         monkeypatch.delenv("JOURNAL_STREAM")
         assert not stderr_is_journal(stream)
+
+
+def test_nack_repeats_are_counted_at_powers_of_ten(caplog: pytest.LogCaptureFixture) -> None:
+    """docs/xds-protocol.md rule 37: 2,500 identical NACKs of one stream are 5
+    lines (the first; 10, 90 and 900 more as the repeats reach 10, 100 and
+    1,000; the 1,499 left at close), and
+    another stream's NACK is its own."""
+    events = XdsEventLog()
+    one = StreamInfo(1, "ads", "node-1", "c", None)
+    two = StreamInfo(2, "ads", "node-2", "c", None)
+    caplog.set_level(logging.WARNING, "xds_server.xds")
+    for _ in range(2_500):
+        events.nacked(one, ENDPOINT, "v1", "bad", 1)
+    events.nacked(two, ENDPOINT, "v1", "bad", 1)
+    events.stream_closed(one)
+    events.stream_closed(two)
+    assert [r.getMessage() for r in caplog.records] == [
+        "node-1 NACKed eds version v1: bad",
+        "node-1 NACKed eds version v1 10 more times with the same message",
+        "node-1 NACKed eds version v1 90 more times with the same message",
+        "node-1 NACKed eds version v1 900 more times with the same message",
+        "node-2 NACKed eds version v1: bad",
+        "node-1 NACKed eds version v1 1499 more times with the same message",
+    ]
+    assert not events._nacks  # nothing kept for closed streams

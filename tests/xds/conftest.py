@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ from tests.factories import intent_of
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
 from xds_server.model.intent import Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.samples.grpc_sample import start_backend
 from xds_server.translate import translate
 from xds_server.xds.observe import Observers, StreamInfo
 from xds_server.xds.server import XdsEngine, start_server
@@ -49,6 +50,7 @@ _MESSAGES: dict[str, type[Message]] = {
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
 }
+DeltaResponse = discovery_pb2.DeltaDiscoveryResponse
 _END = object()  # ends the request iterator, i.e. half-closes the stream
 
 
@@ -193,6 +195,11 @@ class XdsClient:
         self._requests.put_nowait(request)
         return request
 
+    def send_raw(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        """Queue `request` exactly as given (a node of the test's own making)."""
+        self._sent_any = True
+        self._requests.put_nowait(request)
+
     def ack(
         self, response: discovery_pb2.DiscoveryResponse, names: Sequence[str] | None = None
     ) -> None:
@@ -302,6 +309,94 @@ class XdsClient:
     async def close(self) -> None:
         """Half-close, cancel, and wait for the reader: leaves nothing behind."""
         self._requests.put_nowait(_END)
+        self.call.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class DeltaClient:
+    """One Delta stream (ADS or EDS) driven by hand."""
+
+    def __init__(self, harness: Harness, node_id: str = "delta-1", kind: str = "ads") -> None:
+        channel = harness.channel()
+        if kind == "ads":
+            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources
+        else:
+            call = eds_pb2_grpc.EndpointDiscoveryServiceStub(channel).DeltaEndpoints
+        self.node_id = node_id
+        self._requests: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
+        self._responses: asyncio.Queue[DeltaResponse | Exception] = asyncio.Queue()
+        self._first = True
+        self.call = call(self._iterate())
+        self._reader = asyncio.create_task(self._read())
+
+    async def _iterate(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    async def _read(self) -> None:
+        try:
+            async for response in self.call:
+                self._responses.put_nowait(response)
+        except grpc.aio.AioRpcError as error:
+            self._responses.put_nowait(error)
+            return
+        self._responses.put_nowait(StreamEnded(None, "end of stream"))
+
+    def send(
+        self,
+        type_url: str,
+        subscribe: Sequence[str] = (),
+        unsubscribe: Sequence[str] = (),
+        nonce: str = "",
+        initial: Mapping[str, str] | None = None,
+        error: str | None = None,
+    ) -> None:
+        request = discovery_pb2.DeltaDiscoveryRequest(
+            type_url=type_url,
+            resource_names_subscribe=list(subscribe),
+            resource_names_unsubscribe=list(unsubscribe),
+            response_nonce=nonce,
+            initial_resource_versions=dict(initial or {}),
+        )
+        if self._first:
+            request.node.CopyFrom(base_pb2.Node(id=self.node_id))
+            self._first = False
+        if error is not None:
+            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        self._requests.put_nowait(request)
+
+    def ack(self, response: DeltaResponse) -> None:
+        self.send(response.type_url, nonce=response.nonce)
+
+    async def recv(self, timeout: float = 2.0) -> DeltaResponse:  # noqa: ASYNC109
+        item = await asyncio.wait_for(self._responses.get(), timeout)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def expect_silence(self, seconds: float) -> None:
+        try:
+            item = await asyncio.wait_for(self._responses.get(), seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"expected silence, got {item}")
+
+    async def ended(self, timeout: float = 2.0) -> grpc.aio.AioRpcError:  # noqa: ASYNC109
+        """Wait for the server to end the stream with an error status; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                item = await asyncio.wait_for(self._responses.get(), max(remaining, 0.001))
+            except TimeoutError:
+                raise AssertionError(f"stream still open after {timeout} s") from None
+            if isinstance(item, StreamEnded):
+                raise item
+            if isinstance(item, grpc.aio.AioRpcError):
+                return item
+
+    async def close(self) -> None:
+        self._requests.put_nowait(None)
         self.call.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
 
@@ -445,6 +540,17 @@ async def xds() -> AsyncIterator[Harness]:
         yield harness
     finally:
         await harness.stop()
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[dict[str, int]]:
+    """Two sample gRPC backends on free loopback ports: name -> port."""
+    started = {name: await start_backend(name) for name in ("greeter-a", "greeter-b")}
+    try:
+        yield {name: port for name, (_, port) in started.items()}
+    finally:
+        for server, _ in started.values():
+            await server.stop(0)
 
 
 @pytest.fixture

@@ -156,6 +156,23 @@ async def test_node_matchers_select_clients_by_node_id(xds: Harness) -> None:
     assert await ids(node_id(string_pb2.StringMatcher(exact="nobody"))) == []
 
 
+async def test_node_id_regexes_are_re2_like_envoys(xds: Harness) -> None:
+    """A safe_regex is RE2, as in Envoy: matched in linear time whatever the
+    pattern, so a CSDS caller cannot stall the server with a backtracking
+    one; a pattern RE2 refuses (a backreference) is INVALID_ARGUMENT. Python's
+    `re`, used before, accepted it, and took exponential time on `(a+)+$`."""
+    client = xds.client(node_id="a" * 40 + "b")
+    client.send(CLUSTER)
+    await client.recv_type(CLUSTER)
+    backtracking = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex="(a+)+$"))
+    assert await fetch(xds, node_matchers=[node_id(backtracking)]) == []
+    backreference = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=r"(a)\1"))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await fetch(xds, node_matchers=[node_id(backreference)])
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "node_id regex" in (raised.value.details() or "")
+
+
 async def test_metadata_matchers_are_refused(xds: Harness) -> None:
     """Node metadata is not known to the server: matching on it is refused
     (INVALID_ARGUMENT) rather than silently ignored."""

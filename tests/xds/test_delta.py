@@ -3,93 +3,14 @@ rules shared with SotW (ACK/NACK, warming, make-before-break) in Delta form."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
-
-import grpc
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from envoy.service.endpoint.v3 import eds_pb2_grpc
-from google.rpc import status_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from tests.factories import intent_of, service_names
-from tests.xds.conftest import Harness, poll
+from tests.xds.conftest import DeltaClient, Harness, poll
 from xds_server.model.edits import update_backend, with_policies, without_service
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 Response = discovery_pb2.DeltaDiscoveryResponse
-
-
-class DeltaClient:
-    """One Delta stream (ADS or EDS) driven by hand."""
-
-    def __init__(self, harness: Harness, node_id: str = "delta-1", kind: str = "ads") -> None:
-        channel = harness.channel()
-        if kind == "ads":
-            call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources
-        else:
-            call = eds_pb2_grpc.EndpointDiscoveryServiceStub(channel).DeltaEndpoints
-        self.node_id = node_id
-        self._requests: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
-        self._responses: asyncio.Queue[Response | Exception] = asyncio.Queue()
-        self._first = True
-        self.call = call(self._iterate())
-        self._reader = asyncio.create_task(self._read())
-
-    async def _iterate(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
-        while (request := await self._requests.get()) is not None:
-            yield request
-
-    async def _read(self) -> None:
-        try:
-            async for response in self.call:
-                self._responses.put_nowait(response)
-        except grpc.aio.AioRpcError as error:
-            self._responses.put_nowait(error)
-
-    def send(
-        self,
-        type_url: str,
-        subscribe: Sequence[str] = (),
-        unsubscribe: Sequence[str] = (),
-        nonce: str = "",
-        initial: Mapping[str, str] | None = None,
-        error: str | None = None,
-    ) -> None:
-        request = discovery_pb2.DeltaDiscoveryRequest(
-            type_url=type_url,
-            resource_names_subscribe=list(subscribe),
-            resource_names_unsubscribe=list(unsubscribe),
-            response_nonce=nonce,
-            initial_resource_versions=dict(initial or {}),
-        )
-        if self._first:
-            request.node.CopyFrom(base_pb2.Node(id=self.node_id))
-            self._first = False
-        if error is not None:
-            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        self._requests.put_nowait(request)
-
-    def ack(self, response: Response) -> None:
-        self.send(response.type_url, nonce=response.nonce)
-
-    async def recv(self, timeout: float = 2.0) -> Response:  # noqa: ASYNC109
-        item = await asyncio.wait_for(self._responses.get(), timeout)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    async def expect_silence(self, seconds: float) -> None:
-        try:
-            item = await asyncio.wait_for(self._responses.get(), seconds)
-        except TimeoutError:
-            return
-        raise AssertionError(f"expected silence, got {item}")
-
-    async def close(self) -> None:
-        self._requests.put_nowait(None)
-        self.call.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
 
 
 def names(response: Response) -> list[str]:

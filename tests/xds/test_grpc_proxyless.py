@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -21,7 +21,7 @@ from xds_server.cache import build_snapshot
 from xds_server.model.intent import Backend, Intent, Protocol, Service, SocketAddress
 from xds_server.proxy.processes import ChildProcess, start_process
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from xds_server.samples.grpc_sample import METHOD, bootstrap_config, start_backend
+from xds_server.samples.grpc_sample import METHOD, bootstrap_config
 from xds_server.translate import translate
 
 CLIENT_NODE = "grpc-client-1"
@@ -36,17 +36,6 @@ def greeter(ports: dict[str, int]) -> Intent:
             Service("web", ("/web/",), (Backend("web-a", "127.0.0.1", 9),)),
         )
     )
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[dict[str, int]]:
-    """Two sample gRPC backends on free loopback ports: name -> port."""
-    started = {name: await start_backend(name) for name in ("greeter-a", "greeter-b")}
-    try:
-        yield {name: port for name, (_, port) in started.items()}
-    finally:
-        for server, _ in started.values():
-            await server.stop(0)
 
 
 async def start_client(

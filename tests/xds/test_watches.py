@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tests.factories import intent_of
-from tests.xds.conftest import Harness, XdsClient, names_of, poll
-from tests.xds.test_delta import DeltaClient, names
+from tests.xds.conftest import DeltaClient, Harness, XdsClient, names_of, poll
+from tests.xds.test_delta import names
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
 from xds_server.model.intent import Health
 from xds_server.resources import CLUSTER, ENDPOINT
@@ -204,3 +204,18 @@ async def test_unconcerned_streams_count_as_applied(xds: Harness) -> None:
     assert xds.registry.lagging(snapshot.generation) == []
     assert wakeups(xds)["other"] == quiet_before
     assert len(streams_of(xds, "other")) == 2
+
+
+def test_the_watch_index_forgets_a_type_nobody_watches() -> None:
+    """docs/xds-protocol.md rule 35 at the cache: a type's entries leave the
+    watch index with its last watcher, named or wildcard; they used to stay,
+    an empty entry per type URL ever watched."""
+    cache = SnapshotCache()
+    for i in range(100):
+        watch = cache.watch(lambda types, generation: None)
+        watch.subscribe(f"type.googleapis.com/test.T{i}", {"a"}, wildcard=True)
+        watch.subscribe(f"type.googleapis.com/test.T{i}", set(), wildcard=False)
+        watch.subscribe(f"type.googleapis.com/test.U{i}", {"a"}, wildcard=True)
+        watch.close()
+    assert cache._index._named == {} and cache._index._wildcard == {}
+    assert cache.watcher_count == 0

@@ -20,10 +20,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from xds_server.resources import SHORT_NAMES
 from xds_server.timefmt import iso_utc
+from xds_server.xds.limits import loggable
 from xds_server.xds.observe import StreamInfo
 
 TEXT, JSON = "text", "json"
@@ -114,24 +116,46 @@ def _fields(info: StreamInfo, type_url: str | None = None, **more: object) -> di
     return fields
 
 
+@dataclass
+class _RepeatedNack:
+    """The latest NACK a stream logged, and how many identical ones followed."""
+
+    key: tuple[str, str, str]  # type URL, version, message
+    repeats: int = 0
+    unreported: int = 0
+
+
 class XdsEventLog:
-    """xDS events as log records carrying proxy id, type and version as fields."""
+    """xDS events as log records carrying proxy id, type and version as fields.
+
+    docs/xds-protocol.md rule 37: text a client chose (its node id, a NACK's
+    message, a type URL) is clipped and escaped (`xds.limits.loggable`), and a
+    stream that NACKs the same version with the same message again and again
+    logs it once, then how many more times: when its NACK changes, when it
+    closes, and when the repeats reach 10, 100, 1000, ...
+    """
+
+    def __init__(self) -> None:
+        self._nacks: dict[int, _RepeatedNack] = {}  # stream id -> its latest NACK
 
     def stream_opened(self, info: StreamInfo) -> None:
         log.info(
             "stream %d opened (%s) by %s",
             info.stream_id,
             info.kind,
-            info.node_id,
+            _who(info),
             extra=_fields(info, envoy_admin=info.envoy_admin, node_cluster=info.node_cluster),
         )
 
     def stream_closed(self, info: StreamInfo) -> None:
+        held = self._nacks.pop(info.stream_id, None)
+        if held is not None:
+            self._report_repeats(info, held)
         log.info(
             "stream %d closed (%s) by %s",
             info.stream_id,
             info.kind,
-            info.node_id,
+            _who(info),
             extra=_fields(info),
         )
 
@@ -143,7 +167,7 @@ class XdsEventLog:
             SHORT_NAMES.get(type_url, type_url),
             version,
             len(names),
-            info.node_id,
+            _who(info),
             extra=_fields(
                 info, type_url, version=version, generation=generation, resources=len(names)
             ),
@@ -152,7 +176,7 @@ class XdsEventLog:
     def acked(self, info: StreamInfo, type_url: str, version: str, generation: int) -> None:
         log.debug(
             "%s ACKed %s version %s",
-            info.node_id,
+            _who(info),
             SHORT_NAMES.get(type_url, type_url),
             version,
             extra=_fields(info, type_url, version=version, generation=generation, ack=True),
@@ -161,14 +185,39 @@ class XdsEventLog:
     def nacked(
         self, info: StreamInfo, type_url: str, version: str, message: str, generation: int
     ) -> None:
+        key = (type_url, version, message)
+        held = self._nacks.get(info.stream_id)
+        if held is not None and held.key == key:
+            held.repeats += 1
+            held.unreported += 1
+            if _is_power_of_ten(held.repeats):
+                self._report_repeats(info, held)
+            return
+        if held is not None:
+            self._report_repeats(info, held)
+        self._nacks[info.stream_id] = _RepeatedNack(key)
         log.warning(
             "%s NACKed %s version %s: %s",
-            info.node_id,
+            _who(info),
             SHORT_NAMES.get(type_url, type_url),
             version,
-            message,
+            loggable(message),
             extra=_fields(info, type_url, version=version, generation=generation, ack=False),
         )
+
+    def _report_repeats(self, info: StreamInfo, held: _RepeatedNack) -> None:
+        if not held.unreported:
+            return
+        type_url, version, _ = held.key
+        log.warning(
+            "%s NACKed %s version %s %d more times with the same message",
+            _who(info),
+            SHORT_NAMES.get(type_url, type_url),
+            version,
+            held.unreported,
+            extra=_fields(info, type_url, version=version, ack=False, repeats=held.unreported),
+        )
+        held.unreported = 0
 
     def up_to_date(self, info: StreamInfo, type_url: str, generation: int) -> None:
         pass
@@ -176,7 +225,30 @@ class XdsEventLog:
     def stale_nonce(self, info: StreamInfo, type_url: str) -> None:
         log.debug(
             "%s sent a stale nonce for %s",
-            info.node_id,
+            _who(info),
             SHORT_NAMES.get(type_url, type_url),
             extra=_fields(info, type_url),
         )
+
+    def unserved_type(self, info: StreamInfo, type_url: str) -> None:
+        """docs/xds-protocol.md rule 35: once per stream."""
+        asked = loggable(type_url)
+        log.warning(
+            "%s asked for %s, which this server does not serve",
+            _who(info),
+            asked,
+            extra={**_fields(info), "type": asked},
+        )
+
+
+def _who(info: StreamInfo) -> str:
+    return loggable(info.node_id)
+
+
+def _is_power_of_ten(count: int) -> bool:
+    """10, 100, 1000, ..."""
+    if count < 10:
+        return False
+    while count % 10 == 0:
+        count //= 10
+    return count == 1

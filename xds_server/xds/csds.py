@@ -27,14 +27,15 @@ unsubscribed from while the resource still exists stays listed until then.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import grpc
+import re2
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
@@ -43,6 +44,7 @@ from google.protobuf import timestamp_pb2
 
 from xds_server.cache import Resource, Snapshot, SnapshotCache
 from xds_server.resources import FULL_STATE_TYPES
+from xds_server.xds.limits import LOG_TEXT_CHARS, clip
 from xds_server.xds.observe import Observers, StreamInfo
 
 
@@ -316,12 +318,18 @@ def _string_matcher(matcher: string_pb2.StringMatcher) -> Predicate:
     return lambda node_id: test(node_id, pattern)
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    """Python's re stands in for Envoy's RE2 (the same syntax for common patterns)."""
+def _compile(pattern: str) -> Any:
+    """RE2, as Envoy's safe_regex: linear time whatever the pattern, so a
+    caller cannot stall the server with one that backtracks (Python's `re`
+    takes exponential time on `(a+)+$`); what RE2 refuses is refused."""
+    options = re2.Options()
+    options.log_errors = False  # the refusal goes to the caller, not to stderr
     try:
-        return re.compile(pattern)
-    except re.error as error:
-        raise UnsupportedMatcher(f"node_id regex {pattern!r}: {error}") from error
+        return re2.compile(pattern, options)
+    except re2.error as error:
+        reason = error.args[0].decode(errors="replace") if error.args else "invalid"
+        shown = clip(pattern, LOG_TEXT_CHARS)
+        raise UnsupportedMatcher(f"node_id regex {shown!r}: {reason}") from error
 
 
 # ---- the gRPC service ------------------------------------------------------------------

@@ -17,6 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import Resource, Snapshot, TypeSnapshot
 from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.xds import limits
 from xds_server.xds.stream import WILDCARD, WILDCARD_TYPES, XdsStream
 
 ABSENT = None  # "the client was told this name does not exist"
@@ -32,6 +33,7 @@ class DeltaState:
     type_url: str
     wildcard: bool = False
     names: set[str] = field(default_factory=set)
+    name_chars: int = 0  # of `names`, kept as they change (docs/xds-protocol.md rule 36)
     # name -> version (digest) the client holds, or ABSENT once told it is missing
     known: dict[str, str | None] = field(default_factory=dict)
     nonce: str | None = None
@@ -52,7 +54,9 @@ class DeltaState:
             if name == WILDCARD:
                 self.wildcard = True
                 continue
-            self.names.add(name)
+            if name not in self.names:
+                self.names.add(name)
+                self.name_chars += len(name)
             if not first:
                 self.known.pop(name, None)  # docs/xds-protocol.md rule 20: answered again
         for name in request.resource_names_unsubscribe:
@@ -60,7 +64,9 @@ class DeltaState:
                 self.wildcard = False
                 self.known = {n: v for n, v in self.known.items() if n in self.names}
                 continue
-            self.names.discard(name)
+            if name in self.names:
+                self.names.remove(name)
+                self.name_chars -= len(name)
             # docs/xds-protocol.md rule 21: still covered by the wildcard, it must be
             # mentioned again; otherwise the client has dropped it.
             self.known.pop(name, None)
@@ -97,8 +103,11 @@ class DeltaStream(
 
     def handle_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         type_url = self._open_and_type(request)
+        if not self._serves(type_url):
+            return  # docs/xds-protocol.md rule 35
         state = self._states.get(type_url)
         first = state is None
+        self._check(request, first)
         if state is None:
             state = self._states[type_url] = DeltaState(type_url, must_answer=True)
         elif request.response_nonce and request.response_nonce != state.nonce:
@@ -108,8 +117,21 @@ class DeltaStream(
             self._report_answer(type_url, request, state.version_sent, state.evaluated_generation)
         # ...but docs/xds-protocol.md rule 9: subscription changes count whatever the nonce.
         state.apply(request, first, self._legacy_wildcard)
+        self._budget.charge(type_url, len(state.names), state.name_chars)
         self._interest(type_url, state.names, state.wildcard)
-        self._wake.set()
+        self._touch(type_url)
+
+    def _check(self, request: discovery_pb2.DeltaDiscoveryRequest, first: bool) -> None:
+        """docs/xds-protocol.md rule 36: the names a request would add, and on a
+        type's first request the versions the client says it holds, are
+        within their caps. Raises LimitExceeded."""
+        limits.check_texts("resource name", request.resource_names_subscribe)
+        if first:
+            initial = request.initial_resource_versions
+            limits.check_texts("resource name", initial.keys())
+            limits.check_texts("resource version", initial.values())
+            chars = limits.total_chars(initial.keys()) + limits.total_chars(initial.values())
+            self._budget.charge(f"{request.type_url} initial", len(initial), chars)
 
     # ---- responses -----------------------------------------------------------
 
@@ -120,7 +142,8 @@ class DeltaStream(
         snapshot = self._cache.snapshot
         if snapshot is None or self.info is None:
             return []
-        evaluated = [self._evaluate(self._states[t], snapshot) for t in self._send_order()]
+        due = [t for t in self._send_order() if self._due(t)]
+        evaluated = [self._evaluate(self._states[t], snapshot) for t in due]
         outs = [out for out in evaluated if out is not None]
         for out in outs:
             if out.type_url == CLUSTER:
@@ -183,4 +206,4 @@ class DeltaStream(
         if state is not None and names & state.known.keys():
             for name in names:
                 state.known.pop(name, None)
-            self._wake.set()
+            self._touch(ENDPOINT)

@@ -57,6 +57,9 @@ class Observers:
     resources this stream subscribes to, so this type owes its client an
     answer for `generation`. Streams a snapshot does not concern hear nothing
     (per-name watches); ProxyRegistry needs it to know who is behind.
+    `unserved_type(info, type_url)`: the stream's client asked for a type this
+    server does not serve, ignored (docs/xds-protocol.md rule 35); called once
+    per stream, for the first such type. XdsEventLog logs it.
     """
 
     def __init__(self, observers: Sequence[XdsObserver] = ()) -> None:

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from xds_server.cache import SnapshotCache
 from xds_server.errors import ListenFailed, ProtocolError
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from xds_server.xds import csds
+from xds_server.xds import csds, limits
 from xds_server.xds.delta import DeltaStream
 from xds_server.xds.observe import Observers
 from xds_server.xds.sotw import SotwStream
@@ -34,11 +34,11 @@ from xds_server.xds.stream import XdsStream
 log = logging.getLogger("xds_server.xds")
 
 # docs/xds-protocol.md rule 30: Delta reconnect requests of large fleets exceed
-# gRPC's 4 MiB default.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# gRPC's 4 MiB default; docs/xds-protocol.md rule 36: still, a cap.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", limits.MAX_REQUEST_BYTES),
+    ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
     # Envoy's xds_cluster sends HTTP/2 keepalive pings on idle streams; gRPC's
     # default anti-abuse rule answers them with GOAWAY "too_many_pings" and
     # Envoy reconnects. Accept them.
@@ -95,6 +95,10 @@ class XdsEngine:
             async with aclosing(tracked), aclosing(stream.serve(tracked)) as responses:
                 async for response in responses:
                     await context.write(response)
+        except limits.LimitExceeded as error:
+            # docs/xds-protocol.md rule 36, the code gRPC itself gives an oversized message.
+            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_details(str(error))
         except ProtocolError as error:
             # Not context.abort(): grpc keeps the abort exception, and through
             # its traceback this stream, for as long as it keeps the RPC.
@@ -149,7 +153,7 @@ async def _next_request(requests: AsyncIterator[Any]) -> Any | None:
 
 
 def _node(stream: XdsStream[Any, Any]) -> str:
-    return stream.info.node_id if stream.info is not None else "not yet known"
+    return limits.loggable(stream.info.node_id) if stream.info is not None else "not yet known"
 
 
 def _stream_handler(kind: str, type_url: str | None, delta: bool) -> Callable[..., Awaitable[None]]:

@@ -17,6 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import Resource, Snapshot, TypeSnapshot, version_of
 from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, ROUTE
+from xds_server.xds import limits
 from xds_server.xds.stream import WILDCARD, WILDCARD_TYPES, XdsStream, digest_of
 
 
@@ -75,6 +76,10 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
 
     def handle_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
         type_url = self._open_and_type(request)
+        if not self._serves(type_url):
+            return  # docs/xds-protocol.md rule 35
+        names = request.resource_names
+        limits.check_texts("resource name", names)  # docs/xds-protocol.md rule 36
         state = self._states.get(type_url)
         if state is None:
             state = self._states[type_url] = TypeState(type_url)
@@ -84,9 +89,11 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
             return
         elif request.response_nonce == state.nonce:
             self._settle(state, request)
-        state.subscribe(request.resource_names, self._legacy_wildcard)
+        # SotW names replace the type's previous ones (duplicates counted: a bound).
+        self._budget.charge(type_url, len(names), limits.total_chars(names))
+        state.subscribe(names, self._legacy_wildcard)
         self._interest(type_url, state.names, state.wildcard)
-        self._wake.set()
+        self._touch(type_url)
 
     def _settle(self, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> None:
         """After a NACK nothing is re-sent until the config changes
@@ -103,7 +110,8 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
         snapshot = self._cache.snapshot
         if snapshot is None or self.info is None:
             return []
-        outgoing = self._make_before_break(snapshot)
+        # Make-before-break starts only from a cluster change, which makes CDS due.
+        outgoing = self._make_before_break(snapshot) if CLUSTER in self._due_types else []
         for early in outgoing:
             # docs/xds-protocol.md rule 23: clusters changed in the old+new set re-warm now.
             self._after_clusters_sent(early)
@@ -111,6 +119,10 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
         # goes out last, behind the endpoints, listeners and routes that stop using
         # the old.
         for type_url in self._send_order(clusters_last=bool(outgoing)):
+            # Checked as the pass goes: the CDS sent here may make EDS due
+            # (docs/xds-protocol.md rule 23), and EDS comes after it.
+            if not self._due(type_url):
+                continue
             state = self._states[type_url]
             out = self._evaluate(state, snapshot)
             if out is not None:
@@ -176,7 +188,7 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
         state = self._states.get(ENDPOINT)  # docs/xds-protocol.md rule 23
         if state is not None and names & state.sent.keys():
             state.sent = {n: r for n, r in state.sent.items() if n not in names}
-            self._wake.set()
+            self._touch(ENDPOINT)
 
     def _make_before_break(self, snapshot: Snapshot) -> list[Outgoing]:
         """docs/xds-protocol.md rule 24: when clusters disappear, first send the

@@ -4,7 +4,15 @@ A reader task applies each request to per-type state and wakes the writer;
 the writer compares the current snapshot with what this client holds and
 answers only with differences. Because the writer always works from the
 latest state, a newer request supersedes older ones (docs/xds-protocol.md rule 10)
-and a burst of snapshot changes coalesces (latest wins, never a queue).
+and a burst of snapshot changes coalesces (latest wins, never a queue). It
+looks only at the types due: those a request was about, or that a snapshot
+changed for this stream, so a small request never costs an evaluation of
+everything the stream subscribes to.
+
+What a client can make a stream hold is bounded (xds/limits.py): a type this
+server does not serve keeps nothing and wakes nothing (docs/xds-protocol.md
+rule 35); the node, the subscribed names and NACK messages are capped
+(docs/xds-protocol.md rules 36 and 37).
 """
 
 from __future__ import annotations
@@ -17,12 +25,15 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from xds_server.cache import Resource, SnapshotCache, Watch
 from xds_server.errors import ProtocolError
-from xds_server.resources import CLUSTER, LISTENER
+from xds_server.resources import ADS_ORDER, CLUSTER, LISTENER
+from xds_server.xds import limits
 from xds_server.xds.observe import Observers, StreamInfo
 
 WILDCARD = "*"
 # Only these types have a legacy wildcard (an empty first request means "all").
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+# Every snapshot holds these types and no other (cache.build_snapshot).
+SERVED_TYPES = frozenset(ADS_ORDER)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -61,12 +72,16 @@ class XdsStream(Generic[Request, Response]):
         self._legacy_wildcard = legacy_wildcard
         self._on_clusters_changed = on_clusters_changed
         self._wake = asyncio.Event()
+        # Types the writer's next pass evaluates: asked about, or changed for us.
+        self._due_types: set[str] = set()
         self._watch: Watch | None = None  # while serving
         self.wakeups = 0  # times the writer woke up, for tests and benchmarks
         self._done = False
         self._error: Exception | None = None  # the reader's, raised by the writer
         self._nonces = itertools.count(1)
         self.info: StreamInfo | None = None
+        self._budget = limits.SubscriptionBudget()  # docs/xds-protocol.md rule 36
+        self._told_unserved = False
 
     # ---- the stream's life ---------------------------------------------------
 
@@ -109,8 +124,18 @@ class XdsStream(Generic[Request, Response]):
         self._done = True
         self._wake.set()
 
-    def wake(self) -> None:
+    def _touch(self, type_url: str) -> None:
+        """`type_url` is due: the writer's next pass evaluates it."""
+        self._due_types.add(type_url)
         self._wake.set()
+
+    def _due(self, type_url: str) -> bool:
+        """Whether this pass of the writer evaluates `type_url` (it is then no
+        longer due)."""
+        if type_url not in self._due_types:
+            return False
+        self._due_types.discard(type_url)
+        return True
 
     @property
     def pending(self) -> bool:
@@ -124,6 +149,7 @@ class XdsStream(Generic[Request, Response]):
         if self.info is not None:
             for type_url in types:
                 self._observers.emit("notified", self.info, type_url, generation)
+        self._due_types.update(types)
         self._wake.set()
 
     def _interest(self, type_url: str, names: AbstractSet[str], wildcard: bool) -> None:
@@ -150,6 +176,7 @@ class XdsStream(Generic[Request, Response]):
 
     def _open(self, request: Any) -> None:
         node = request.node
+        limits.check_node(node)  # docs/xds-protocol.md rule 36: before anything is kept
         admin = node.metadata.fields.get("admin_address")
         self.info = StreamInfo(
             stream_id=self.stream_id,
@@ -168,8 +195,21 @@ class XdsStream(Generic[Request, Response]):
                 raise ProtocolError("type_url is required on an aggregated stream")
             return str(request.type_url)
         if request.type_url not in ("", self._fixed_type):
-            raise ProtocolError(f"this stream serves {self._fixed_type}, not {request.type_url}")
+            # Clipped: gRPC clients refuse a status whose details pass 16 KiB.
+            asked = limits.clip(request.type_url, limits.LOG_TEXT_CHARS)
+            raise ProtocolError(f"this stream serves {self._fixed_type}, not {asked}")
         return self._fixed_type
+
+    def _serves(self, type_url: str) -> bool:
+        """docs/xds-protocol.md rule 35: a request for a type no snapshot holds
+        is ignored before anything of it is kept, and wakes nobody: no state, no
+        watch, O(1) whatever it names. The operator hears of it once per stream."""
+        if type_url in SERVED_TYPES:
+            return True
+        if not self._told_unserved and self.info is not None:
+            self._told_unserved = True
+            self._observers.emit("unserved_type", self.info, type_url)
+        return False
 
     def _report_answer(
         self, type_url: str, request: Any, version_sent: str, generation: int
@@ -178,7 +218,8 @@ class XdsStream(Generic[Request, Response]):
         error_detail is present (docs/xds-protocol.md rule 6), never judged by
         comparing versions."""
         if request.HasField("error_detail"):
-            message = request.error_detail.message
+            # docs/xds-protocol.md rule 37: what /proxies and CSDS keep is bounded.
+            message = limits.clip(request.error_detail.message, limits.MAX_NACK_CHARS)
             self._observers.emit("nacked", self.info, type_url, version_sent, message, generation)
         else:
             version = getattr(request, "version_info", "") or version_sent
