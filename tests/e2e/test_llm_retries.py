@@ -5,12 +5,18 @@ that may have done work (a 500) is not; a started generation is never run twice
 
 from __future__ import annotations
 
+import dataclasses
+
 import aiohttp
 import pytest
 
 from tests.e2e.conftest import StackFactory
 from tests.e2e.test_llm_streaming import client, generation, llm_settings, stream
 from tests.e2e.test_resilience import envoy_counter, served, set_fault
+from tests.factories import LOOPBACK
+from xds_server.model.edits import with_service
+from xds_server.model.intent import Backend
+from xds_server.proxy.processes import free_port
 
 pytestmark = pytest.mark.envoy
 __all__ = ["client"]  # the fixture, shared
@@ -34,3 +40,26 @@ async def test_a_503_before_any_byte_is_retried_a_500_is_not(
     assert failed.status == 500
     assert await served(client, stack, "phi3") == 3
     assert await envoy_counter(stack, "cluster.phi3.upstream_rq_retry") == 1
+
+
+async def test_a_refused_connection_is_retried_on_the_other_backend(
+    make_stack: StackFactory, client: aiohttp.ClientSession
+) -> None:
+    """phi3 with a second backend that is gone (its port refuses connections): every
+    stream still reaches the client whole, the refused attempts retried on phi3."""
+    spare = Backend("phi3-spare", LOOPBACK, free_port())
+    settings = llm_settings()
+    phi3 = settings.intent.service("phi3")
+    assert phi3 is not None
+    intent = with_service(settings.intent, "phi3", backends=(*phi3.backends, spare))
+    # One probe at start (jitter 0), while the spare is still up, and none after:
+    # only Envoy's retries stand between the client and the refused port.
+    settings = dataclasses.replace(
+        settings, intent=intent, health_check_interval_s=3600, health_check_jitter=0.0
+    )
+    stack = await make_stack(settings)
+    await stack.backends["phi3-spare"].stop(grace_s=5)
+    results = [await stream(client, stack, "phi3", generation(3)) for _ in range(4)]
+    assert [(r.status, r.done) for r in results] == [(200, True)] * 4
+    assert await served(client, stack, "phi3") == 4
+    assert await envoy_counter(stack, "cluster.phi3.upstream_rq_retry") >= 1
