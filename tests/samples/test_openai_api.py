@@ -196,13 +196,16 @@ async def test_break_after_tokens_drops_the_stream_unfinished(llm: TestClient[An
 
 
 async def test_bad_openai_requests_are_400(llm: TestClient[Any, Any]) -> None:
-    """The openai client sees a BadRequestError for a malformed body, named by the sample."""
+    """On /v1/ errors are OpenAI error objects: the openai client shows the sample's
+    message (a malformed body, an injected fault); bad test-only headers are 400 too."""
     async with _openai(llm) as client:
-        with pytest.raises(openai.BadRequestError) as refused:
+        with pytest.raises(openai.BadRequestError, match="max_tokens must be an integer"):
             await client.chat.completions.create(
                 model="m", messages=[{"role": "user", "content": "x"}], max_tokens=0
             )
-    assert "max_tokens" in str(refused.value.body)
+        await llm.post("/_control/fault", json={"status": 500, "times": 1})
+        with pytest.raises(openai.InternalServerError, match="injected fault"):
+            await client.completions.create(model="m", prompt="x")
     for headers in ({"x-sample-stall-ms": "soon"}, {"x-sample-token-interval-ms": "-1"}):
         response = await llm.post(
             "/v1/chat/completions",

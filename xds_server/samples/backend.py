@@ -49,6 +49,7 @@ MAX_DELAY_MS = 600_000
 DEFAULT_TOKEN_INTERVAL_S = 0.020
 _CONTROL_PREFIX = "/_control/"
 _HEALTH_PATH = "/health"
+_OPENAI_PREFIX = "/v1/"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -125,12 +126,20 @@ async def _backend_marker(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await handler(request)
     except (_Invalid, InvalidRequest) as exc:
-        response = _answer(request, {"error": str(exc)}, status=400)
+        response = _answer(request, _error(request, str(exc), "invalid_request_error"), 400)
     except web.HTTPException as exc:
-        response = _answer(request, {"error": exc.reason}, status=exc.status)
+        response = _answer(request, _error(request, exc.reason, "not_found_error"), exc.status)
     if not response.prepared:  # a stream sent its headers already, the marker among them
         response.headers["x-backend"] = request.app[STATE].name
     return response
+
+
+def _error(request: web.Request, message: str, kind: str) -> dict[str, Any]:
+    """The spec's routes answer {"error": text}; OpenAI's (/v1/) its error object, which
+    the openai client reads the message from."""
+    if request.path.startswith(_OPENAI_PREFIX):
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return {"error": message}
 
 
 @web.middleware
@@ -147,7 +156,7 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
             state.times -= 1
             if state.times <= 0:
                 state.status, state.times = None, None
-        return _answer(request, {"error": "injected fault"}, status=status)
+        return _answer(request, _error(request, "injected fault", "server_error"), status=status)
     return await handler(request)
 
 
