@@ -54,7 +54,12 @@ async def test_the_controller_outlives_config_bombs_and_stops_on_sigterm(tmp_pat
 
             await eventually(refused, timeout_s=30)
             assert reason in log_path.read_text().rsplit(REFUSED, 1)[1]
-            assert await get(run.admin, "/healthz") == (200, {"ok": True})
+            status, health = await get(run.admin, "/healthz")
+            assert status == 200 and health == {
+                "status": "ok",
+                "store": "ok",
+                "store_kind": "memory",
+            }
             assert await get(run.admin, "/api/v1/router/services") == (200, services)
         run.process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(15):

@@ -51,7 +51,7 @@ def test_a_depth_bomb_is_a_config_error_at_its_line(tmp_path: Path) -> None:
     bomb.write_text(depth_bomb(500))
     assert len(bomb.read_bytes()) < 1200
     message = refused(bomb)
-    assert message.startswith("YAML error at line 6, column ")
+    assert message.startswith("YAML error at line 7, column ")
     assert "nested deeper than" in message
 
 
