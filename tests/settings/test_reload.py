@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,6 +24,7 @@ import yaml
 from tests.factories import config_file, intent_of, local_settings, running_controller
 from tests.settings.test_yaml_limits import alias_bomb, depth_bomb
 from tests.support import eventually
+from tests.systemd_support import ROOT
 from xds_server.app import Controller
 from xds_server.settings import Settings, load_settings
 from xds_server.settings import reload as reload_module
@@ -85,6 +90,7 @@ async def counted(settings: Settings, path: Path) -> AsyncIterator[ServiceCounts
             yield counts
         finally:
             watching.cancel()
+            counts.seen.add(len(controller.store.intent.services))  # the last word too
 
 
 async def test_a_file_written_in_place_in_two_halves_is_never_applied_half(
@@ -219,3 +225,107 @@ async def test_a_change_before_the_watcher_first_looks_is_not_missed(
     finally:
         running.cancel()
         await asyncio.wait({running}, timeout=5)
+
+
+async def test_a_file_that_keeps_changing_is_refused_for_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer that never pauses for the settle time: the reload gives up, and
+    says how to write the file instead."""
+    monkeypatch.setattr(reload_module, "SETTLE_S", 0.05)
+    monkeypatch.setattr(reload_module, "SETTLE_GIVE_UP_S", 0.3)
+    _, path, whole, _ = five_then_six(tmp_path)
+    applied: list[Settings] = []
+
+    async def apply(new: Settings) -> None:
+        applied.append(new)
+
+    async def keep_writing() -> None:
+        for count in itertools.count():  # until cancelled
+            path.write_text(whole + f"# {count}\n")
+            await asyncio.sleep(0.01)
+
+    writer = asyncio.create_task(keep_writing())
+    try:
+        with caplog.at_level(logging.ERROR, logger="xds_server.settings"):
+            assert await ConfigWatcher(path, apply).reload() is False
+    finally:
+        writer.cancel()
+    assert applied == []
+    assert f"{path}: the file is still changing after 0.3 s; write it to a temporary" in (
+        caplog.text
+    )
+
+
+async def test_the_watcher_outlives_a_fault_of_its_own(
+    tmp_path: Path,
+    often: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in a reload (here: the parse raises what it never should) is logged
+    with its traceback; the next change is applied."""
+    _, path, whole, _ = five_then_six(tmp_path)
+    applied: list[Settings] = []
+    real = reload_module.settings_from
+    faults = iter([RuntimeError("a bug")])
+
+    def faulty(*args: Any) -> Settings:
+        for fault in faults:
+            raise fault
+        return real(*args)
+
+    async def apply(new: Settings) -> None:
+        applied.append(new)
+
+    monkeypatch.setattr(reload_module, "settings_from", faulty)
+    watcher = ConfigWatcher(path, apply)
+    running = asyncio.create_task(watcher.run())
+    try:
+        with caplog.at_level(logging.ERROR, logger="xds_server.settings"):
+            replace_file(path, whole.replace("svc-5", "svc-five"))
+
+            async def logged() -> bool:
+                return "config reload failed, keeping the running config" in caplog.text
+
+            await eventually(logged, timeout_s=10)
+        assert "RuntimeError: a bug" in caplog.text
+        replace_file(path, whole)
+
+        async def applied_once() -> bool:
+            assert not running.done(), running
+            return len(applied) == 1
+
+        await eventually(applied_once, timeout_s=10)
+    finally:
+        running.cancel()
+        await asyncio.wait({running}, timeout=5)
+
+
+def test_a_stop_does_not_wait_for_a_read_in_progress(tmp_path: Path) -> None:
+    """The controller's loop ends while a read hangs (a FIFO nobody writes, a parse
+    that takes long): the process exits all the same. With asyncio.to_thread it
+    would wait for the thread at exit."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    script = textwrap.dedent("""
+        import asyncio, pathlib, sys
+        from xds_server.settings import reload
+
+        async def main():
+            hanging = pathlib.Path(sys.argv[1]).read_bytes
+            read = asyncio.ensure_future(reload._in_daemon_thread(hanging))
+            await asyncio.sleep(0.2)
+            read.cancel()
+
+        asyncio.run(main())
+        print("exited")
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script, os.fspath(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.fspath(ROOT)},
+    )
+    assert (done.returncode, done.stdout) == (0, "exited\n"), done.stderr

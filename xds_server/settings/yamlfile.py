@@ -135,11 +135,11 @@ class _Bounded(Composer, SafeConstructor):
                 None, None, f"nested deeper than {self.limits.max_depth} levels", mark
             )
         before = self._nodes
+        self._count(1, mark)  # before its children: the error points where the limit is crossed
         if event.anchor is not None:
             self._open.add(event.anchor)
         node = super().compose_node(parent, index)
         assert node is not None
-        self._count(1, mark)
         if event.anchor is not None:
             self._open.discard(event.anchor)
             self._weights[node] = self._nodes - before
