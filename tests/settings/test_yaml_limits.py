@@ -6,11 +6,13 @@ parse that runs away with the memory."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
+from xds_server import cli
 from xds_server.errors import ConfigError
 from xds_server.settings import load_settings, yamlfile
 from xds_server.settings.yamlfile import PythonLoader, YamlLimits, parse_yaml
@@ -156,3 +158,23 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(ONE_SERVICE.replace("name: a\n", "name: \xe9\n").encode("latin-1"))
     assert refused(latin).startswith("cannot read: 'utf-8' codec can't decode")
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("bomb", [depth_bomb(500), alias_bomb()], ids=["depth", "aliases"])
+def test_the_command_line_reports_a_bomb_and_exits_1(
+    tmp_path: Path, command: str, bomb: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`validate` and `run` read the file with the same limits: exit 1 with the
+    problem, before anything is started."""
+    config = tmp_path / "bomb.yaml"
+    config.write_text(bomb)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        assert cli.main([command, "--config", str(config), "--env-file", "/dev/null"]) == 1
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert f"invalid configuration ({config}, /dev/null):\n{config}: YAML error at line" in err
