@@ -57,7 +57,7 @@ StatKey = tuple[int, int, int]  # mtime_ns, size, inode
 
 @dataclass(frozen=True)
 class FileState:
-    """What one read of the file saw: its stat (from the open file) and its bytes."""
+    """What one read of the file saw: its bytes and its stat, taken right after."""
 
     key: StatKey
     digest: str  # SHA-256 of content
