@@ -178,3 +178,13 @@ def test_the_command_line_reports_a_bomb_and_exits_1(
         root.setLevel(saved[1])
     err = capsys.readouterr().err
     assert f"invalid configuration ({config}, /dev/null):\n{config}: YAML error at line" in err
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_no_tag_builds_an_object(loader: type[PythonLoader], tmp_path: Path) -> None:
+    """Safe loading: a Python tag is an error, and what it names never runs."""
+    ran = tmp_path / "ran"
+    text = f"services: !!python/object/apply:os.system ['touch {ran}']\n"
+    message = parse_refused(text, loader)
+    assert "could not determine a constructor for the tag" in message
+    assert not ran.exists()
