@@ -30,8 +30,13 @@ from xds_server.settings import Settings, load_settings
 from xds_server.settings import reload as reload_module
 from xds_server.settings.reload import ConfigWatcher
 
-SETTLE_S = 0.5  # the watcher's documented settle time
-POLL_S = 1.0  # and its poll interval
+SETTLE_S = reload_module.SETTLE_S
+POLL_S = reload_module.CONFIG_POLL_S
+
+
+def test_the_times_are_the_documented_ones() -> None:
+    """README, "Configuration reload", states them."""
+    assert (SETTLE_S, POLL_S, reload_module.SETTLE_GIVE_UP_S) == (0.5, 1.0, 10.0)
 
 
 def five_then_six(tmp_path: Path) -> tuple[Settings, Path, str, str]:
