@@ -45,10 +45,11 @@ class TypeStatus:
 class ProxyStatus:
     node_id: str
     node_cluster: str
-    envoy_admin: str | None
+    envoy_admin: str | None  # an ip:port the xDS layer believed (xds/identity.py), or None
     connected_since: float
     streams: set[int] = field(default_factory=set)
     types: dict[str, TypeStatus] = field(default_factory=dict)
+    envoy_admin_problem: str | None = None  # why envoy_admin is None
 
     def type(self, type_url: str) -> TypeStatus:
         return self.types.setdefault(type_url, TypeStatus())
