@@ -39,6 +39,7 @@ from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
 from xds_server.model.intent import Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.translate import translate
+from xds_server.xds.identity import Admission
 from xds_server.xds.observe import Observers, StreamInfo
 from xds_server.xds.server import XdsEngine, start_server
 from xds_server.xds.status import ProxyRegistry
@@ -124,10 +125,17 @@ class XdsClient:
     it ACKed, so `ack` and `nack` send what a real client sends.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, kind: str, node_id: str) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        kind: str,
+        node_id: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         stub_class, method, fixed_type = _STUBS[kind]
         self.kind = kind
         self.node_id = node_id
+        self.metadata = metadata  # the node's metadata (admin_address, ...)
         self.fixed_type = fixed_type
         self.received: list[discovery_pb2.DiscoveryResponse] = []  # in arrival order
         self.names: dict[str, tuple[str, ...]] = {}
@@ -186,6 +194,8 @@ class XdsClient:
         )
         if node or (node is None and not self._sent_any):
             request.node.CopyFrom(base_pb2.Node(id=self.node_id, cluster="test"))
+            if self.metadata is not None:
+                request.node.metadata.update(self.metadata)
         if error is not None:
             request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         self._sent_any = True
@@ -335,12 +345,15 @@ class Recorder:
 
 
 class Harness:
-    def __init__(self, *, legacy_wildcard: bool = True) -> None:
+    def __init__(self, *, legacy_wildcard: bool = True, admission: Admission | None = None) -> None:
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
         self.recorder = Recorder()
         self.engine = XdsEngine(
-            self.cache, Observers([self.registry, self.recorder]), legacy_wildcard=legacy_wildcard
+            self.cache,
+            Observers([self.registry, self.recorder]),
+            legacy_wildcard=legacy_wildcard,
+            admission=admission,
         )
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -367,9 +380,13 @@ class Harness:
         return channel
 
     def client(
-        self, kind: str = "ads", node_id: str = "node-1", channel: grpc.aio.Channel | None = None
+        self,
+        kind: str = "ads",
+        node_id: str = "node-1",
+        channel: grpc.aio.Channel | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> XdsClient:
-        client = XdsClient(channel or self.channel(), kind, node_id)
+        client = XdsClient(channel or self.channel(), kind, node_id, metadata)
         self._clients.append(client)
         return client
 

@@ -16,8 +16,9 @@ from collections.abc import Set as AbstractSet
 from typing import Any, Generic, Protocol, TypeVar
 
 from xds_server.cache import Resource, SnapshotCache, Watch
-from xds_server.errors import ProtocolError
+from xds_server.errors import ProtocolError, XdsServerError
 from xds_server.resources import CLUSTER, LISTENER
+from xds_server.xds.identity import EnvoyAdminClaim
 from xds_server.xds.observe import Observers, StreamInfo
 
 WILDCARD = "*"
@@ -26,6 +27,17 @@ WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+
+
+class StreamReplaced(XdsServerError):
+    """A newer stream of the same node took over this stream's types
+    (docs/xds-protocol.md rule 33); the stream ends ABORTED."""
+
+
+# Called with the stream and its node when the first request names the node;
+# returns the admin address to believe, or raises to refuse the stream.
+Admit = Callable[["XdsStream[Any, Any]", Any], EnvoyAdminClaim]
+_UNCHECKED = EnvoyAdminClaim(None, "admin_address not checked")
 
 
 class SentState(Protocol):
@@ -52,6 +64,7 @@ class XdsStream(Generic[Request, Response]):
         fixed_type: str | None,
         legacy_wildcard: bool = True,
         on_clusters_changed: Callable[[str, set[str]], None] | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.stream_id = next(self._ids)
         self._cache = cache
@@ -60,6 +73,7 @@ class XdsStream(Generic[Request, Response]):
         self._fixed_type = fixed_type
         self._legacy_wildcard = legacy_wildcard
         self._on_clusters_changed = on_clusters_changed
+        self._admit = admit
         self._wake = asyncio.Event()
         self._watch: Watch | None = None  # while serving
         self.wakeups = 0  # times the writer woke up, for tests and benchmarks
@@ -105,11 +119,26 @@ class XdsStream(Generic[Request, Response]):
             async for request in requests:
                 self.handle_request(request)
         except Exception as error:  # handed over, not swallowed: see serve()
-            self._error = error
+            self._error = self._error or error  # end()'s reason stays the reason
         self._done = True
         self._wake.set()
 
     def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def fixed_type(self) -> str | None:
+        """The one type a per-type stream serves; None on ADS (every type)."""
+        return self._fixed_type
+
+    def end(self, error: Exception) -> None:
+        """End this stream from outside (docs/xds-protocol.md rule 33): it reports
+        `stream_closed` now and nothing after it, so nothing it still reads or
+        sends can count for its node; its handler ends with `error`."""
+        if self.info is not None:
+            self._observers.emit("stream_closed", self.info)
+        self._observers = Observers()
+        self._error = error
         self._wake.set()
 
     @property
@@ -150,13 +179,15 @@ class XdsStream(Generic[Request, Response]):
 
     def _open(self, request: Any) -> None:
         node = request.node
-        admin = node.metadata.fields.get("admin_address")
+        # Raises to refuse the stream (docs/xds-protocol.md rule 34).
+        admin = _UNCHECKED if self._admit is None else self._admit(self, node)
         self.info = StreamInfo(
             stream_id=self.stream_id,
             kind=self._kind,
             node_id=node.id,
             node_cluster=node.cluster,
-            envoy_admin=admin.string_value if admin is not None else None,
+            envoy_admin=admin.address,
+            envoy_admin_problem=admin.problem,
         )
         self._observers.emit("stream_opened", self.info)
 
