@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
+from tests.support import eventually
 from xds_server.telemetry import envoy_stats
 from xds_server.xds.status import ProxyStatus
 
@@ -73,9 +74,10 @@ def _proxies(address: str, count: int) -> list[ProxyStatus]:
 
 
 async def _all_closed(admin: MisbehavingAdmin, connections: int) -> None:
-    async with asyncio.timeout(10):
-        while len(admin.sent) < connections:
-            await asyncio.sleep(0.01)
+    async def closed() -> bool:
+        return len(admin.sent) >= connections
+
+    await eventually(closed, timeout_s=10.0, interval_s=0.01)
 
 
 async def test_an_endless_body_is_cut_at_the_cap_with_a_clear_error() -> None:

@@ -17,9 +17,10 @@ part of a document is valid.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyNetwork
 
 from xds_server.model.fields import (
     BackendName,
@@ -119,6 +120,40 @@ class ServiceConfig(Shape):
 
 _INTENT, _POLICIES = Intent(services=()), Policies()
 
+PemFile = Annotated[str, Field(min_length=1)]
+
+
+class XdsTlsConfig(Shape):
+    """TLS on the xDS port; with client_ca_file, mutual TLS that names each proxy
+    (docs/xds-protocol.md rule 34). The files are re-read when they change."""
+
+    cert_file: PemFile = Field(description="PEM certificate chain the xDS server presents")
+    key_file: PemFile = Field(description="PEM private key of cert_file")
+    client_ca_file: PemFile | None = Field(
+        default=None,
+        description="PEM CA certificates; when set, every xDS client must present a "
+        "certificate they signed, with its node id as a DNS SAN or at the end of a URI SAN",
+    )
+
+
+def _json_object_text(value: object) -> object:
+    """ROUTER_XDS_TLS='{"cert_file": ...}' reads as the mapping; empty as unset."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # reported as "not a mapping" by the model
+    return value
+
+
+def _comma_separated(value: object) -> object:
+    """ROUTER_ENVOY_ADMIN_ALLOWLIST=10.0.0.0/8,192.0.2.7 reads as the list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
 
 class RouterConfig(Shape):
     """The `router:` section. Each key can be overridden by ROUTER_<KEY IN UPPER CASE>."""
@@ -211,6 +246,18 @@ class RouterConfig(Shape):
         default=None,
         description="bearer token the admin API demands for changes; required when "
         "admin_address is not loopback",
+    )
+    xds_tls: Annotated[XdsTlsConfig | None, BeforeValidator(_json_object_text)] = Field(
+        default=None,
+        description="TLS (mutual with client_ca_file) on the xDS port; required when "
+        "xds_address is not loopback; null: plaintext",
+    )
+    envoy_admin_allowlist: Annotated[
+        tuple[IPvAnyNetwork, ...], BeforeValidator(_comma_separated)
+    ] = Field(
+        default=(),
+        description="networks whose Envoy admin addresses the controller reads stats from "
+        "besides the xDS stream's own peer IP (an IP or a CIDR each)",
     )
 
 

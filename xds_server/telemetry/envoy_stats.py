@@ -316,11 +316,10 @@ async def _get(
     """The session's total timeout covers the body too: it runs until the
     response is released, which is after read_body. It starts once a slot is
     free, so a queued GET is not timed out by the ones before it."""
-    async with slots or contextlib.nullcontext():
-        async with session.get(url, allow_redirects=False) as response:
-            if response.status != 200:
-                raise ValueError(f"HTTP {response.status} from {url}")
-            return await read_body(response, max_bytes)
+    async with slots or contextlib.nullcontext(), session.get(url, allow_redirects=False) as got:
+        if got.status != 200:
+            raise ValueError(f"HTTP {got.status} from {url}")
+        return await read_body(got, max_bytes)
 
 
 async def read_traffic_of(

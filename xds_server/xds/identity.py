@@ -63,9 +63,7 @@ class Peer:
     def vouches_for(self, node_id: str) -> bool:
         if not node_id or self.dns_names is None:
             return False
-        return node_id in self.dns_names or any(
-            uri.endswith(f"/{node_id}") for uri in self.uris
-        )
+        return node_id in self.dns_names or any(uri.endswith(f"/{node_id}") for uri in self.uris)
 
     def names(self) -> list[str]:
         return sorted((self.dns_names or set()) | self.uris)
@@ -126,8 +124,8 @@ class Admission:
             address = to_ip_socket_address(claimed)
         except InvalidValue as error:
             return EnvoyAdminClaim(None, f"admin_address refused: {error}")
-        ip = ipaddress.ip_address(address.host)
-        if peer.ip is not None and ip == ipaddress.ip_address(peer.ip):
+        ip = _plain(ipaddress.ip_address(address.host))
+        if peer.ip is not None and ip == _plain(ipaddress.ip_address(peer.ip)):
             return EnvoyAdminClaim(str(address))
         if any(ip in network for network in self.admin_allowlist):
             return EnvoyAdminClaim(str(address))
@@ -136,6 +134,12 @@ class Admission:
             f"admin_address {address} refused: neither the stream's own peer IP "
             f"({peer.ip or 'unknown'}) nor in router.envoy_admin_allowlist",
         )
+
+
+def _plain(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> object:
+    """An IPv4 client of a dual-stack listener appears as ::ffff:a.b.c.d."""
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return mapped or ip
 
 
 def _texts(values: Iterable[bytes | str]) -> Iterable[str]:

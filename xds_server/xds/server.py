@@ -31,6 +31,7 @@ from xds_server.xds.identity import Admission, EnvoyAdminClaim, NodeNotAuthorize
 from xds_server.xds.observe import Observers
 from xds_server.xds.sotw import SotwStream
 from xds_server.xds.stream import StreamReplaced, XdsStream
+from xds_server.xds.tls import ReloadingCredentials
 
 log = logging.getLogger("xds_server.xds")
 
@@ -276,18 +277,26 @@ def build_server(engine: XdsEngine) -> grpc.aio.Server:
     return server
 
 
-async def start_server(engine: XdsEngine, address: str) -> tuple[grpc.aio.Server, int]:
-    """Start serving on `address` ("host:port"; port 0 picks one). Returns the port."""
+async def start_server(
+    engine: XdsEngine, address: str, tls: ReloadingCredentials | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving on `address` ("host:port"; port 0 picks one), over TLS when
+    `tls` is given (with client certificates when it has a client CA). Returns
+    the port."""
     _check_bindable(address)
     server = build_server(engine)
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.server_credentials())
     except RuntimeError:  # newer grpcio raises where older ones returned 0
         port = 0
     if port == 0:
         raise ListenFailed(f"cannot listen on {address}")
     await server.start()
-    log.info("xDS server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    how = "plaintext" if tls is None else "TLS" if tls.files.client_ca_file is None else "mTLS"
+    log.info("xDS server listening on %s (%s)", address.rsplit(":", 1)[0] + f":{port}", how)
     return server, port
 
 
