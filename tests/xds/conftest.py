@@ -43,6 +43,7 @@ from xds_server.xds.identity import Admission
 from xds_server.xds.observe import Observers, StreamInfo
 from xds_server.xds.server import XdsEngine, start_server
 from xds_server.xds.status import ProxyRegistry
+from xds_server.xds.tls import ReloadingCredentials
 
 _MESSAGES: dict[str, type[Message]] = {
     CLUSTER: cluster_pb2.Cluster,
@@ -345,7 +346,14 @@ class Recorder:
 
 
 class Harness:
-    def __init__(self, *, legacy_wildcard: bool = True, admission: Admission | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        legacy_wildcard: bool = True,
+        admission: Admission | None = None,
+        tls: ReloadingCredentials | None = None,
+    ) -> None:
+        self.tls = tls
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
         self.recorder = Recorder()
@@ -363,7 +371,7 @@ class Harness:
         self._clients: list[XdsClient] = []
 
     async def start(self) -> Harness:
-        self.server, self.port = await start_server(self.engine, "127.0.0.1:0")
+        self.server, self.port = await start_server(self.engine, "127.0.0.1:0", self.tls)
         return self
 
     async def stop(self) -> None:
@@ -374,8 +382,14 @@ class Harness:
         if self.server is not None:
             await self.server.stop(0)
 
-    def channel(self) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+    def channel(self, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+        """A channel to the server; `credentials` for a TLS server."""
+        target = f"127.0.0.1:{self.port}"
+        channel = (
+            grpc.aio.insecure_channel(target)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials)
+        )
         self._channels.append(channel)
         return channel
 
