@@ -91,7 +91,9 @@ async def test_envoy_over_mutual_tls_routes_to_a_backend(
             backend = response.headers.get("x-backend")
         assert backend in {b.name for b in settings.intent.backends()}
         proxy = controller.proxies.proxies[NODE]
-        assert proxy.envoy_admin == str(admin)  # its own IP: believed (rule 34)
+        assert proxy.envoy_admin == str(
+            admin
+        )  # its own IP: believed (docs/xds-protocol.md rule 34)
 
 
 async def test_envoy_with_another_nodes_certificate_gets_no_configuration(

@@ -15,7 +15,7 @@ from xds_server.model.intent import Strategy
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.xds.identity import Admission
 
-# ---- rule 34: the admin address ------------------------------------------------------
+# ---- docs/xds-protocol.md rule 34: the admin address -----------------------------
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ async def test_an_admin_address_that_is_not_a_string_is_refused(xds: Harness) ->
     assert xds.registry.proxies["node-1"].envoy_admin is None
 
 
-# ---- rule 33: one stream per node and type -------------------------------------------
+# ---- docs/xds-protocol.md rule 33: one stream per node and type ----------------------
 
 
 async def test_a_newer_stream_of_the_node_ends_the_older_one(xds: Harness) -> None:
@@ -88,7 +88,7 @@ async def test_applied_is_not_claimed_when_the_node_on_the_stream_does_not_ack(
     xds: Harness,
 ) -> None:
     """An ACKing client, then a second stream with its node id that never ACKs:
-    the change must not be reported applied for that node. Before rule 33 both
+    the change must not be reported applied for that node. Before docs/xds-protocol.md rule 33 both
     streams fed one status, and the first client's ACK answered for the second."""
     acking = xds.client(node_id="twin")
     await acking.subscribe_all()

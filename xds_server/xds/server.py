@@ -141,7 +141,7 @@ class XdsEngine:
         """The stream's first request named its node: check the node against the
         peer's certificate, end the node's older streams of the same types
         (docs/xds-protocol.md rule 33), index the stream by node, and say which
-        admin address to believe (rule 34). Runs before `stream_opened`."""
+        admin address to believe (docs/xds-protocol.md rule 34). Runs before `stream_opened`."""
         self.admission.check_node(node.id, peer)
         peers = self._streams_by_node[node.id]
         for older in [s for s in peers if _overlap(s, stream)]:
