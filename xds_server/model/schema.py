@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyNetwork
 
+from xds_server.errors import InvalidValue
 from xds_server.model.fields import (
     BackendName,
     Draining,
@@ -39,6 +40,7 @@ from xds_server.model.fields import (
     ProtocolName,
     RedisUrl,
     Route,
+    Rule,
     SchemaGenerator,
     Seconds,
     StrategyName,
@@ -47,6 +49,7 @@ from xds_server.model.fields import (
     number,
 )
 from xds_server.model.intent import Backend, Intent, Policies, Service
+from xds_server.model.values import to_text
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -120,7 +123,23 @@ class ServiceConfig(Shape):
 
 _INTENT, _POLICIES = Intent(services=()), Policies()
 
-PemFile = Annotated[str, Field(min_length=1)]
+
+def _file_path(value: object) -> str:
+    text = to_text(value)
+    if not text.strip():
+        raise InvalidValue("must name a PEM file, got an empty string")
+    return text
+
+
+def _optional_file_path(value: object) -> str | None:
+    return None if value is None else _file_path(value)
+
+
+_PEM_SCHEMA = {"type": "string", "minLength": 1}
+PemFile = Annotated[str, Rule(_file_path, _PEM_SCHEMA)]
+OptionalPemFile = Annotated[
+    str | None, Rule(_optional_file_path, {"anyOf": [_PEM_SCHEMA, {"type": "null"}]})
+]
 
 
 class XdsTlsConfig(Shape):
@@ -129,7 +148,7 @@ class XdsTlsConfig(Shape):
 
     cert_file: PemFile = Field(description="PEM certificate chain the xDS server presents")
     key_file: PemFile = Field(description="PEM private key of cert_file")
-    client_ca_file: PemFile | None = Field(
+    client_ca_file: OptionalPemFile = Field(
         default=None,
         description="PEM CA certificates; when set, every xDS client must present a "
         "certificate they signed, with its node id as a DNS SAN or at the end of a URI SAN",
