@@ -14,15 +14,26 @@ import resource
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import grpc
 import pytest
 from aiohttp import web
 
+from tests.factories import local_settings, running_controller
 from tests.support import eventually
+from tests.xds.conftest import XdsClient
+from xds_server.resources import CLUSTER
 from xds_server.telemetry import envoy_stats
 from xds_server.xds.status import ProxyStatus
 
 CHUNK = b"[" + b"0," * 32_767 + b"0"  # 64 KiB of a JSON array that never closes
 ENDLESS_LIMIT = 8 * 1024**3  # the server's own bound: stop after 8 GiB per connection
+# Peak RSS growth allowed while 20 fake proxies are read. Loose on purpose (RSS is
+# the whole process's, and the allocator keeps freed chunks): before the caps, 20
+# such proxies took a controller from 94 MB to 2.24 GB; with them this process
+# peaks 0.3-0.9 GB above where it started (MAX_CONCURRENT_GETS bodies of at most
+# MAX_BODY_BYTES at once, plus the allocator's slack).
+LOOSE_RSS_BOUND = 1536 * 1024**2
+SOCKET_SLACK = 16 * 1024**2  # what kernel buffers may hold beyond what was read
 
 
 @dataclass
@@ -89,15 +100,14 @@ async def test_an_endless_body_is_cut_at_the_cap_with_a_clear_error() -> None:
         await _all_closed(admin, 20)
     cap = envoy_stats.MAX_BODY_BYTES
     assert all(s.error is not None and "larger than" in s.error for s in stats), stats[0].error
-    assert max(admin.sent) < cap + 16 * 1024**2, (max(admin.sent), cap)
+    assert max(admin.sent) < cap + SOCKET_SLACK, (max(admin.sent), cap)
 
 
 async def test_traffic_reads_are_capped_too_and_memory_stays_put() -> None:
     """The traffic sampler's three reads per proxy (clusters, stats, config dump)
     against 20 endless admins, two rounds: each read fails at the cap, and the
-    process's peak RSS grows by less than twice what MAX_CONCURRENT_GETS capped
-    bodies hold (before the cap: 2 GB and more, growing with every round).
-    Loose on purpose: RSS is the whole process's."""
+    process's peak RSS stays under LOOSE_RSS_BOUND (before the caps: 2 GB and
+    more)."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     async with misbehaving_admin() as admin:
         async with envoy_stats.one_shot(timeout_s=30.0) as reader:
@@ -107,9 +117,8 @@ async def test_traffic_reads_are_capped_too_and_memory_stays_put() -> None:
         await _all_closed(admin, 2 * 20 * 3)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     offered = sum(admin.sent)
-    bound = 2 * envoy_stats.MAX_CONCURRENT_GETS * envoy_stats.MAX_BODY_BYTES
-    assert grown < bound, (grown, offered)
-    assert max(admin.sent) < envoy_stats.MAX_BODY_BYTES + 16 * 1024**2
+    assert grown < LOOSE_RSS_BOUND, (grown, offered)
+    assert max(admin.sent) < envoy_stats.MAX_BODY_BYTES + SOCKET_SLACK
 
 
 async def test_a_trickling_body_is_cut_by_the_read_timeout() -> None:
@@ -151,3 +160,43 @@ async def test_the_reason_an_address_was_refused_is_the_reading_error() -> None:
     [stats] = await envoy_stats.read_proxies([proxy])
     [traffic] = await envoy_stats.read_traffic_of([proxy])
     assert stats.error == traffic.error == "admin_address refused: why"
+
+
+async def test_a_controller_with_twenty_fake_proxies_stays_bounded() -> None:
+    """The finding end to end: 20 xDS clients connect to a running controller,
+    each naming the endless admin in its node metadata (on its own IP, so it is
+    believed), and one more naming it with a path injected. The controller's
+    traffic readings fail with a cap's error, the injected one is never
+    dialled, only the fixed paths are requested, and RSS stays bounded."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    async with (
+        misbehaving_admin() as admin,
+        running_controller(local_settings(worker_threads=1)) as controller,
+        grpc.aio.insecure_channel(str(controller.xds_address)) as channel,
+    ):
+        clients = [
+            XdsClient(channel, "ads", f"fake-{i}", {"admin_address": admin.address})
+            for i in range(20)
+        ]
+        injected = f"{admin.address}/x?y="
+        clients.append(XdsClient(channel, "ads", "injector", {"admin_address": injected}))
+        try:
+            for client in clients:
+                client.send(CLUSTER)
+                await client.recv(timeout=5.0)
+            assert controller.telemetry is not None
+            readings = await controller.telemetry.sampler.sample()
+        finally:
+            for client in clients:
+                await client.close()
+    errors = {r.node_id: r.error or "" for r in readings}
+    # Whichever cap comes first: 32 MiB, or the 1 s read timeout on a busy host.
+    bounded = ("larger than", "no answer within the read timeout")
+    odd = {n: e for n, e in errors.items() if n != "injector" and not any(b in e for b in bounded)}
+    assert len(errors) == 21 and not odd, odd
+    assert errors["injector"].startswith("admin_address refused"), errors["injector"]
+    fixed = {envoy_stats.CLUSTERS_PATH, envoy_stats.STATS_PATH, envoy_stats.VERSIONS_PATH}
+    assert {p.split("?")[0] for p in admin.requested_paths} == {p.split("?")[0] for p in fixed}
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    assert grown < LOOSE_RSS_BOUND, grown
+    assert max(admin.sent) < envoy_stats.MAX_BODY_BYTES + SOCKET_SLACK

@@ -126,12 +126,16 @@ async def read_body(response: aiohttp.ClientResponse, max_bytes: int = MAX_BODY_
     declared = response.content_length
     if declared is not None and declared > max_bytes:
         raise AdminAnswerTooLarge(f"answer of {declared} bytes is larger than {max_bytes}")
-    body = bytearray()
+    # Chunks joined once at the end: a growing buffer would be copied at every
+    # reallocation and hold up to twice its size meanwhile.
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in response.content.iter_chunked(_READ_CHUNK):
-        body += chunk
-        if len(body) > max_bytes:
+        size += len(chunk)
+        if size > max_bytes:
             raise AdminAnswerTooLarge(f"answer larger than {max_bytes} bytes; not read further")
-    return body.decode(response.get_encoding())
+        chunks.append(chunk)
+    return b"".join(chunks).decode(response.get_encoding())
 
 
 async def read_proxy(
