@@ -240,6 +240,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.xds_tls is not None:  # its Envoy is bootstrapped plaintext, on loopback
+        print(
+            "xds-server demo: the demo's xDS is plaintext on loopback; unset router.xds_tls",
+            file=sys.stderr,
+        )
+        return 1
     find_envoy_binary()  # fail before starting anything when there is no Envoy
 
     async def demo() -> str | None:

@@ -100,3 +100,13 @@ def test_cli_bootstrap_for_a_tls_controller_needs_the_files(
     monkeypatch.setenv("ROUTER_XDS_TLS", '{"cert_file": "s.crt", "key_file": "s.key"}')
     assert cli.main(["--env-file", "/dev/null", "bootstrap", "--node-id", "n"]) == 2
     assert "router.xds_tls is set" in capsys.readouterr().err
+
+
+def test_the_demo_stays_plaintext(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its Envoy is bootstrapped without certificates: with router.xds_tls set it
+    would never connect, so the demo says so instead of starting."""
+    monkeypatch.setenv("ROUTER_XDS_TLS", '{"cert_file": "s.crt", "key_file": "s.key"}')
+    assert cli.main(["--env-file", "/dev/null", "demo"]) == 1
+    assert "unset router.xds_tls" in capsys.readouterr().err
