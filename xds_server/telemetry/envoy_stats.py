@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -130,12 +130,18 @@ async def read_body(response: aiohttp.ClientResponse, max_bytes: int = MAX_BODY_
     # reallocation and hold up to twice its size meanwhile.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_chunked(_READ_CHUNK):
-        size += len(chunk)
-        if size > max_bytes:
-            raise AdminAnswerTooLarge(f"answer larger than {max_bytes} bytes; not read further")
-        chunks.append(chunk)
-    return b"".join(chunks).decode(response.get_encoding())
+    try:
+        async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise AdminAnswerTooLarge(f"answer larger than {max_bytes} bytes; not read further")
+            chunks.append(chunk)
+        return b"".join(chunks).decode(response.get_encoding())
+    finally:
+        # Whatever ends the read, the bytes go now: an exception's traceback keeps
+        # this frame alive until the garbage collector finds it, and the
+        # collector counts objects, not bytes (a few chunks may weigh 32 MiB).
+        chunks.clear()
 
 
 async def read_proxy(
@@ -296,10 +302,9 @@ async def read_traffic(
         return TrafficReading(node_id, envoy_admin, error=refused or _NO_ADDRESS)
     try:
         base = admin_base_url(envoy_admin)
-        hosts, stats, builds = await asyncio.gather(
-            _get(session, base + CLUSTERS_PATH, max_bytes, slots),
-            _get(session, base + STATS_PATH, max_bytes, slots),
-            _get(session, base + VERSIONS_PATH, max_bytes, slots),
+        hosts, stats, builds = await _all_or_none(
+            _get(session, base + path, max_bytes, slots)
+            for path in (CLUSTERS_PATH, STATS_PATH, VERSIONS_PATH)
         )
         return TrafficReading(
             node_id,
@@ -312,6 +317,18 @@ async def read_traffic(
         return TrafficReading(node_id, envoy_admin, error="no answer within the read timeout")
     except _UNREADABLE as error:
         return TrafficReading(node_id, envoy_admin, error=_reason(error))
+
+
+async def _all_or_none(gets: Iterable[Coroutine[Any, Any, str]]) -> list[str]:
+    """Every GET's body; the first failure cancels the others (a reading is of no
+    use without all three) and is raised as itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(get) for get in gets]
+    except BaseExceptionGroup as failed:
+        first = failed.exceptions[0]
+        raise first from None
+    return [task.result() for task in tasks]
 
 
 async def _get(
