@@ -17,10 +17,12 @@ part of a document is valid.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyNetwork
 
+from xds_server.errors import InvalidValue
 from xds_server.model.fields import (
     BackendName,
     Draining,
@@ -38,6 +40,7 @@ from xds_server.model.fields import (
     ProtocolName,
     RedisUrl,
     Route,
+    Rule,
     SchemaGenerator,
     Seconds,
     StrategyName,
@@ -46,6 +49,7 @@ from xds_server.model.fields import (
     number,
 )
 from xds_server.model.intent import Backend, Intent, Policies, Service
+from xds_server.model.values import to_text
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -118,6 +122,56 @@ class ServiceConfig(Shape):
 
 
 _INTENT, _POLICIES = Intent(services=()), Policies()
+
+
+def _file_path(value: object) -> str:
+    text = to_text(value)
+    if not text.strip():
+        raise InvalidValue("must name a PEM file, got an empty string")
+    return text
+
+
+def _optional_file_path(value: object) -> str | None:
+    return None if value is None else _file_path(value)
+
+
+_PEM_SCHEMA = {"type": "string", "minLength": 1}
+PemFile = Annotated[str, Rule(_file_path, _PEM_SCHEMA)]
+OptionalPemFile = Annotated[
+    str | None, Rule(_optional_file_path, {"anyOf": [_PEM_SCHEMA, {"type": "null"}]})
+]
+
+
+class XdsTlsConfig(Shape):
+    """TLS on the xDS port; with client_ca_file, mutual TLS that names each proxy
+    (docs/xds-protocol.md rule 34). The files are re-read when they change."""
+
+    cert_file: PemFile = Field(description="PEM certificate chain the xDS server presents")
+    key_file: PemFile = Field(description="PEM private key of cert_file")
+    client_ca_file: OptionalPemFile = Field(
+        default=None,
+        description="PEM CA certificates; when set, every xDS client must present a "
+        "certificate they signed, with its node id as a DNS SAN or at the end of a URI SAN",
+    )
+
+
+def _json_object_text(value: object) -> object:
+    """ROUTER_XDS_TLS='{"cert_file": ...}' reads as the mapping; empty as unset."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # reported as "not a mapping" by the model
+    return value
+
+
+def _comma_separated(value: object) -> object:
+    """ROUTER_ENVOY_ADMIN_ALLOWLIST=10.0.0.0/8,192.0.2.7 reads as the list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class RouterConfig(Shape):
@@ -211,6 +265,18 @@ class RouterConfig(Shape):
         default=None,
         description="bearer token the admin API demands for changes; required when "
         "admin_address is not loopback",
+    )
+    xds_tls: Annotated[XdsTlsConfig | None, BeforeValidator(_json_object_text)] = Field(
+        default=None,
+        description="TLS (mutual with client_ca_file) on the xDS port; required when "
+        "xds_address is not loopback; null: plaintext",
+    )
+    envoy_admin_allowlist: Annotated[
+        tuple[IPvAnyNetwork, ...], BeforeValidator(_comma_separated)
+    ] = Field(
+        default=(),
+        description="networks whose Envoy admin addresses the controller reads stats from "
+        "besides the xDS stream's own peer IP (an IP or a CIDR each)",
     )
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from xds_server.errors import ConfigError, InvalidValue, Problem
 from xds_server.model.intent import Intent, Policies, SocketAddress
-from xds_server.model.schema import ConfigDocument, RouterConfig, ServiceConfig
+from xds_server.model.schema import ConfigDocument, RouterConfig, ServiceConfig, XdsTlsConfig
 from xds_server.model.validation import Located, located, problems_of
 from xds_server.model.values import MAX_WEIGHT, RESERVED_ROUTE_PREFIX, RESERVED_ROUTES
 from xds_server.settings.environment import ENV_PREFIX, effective_router
@@ -76,6 +77,9 @@ class Settings:
     health_check_jitter: float = _DEFAULTS.health_check_jitter
     # With Redis: how long the elected prober's lease lasts (docs/replicas.md).
     health_prober_lease: float = _DEFAULTS.health_prober_lease
+    # TLS on the xDS port, and whose Envoy admins may be read (docs/xds-protocol.md rule 34).
+    xds_tls: XdsTlsConfig | None = None
+    envoy_admin_allowlist: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 # router keys named like their Settings field
@@ -152,6 +156,8 @@ def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: st
         redis_url=router.redis_url,
         admin_token=router.admin_token,
         source=source,
+        xds_tls=router.xds_tls,
+        envoy_admin_allowlist=tuple(router.envoy_admin_allowlist),
     )
 
 

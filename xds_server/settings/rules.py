@@ -37,6 +37,14 @@ def router_problems(router: Router) -> list[Located]:
         where = path_of(router.loc_of("admin_address"))
         message = f"required when admin_address is not loopback ({admin}, from {where})"
         found.append(Located(router.loc_of("admin_token"), message))
+    # An xDS port others can reach hands configuration to anyone who asks and
+    # believes any node id (docs/xds-protocol.md rule 34): TLS or loopback only.
+    xds = values.xds_address
+    plaintext = _known(router, "xds_address", "xds_tls") and values.xds_tls is None
+    if plaintext and not _is_loopback(xds.host):
+        where = path_of(router.loc_of("xds_address"))
+        message = f"required when xds_address is not loopback ({xds}, from {where})"
+        found.append(Located(router.loc_of("xds_tls"), message))
     return found
 
 
