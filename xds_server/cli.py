@@ -182,6 +182,7 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
         xds=settings.xds_address,
         envoy_admin=settings.envoy_admin_address,
         delta=args.delta,
+        edge=settings.intent.edge,
     )
     print(render_bootstrap(bootstrap), end="")
     print(

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from xds_server.admin import backends, core, experiments, health, metrics, openapi, strategy
+from xds_server.admin.client import client_rules
 from xds_server.admin.api import MOUNTED, RouteSet
 from xds_server.admin.context import CONTEXT, AdminContext
 from xds_server.admin.errors import error_response, json_errors
@@ -34,9 +35,16 @@ EDITING_KEY: web.AppKey[set[tuple[str, str]]] = web.AppKey("editing")
 
 
 def make_admin_app(context: AdminContext) -> web.Application:
-    # Outermost first: the request counter sees the final status of every answer.
+    # Outermost first: the request counter sees the final status of every answer,
+    # and so does the log of changes by client (admin/client.py).
     app = web.Application(
-        middlewares=[metrics.count_requests, json_errors, bearer_token_auth, experiment_claim]
+        middlewares=[
+            metrics.count_requests,
+            client_rules,
+            json_errors,
+            bearer_token_auth,
+            experiment_claim,
+        ]
     )
     app[CONTEXT] = context
     app[MOUNTED] = ROUTE_SETS

@@ -2,7 +2,10 @@
 
 Every service prefix routes to the service's cluster with the spec's retry
 policy; the controller's own API prefix routes to the admin cluster without
-retries (its calls are not idempotent).
+retries (its calls are not idempotent), unless the intent keeps the admin API
+off the listener (router.admin_via_listener: false). The overall health summary
+(GET /api/v1/health) is routed either way: it changes nothing, and it is what a
+load balancer in front of the router probes.
 """
 
 from __future__ import annotations
@@ -47,17 +50,20 @@ def route_configurations(
         )
         for s in intent.services
     )
-    build = functools.partial(route_configuration, by_service)
-    return {ROUTE_CONFIG_NAME: memo.get(ROUTE_CONFIG_NAME, by_service, build)}
+    admin_api = intent.admin_via_listener
+    build = functools.partial(route_configuration, by_service, admin_api=admin_api)
+    return {ROUTE_CONFIG_NAME: memo.get(ROUTE_CONFIG_NAME, (by_service, admin_api), build)}
 
 
 def route_configuration(
-    by_service: Iterable[list[tuple[str, rc_pb2.Route]]],
+    by_service: Iterable[list[tuple[str, rc_pb2.Route]]], *, admin_api: bool = True
 ) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
-            rc_pb2.VirtualHost(name=ROUTE_CONFIG_NAME, domains=["*"], routes=routes(by_service))
+            rc_pb2.VirtualHost(
+                name=ROUTE_CONFIG_NAME, domains=["*"], routes=routes(by_service, admin_api)
+            )
         ],
     )
 
@@ -67,23 +73,31 @@ def service_routes(service: Service, policies: Policies) -> list[tuple[str, rc_p
     return [(prefix, service_route(prefix, service, policies)) for prefix in service.routes]
 
 
-def routes(by_service: Iterable[list[tuple[str, rc_pb2.Route]]]) -> list[rc_pb2.Route]:
+def routes(
+    by_service: Iterable[list[tuple[str, rc_pb2.Route]]], admin_api: bool = True
+) -> list[rc_pb2.Route]:
     """Envoy takes the first match, so longer prefixes go first."""
     ordered = sorted(
         (pair for pairs in by_service for pair in pairs),
         key=lambda pair: (-len(pair[0]), pair[0]),
     )
-    return [*admin_routes(), *(route for _, route in ordered)]
+    return [*admin_routes(admin_api), *(route for _, route in ordered)]
 
 
-def admin_routes() -> list[rc_pb2.Route]:
+def admin_routes(admin_api: bool = True) -> list[rc_pb2.Route]:
     # Envoy's default route timeout (15 s) would cut off the resilience
-    # experiments, which may run up to a minute plus their restore steps.
-    to_admin = rc_pb2.RouteAction(cluster=ADMIN_CLUSTER, timeout=duration(ADMIN_TIMEOUT_S))
-    return [
-        rc_pb2.Route(match=rc_pb2.RouteMatch(prefix=ADMIN_PREFIX), route=to_admin),
-        rc_pb2.Route(match=rc_pb2.RouteMatch(path=OVERALL_HEALTH_PATH), route=to_admin),
-    ]
+    # experiments, which may run up to a minute plus their restore steps; the
+    # same bound replaces the listener's stream idle timeout (router.edge), which
+    # an experiment's quiet minute must not depend on.
+    to_admin = rc_pb2.RouteAction(
+        cluster=ADMIN_CLUSTER,
+        timeout=duration(ADMIN_TIMEOUT_S),
+        idle_timeout=duration(ADMIN_TIMEOUT_S),
+    )
+    health = rc_pb2.Route(match=rc_pb2.RouteMatch(path=OVERALL_HEALTH_PATH), route=to_admin)
+    if not admin_api:
+        return [health]
+    return [rc_pb2.Route(match=rc_pb2.RouteMatch(prefix=ADMIN_PREFIX), route=to_admin), health]
 
 
 def service_route(prefix: str, service: Service, policies: Policies) -> rc_pb2.Route:
