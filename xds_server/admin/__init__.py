@@ -16,8 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from xds_server.admin import backends, core, experiments, health, metrics, openapi, strategy
-from xds_server.admin.client import client_rules
 from xds_server.admin.api import MOUNTED, RouteSet
+from xds_server.admin.client import client_rules
 from xds_server.admin.context import CONTEXT, AdminContext
 from xds_server.admin.errors import error_response, json_errors
 

@@ -2,14 +2,14 @@
 
 A call through the router listener reaches the controller from Envoy, so the
 TCP peer is Envoy (on this host: loopback) whoever the client is. Envoy knows
-better: it uses the address it saw (use_remote_address, translate/listeners.py)
-and appends it to X-Forwarded-For, after whatever the client sent there. So,
-when the peer is loopback (Envoy, or someone on this host), the client is read
-from the right of X-Forwarded-For, skipping the proxies Envoy trusts
-(`router.edge.xff_num_trusted_hops`) exactly as Envoy does; what a client
-wrote further left can never be picked. A peer elsewhere is taken as it is: its
-headers prove nothing. `client_address` is the one place that decides this;
-every decision on the client's address uses it:
+better: it uses the address it saw (use_remote_address, translate/listeners.py;
+with `router.edge.xff_num_trusted_hops` proxies in front, the address the
+nearest untrusted one appended to X-Forwarded-For) and writes it into
+CLIENT_ADDRESS_HEADER on every admin route, replacing whatever the client sent
+under that name (translate/routes.py). So, when the peer is loopback (Envoy, or
+someone on this host), the client is that header; a peer elsewhere is taken as
+it is: its headers prove nothing. `client_address` is the one place that
+decides this; every decision on the client's address uses it:
 
 - every call that may change something (any method but GET and HEAD,
   admin/api.py) is logged with its client and status;
@@ -29,10 +29,10 @@ from aiohttp import web
 
 from xds_server.admin.context import context_of
 from xds_server.admin.errors import error_response
+from xds_server.resources import CLIENT_ADDRESS_HEADER
 
 log = logging.getLogger("xds_server.admin")
 
-FORWARDED_FOR = "X-Forwarded-For"
 _READS = frozenset({"GET", "HEAD"})  # admin/api.py: every other method is mutating
 
 
@@ -41,20 +41,9 @@ def client_address(request: web.Request) -> str:
     peer = request.remote or ""
     if not is_loopback(peer):
         return peer
-    forwarded = [
-        entry.strip()
-        for header in request.headers.getall(FORWARDED_FOR, [])
-        for entry in header.split(",")
-        if entry.strip()
-    ]
-    if not forwarded:
-        return peer  # a call from this host, straight to the admin API
-    # The last entry is the address Envoy saw; with N trusted proxies in front of
-    # it, the client is N entries further left, or Envoy's peer when there are
-    # fewer (Envoy's own rule for use_remote_address with xff_num_trusted_hops).
-    hops = context_of(request).intent.intent.edge.xff_num_trusted_hops
-    chosen = forwarded[-(hops + 1)] if len(forwarded) > hops else forwarded[-1]
-    return chosen if _is_ip(chosen) else peer
+    told = request.headers.get(CLIENT_ADDRESS_HEADER, "").strip()
+    # Absent: a call from this host straight to the admin API.
+    return told if _is_ip(told) else peer
 
 
 def is_loopback(address: str) -> bool:

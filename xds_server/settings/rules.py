@@ -55,7 +55,8 @@ def _listener_rule(router: Router) -> list[Located]:
     via = path_of(router.loc_of("admin_via_listener"))
     message = (
         f"required when listen_address is not loopback ({values.listen_address}, from {where}) "
-        f"and the admin API is routed through the listener ({via}: true; false routes none of it)"
+        f"and the admin API is routed through the listener ({via}: true; "
+        "false keeps it off the listener)"
     )
     return [Located(router.loc_of("admin_token"), message)]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
@@ -22,7 +23,13 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (
 from google.protobuf import wrappers_pb2
 
 from xds_server.model.intent import Intent, Policies, Service
-from xds_server.resources import ADMIN_CLUSTER, ADMIN_PREFIX, OVERALL_HEALTH_PATH, ROUTE_CONFIG_NAME
+from xds_server.resources import (
+    ADMIN_CLUSTER,
+    ADMIN_PREFIX,
+    CLIENT_ADDRESS_HEADER,
+    OVERALL_HEALTH_PATH,
+    ROUTE_CONFIG_NAME,
+)
 from xds_server.translate.common import duration, packed
 from xds_server.translate.memo import Memo
 
@@ -94,10 +101,25 @@ def admin_routes(admin_api: bool = True) -> list[rc_pb2.Route]:
         timeout=duration(ADMIN_TIMEOUT_S),
         idle_timeout=duration(ADMIN_TIMEOUT_S),
     )
-    health = rc_pb2.Route(match=rc_pb2.RouteMatch(path=OVERALL_HEALTH_PATH), route=to_admin)
+    health = admin_route(rc_pb2.RouteMatch(path=OVERALL_HEALTH_PATH), to_admin)
     if not admin_api:
         return [health]
-    return [rc_pb2.Route(match=rc_pb2.RouteMatch(prefix=ADMIN_PREFIX), route=to_admin), health]
+    return [admin_route(rc_pb2.RouteMatch(prefix=ADMIN_PREFIX), to_admin), health]
+
+
+def admin_route(match: rc_pb2.RouteMatch, to_admin: rc_pb2.RouteAction) -> rc_pb2.Route:
+    """The client's address as Envoy determined it (the peer, or the trusted
+    X-Forwarded-For entry with router.edge.xff_num_trusted_hops), replacing
+    whatever the client sent under that name. X-Forwarded-For itself cannot tell
+    the controller: for a client on Envoy's own host Envoy appends its host's
+    address, not the loopback one (docs/envoy-notes.md, "Edge settings")."""
+    client = base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(
+            key=CLIENT_ADDRESS_HEADER, value="%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+        ),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+    return rc_pb2.Route(match=match, route=to_admin, request_headers_to_add=[client])
 
 
 def service_route(prefix: str, service: Service, policies: Policies) -> rc_pb2.Route:
