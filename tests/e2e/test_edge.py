@@ -38,6 +38,7 @@ from xds_server.settings import Settings
 pytestmark = pytest.mark.envoy
 
 STRATEGY = "/api/v1/router/strategy"
+JSON = {"Content-Type": "application/json"}
 UNLIMITED_WARNING = "no configured limit to the number of allowed active downstream connections"
 READ_S = 10.0  # every read below is bounded: a hang fails the test instead
 
@@ -119,6 +120,16 @@ async def send(stack: Stack, method: str, target: str, **options: Any) -> Answer
         connection.close()
 
 
+async def send_to(address: SocketAddress, method: str, target: str, body: bytes = b"") -> Answer:
+    """A request straight to `address` (a backend, the admin API), not through Envoy."""
+    connection = await Connection.open(address)
+    try:
+        headers = JSON if body else None
+        return await connection.request(method, target, headers=headers, body=body)
+    finally:
+        connection.close()
+
+
 async def envoy_counter(stack: Stack, name: str) -> int:
     """The sum of Envoy's counters whose name ends in `name`."""
     document = await stack.envoy.admin_json(f"/stats?format=json&filter={name}$")
@@ -127,9 +138,6 @@ async def envoy_counter(stack: Stack, name: str) -> int:
 
 def strategy_body(strategy: str) -> bytes:
     return json.dumps({"strategy": strategy}).encode()
-
-
-JSON = {"Content-Type": "application/json"}
 
 
 # ---- the tests -----------------------------------------------------------------------
@@ -206,16 +214,38 @@ async def test_headers_with_underscores_and_oversized_heads_are_refused(
     assert (await send(stack, "GET", "/api/v1/health", headers={"x-padding": "p"})).status == 200
 
 
-async def test_bodies_larger_than_the_buffer_limit_still_pass(make_stack: StackFactory) -> None:
+async def test_bodies_larger_than_the_buffer_limit_pass_and_are_retried(
+    make_stack: StackFactory,
+) -> None:
     """The 32 KiB per-connection buffer is a buffer, not a body limit: a 600 KiB
-    vector search reaches the backend and its answer comes back (flow control)."""
+    vector search reaches a backend and its answer comes back (flow control). And
+    a failed request with a 200 KiB body is still retried on the other backend
+    (router.edge.request_body_buffer_limit_bytes): with a 503-answering backend
+    no request fails, and Envoy abandoned no retry."""
     stack = await make_stack(edge_settings())
+    search = "/api/v1/vectors/search"
     vector = [0.123456789] * 50_000  # ~600 KiB of JSON
     body = json.dumps({"query_vector": vector, "collection": "big"}).encode()
     assert len(body) > 16 * Edge().per_connection_buffer_limit_bytes
-    answer = await send(stack, "POST", "/api/v1/vectors/search", headers=JSON, body=body)
+    answer = await send(stack, "POST", search, headers=JSON, body=body)
     assert answer.status == 200, answer.body[:200]
     assert answer.headers["x-backend"].startswith("qdrant")
+    qdrant = stack.controller.store.intent.service("qdrant")
+    assert qdrant is not None
+    failing = qdrant.backends[0]
+    fault = json.dumps({"status": 503}).encode()
+    faulted = await send_to(
+        SocketAddress(failing.address, failing.port), "POST", "/_control/fault", fault
+    )
+    assert faulted.status == 200
+    body = json.dumps({"query_vector": vector[:16_000], "collection": "big"}).encode()
+    assert len(body) > 6 * Edge().per_connection_buffer_limit_bytes
+    answers = [await send(stack, "POST", search, headers=JSON, body=body) for _ in range(6)]
+    assert [(a.status, a.headers["x-backend"]) for a in answers] == [
+        (200, qdrant.backends[1].name)
+    ] * 6
+    assert await envoy_counter(stack, "upstream_rq_retry") >= 3  # round robin: every other
+    assert await envoy_counter(stack, "retry_or_shadow_abandoned") == 0
 
 
 async def test_past_the_connection_limit_new_connections_are_refused(
@@ -386,14 +416,6 @@ async def test_admin_via_listener_false_routes_no_admin_path(make_stack: StackFa
     direct = stack.controller.admin_address
     answer = await send_to(direct, "GET", STRATEGY)
     assert answer.status == 200
-
-
-async def send_to(address: SocketAddress, method: str, target: str) -> Answer:
-    connection = await Connection.open(address)
-    try:
-        return await connection.request(method, target)
-    finally:
-        connection.close()
 
 
 # ---- the start refusal ----------------------------------------------------------------

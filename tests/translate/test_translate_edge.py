@@ -45,6 +45,7 @@ CHANGED = Edge(
     initial_stream_window_size=70000,
     initial_connection_window_size=2_000_000,
     max_request_headers_kb=16,
+    request_body_buffer_limit_bytes=4096,
 )
 
 
@@ -81,6 +82,13 @@ def test_clusters_for_envoy_carry_the_buffer_limit() -> None:
     for cluster in clusters.values():
         assert isinstance(cluster, cluster_pb2.Cluster)
         assert cluster.per_connection_buffer_limit_bytes.value == 65536, cluster.name
+
+
+def test_service_routes_keep_bodies_for_retries_up_to_the_limit() -> None:
+    config = translate(dataclasses.replace(intent_of(2), edge=CHANGED))[ROUTE][ROUTE_CONFIG_NAME]
+    assert isinstance(config, route_pb2.RouteConfiguration)
+    services = [r for r in config.virtual_hosts[0].routes if r.route.cluster != ADMIN_CLUSTER]
+    assert services and all(r.request_body_buffer_limit.value == 4096 for r in services)
 
 
 def admin_matches(intent: Intent) -> list[str]:

@@ -74,9 +74,15 @@ class Edge:
     # not minutes.
     stream_idle_timeout_s: float = 300.0
     # Read and write buffer per connection, downstream and upstream. Larger
-    # bodies still pass (Envoy applies flow control); a body above this limit
-    # is not buffered for a retry (docs/envoy-notes.md, "Edge settings").
+    # bodies still pass (Envoy applies flow control).
     per_connection_buffer_limit_bytes: int = 32 * KIB
+    # Not in the guide. What Envoy keeps of a request body to retry it (route
+    # request_body_buffer_limit). By default that is the connection buffer, and
+    # with 32 KiB a failed request with a larger body is not retried
+    # (measured: docs/envoy-notes.md, "Edge settings"), while an LLM prompt
+    # with its context or a batch of embeddings is often larger. 1 MiB keeps the
+    # spec's retries for them; the heap monitor below bounds the sum.
+    request_body_buffer_limit_bytes: int = 1 * MIB
     # HTTP/2: streams per connection and flow-control windows.
     max_concurrent_streams: int = 100
     initial_stream_window_size: int = 64 * KIB

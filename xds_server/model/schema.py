@@ -164,7 +164,12 @@ class EdgeConfig(Shape):
     per_connection_buffer_limit_bytes: Annotated[int, integer(KIB, _UINT32_MAX)] = Field(
         default=_EDGE.per_connection_buffer_limit_bytes,
         description="read/write buffer per connection, listener and clusters (flow control "
-        "beyond it; a larger request body is not retried)",
+        "beyond it)",
+    )
+    request_body_buffer_limit_bytes: Annotated[int, integer(KIB, _UINT32_MAX)] = Field(
+        default=_EDGE.request_body_buffer_limit_bytes,
+        description="bytes of a request body Envoy keeps to retry the request; a failed "
+        "request with a larger body is not retried",
     )
     max_concurrent_streams: Annotated[int, integer(1, 2**31 - 1)] = Field(
         default=_EDGE.max_concurrent_streams, description="HTTP/2 streams per connection"

@@ -49,11 +49,12 @@ def route_configurations(
     """Each service's routes are remembered on (service, policies); the whole
     configuration on the routes themselves, so a change to a service that
     leaves its routes equal (a backend's weight or port) reuses it."""
+    retry_buffer = intent.edge.request_body_buffer_limit_bytes
     by_service = tuple(
         per_service.get(
             s.name,
-            (s, intent.policies),
-            functools.partial(service_routes, s, intent.policies),
+            (s, intent.policies, retry_buffer),
+            functools.partial(service_routes, s, intent.policies, retry_buffer),
         )
         for s in intent.services
     )
@@ -75,9 +76,14 @@ def route_configuration(
     )
 
 
-def service_routes(service: Service, policies: Policies) -> list[tuple[str, rc_pb2.Route]]:
+def service_routes(
+    service: Service, policies: Policies, retry_buffer: int
+) -> list[tuple[str, rc_pb2.Route]]:
     """(prefix, route) for every prefix of the service."""
-    return [(prefix, service_route(prefix, service, policies)) for prefix in service.routes]
+    return [
+        (prefix, service_route(prefix, service, policies, retry_buffer))
+        for prefix in service.routes
+    ]
 
 
 def routes(
@@ -122,9 +128,15 @@ def admin_route(match: rc_pb2.RouteMatch, to_admin: rc_pb2.RouteAction) -> rc_pb
     return rc_pb2.Route(match=match, route=to_admin, request_headers_to_add=[client])
 
 
-def service_route(prefix: str, service: Service, policies: Policies) -> rc_pb2.Route:
+def service_route(
+    prefix: str, service: Service, policies: Policies, retry_buffer: int
+) -> rc_pb2.Route:
+    """`retry_buffer`: the bytes of a request body kept for its retries
+    (router.edge.request_body_buffer_limit_bytes); without it Envoy keeps only
+    the listener's connection buffer, and would not retry a larger body."""
     return rc_pb2.Route(
         match=rc_pb2.RouteMatch(prefix=prefix),
+        request_body_buffer_limit=wrappers_pb2.UInt64Value(value=retry_buffer),
         route=rc_pb2.RouteAction(
             cluster=service.name,
             timeout=duration(policies.request_timeout_s),
