@@ -39,6 +39,10 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 AUTH_NOTE = "401 when ROUTER_ADMIN_TOKEN is set and the bearer token is missing or wrong"
+LOCAL_NOTE = (
+    "no ROUTER_ADMIN_TOKEN is set and the client (as Envoy saw it) is not on the "
+    "controller's host: nothing was changed (admin/client.py)"
+)
 EXPERIMENT_NOTE = "an experiment is running (the detail names it): retry when it has ended"
 MEDIA_NOTE = (
     "the body is not declared Content-Type: application/json (a charset parameter is "
@@ -113,12 +117,14 @@ def query_parameters(op: Operation) -> list[dict[str, Any]]:
 
 
 def responses(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
-    """Documented answers; a mutating call can always answer 401 (bearer auth), one
-    with a body 415 (admin/errors.py json_body), and an intent change 409 while an
-    experiment runs (admin/__init__.py)."""
+    """Documented answers; a mutating call can always answer 401 (bearer auth) and
+    403 (a remote client without a token, admin/client.py), one with a body 415
+    (admin/errors.py json_body), and an intent change 409 while an experiment runs
+    (admin/__init__.py)."""
     listed = dict(op.responses)
     if op.mutating:
         listed.setdefault(401, AUTH_NOTE)
+        listed.setdefault(403, LOCAL_NOTE)
     if op.request_schema is not None:
         listed.setdefault(415, MEDIA_NOTE)
     if op.edits_intent:
