@@ -307,6 +307,25 @@ async def test_envoy_no_longer_warns_of_unlimited_connections(
         await control.stop()
 
 
+async def test_the_heap_monitor_reads_envoys_heap(make_stack: StackFactory) -> None:
+    """The fixed heap monitor is live: with router.edge.max_heap_bytes at its
+    minimum, 64 MiB, Envoy reports a heap pressure above zero and neither heap
+    action active, and serves. (Driving the heap to 95 % is not attempted.)"""
+    stack = await make_stack(edge_settings(max_heap_bytes=64 * 1024 * 1024))
+
+    async def overload(name: str) -> int:
+        document = await stack.envoy.admin_json(f"/stats?format=json&filter=^overload.{name}$")
+        return sum(int(s["value"]) for s in document["stats"] if "value" in s)
+
+    async def measured() -> bool:
+        return await overload("envoy.resource_monitors.fixed_heap.pressure") > 0
+
+    await eventually(measured, timeout_s=10)
+    for action in ("shrink_heap", "stop_accepting_requests"):
+        assert await overload(f"envoy.overload_actions.{action}.active") == 0
+    assert (await send(stack, "GET", "/api/v1/health")).status == 200
+
+
 async def test_http2_clients_get_the_edge_stream_and_window_limits(
     make_stack: StackFactory,
 ) -> None:
