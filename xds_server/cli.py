@@ -202,6 +202,7 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
         envoy_admin=settings.envoy_admin_address,
         delta=args.delta,
         tls=XdsClientTls(args.client_cert, args.client_key, args.ca) if all(given) else None,
+        edge=settings.intent.edge,
     )
     print(render_bootstrap(bootstrap), end="")
     print(

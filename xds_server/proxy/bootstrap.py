@@ -20,7 +20,9 @@ from typing import Any
 
 import yaml
 
+from xds_server.model.edge import Edge
 from xds_server.model.intent import SocketAddress
+from xds_server.proxy.overload import exempt_admin, overload_manager
 
 XDS_CLUSTER = "xds_cluster"
 DEFAULT_NODE_ID = "envoy-local"
@@ -53,6 +55,7 @@ def make_bootstrap(
     node_cluster: str = "xds-server",
     delta: bool = False,
     tls: XdsClientTls | None = None,
+    edge: Edge | None = None,
 ) -> dict[str, Any]:
     """An ADS bootstrap for node `node_id` talking SotW (or Delta) gRPC to `xds`,
     over mutual TLS with `tls`.
@@ -62,6 +65,9 @@ def make_bootstrap(
     the xds_cluster lists them all and Envoy re-establishes a lost ADS stream
     after 0.1-1 s (not its default 0.5-30 s), which reaches another replica.
     One address gives exactly the bootstrap it always gave.
+
+    `edge` (default: the built-in edge settings) sets the overload manager's
+    limits (proxy/overload.py); pass the intent's, `settings.intent.edge`.
     """
     replicas = [xds] if isinstance(xds, SocketAddress) else list(xds)
     if not replicas:
@@ -73,7 +79,8 @@ def make_bootstrap(
             # The controller reads this proxy's stats from here (docs/envoy-notes.md).
             "metadata": {"admin_address": str(envoy_admin)},
         },
-        "admin": {"address": _socket_address(envoy_admin)},
+        "admin": exempt_admin({"address": _socket_address(envoy_admin)}),
+        "overload_manager": overload_manager(edge or Edge()),
         # Histograms (the mean response time the routing metrics report) reach the
         # admin's /stats at each flush: every 1 s rather than the default 5 s.
         "stats_flush_interval": f"{STATS_FLUSH_S:g}s",

@@ -143,6 +143,8 @@ def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: st
         policies=policies,
         listen=router.listen_address,
         admin=router.admin_address,
+        admin_via_listener=router.admin_via_listener,
+        edge=router.edge.to_edge(),
     )
     return Settings(
         intent=intent,
