@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint typecheck unit bench-push bench-admin bench-load bench-ads bench-large bench-churn bench-stream golden schema clean
+.PHONY: demo test lint typecheck unit bench-push bench-admin bench-load bench-ads bench-large bench-churn bench-hostile bench-stream golden schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench-large: $(STAMP)
 
 bench-churn: $(STAMP)
 	$(BIN)/python -m bench.stream_churn
+
+bench-hostile: $(STAMP)
+	$(BIN)/python -m bench.hostile_streams --unknown 20000 --batch 1000 --extra-names 20000 --services 5000
 
 bench-stream: $(STAMP)
 	$(BIN)/python -m bench.llm_stream

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -60,11 +61,16 @@ class Run:
 
 
 async def start_run(
-    tmp_path: Path, *, watchdog_usec: int, wrapper: Sequence[str] = (), dot_env: str = ""
+    tmp_path: Path,
+    *,
+    watchdog_usec: int,
+    wrapper: Sequence[str] = (),
+    dot_env: str = "",
+    stderr: IO[bytes] | None = None,
 ) -> Run:
     """`xds-server run --config <a copy of config/router_config.yaml>` on free ports,
     told to notify, `wrapper` (e.g. strace) in front of the interpreter, `dot_env`
-    as `.env` in its working directory."""
+    as `.env` in its working directory, its log to `stderr` (default: the test's)."""
     notify = NotifySocket(tmp_path / "notify")
     if dot_env:
         (tmp_path / ".env").write_text(dot_env)
@@ -83,7 +89,7 @@ async def start_run(
     # Run in tmp_path: a .env there is the test's own, and no other is read.
     argv = [*wrapper, sys.executable, "-m", "xds_server.cli", "run", "--config", str(config)]
     process = await asyncio.create_subprocess_exec(
-        *argv, env=env, cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL
+        *argv, env=env, cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=stderr
     )
     return Run(process, notify, admin, config)
 

@@ -83,13 +83,14 @@ async def test_invalid_config_keeps_running_config(
 ) -> None:
     """An invalid file changes nothing and every problem is logged with its path."""
     assert controller.config_path is not None
-    before, generation = controller.store.intent, controller.cache.generation
+    # The revision, not the cache's generation: health verdicts may publish meanwhile.
+    before, revision = controller.store.intent, controller.store.revision
     rewrite(controller.config_path, "queue_size: 1000", "queue_size: -1")
     rewrite(controller.config_path, "port: 6334", "port: 700000")
     with caplog.at_level(logging.ERROR, logger="xds_server.app"):
         assert await controller.reload() is False
     assert controller.store.intent == before
-    assert controller.cache.generation == generation
+    assert controller.store.revision == revision
     assert "router.queue_size" in caplog.text
     assert "services[0].backends[1].port" in caplog.text
 

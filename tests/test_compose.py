@@ -50,6 +50,8 @@ def controller_settings(services: dict[str, dict[str, Any]]) -> Settings:
     config = command[command.index("--config") + 1]
     assert config.startswith("/app/"), config
     env = {k: str(v) for k, v in services["controller"].get("environment", {}).items()}
+    # ${X:?...}: compose refuses to start without X from the host; stand in for it.
+    env = {k: "from-the-host" if "${" in v and ":?" in v else v for k, v in env.items()}
     env = {k: v for k, v in env.items() if "${" not in v}  # passed through from the host
     return load_settings(ROOT / config.removeprefix("/app/"), environ=env)
 

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from xds_server.admin import make_admin_app
 from xds_server.admin.context import AdminContext
 from xds_server.cache import SnapshotCache
-from xds_server.errors import AddressUnavailable
+from xds_server.errors import AddressUnavailable, ConfigError, Problem
 from xds_server.experiments import Experiments, LabPorts
 from xds_server.health.base import HealthSource
 from xds_server.health.checker import HealthChecker, Seed
@@ -54,9 +54,11 @@ from xds_server.telemetry.logs import XdsEventLog
 from xds_server.telemetry.prometheus import ControllerMetrics, StateReaders, rejecting
 from xds_server.telemetry.sampler import Ledger, MemoryLedger, TrafficSampler
 from xds_server.telemetry.shared import RedisEventLog, RedisLedger
+from xds_server.xds.identity import Admission
 from xds_server.xds.observe import Observers, XdsObserver
 from xds_server.xds.server import XdsEngine, start_server
 from xds_server.xds.status import ProxyRegistry
+from xds_server.xds.tls import ReloadingCredentials, TlsFiles, TlsFilesUnusable
 
 log = logging.getLogger("xds_server.app")
 
@@ -191,7 +193,15 @@ class Controller:
             on_build=self.telemetry.metrics.publish.observe_build if self.telemetry else None,
             before_cluster_change=self.count_traffic,
         )
-        self.engine = XdsEngine(self.cache, self._xds_observers())
+        self.engine = XdsEngine(
+            self.cache,
+            self._xds_observers(),
+            admission=Admission(
+                admin_allowlist=settings.envoy_admin_allowlist,
+                require_certificate=settings.xds_tls is not None
+                and settings.xds_tls.client_ca_file is not None,
+            ),
+        )
         self.changes = IntentChanges(self.store, self.publisher, self.proxies)
         self.experiments = Experiments(on_event=self.event_log.add)
         self.config = ConfigWatcher(config_path, self._reloaded)
@@ -274,8 +284,9 @@ class Controller:
         await self.health.start()
         await self._start_admin()
         await self.publisher.publish_now()
+        tls = xds_credentials(self.settings)
         with _listening("xDS server", self.settings.xds_address, "router.xds_address"):
-            self._grpc, port = await start_server(self.engine, str(self.settings.xds_address))
+            self._grpc, port = await start_server(self.engine, str(self.settings.xds_address), tls)
         self.xds_address = SocketAddress(self.settings.xds_address.host, port)
 
     async def stop(self) -> None:
@@ -347,6 +358,23 @@ class Controller:
             await self.experiments.idle()
         # The admin port may have been chosen at start (port 0): keep the real one.
         await self.store.put(dataclasses.replace(settings.intent, admin=self.admin_address))
+
+
+def xds_credentials(settings: Settings) -> ReloadingCredentials | None:
+    """router.xds_tls as server credentials; files that cannot be used are a
+    ConfigError naming the setting (checked before the port opens)."""
+    tls = settings.xds_tls
+    if tls is None:
+        return None
+    files = TlsFiles(
+        Path(tls.cert_file),
+        Path(tls.key_file),
+        None if tls.client_ca_file is None else Path(tls.client_ca_file),
+    )
+    try:
+        return ReloadingCredentials(files)
+    except TlsFilesUnusable as error:
+        raise ConfigError([Problem(f"router.xds_tls.{error.key}", str(error))]) from error
 
 
 @contextlib.contextmanager

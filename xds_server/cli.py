@@ -21,7 +21,7 @@ from xds_server.errors import (
     XdsServerError,
 )
 from xds_server.model.schema import config_json_schema
-from xds_server.proxy.bootstrap import make_bootstrap, render_bootstrap
+from xds_server.proxy.bootstrap import XdsClientTls, make_bootstrap, render_bootstrap
 from xds_server.proxy.envoy_process import find_envoy_binary
 from xds_server.sdnotify import Notifier
 from xds_server.service import SystemdService
@@ -155,6 +155,11 @@ def parser() -> argparse.ArgumentParser:
     boot = commands.add_parser("bootstrap", parents=[common], help="print an Envoy bootstrap")
     boot.add_argument("--node-id", required=True)
     boot.add_argument("--delta", action="store_true")
+    boot.add_argument(
+        "--client-cert", metavar="FILE", help="Envoy's certificate for mutual TLS to the xDS port"
+    )
+    boot.add_argument("--client-key", metavar="FILE", help="the private key of --client-cert")
+    boot.add_argument("--ca", metavar="FILE", help="the CA that signed the controller's cert")
     boot.set_defaults(command=cmd_bootstrap)
     schema = commands.add_parser(
         "schema", parents=[common], help="print the JSON Schema of router_config.yaml"
@@ -177,11 +182,27 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
+    given = [args.client_cert, args.client_key, args.ca]
+    if any(given) and not all(given):
+        print(
+            "xds-server bootstrap: --client-cert, --client-key and --ca go together",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.xds_tls is not None and not any(given):
+        print(
+            "xds-server bootstrap: router.xds_tls is set, so Envoy needs"
+            " --client-cert, --client-key and --ca",
+            file=sys.stderr,
+        )
+        return 2
     bootstrap = make_bootstrap(
         node_id=args.node_id,
         xds=settings.xds_address,
         envoy_admin=settings.envoy_admin_address,
         delta=args.delta,
+        tls=XdsClientTls(args.client_cert, args.client_key, args.ca) if all(given) else None,
+        edge=settings.intent.edge,
     )
     print(render_bootstrap(bootstrap), end="")
     print(
@@ -202,6 +223,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             await controller.stop()
             print(f"xds-server: cannot start: {error}", file=sys.stderr)
             return 1
+        except ConfigError as error:  # TLS files that cannot be used
+            await controller.stop()
+            print(f"xds-server: cannot start: {format_problems(error)}", file=sys.stderr)
+            return 1
         print(
             f"xds-server: xDS on {controller.xds_address}, admin API on "
             f"http://{controller.admin_address}",
@@ -216,6 +241,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.xds_tls is not None:  # its Envoy is bootstrapped plaintext, on loopback
+        print(
+            "xds-server demo: the demo's xDS is plaintext on loopback; unset router.xds_tls",
+            file=sys.stderr,
+        )
+        return 1
     find_envoy_binary()  # fail before starting anything when there is no Envoy
 
     async def demo() -> str | None:

@@ -150,6 +150,7 @@ async def running_stack(
                 xds=controller.xds_address,
                 envoy_admin=settings.envoy_admin_address,
                 delta=delta,
+                edge=settings.intent.edge,
             )
             _check_free(settings.envoy_admin_address, "Envoy admin", "router.envoy_admin_address")
             envoy = await start_envoy(

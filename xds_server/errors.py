@@ -11,7 +11,12 @@
     │   └── OutcomeUnknown    a write was sent and its answer never came: it may be stored
     ├── AddressUnavailable    a server cannot listen on its configured address (e.g. taken)
     ├── ProtocolError         an xDS client broke the protocol; its stream ends INVALID_ARGUMENT
-    │   └── LimitExceeded xds/limits.py: a client passed a cap; stream ends RESOURCE_EXHAUSTED
+    │   └── LimitExceeded     xds/limits.py: a client passed a cap; stream ends RESOURCE_EXHAUSTED
+    ├── NodeNotAuthorized     xds/identity.py: a node its client certificate does not name;
+    │                         PERMISSION_DENIED
+    ├── StreamReplaced        xds/stream.py: a newer stream of the node took over; ABORTED
+    ├── TlsFilesUnusable      xds/tls.py: a certificate, key or CA file of router.xds_tls
+    ├── AdminAnswerTooLarge   telemetry/envoy_stats.py: an Envoy admin answer over the cap
     ├── LeaseLost             another replica holds the prober lease; this one stops probing
     ├── ListenFailed          no socket could be bound to serve on (also an OSError)
     ├── ApiError              admin/errors.py: an admin request refused with its HTTP status

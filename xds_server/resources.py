@@ -28,6 +28,9 @@ ROUTE_CONFIG_NAME = "router"
 ADMIN_CLUSTER = "xds-server-admin"
 ADMIN_PREFIX = "/api/v1/router/"
 OVERALL_HEALTH_PATH = "/api/v1/health"
+# Set by Envoy on every request it routes to the admin API, replacing any the
+# client sent: the client's address as Envoy determined it (admin/client.py).
+CLIENT_ADDRESS_HEADER = "x-router-client-address"
 
 # type URL -> resource name -> message. The translator's output, the cache's input.
 Resources: TypeAlias = Mapping[str, Mapping[str, Message]]

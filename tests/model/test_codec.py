@@ -11,6 +11,7 @@ import pytest
 from tests.factories import local_settings
 from xds_server.errors import ConfigError
 from xds_server.model import codec
+from xds_server.model.edge import Edge, EscapedSlashes, UnderscoreHeaders
 from xds_server.model.intent import (
     Backend,
     Intent,
@@ -51,6 +52,24 @@ def every_field_set() -> Intent:
         policies=policies,
         listen=SocketAddress("::1", 8001),
         admin=SocketAddress("127.0.0.2", 18081),
+        admin_via_listener=False,
+        edge=every_edge_field_set(),
+    )
+
+
+def every_edge_field_set() -> Edge:
+    defaults = Edge()
+    changed: dict[str, Any] = {
+        f.name: getattr(defaults, f.name) * 2 + 1
+        for f in dataclasses.fields(Edge)
+        if not isinstance(getattr(defaults, f.name), bool | str)
+    }
+    return Edge(
+        **changed,
+        normalize_path=False,
+        merge_slashes=False,
+        path_with_escaped_slashes_action=EscapedSlashes.KEEP_UNCHANGED,
+        headers_with_underscores_action=UnderscoreHeaders.ALLOW,
     )
 
 
@@ -72,7 +91,7 @@ def test_codec_round_trip_covers_every_model_field() -> None:
     intent = every_field_set()
     seen: dict[type, set[str]] = {}
     _non_default_everywhere(intent, seen)
-    for cls in (Intent, Service, Backend, Policies, SocketAddress):
+    for cls in (Intent, Service, Backend, Policies, SocketAddress, Edge):
         assert seen.get(cls) == {f.name for f in dataclasses.fields(cls)}, cls.__name__
     assert codec.decode_intent(codec.encode_intent(intent)) == intent
 

@@ -45,7 +45,9 @@ def test_service_values_override_the_router_and_zero_means_none() -> None:
     assert (svc.request_timeout_s, svc.idle_timeout_s) == (0.0, None)
     assert intent.policies.request_timeout_of(svc) == 0
     assert intent.policies.idle_timeout_of(svc) == 40
-    action = service_route("/svc/", svc, intent.policies).route
+    action = service_route(
+        "/svc/", svc, intent.policies, intent.edge.request_body_buffer_limit_bytes
+    ).route
     assert (action.timeout.seconds, action.idle_timeout.seconds) == (0, 40)
     assert action.HasField("timeout") and action.HasField("idle_timeout")
     assert action.retry_policy.retry_on == "connect-failure,retriable-status-codes"
@@ -57,7 +59,9 @@ def test_defaults_keep_the_old_route() -> None:
     """Nothing set: the router's 15 s, no route idle_timeout (the listener's applies),
     the old retry conditions."""
     intent = parse_settings(minimal_document(), {}, "x").intent
-    action = service_route("/svc/", intent.services[0], intent.policies).route
+    action = service_route(
+        "/svc/", intent.services[0], intent.policies, intent.edge.request_body_buffer_limit_bytes
+    ).route
     assert action.timeout.seconds == 15 and not action.HasField("idle_timeout")
     assert action.retry_policy.retry_on == RETRY_ON
     assert Policies().idle_timeout_s is None

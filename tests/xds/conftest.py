@@ -40,9 +40,11 @@ from xds_server.model.intent import Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.samples.grpc_sample import start_backend
 from xds_server.translate import translate
+from xds_server.xds.identity import Admission
 from xds_server.xds.observe import Observers, StreamInfo
 from xds_server.xds.server import XdsEngine, start_server
 from xds_server.xds.status import ProxyRegistry
+from xds_server.xds.tls import ReloadingCredentials
 
 _MESSAGES: dict[str, type[Message]] = {
     CLUSTER: cluster_pb2.Cluster,
@@ -126,10 +128,17 @@ class XdsClient:
     it ACKed, so `ack` and `nack` send what a real client sends.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, kind: str, node_id: str) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        kind: str,
+        node_id: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         stub_class, method, fixed_type = _STUBS[kind]
         self.kind = kind
         self.node_id = node_id
+        self.metadata = metadata  # the node's metadata (admin_address, ...)
         self.fixed_type = fixed_type
         self.received: list[discovery_pb2.DiscoveryResponse] = []  # in arrival order
         self.names: dict[str, tuple[str, ...]] = {}
@@ -188,6 +197,8 @@ class XdsClient:
         )
         if node or (node is None and not self._sent_any):
             request.node.CopyFrom(base_pb2.Node(id=self.node_id, cluster="test"))
+            if self.metadata is not None:
+                request.node.metadata.update(self.metadata)
         if error is not None:
             request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         self._sent_any = True
@@ -430,12 +441,22 @@ class Recorder:
 
 
 class Harness:
-    def __init__(self, *, legacy_wildcard: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        legacy_wildcard: bool = True,
+        admission: Admission | None = None,
+        tls: ReloadingCredentials | None = None,
+    ) -> None:
+        self.tls = tls
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
         self.recorder = Recorder()
         self.engine = XdsEngine(
-            self.cache, Observers([self.registry, self.recorder]), legacy_wildcard=legacy_wildcard
+            self.cache,
+            Observers([self.registry, self.recorder]),
+            legacy_wildcard=legacy_wildcard,
+            admission=admission,
         )
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -445,7 +466,7 @@ class Harness:
         self._clients: list[XdsClient] = []
 
     async def start(self) -> Harness:
-        self.server, self.port = await start_server(self.engine, "127.0.0.1:0")
+        self.server, self.port = await start_server(self.engine, "127.0.0.1:0", self.tls)
         return self
 
     async def stop(self) -> None:
@@ -456,15 +477,25 @@ class Harness:
         if self.server is not None:
             await self.server.stop(0)
 
-    def channel(self) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+    def channel(self, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+        """A channel to the server; `credentials` for a TLS server."""
+        target = f"127.0.0.1:{self.port}"
+        channel = (
+            grpc.aio.insecure_channel(target)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials)
+        )
         self._channels.append(channel)
         return channel
 
     def client(
-        self, kind: str = "ads", node_id: str = "node-1", channel: grpc.aio.Channel | None = None
+        self,
+        kind: str = "ads",
+        node_id: str = "node-1",
+        channel: grpc.aio.Channel | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> XdsClient:
-        client = XdsClient(channel or self.channel(), kind, node_id)
+        client = XdsClient(channel or self.channel(), kind, node_id, metadata)
         self._clients.append(client)
         return client
 

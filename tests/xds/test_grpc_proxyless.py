@@ -8,6 +8,7 @@ import itertools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
+from tests.tls_support import Pki
 from tests.xds.conftest import Harness, names_of, poll, unpack
 from xds_server.cache import build_snapshot
 from xds_server.model.intent import Backend, Intent, Protocol, Service, SocketAddress
@@ -23,6 +25,8 @@ from xds_server.proxy.processes import ChildProcess, start_process
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.samples.grpc_sample import METHOD, bootstrap_config
 from xds_server.translate import translate
+from xds_server.xds.identity import Admission
+from xds_server.xds.tls import ReloadingCredentials
 
 CLIENT_NODE = "grpc-client-1"
 
@@ -39,19 +43,31 @@ def greeter(ports: dict[str, int]) -> Intent:
 
 
 async def start_client(
-    xds: Harness, target: str, expect: str, calls: int, ready: str | None
+    xds: Harness,
+    target: str,
+    expect: str,
+    calls: int,
+    ready: str | None,
+    tls_files: tuple[str, str, str] | None = None,
 ) -> ChildProcess:
     """The client in a subprocess, bootstrapped at `xds` by environment."""
-    bootstrap = bootstrap_config(SocketAddress("127.0.0.1", xds.port), CLIENT_NODE)
+    address = SocketAddress("127.0.0.1", xds.port)
+    bootstrap = bootstrap_config(address, CLIENT_NODE, tls_files=tls_files)
     argv = [sys.executable, "-m", "xds_server.samples.grpc_sample", "call"]
     argv += ["--target", target, "--expect", expect, "--calls", str(calls)]
     env = {"GRPC_XDS_BOOTSTRAP_CONFIG": json.dumps(bootstrap)}
     return await start_process(argv, ready_line_prefix=ready, timeout_s=30.0, env=env)
 
 
-async def run_client(xds: Harness, target: str, expect: str, calls: int) -> list[str]:
+async def run_client(
+    xds: Harness,
+    target: str,
+    expect: str,
+    calls: int,
+    tls_files: tuple[str, str, str] | None = None,
+) -> list[str]:
     """The client's one `ANSWERS` line, after it exited."""
-    child = await start_client(xds, target, expect, calls, ready="ANSWERS")
+    child = await start_client(xds, target, expect, calls, ready="ANSWERS", tls_files=tls_files)
     try:
         assert await child.wait(10.0) == 0, child.output_tail()
     finally:
@@ -157,3 +173,30 @@ async def test_sample_backend_command_answers_with_its_name() -> None:
         assert answer == b"solo"
     finally:
         assert await child.stop() == 0
+
+
+async def test_grpc_client_over_mutual_tls_is_named_by_its_certificate(
+    make_harness: Callable[..., Any], backends: dict[str, int], tmp_path: Path
+) -> None:
+    """docs/xds-protocol.md rule 34 for proxyless clients: the bootstrap's `tls`
+    channel creds (gRFC A65) reach a server that demands client certificates
+    naming the node, and the calls go through; the same client with a
+    certificate for another node gets no configuration."""
+    pki = Pki(tmp_path)
+    xds: Harness = await make_harness(
+        tls=ReloadingCredentials(pki.server_files()),
+        admission=Admission(require_certificate=True),
+    )
+    await xds.publish(greeter(backends))
+    own = pki.client_files(CLIENT_NODE)
+    tls_files = (str(own.cert_file), str(own.key_file), str(own.ca_file))
+    answers = await run_client(xds, "xds:///greeter", "greeter-a,greeter-b", 4, tls_files)
+    assert set(answers) == {"greeter-a", "greeter-b"}
+    other = pki.client_files("grpc-client-2")
+    refused = (str(other.cert_file), str(other.key_file), str(other.ca_file))
+    child = await start_client(xds, "xds:///greeter", "greeter-a", 1, None, refused)
+    try:
+        assert await child.wait(20.0) == 1, child.output_tail()
+    finally:
+        await child.stop()
+    assert CLIENT_NODE not in xds.registry.proxies

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from xds_server.admin import backends, core, experiments, health, metrics, openapi, strategy
 from xds_server.admin.api import MOUNTED, RouteSet
+from xds_server.admin.client import client_rules
 from xds_server.admin.context import CONTEXT, AdminContext
 from xds_server.admin.errors import error_response, json_errors
 from xds_server.admin.requests import (
@@ -43,12 +44,14 @@ WITH_BODY_KEY: web.AppKey[set[tuple[str, str]]] = web.AppKey("with_body")
 
 
 def make_admin_app(context: AdminContext) -> web.Application:
-    # Outermost first: the request counter sees the final status of every answer;
-    # a request is read strictly (400, 403) before its token is (401), and its body's
-    # type (415) only once it may change something.
+    # Outermost first: the request counter sees the final status of every answer,
+    # and so does the log of changes by client (admin/client.py); a request is read
+    # strictly (400, 403) before its token is (401), and its body's type (415) only
+    # once it may change something.
     app = web.Application(
         middlewares=[
             metrics.count_requests,
+            client_rules,
             json_errors,
             strict_edges,
             bearer_token_auth,

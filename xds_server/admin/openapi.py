@@ -53,10 +53,12 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 AUTH_NOTE = "the bearer token (ROUTER_ADMIN_TOKEN) is missing or wrong"
-ORIGIN_NOTE = (
+FORBIDDEN_NOTE = (
     "the Origin header names another site than this API's own host:port (a cross-site "
     "page; no ROUTER_ADMIN_TOKEN is set, so the origin is checked): clients that send "
     "no Origin are served"
+    " (admin/requests.py); or no ROUTER_ADMIN_TOKEN is set and the client (as Envoy "
+    "saw it) is not on the controller's host (admin/client.py): nothing was changed"
 )
 EXPERIMENT_NOTE = "an experiment is running (the detail names it): retry when it has ended"
 MEDIA_NOTE = (
@@ -148,16 +150,16 @@ def query_parameters(op: Operation) -> list[dict[str, Any]]:
 def responses(op: Operation, schemas: dict[str, Any], *, bearer: bool = True) -> dict[str, Any]:
     """Documented answers; a mutating call can always answer 400 (a header that does
     not decode), 401 with a token configured (bearer auth) or 403 without one
-    (cross-site), and 415 (a body not declared JSON, admin/requests.py), one that
-    takes a body 413 and 422, and an intent change 409 while an experiment runs
-    (admin/__init__.py)."""
+    (cross-site, admin/requests.py, or a client not on this host, admin/client.py),
+    and 415 (a body not declared JSON, admin/requests.py), one that takes a body 413
+    and 422, and an intent change 409 while an experiment runs (admin/__init__.py)."""
     listed = dict(op.responses)
     if op.mutating:
         listed.setdefault(400, MALFORMED)
         if bearer:
             listed.setdefault(401, AUTH_NOTE)
         else:
-            listed.setdefault(403, ORIGIN_NOTE)
+            listed.setdefault(403, FORBIDDEN_NOTE)
         listed.setdefault(415, MEDIA_NOTE)
     if op.request_schema is not None:
         listed.setdefault(413, SIZE_NOTE)

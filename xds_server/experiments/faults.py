@@ -27,6 +27,7 @@ from xds_server.experiments.lab import (
 from xds_server.model.edits import find_backend, swap_address, swap_ejection_time
 from xds_server.model.intent import Backend, Intent, SocketAddress
 from xds_server.pipeline.changes import Applied, ChangeApplier
+from xds_server.telemetry import envoy_stats
 
 # --- making the backend fail, and undoing it -------------------------------------------
 
@@ -191,11 +192,15 @@ async def ejection_time_set(lab: Lab, seconds: float) -> AsyncIterator[None]:
 
 async def wait_cluster_ejection(lab: Lab, seconds: float) -> None:
     """Wait until the proxy's active cluster carries `seconds` (it is rebuilt and re-warmed)."""
-    url = f"http://{lab.proxy.envoy_admin}/config_dump?resource=dynamic_active_clusters"
+    # A believed ip:port (docs/xds-protocol.md rule 34), the answer size-capped.
+    base = envoy_stats.admin_base_url(lab.proxy.envoy_admin or "")
+    url = f"{base}/config_dump?resource=dynamic_active_clusters"
     while time.monotonic() < lab.deadline:
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-            async with lab.admin.get(url) as response:
-                dump = json.loads(await response.text())
+        with contextlib.suppress(
+            aiohttp.ClientError, TimeoutError, ValueError, envoy_stats.AdminAnswerTooLarge
+        ):
+            async with lab.admin.get(url, allow_redirects=False) as response:
+                dump = json.loads(await envoy_stats.read_body(response))
             if cluster_ejection_s(dump, lab.service.name) == seconds:
                 return
         await asyncio.sleep(POLL_S)

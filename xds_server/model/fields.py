@@ -19,6 +19,7 @@ import copy
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler
@@ -26,6 +27,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from xds_server.errors import InvalidValue
+from xds_server.model.edge import EscapedSlashes, UnderscoreHeaders
 from xds_server.model.intent import Protocol, SocketAddress, Strategy
 from xds_server.model.values import (
     HEADER_PATTERN,
@@ -43,6 +45,7 @@ from xds_server.model.values import (
     integer_between,
     number_between,
     number_from_text,
+    one_of,
     optional_text,
     or_null,
     shown,
@@ -132,8 +135,14 @@ def _condition_json(condition: str) -> str | int:
     return int(condition) if condition.isdigit() else condition
 
 
-def _enum_value(member: Strategy | Protocol) -> str:
+def _enum_value(member: StrEnum) -> str:
     return member.value
+
+
+def choice(choices: type[StrEnum], description: str) -> Rule:
+    """One of an enum's values (the config file spells the value)."""
+    schema = {"type": "string", "enum": [c.value for c in choices], "description": description}
+    return Rule(one_of(choices), schema, to_json=_enum_value)
 
 
 # What each strategy really is in Envoy (docs/envoy-notes.md, "Mapping of the spec").
@@ -308,6 +317,22 @@ RetryCondition = Annotated[str, RETRY_CONDITION]
 IpAddress = Annotated[SocketAddress, IP_ADDRESS]
 RedisUrl = Annotated[str | None, REDIS_URL]
 OptionalText = Annotated[str | None, TEXT]
+EscapedSlashesAction = Annotated[
+    EscapedSlashes,
+    choice(
+        EscapedSlashes,
+        "a path with %2F or %5C: reject_request (400), unescape_and_redirect (307), "
+        "unescape_and_forward, keep_unchanged (Envoy path_with_escaped_slashes_action)",
+    ),
+]
+UnderscoreHeadersAction = Annotated[
+    UnderscoreHeaders,
+    choice(
+        UnderscoreHeaders,
+        "a request header named with '_': reject_request (400), drop_header, allow "
+        "(Envoy headers_with_underscores_action)",
+    ),
+]
 
 
 def not_a_list(what: str, value: object) -> str:

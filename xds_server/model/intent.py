@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from xds_server.model.edge import Edge
+
 
 class Strategy(StrEnum):
     """Load-balancing strategies an operator can choose per service."""
@@ -144,6 +146,10 @@ class Intent:
     listen: SocketAddress = SocketAddress("127.0.0.1", 8000)
     # Where Envoy sends /api/v1/router/ and /api/v1/health: the controller's admin API.
     admin: SocketAddress = SocketAddress("127.0.0.1", 18080)
+    # False: the listener routes none of the admin API (only the overall health
+    # summary, GET /api/v1/health, which a load balancer in front may probe).
+    admin_via_listener: bool = True
+    edge: Edge = field(default_factory=Edge)  # the listener's limits (model/edge.py)
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)

@@ -17,13 +17,17 @@ part of a document is valid.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyNetwork
 
+from xds_server.errors import InvalidValue
+from xds_server.model.edge import KIB, MIB, Edge
 from xds_server.model.fields import (
     BackendName,
     Draining,
+    EscapedSlashesAction,
     Flag,
     HeaderName,
     HealthPath,
@@ -40,14 +44,17 @@ from xds_server.model.fields import (
     RedisUrl,
     RetryCondition,
     Route,
+    Rule,
     SchemaGenerator,
     Seconds,
     StrategyName,
+    UnderscoreHeadersAction,
     Weight,
     integer,
     number,
 )
 from xds_server.model.intent import Backend, Intent, Policies, Service
+from xds_server.model.values import to_text
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -140,7 +147,142 @@ class ServiceConfig(Shape):
         )
 
 
-_INTENT, _POLICIES = Intent(services=()), Policies()
+def _none_is_empty(value: object) -> object:
+    """`router:` (or `edge:`) with nothing under it is YAML null: the defaults."""
+    return {} if value is None else value
+
+
+_INTENT, _POLICIES, _EDGE = Intent(services=()), Policies(), Edge()
+# Envoy's own bounds, so a value Envoy would reject is a config error here.
+_UINT32_MAX = 2**32 - 1
+_H2_WINDOW = integer(65_535, 2**31 - 1)
+
+
+class EdgeConfig(Shape):
+    """`router.edge`: the listener as a front door (model/edge.py has the why of each
+    default). Each key can be overridden by ROUTER_EDGE_<KEY IN UPPER CASE>."""
+
+    xff_num_trusted_hops: Annotated[int, integer(0)] = Field(
+        default=_EDGE.xff_num_trusted_hops,
+        description="proxies in front of Envoy trusted to append to X-Forwarded-For "
+        "(0: the client is Envoy's peer)",
+    )
+    normalize_path: Flag = Field(
+        default=_EDGE.normalize_path,
+        description="route on the RFC 3986 normalized path (/a/../b and %2e%2e resolved)",
+    )
+    merge_slashes: Flag = Field(
+        default=_EDGE.merge_slashes, description="route on the path with // merged into /"
+    )
+    path_with_escaped_slashes_action: EscapedSlashesAction = _EDGE.path_with_escaped_slashes_action
+    headers_with_underscores_action: UnderscoreHeadersAction = _EDGE.headers_with_underscores_action
+    request_headers_timeout: Seconds = Field(
+        default=_EDGE.request_headers_timeout_s,
+        description="seconds a client has to send its whole request head",
+    )
+    idle_timeout: Seconds = Field(
+        default=_EDGE.idle_timeout_s,
+        description="seconds a client connection may stay open without a request",
+    )
+    stream_idle_timeout: Seconds = Field(
+        default=_EDGE.stream_idle_timeout_s,
+        description="seconds a request may pass with no bytes either way; at least request_timeout",
+    )
+    per_connection_buffer_limit_bytes: Annotated[int, integer(KIB, _UINT32_MAX)] = Field(
+        default=_EDGE.per_connection_buffer_limit_bytes,
+        description="read/write buffer per connection, listener and clusters (flow control "
+        "beyond it)",
+    )
+    request_body_buffer_limit_bytes: Annotated[int, integer(KIB, _UINT32_MAX)] = Field(
+        default=_EDGE.request_body_buffer_limit_bytes,
+        description="bytes of a request body Envoy keeps to retry the request; a failed "
+        "request with a larger body is not retried",
+    )
+    max_concurrent_streams: Annotated[int, integer(1, 2**31 - 1)] = Field(
+        default=_EDGE.max_concurrent_streams, description="HTTP/2 streams per connection"
+    )
+    initial_stream_window_size: Annotated[int, _H2_WINDOW] = Field(
+        default=_EDGE.initial_stream_window_size, description="HTTP/2 stream window, bytes"
+    )
+    initial_connection_window_size: Annotated[int, _H2_WINDOW] = Field(
+        default=_EDGE.initial_connection_window_size,
+        description="HTTP/2 connection window, bytes",
+    )
+    max_request_headers_kb: Annotated[int, integer(1, 8192)] = Field(
+        default=_EDGE.max_request_headers_kb,
+        description="KiB a request's headers may take; beyond it, 431",
+    )
+    max_connections: Annotated[int, integer(1)] = Field(
+        default=_EDGE.max_connections,
+        description="Envoy's downstream connections in all (overload manager); beyond it "
+        "new ones are closed at once",
+    )
+    max_heap_bytes: Annotated[int, integer(64 * MIB)] = Field(
+        default=_EDGE.max_heap_bytes,
+        description="Envoy's heap (overload manager): shrink at 95 %, stop accepting "
+        "requests at 98 %",
+    )
+
+    def to_edge(self) -> Edge:
+        return Edge(**{_EDGE_FIELDS.get(key, key): value for key, value in self})
+
+
+# EdgeConfig key -> Edge field, where they differ (seconds are *_s in the intent)
+_EDGE_FIELDS = {
+    "request_headers_timeout": "request_headers_timeout_s",
+    "idle_timeout": "idle_timeout_s",
+    "stream_idle_timeout": "stream_idle_timeout_s",
+}
+
+
+def _file_path(value: object) -> str:
+    text = to_text(value)
+    if not text.strip():
+        raise InvalidValue("must name a PEM file, got an empty string")
+    return text
+
+
+def _optional_file_path(value: object) -> str | None:
+    return None if value is None else _file_path(value)
+
+
+_PEM_SCHEMA = {"type": "string", "minLength": 1}
+PemFile = Annotated[str, Rule(_file_path, _PEM_SCHEMA)]
+OptionalPemFile = Annotated[
+    str | None, Rule(_optional_file_path, {"anyOf": [_PEM_SCHEMA, {"type": "null"}]})
+]
+
+
+class XdsTlsConfig(Shape):
+    """TLS on the xDS port; with client_ca_file, mutual TLS that names each proxy
+    (docs/xds-protocol.md rule 34). The files are re-read when they change."""
+
+    cert_file: PemFile = Field(description="PEM certificate chain the xDS server presents")
+    key_file: PemFile = Field(description="PEM private key of cert_file")
+    client_ca_file: OptionalPemFile = Field(
+        default=None,
+        description="PEM CA certificates; when set, every xDS client must present a "
+        "certificate they signed, with its node id as a DNS SAN or at the end of a URI SAN",
+    )
+
+
+def _json_object_text(value: object) -> object:
+    """ROUTER_XDS_TLS='{"cert_file": ...}' reads as the mapping; empty as unset."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value  # reported as "not a mapping" by the model
+    return value
+
+
+def _comma_separated(value: object) -> object:
+    """ROUTER_ENVOY_ADMIN_ALLOWLIST=10.0.0.0/8,192.0.2.7 reads as the list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class RouterConfig(Shape):
@@ -238,13 +380,29 @@ class RouterConfig(Shape):
     admin_token: OptionalText = Field(
         default=None,
         description="bearer token the admin API demands for changes; required when "
-        "admin_address is not loopback",
+        "admin_address is not loopback, and when listen_address is not loopback while "
+        "admin_via_listener is true",
     )
-
-
-def _none_is_empty(value: object) -> object:
-    """`router:` with nothing under it is YAML null: the defaults."""
-    return {} if value is None else value
+    admin_via_listener: Flag = Field(
+        default=_INTENT.admin_via_listener,
+        description="Envoy routes /api/v1/router/ to the admin API; false: only "
+        "/api/v1/health (the overall summary) is routed, the rest answers 404",
+    )
+    edge: Annotated[EdgeConfig, BeforeValidator(_none_is_empty)] = Field(
+        default_factory=EdgeConfig, description="the listener as a front door"
+    )
+    xds_tls: Annotated[XdsTlsConfig | None, BeforeValidator(_json_object_text)] = Field(
+        default=None,
+        description="TLS (mutual with client_ca_file) on the xDS port; required when "
+        "xds_address is not loopback; null: plaintext",
+    )
+    envoy_admin_allowlist: Annotated[
+        tuple[IPvAnyNetwork, ...], BeforeValidator(_comma_separated)
+    ] = Field(
+        default=(),
+        description="networks whose Envoy admin addresses the controller reads stats from "
+        "besides the xDS stream's own peer IP (an IP or a CIDR each)",
+    )
 
 
 def _or_null(json_schema: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 from xds_server.errors import InvalidValue
@@ -148,6 +149,18 @@ def to_protocol(value: object) -> Protocol:
     if not isinstance(value, str) or value not in {p.value for p in Protocol}:
         raise InvalidValue(f"must be one of {allowed}, got {shown(value)}")
     return Protocol(value)
+
+
+def one_of(choices: type[StrEnum]) -> Convert:
+    """A member of `choices`, spelled as its value."""
+    allowed = ", ".join(c.value for c in choices)
+
+    def convert(value: object) -> StrEnum:
+        if not isinstance(value, str) or value not in {c.value for c in choices}:
+            raise InvalidValue(f"must be one of {allowed}, got {shown(value)}")
+        return choices(value)
+
+    return convert
 
 
 def to_header_name(value: object) -> str:

@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from xds_server.model.edge import Edge
 from xds_server.model.intent import SocketAddress
+from xds_server.proxy.overload import exempt_admin, overload_manager
 
 XDS_CLUSTER = "xds_cluster"
 DEFAULT_NODE_ID = "envoy-local"
@@ -29,6 +32,19 @@ STATS_FLUSH_S = 1.0  # Envoy's stats flush (histograms), in seconds
 SAMPLE_FILES = {"bootstrap-ads.yaml": False, "bootstrap-delta.yaml": True}  # name -> delta
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+@dataclass(frozen=True)
+class XdsClientTls:
+    """The files a proxy connects to the xDS server with over mutual TLS
+    (router.xds_tls with client_ca_file, docs/xds-protocol.md rule 34): its own
+    certificate (naming its node id) and key, and the CA that signed the
+    controller's certificate."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
 
 
 def make_bootstrap(
@@ -38,14 +54,20 @@ def make_bootstrap(
     envoy_admin: SocketAddress,
     node_cluster: str = "xds-server",
     delta: bool = False,
+    tls: XdsClientTls | None = None,
+    edge: Edge | None = None,
 ) -> dict[str, Any]:
-    """An ADS bootstrap for node `node_id` talking SotW (or Delta) gRPC to `xds`.
+    """An ADS bootstrap for node `node_id` talking SotW (or Delta) gRPC to `xds`,
+    over mutual TLS with `tls`.
 
     `xds` is one controller or several replicas sharing one Redis; each host
     must be an IP literal: the xds_cluster is STATIC, not DNS. With several,
     the xds_cluster lists them all and Envoy re-establishes a lost ADS stream
     after 0.1-1 s (not its default 0.5-30 s), which reaches another replica.
     One address gives exactly the bootstrap it always gave.
+
+    `edge` (default: the built-in edge settings) sets the overload manager's
+    limits (proxy/overload.py); pass the intent's, `settings.intent.edge`.
     """
     replicas = [xds] if isinstance(xds, SocketAddress) else list(xds)
     if not replicas:
@@ -57,11 +79,12 @@ def make_bootstrap(
             # The controller reads this proxy's stats from here (docs/envoy-notes.md).
             "metadata": {"admin_address": str(envoy_admin)},
         },
-        "admin": {"address": _socket_address(envoy_admin)},
+        "admin": exempt_admin({"address": _socket_address(envoy_admin)}),
+        "overload_manager": overload_manager(edge or Edge()),
         # Histograms (the mean response time the routing metrics report) reach the
         # admin's /stats at each flush: every 1 s rather than the default 5 s.
         "stats_flush_interval": f"{STATS_FLUSH_S:g}s",
-        "static_resources": {"clusters": [_xds_cluster(replicas)]},
+        "static_resources": {"clusters": [_xds_cluster(replicas, tls)]},
         "dynamic_resources": {
             "ads_config": _ads_config(delta, fast_retry=len(replicas) > 1),
             "cds_config": _via_ads(),
@@ -79,9 +102,11 @@ def _socket_address(address: SocketAddress) -> dict[str, Any]:
     return {"socket_address": {"address": address.host, "port_value": address.port}}
 
 
-def _xds_cluster(replicas: Sequence[SocketAddress]) -> dict[str, Any]:
+def _xds_cluster(
+    replicas: Sequence[SocketAddress], tls: XdsClientTls | None = None
+) -> dict[str, Any]:
     endpoints = [{"endpoint": {"address": _socket_address(xds)}} for xds in replicas]
-    return {
+    cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -98,6 +123,37 @@ def _xds_cluster(replicas: Sequence[SocketAddress]) -> dict[str, Any]:
         },
         # TCP keepalive notices a vanished peer even while HTTP/2 is quiet.
         "upstream_connection_options": {"tcp_keepalive": {}},
+    }
+    if tls is not None:
+        cluster["transport_socket"] = _client_tls(replicas, tls)
+    return cluster
+
+
+def _client_tls(replicas: Sequence[SocketAddress], tls: XdsClientTls) -> dict[str, Any]:
+    """UpstreamTlsContext: our certificate for the controller to check, and the
+    controller's checked against the CA and against the address dialled (an IP
+    SAN, as gRPC clients check it: the xds_cluster is STATIC, so an IP)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"type.googleapis.com/{_UPSTREAM_TLS}",
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": tls.cert_file},
+                        "private_key": {"filename": tls.key_file},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": tls.ca_file},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "IP_ADDRESS", "matcher": {"exact": host}}
+                        for host in dict.fromkeys(xds.host for xds in replicas)
+                    ],
+                },
+                "alpn_protocols": ["h2"],
+            },
+        },
     }
 
 

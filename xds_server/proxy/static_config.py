@@ -18,19 +18,26 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import json_format
 
+from xds_server.model.edge import Edge
 from xds_server.model.intent import SocketAddress
 from xds_server.proxy.bootstrap import STATS_FLUSH_S
+from xds_server.proxy.overload import exempt_admin, overload_manager
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 from xds_server.translate.common import address_of, socket_address
 from xds_server.translate.listeners import HCM_FILTER
 
 
-def static_bootstrap(resources: Resources, admin: SocketAddress) -> dict[str, Any]:
+def static_bootstrap(
+    resources: Resources, admin: SocketAddress, edge: Edge | None = None
+) -> dict[str, Any]:
+    """`edge`: the overload manager's limits, as make_bootstrap takes them."""
     clusters = [_static_cluster(c, resources[ENDPOINT]) for c in resources[CLUSTER].values()]
     listeners = [_static_listener(lst, resources[ROUTE]) for lst in resources[LISTENER].values()]
     return {
         "node": {"id": "envoy-static", "cluster": "xds-server"},
-        "admin": {"address": _dict(address_of(admin))},
+        "admin": exempt_admin({"address": _dict(address_of(admin))}),
+        # as the xDS bootstrap, so the benchmark's baseline has the same limits
+        "overload_manager": overload_manager(edge or Edge()),
         "stats_flush_interval": f"{STATS_FLUSH_S:g}s",  # as the xDS bootstrap: a fair baseline
         "static_resources": {
             "clusters": [_dict(c) for c in clusters],

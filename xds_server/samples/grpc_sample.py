@@ -77,14 +77,26 @@ async def serve(name: str, host: str, port: int) -> None:
 
 
 def bootstrap_config(
-    xds: SocketAddress, node_id: str, node_cluster: str = "proxyless"
+    xds: SocketAddress,
+    node_id: str,
+    node_cluster: str = "proxyless",
+    *,
+    tls_files: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
-    """A gRPC xDS bootstrap for our controller: plaintext ADS, xDS v3."""
+    """A gRPC xDS bootstrap for our controller: ADS, xDS v3; plaintext, or mutual
+    TLS with `tls_files` = (certificate, private key, CA certificate), gRPC's
+    `tls` channel creds (gRFC A65: the file-watcher certificate provider's
+    config, re-read every refresh_interval)."""
+    creds: dict[str, Any] = {"type": "insecure"}
+    if tls_files is not None:
+        cert, key, ca = tls_files
+        config = {"certificate_file": cert, "private_key_file": key, "ca_certificate_file": ca}
+        creds = {"type": "tls", "config": config | {"refresh_interval": "60s"}}
     return {
         "xds_servers": [
             {
                 "server_uri": str(xds),
-                "channel_creds": [{"type": "insecure"}],
+                "channel_creds": [creds],
                 "server_features": ["xds_v3"],
             }
         ],

@@ -1,7 +1,9 @@
 """Settings: `router_config.yaml` plus `ROUTER_*` environment -> one validated value.
 
 Contract:
-- `parse_settings` is pure (no I/O, no clock); `load_settings` reads the file.
+- `parse_settings` is pure (no I/O, no clock); `load_settings` reads the file,
+  within the size, depth and alias limits of settings/yamlfile.py (a fault is a
+  problem of the file, never a crash or a runaway parse).
 - Every problem is reported with its field path (`router.queue_size`,
   `services[1].backends[0].port`, `env:ROUTER_STRATEGY`), never only the first,
   rules across fields included (settings/rules.py).
@@ -18,19 +20,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from xds_server.errors import ConfigError, InvalidValue, Problem
 from xds_server.model.intent import Intent, Policies, SocketAddress
-from xds_server.model.schema import ConfigDocument, RouterConfig, ServiceConfig
+from xds_server.model.schema import ConfigDocument, RouterConfig, ServiceConfig, XdsTlsConfig
 from xds_server.model.validation import Located, located, problems_of
 from xds_server.model.values import MAX_WEIGHT, RESERVED_ROUTE_PREFIX, RESERVED_ROUTES
 from xds_server.settings.environment import ENV_PREFIX, effective_router
 from xds_server.settings.rules import router_problems, service_problems
+from xds_server.settings.yamlfile import DEFAULT_LIMITS, parse_yaml, read_config_bytes
 
 __all__ = [
     "EMBEDDED_DEFAULTS",
@@ -44,6 +46,7 @@ __all__ = [
     "format_problems",
     "load_settings",
     "parse_settings",
+    "settings_from",
 ]
 
 EMBEDDED_DEFAULTS: Path = Path(__file__).parent.parent / "defaults" / "router_config.yaml"
@@ -74,6 +77,9 @@ class Settings:
     health_check_jitter: float = _DEFAULTS.health_check_jitter
     # With Redis: how long the elected prober's lease lasts (docs/replicas.md).
     health_prober_lease: float = _DEFAULTS.health_prober_lease
+    # TLS on the xDS port, and whose Envoy admins may be read (docs/xds-protocol.md rule 34).
+    xds_tls: XdsTlsConfig | None = None
+    envoy_admin_allowlist: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 # router keys named like their Settings field
@@ -138,6 +144,8 @@ def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: st
         policies=policies,
         listen=router.listen_address,
         admin=router.admin_address,
+        admin_via_listener=router.admin_via_listener,
+        edge=router.edge.to_edge(),
     )
     return Settings(
         intent=intent,
@@ -151,6 +159,8 @@ def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: st
         redis_url=router.redis_url,
         admin_token=router.admin_token,
         source=source,
+        xds_tls=router.xds_tls,
+        envoy_admin_allowlist=tuple(router.envoy_admin_allowlist),
     )
 
 
@@ -159,43 +169,19 @@ def load_settings(
 ) -> Settings:
     """Read the YAML file (None: the embedded defaults), apply the env, validate.
 
-    Raises ConfigError for an unreadable file, a YAML syntax error or any invalid value.
+    Raises ConfigError for an unreadable file, a YAML syntax error, a file beyond
+    the limits of settings/yamlfile.py or any invalid value.
     """
     source = EMBEDDED_SOURCE if path is None else os.fspath(path)
-    document = _read_yaml(EMBEDDED_DEFAULTS if path is None else Path(path), source)
-    return parse_settings(document, os.environ if environ is None else environ, source)
+    file = EMBEDDED_DEFAULTS if path is None else Path(path)
+    content = read_config_bytes(file, source, DEFAULT_LIMITS.max_bytes)
+    return settings_from(content, os.environ if environ is None else environ, source)
 
 
-def _read_yaml(file: Path, source: str) -> object:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError([Problem(source, f"cannot read: {error}")]) from error
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as error:
-        raise ConfigError([Problem(source, _yaml_message(error))]) from error
-
-
-def _yaml_message(error: yaml.YAMLError) -> str:
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        mark = error.problem_mark
-        return f"YAML error at line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
-    return f"YAML error: {error}"
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys, which plain YAML silently overwrites."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: list[object] = []  # a list: YAML keys need not be hashable
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                mark = key_node.start_mark
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
-            seen.append(key)
-        return super().construct_mapping(node, deep=deep)
+def settings_from(content: bytes, environ: Mapping[str, str], source: str) -> Settings:
+    """The file's `content` (as read by load_settings) parsed, with the env, validated:
+    what a reload runs on the bytes it has seen settle (settings/reload.py)."""
+    return parse_settings(parse_yaml(content, source), environ, source)
 
 
 def format_problems(error: ConfigError) -> str:

@@ -32,8 +32,7 @@ from pathlib import Path
 from dotenv.parser import Binding, parse_stream
 
 from xds_server.errors import ConfigError, Problem
-from xds_server.model.schema import RouterConfig
-from xds_server.settings.environment import ENV_PREFIX
+from xds_server.settings.environment import ENV_PREFIX, variables
 
 DEFAULT_ENV_FILE = Path(".env")
 ENV_PROBLEM = "env:"  # the settings' path for a variable: env:ROUTER_X
@@ -50,7 +49,7 @@ class EnvFile:
 
 def known_keys(extra: Iterable[str] = ()) -> frozenset[str]:
     """The variables the router section reads (settings/environment.py), plus `extra`."""
-    return frozenset(ENV_PREFIX + key.upper() for key in RouterConfig.model_fields) | set(extra)
+    return frozenset(variables()) | set(extra)
 
 
 def load_env_file(path: Path | None, known: Collection[str]) -> EnvFile | None:

@@ -1,6 +1,8 @@
 """The effective `router:` values: defaults, then the file, then `ROUTER_*` variables.
 
-Every key of the `router:` section can be overridden by `ROUTER_<KEY>`; the
+Every key of the `router:` section can be overridden by `ROUTER_<KEY>`, and
+every key of a nested section by `ROUTER_<SECTION>_<KEY>`
+(`router.edge.max_connections`: `ROUTER_EDGE_MAX_CONNECTIONS`); the
 environment beats the file. Unknown `ROUTER_*` variables are ignored, so other
 tools may share the prefix; a known variable with a bad value is a problem at
 `env:ROUTER_<KEY>`. A key whose winning value is bad has no effective value:
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from xds_server.errors import InvalidValue, Problem
 from xds_server.model.fields import rule_of
@@ -33,50 +35,110 @@ class Router:
 
     def loc_of(self, key: str) -> Loc:
         """Where `key`'s value came from, for a problem about it: the variable that
-        set it (`env:ROUTER_<KEY>`), or its place in the file (`router.<key>`)."""
-        return (env_name(key),) if key in self.from_env else ("router", key)
+        set it (`env:ROUTER_<KEY>`), or its place in the file (`router.<key>`).
+        A nested key is dotted: `edge.max_connections`."""
+        return (env_name(key),) if key in self.from_env else ("router", *key.split("."))
 
 
 def env_name(key: str) -> str:
-    return f"env:{ENV_PREFIX}{key.upper()}"
+    """`edge.max_connections` -> env:ROUTER_EDGE_MAX_CONNECTIONS."""
+    return f"env:{ENV_PREFIX}{key.replace('.', '_').upper()}"
+
+
+def variables(model: type[BaseModel] = RouterConfig, at: tuple[str, ...] = ()) -> list[str]:
+    """Every `ROUTER_*` variable the router section reads, in field order."""
+    nested = _nested_models(model)
+    names: list[str] = []
+    for key in model.model_fields:
+        if key in nested:
+            names += variables(nested[key], (*at, key))
+        else:
+            names.append(ENV_PREFIX + "_".join((*at, key)).upper())
+    return names
 
 
 def effective_router(section: object, environ: Mapping[str, str]) -> Router:
-    winners: dict[str, object] = {}
-    unknown: set[str] = set()
-    problems: list[Problem] = []
-    if isinstance(section, dict):
-        for key, raw in section.items():
-            if key in RouterConfig.model_fields:
-                _take(winners, unknown, key, raw)  # the file's problems are reported elsewhere
-    from_env = {key for key in RouterConfig.model_fields if ENV_PREFIX + key.upper() in environ}
-    for key in sorted(from_env, key=list(RouterConfig.model_fields).index):
-        message = _take_text(winners, unknown, key, environ[ENV_PREFIX + key.upper()])
-        if message is not None:
-            problems.append(Problem(env_name(key), message))
-    values = RouterConfig.model_validate(winners)
-    return Router(values, frozenset(unknown), tuple(problems), frozenset(from_env))
+    found = _Winners(environ)
+    found.take_section(RouterConfig, section, ())
+    values = RouterConfig.model_validate(found.winners)
+    return Router(
+        values, frozenset(found.unknown), tuple(found.problems), frozenset(found.from_env)
+    )
 
 
-def _take_text(winners: dict[str, object], unknown: set[str], key: str, text: str) -> str | None:
-    rule = rule_of(RouterConfig.model_fields[key].metadata)
-    try:
-        raw = (str_from_text if rule is None else rule.from_text)(text)
-    except InvalidValue as invalid:
-        winners.pop(key, None)
-        unknown.add(key)
-        return str(invalid)
-    return _take(winners, unknown, key, raw)
+class _Winners:
+    """The winning raw values of a section and of its nested sections (`edge:`):
+    the file's, then `ROUTER_<KEY>` (`ROUTER_EDGE_<KEY>` for a nested key).
+    Keys are dotted paths below `router` (`queue_size`, `edge.max_connections`)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.winners: dict[str, object] = {}
+        self.unknown: set[str] = set()  # keys whose winning value is bad
+        self.problems: list[Problem] = []
+        self.from_env: set[str] = set()
+
+    def take_section(self, model: type[BaseModel], section: object, at: tuple[str, ...]) -> None:
+        winners = self._winners_at(at)
+        nested = _nested_models(model)
+        if isinstance(section, dict):
+            for key, raw in section.items():
+                if key in model.model_fields and key not in nested:
+                    # the file's problems are reported elsewhere
+                    self._take(model, winners, (*at, key), raw)
+        for key in model.model_fields:
+            if key in nested:
+                inner = section.get(key) if isinstance(section, dict) else None
+                self.take_section(nested[key], inner, (*at, key))
+                continue
+            path = ".".join((*at, key))
+            variable = ENV_PREFIX + path.replace(".", "_").upper()
+            if variable in self.environ:
+                self.from_env.add(path)
+                message = self._take_text(model, winners, (*at, key), self.environ[variable])
+                if message is not None:
+                    self.problems.append(Problem(env_name(path), message))
+
+    def _winners_at(self, at: tuple[str, ...]) -> dict[str, object]:
+        winners = self.winners
+        for key in at:
+            inner = winners.setdefault(key, {})
+            assert isinstance(inner, dict)
+            winners = inner
+        return winners
+
+    def _take_text(
+        self, model: type[BaseModel], winners: dict[str, object], at: tuple[str, ...], text: str
+    ) -> str | None:
+        rule = rule_of(model.model_fields[at[-1]].metadata)
+        try:
+            raw = (str_from_text if rule is None else rule.from_text)(text)
+        except InvalidValue as invalid:
+            winners.pop(at[-1], None)
+            self.unknown.add(".".join(at))
+            return str(invalid)
+        return self._take(model, winners, at, raw)
+
+    def _take(
+        self, model: type[BaseModel], winners: dict[str, object], at: tuple[str, ...], raw: object
+    ) -> str | None:
+        """Let `raw` win for the key at `at`; the message when it is bad."""
+        key, path = at[-1], ".".join(at)
+        try:
+            model.model_validate({key: raw})
+        except ValidationError as error:
+            winners.pop(key, None)
+            self.unknown.add(path)
+            return str(error.errors()[0]["msg"])
+        winners[key] = raw
+        self.unknown.discard(path)
+        return None
 
 
-def _take(winners: dict[str, object], unknown: set[str], key: str, raw: object) -> str | None:
-    """Let `raw` win for `key`; the message when it is bad."""
-    try:
-        RouterConfig.model_validate({key: raw})
-    except ValidationError as error:
-        winners.pop(key, None)
-        unknown.add(key)
-        return str(error.errors()[0]["msg"])
-    winners[key] = raw
-    unknown.discard(key)
-    return None
+def _nested_models(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
+    """The keys of `model` that are sections of their own (`edge:`)."""
+    return {
+        key: field.annotation
+        for key, field in model.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    }

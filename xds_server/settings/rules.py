@@ -37,7 +37,46 @@ def router_problems(router: Router) -> list[Located]:
         where = path_of(router.loc_of("admin_address"))
         message = f"required when admin_address is not loopback ({admin}, from {where})"
         found.append(Located(router.loc_of("admin_token"), message))
+    # An xDS port others can reach hands configuration to anyone who asks and
+    # believes any node id (docs/xds-protocol.md rule 34): TLS or loopback only.
+    xds = values.xds_address
+    plaintext = _known(router, "xds_address", "xds_tls") and values.xds_tls is None
+    if plaintext and not _is_loopback(xds.host):
+        where = path_of(router.loc_of("xds_address"))
+        message = f"required when xds_address is not loopback ({xds}, from {where})"
+        found.append(Located(router.loc_of("xds_tls"), message))
+    found += _listener_rule(router) + _stream_idle_rule(router)
     return found
+
+
+def _listener_rule(router: Router) -> list[Located]:
+    """Envoy forwards the admin API from every client that reaches the listener, and
+    the controller sees each such call coming from Envoy: a listener other clients can
+    reach needs the token too, unless it routes no admin path."""
+    values = router.values
+    keys = ("listen_address", "admin_via_listener", "admin_token")
+    if not _known(router, *keys) or values.admin_token is not None:
+        return []
+    if not values.admin_via_listener or _is_loopback(values.listen_address.host):
+        return []
+    where = path_of(router.loc_of("listen_address"))
+    via = path_of(router.loc_of("admin_via_listener"))
+    message = (
+        f"required when listen_address is not loopback ({values.listen_address}, from {where}) "
+        f"and the admin API is routed through the listener ({via}: true; "
+        "false keeps it off the listener)"
+    )
+    return [Located(router.loc_of("admin_token"), message)]
+
+
+def _stream_idle_rule(router: Router) -> list[Located]:
+    """Envoy's stream idle timer also runs while a request waits for its response: one
+    shorter than the route timeout would cut a slow answer that request_timeout allows."""
+    idle, whole = router.values.edge.stream_idle_timeout, router.values.request_timeout
+    if not _known(router, "edge.stream_idle_timeout", "request_timeout") or idle >= whole:
+        return []
+    message = f"must be at least request_timeout ({whole:g}), got {idle:g}"
+    return [Located(router.loc_of("edge.stream_idle_timeout"), message)]
 
 
 def _known(router: Router, *keys: str) -> bool:

@@ -5,9 +5,13 @@
 `cx_active`, `rq_active`, `rq_total`. Envoy writes the numbers as strings and
 leaves zeros out (docs/envoy-notes.md); here every missing counter reads as 0.
 
-Promises: every read is bounded by a short timeout, proxies are read
-concurrently, and a proxy that cannot be read is reported with the reason in
-`ProxyStats.error`; it never makes the caller hang or fail.
+Promises: every read is bounded by a short timeout (the whole body included)
+and by a size cap (MAX_BODY_BYTES), proxies are read concurrently, and a proxy
+that cannot be read is reported with the reason in `ProxyStats.error`; it never
+makes the caller hang, fail or grow without bound. Only `http://<ip>:<port>`
+plus this module's fixed paths is ever dialled: the address comes from the
+proxy's node metadata, which the xDS layer checked (docs/xds-protocol.md rule
+34), and is parsed again here before any connection.
 
 `AdminReader` keeps one HTTP session across reads, so a read reuses its
 keep-alive connection to each Envoy admin instead of connecting anew: on
@@ -24,17 +28,34 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import aiohttp
 
+from xds_server.errors import XdsServerError
+from xds_server.model.values import to_ip_socket_address
 from xds_server.xds.status import ProxyStatus
 
 READ_TIMEOUT_S = 1.0
 CLUSTERS_PATH = "/clusters?format=json"
+# Envoy's /clusters?format=json weighs about 920 bytes per host with idle
+# counters: 13.9 MB for 5,000 services of 3 backends each (measured on Envoy
+# 1.40). Busy counters add a few hundred bytes per host; this leaves room for
+# that twice over. Larger answers are refused, never held.
+MAX_BODY_BYTES = 32 * 1024 * 1024
+# At most this many GETs of one reader are under way at once, so the bodies it
+# holds stay under MAX_CONCURRENT_GETS x MAX_BODY_BYTES however many proxies
+# (genuine or not) are connected. Local Envoys answer in milliseconds: a
+# reading of 100 of them queues for a few milliseconds.
+MAX_CONCURRENT_GETS = 8
+_READ_CHUNK = 64 * 1024
+
+
+class AdminAnswerTooLarge(XdsServerError):
+    """An Envoy admin answer outgrew MAX_BODY_BYTES; the read was abandoned."""
 
 
 @dataclass(frozen=True)
@@ -83,28 +104,84 @@ def _host(cluster: str, host: Mapping[str, Any]) -> HostStats:
     )
 
 
-async def read_proxy(
-    session: aiohttp.ClientSession, node_id: str, envoy_admin: str | None
-) -> ProxyStats:
-    """One proxy's hosts; any failure (no address, refused, timeout, junk) is reported."""
-    if not envoy_admin:
-        return ProxyStats(node_id, envoy_admin, error="no admin_address in node metadata")
+_UNREADABLE = (
+    aiohttp.ClientError,
+    AdminAnswerTooLarge,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+)
+
+
+def admin_base_url(envoy_admin: str) -> str:
+    """`http://<ip>:<port>` of an admin address; InvalidValue (a ValueError) for
+    anything that is not exactly an IP and a port (a path, a user, a host name)."""
+    return f"http://{to_ip_socket_address(envoy_admin)}"
+
+
+async def read_body(response: aiohttp.ClientResponse, max_bytes: int = MAX_BODY_BYTES) -> str:
+    """The body as text, or AdminAnswerTooLarge as soon as it passes `max_bytes`
+    (a declared length says so before anything is read)."""
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise AdminAnswerTooLarge(f"answer of {declared} bytes is larger than {max_bytes}")
+    # Chunks joined once at the end: a growing buffer would be copied at every
+    # reallocation and hold up to twice its size meanwhile.
+    chunks: list[bytes] = []
+    size = 0
     try:
-        async with session.get(f"http://{envoy_admin}{CLUSTERS_PATH}") as response:
-            text = await response.text()
-            if response.status != 200:
-                return ProxyStats(node_id, envoy_admin, error=f"HTTP {response.status}")
+        async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise AdminAnswerTooLarge(f"answer larger than {max_bytes} bytes; not read further")
+            chunks.append(chunk)
+        return b"".join(chunks).decode(response.get_encoding())
+    finally:
+        # Whatever ends the read, the bytes go now: an exception's traceback keeps
+        # this frame alive until the garbage collector finds it, and the
+        # collector counts objects, not bytes (a few chunks may weigh 32 MiB).
+        chunks.clear()
+
+
+async def read_proxy(
+    session: aiohttp.ClientSession,
+    node_id: str,
+    envoy_admin: str | None,
+    *,
+    refused: str | None = None,
+    max_bytes: int = MAX_BODY_BYTES,
+    slots: asyncio.Semaphore | None = None,
+) -> ProxyStats:
+    """One proxy's hosts; any failure (no address, refused, timeout, junk) is reported.
+    `refused`: why the xDS layer believed no admin address for this proxy;
+    `slots`: shared by the reads that may not all run at once."""
+    if not envoy_admin:
+        return ProxyStats(node_id, envoy_admin, error=refused or _NO_ADDRESS)
+    try:
+        url = admin_base_url(envoy_admin) + CLUSTERS_PATH
+        text = await _get(session, url, max_bytes, slots)
         return ProxyStats(node_id, envoy_admin, hosts=parse_clusters(json.loads(text)))
     except TimeoutError:
         return ProxyStats(node_id, envoy_admin, error="no answer within the read timeout")
-    except (aiohttp.ClientError, ValueError, KeyError, TypeError, AttributeError) as error:
-        return ProxyStats(node_id, envoy_admin, error=f"{type(error).__name__}: {error}")
+    except _UNREADABLE as error:
+        return ProxyStats(node_id, envoy_admin, error=_reason(error))
+
+
+_NO_ADDRESS = "no admin_address in node metadata"
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, AdminAnswerTooLarge):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 async def read_proxies(
     proxies: Iterable[ProxyStatus], timeout_s: float = READ_TIMEOUT_S
 ) -> list[ProxyStats]:
-    """Read every given proxy concurrently; the whole call takes at most ~timeout_s."""
+    """Read every given proxy concurrently (MAX_CONCURRENT_GETS at a time); each GET
+    takes at most ~timeout_s."""
     async with one_shot(timeout_s) as reader:
         return await reader.hosts(proxies)
 
@@ -212,17 +289,22 @@ def parse_cluster_builds(document: object) -> dict[str, str]:
 
 
 async def read_traffic(
-    session: aiohttp.ClientSession, node_id: str, envoy_admin: str | None
+    session: aiohttp.ClientSession,
+    node_id: str,
+    envoy_admin: str | None,
+    *,
+    refused: str | None = None,
+    max_bytes: int = MAX_BODY_BYTES,
+    slots: asyncio.Semaphore | None = None,
 ) -> TrafficReading:
     """Hosts, cluster counters and cluster build times of one proxy, read concurrently."""
     if not envoy_admin:
-        return TrafficReading(node_id, envoy_admin, error="no admin_address in node metadata")
-    base = f"http://{envoy_admin}"
+        return TrafficReading(node_id, envoy_admin, error=refused or _NO_ADDRESS)
     try:
-        hosts, stats, builds = await asyncio.gather(
-            _get(session, base + CLUSTERS_PATH),
-            _get(session, base + STATS_PATH),
-            _get(session, base + VERSIONS_PATH),
+        base = admin_base_url(envoy_admin)
+        hosts, stats, builds = await _all_or_none(
+            _get(session, base + path, max_bytes, slots)
+            for path in (CLUSTERS_PATH, STATS_PATH, VERSIONS_PATH)
         )
         return TrafficReading(
             node_id,
@@ -233,22 +315,39 @@ async def read_traffic(
         )
     except TimeoutError:
         return TrafficReading(node_id, envoy_admin, error="no answer within the read timeout")
-    except (aiohttp.ClientError, ValueError, KeyError, TypeError, AttributeError) as error:
-        return TrafficReading(node_id, envoy_admin, error=f"{type(error).__name__}: {error}")
+    except _UNREADABLE as error:
+        return TrafficReading(node_id, envoy_admin, error=_reason(error))
 
 
-async def _get(session: aiohttp.ClientSession, url: str) -> str:
-    async with session.get(url) as response:
-        text = await response.text()
-        if response.status != 200:
-            raise ValueError(f"HTTP {response.status} from {url}")
-        return text
+async def _all_or_none(gets: Iterable[Coroutine[Any, Any, str]]) -> list[str]:
+    """Every GET's body; the first failure cancels the others (a reading is of no
+    use without all three) and is raised as itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(get) for get in gets]
+    except BaseExceptionGroup as failed:
+        first = failed.exceptions[0]
+        raise first from None
+    return [task.result() for task in tasks]
+
+
+async def _get(
+    session: aiohttp.ClientSession, url: str, max_bytes: int, slots: asyncio.Semaphore | None
+) -> str:
+    """The session's total timeout covers the body too: it runs until the
+    response is released, which is after read_body. It starts once a slot is
+    free, so a queued GET is not timed out by the ones before it."""
+    async with slots or contextlib.nullcontext(), session.get(url, allow_redirects=False) as got:
+        if got.status != 200:
+            raise ValueError(f"HTTP {got.status} from {url}")
+        return await read_body(got, max_bytes)
 
 
 async def read_traffic_of(
     proxies: Iterable[ProxyStatus], timeout_s: float = READ_TIMEOUT_S
 ) -> list[TrafficReading]:
-    """`read_traffic` of every given proxy concurrently, bounded by ~timeout_s."""
+    """`read_traffic` of every given proxy concurrently (MAX_CONCURRENT_GETS GETs at a
+    time), each GET bounded by ~timeout_s."""
     async with one_shot(timeout_s) as reader:
         return await reader.traffic(proxies)
 
@@ -261,20 +360,39 @@ class AdminReader:
     at shutdown still answers and leaves nothing open."""
 
     def __init__(self, timeout_s: float = READ_TIMEOUT_S) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)  # per request
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)  # per request, body included
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_GETS)
 
     async def hosts(self, proxies: Iterable[ProxyStatus]) -> list[ProxyStats]:
         """`GET /clusters` of every given proxy, concurrently."""
         async with self._using() as session:
-            reads = (read_proxy(session, p.node_id, p.envoy_admin) for p in proxies)
+            reads = (
+                read_proxy(
+                    session,
+                    p.node_id,
+                    p.envoy_admin,
+                    refused=p.envoy_admin_problem,
+                    slots=self._slots,
+                )
+                for p in proxies
+            )
             return list(await asyncio.gather(*reads))
 
     async def traffic(self, proxies: Iterable[ProxyStatus]) -> list[TrafficReading]:
         """`read_traffic` of every given proxy, concurrently."""
         async with self._using() as session:
-            reads = (read_traffic(session, p.node_id, p.envoy_admin) for p in proxies)
+            reads = (
+                read_traffic(
+                    session,
+                    p.node_id,
+                    p.envoy_admin,
+                    refused=p.envoy_admin_problem,
+                    slots=self._slots,
+                )
+                for p in proxies
+            )
             return list(await asyncio.gather(*reads))
 
     async def aclose(self) -> None:
@@ -286,12 +404,17 @@ class AdminReader:
     @contextlib.asynccontextmanager
     async def _using(self) -> AsyncIterator[aiohttp.ClientSession]:
         if self._closed:
-            async with aiohttp.ClientSession(timeout=self._timeout) as session:
+            async with self._new_session() as session:
                 yield session
             return
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = self._new_session()
         yield self._session
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        # Envoy's admin does not compress; a compressed answer is not inflated
+        # behind the size cap's back, it is junk.
+        return aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
 
 
 @contextlib.asynccontextmanager

@@ -1,7 +1,8 @@
 """Intent -> Envoy Cluster resources (CDS).
 
 One EDS cluster per service, named after it, plus a static cluster for the
-controller's own admin API. The spec's resilience knobs land here:
+controller's own admin API; both with the edge's per-connection buffer limit
+(model/edge.py). The spec's resilience knobs land here:
 circuit_breaker_* become outlier detection, queue_size the pending-request
 limit (see docs/envoy-notes.md, "Mapping of the spec").
 """
@@ -35,8 +36,9 @@ _LB_POLICIES = {
 
 def clusters(intent: Intent, memo: Memo[cluster_pb2.Cluster]) -> dict[str, cluster_pb2.Cluster]:
     built = {s.name: _service_cluster(s, intent, memo) for s in intent.services}
+    limit = intent.edge.per_connection_buffer_limit_bytes
     built[ADMIN_CLUSTER] = memo.get(
-        ADMIN_CLUSTER, (intent.admin,), functools.partial(admin_cluster, intent.admin)
+        ADMIN_CLUSTER, (intent.admin, limit), functools.partial(admin_cluster, intent.admin, limit)
     )
     return built
 
@@ -44,13 +46,17 @@ def clusters(intent: Intent, memo: Memo[cluster_pb2.Cluster]) -> dict[str, clust
 def _service_cluster(
     service: Service, intent: Intent, memo: Memo[cluster_pb2.Cluster]
 ) -> cluster_pb2.Cluster:
+    limit = intent.edge.per_connection_buffer_limit_bytes
     arguments = (service, intent.strategy_of(service), intent.policies)
-    return memo.get(service.name, arguments, functools.partial(service_cluster, *arguments))
+    build = functools.partial(service_cluster, *arguments, buffer_limit=limit)
+    return memo.get(service.name, (*arguments, limit), build)
 
 
 def service_cluster(
-    service: Service, strategy: Strategy, policies: Policies
+    service: Service, strategy: Strategy, policies: Policies, *, buffer_limit: int | None = None
 ) -> cluster_pb2.Cluster:
+    """`buffer_limit`: bytes per upstream connection (Envoy's; proxyless gRPC
+    clients, translate/grpc.py, have no such setting)."""
     cluster = cluster_pb2.Cluster(
         name=service.name,
         type=cluster_pb2.Cluster.EDS,
@@ -77,6 +83,8 @@ def service_cluster(
     )
     if strategy is Strategy.LEAST_CONNECTIONS:
         cluster.least_request_lb_config.choice_count.value = 2
+    if buffer_limit is not None:
+        cluster.per_connection_buffer_limit_bytes.value = buffer_limit
     return cluster
 
 
@@ -115,12 +123,13 @@ def outlier_detection(policies: Policies) -> outlier_detection_pb2.OutlierDetect
     )
 
 
-def admin_cluster(admin: SocketAddress) -> cluster_pb2.Cluster:
+def admin_cluster(admin: SocketAddress, buffer_limit: int) -> cluster_pb2.Cluster:
     """The controller's admin API behind the same listener, at a fixed address."""
     return cluster_pb2.Cluster(
         name=ADMIN_CLUSTER,
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=duration(CONNECT_TIMEOUT_S),
+        per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=buffer_limit),
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
             cluster_name=ADMIN_CLUSTER,
             endpoints=[

@@ -1,4 +1,12 @@
-"""Intent -> the one HTTP Listener (LDS) on the router address."""
+"""Intent -> the one HTTP Listener (LDS) on the router address.
+
+The listener is a front door: its connection manager takes the edge settings
+of the intent (model/edge.py has each default and why), after Envoy's
+"Configuring Envoy as an edge proxy" guide
+(https://www.envoyproxy.io/docs/envoy/latest/configuration/best_practices/edge).
+The overload manager, the other half of that guide, is in the bootstraps
+(proxy/overload.py).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +18,12 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from google.protobuf import wrappers_pb2
 
+from xds_server.model.edge import Edge, EscapedSlashes, UnderscoreHeaders
 from xds_server.model.intent import Intent, SocketAddress
 from xds_server.resources import LISTENER_NAME, ROUTE_CONFIG_NAME
-from xds_server.translate.common import address_of, ads_config_source, packed
+from xds_server.translate.common import address_of, ads_config_source, duration, packed
 from xds_server.translate.memo import Memo
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -31,14 +41,27 @@ EXACT_BALANCE = listener_pb2.Listener.ConnectionBalanceConfig(
 )
 
 
+_ESCAPED_SLASHES = {
+    EscapedSlashes.REJECT_REQUEST: hcm_pb2.HttpConnectionManager.REJECT_REQUEST,
+    EscapedSlashes.UNESCAPE_AND_REDIRECT: hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
+    EscapedSlashes.UNESCAPE_AND_FORWARD: hcm_pb2.HttpConnectionManager.UNESCAPE_AND_FORWARD,
+    EscapedSlashes.KEEP_UNCHANGED: hcm_pb2.HttpConnectionManager.KEEP_UNCHANGED,
+}
+_UNDERSCORES = {
+    UnderscoreHeaders.REJECT_REQUEST: protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
+    UnderscoreHeaders.DROP_HEADER: protocol_pb2.HttpProtocolOptions.DROP_HEADER,
+    UnderscoreHeaders.ALLOW: protocol_pb2.HttpProtocolOptions.ALLOW,
+}
+
+
 def listeners(
     intent: Intent, memo: Memo[listener_pb2.Listener]
 ) -> dict[str, listener_pb2.Listener]:
-    build = functools.partial(router_listener, intent.listen)
-    return {LISTENER_NAME: memo.get(LISTENER_NAME, (intent.listen,), build)}
+    build = functools.partial(router_listener, intent.listen, intent.edge)
+    return {LISTENER_NAME: memo.get(LISTENER_NAME, (intent.listen, intent.edge), build)}
 
 
-def router_listener(listen: SocketAddress) -> listener_pb2.Listener:
+def router_listener(listen: SocketAddress, edge: Edge) -> listener_pb2.Listener:
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_of(listen),
@@ -46,16 +69,17 @@ def router_listener(listen: SocketAddress) -> listener_pb2.Listener:
             listener_components_pb2.FilterChain(
                 filters=[
                     listener_components_pb2.Filter(
-                        name=HCM_FILTER, typed_config=packed(http_connection_manager())
+                        name=HCM_FILTER, typed_config=packed(http_connection_manager(edge))
                     )
                 ]
             )
         ],
         connection_balance_config=EXACT_BALANCE,
+        per_connection_buffer_limit_bytes=_uint32(edge.per_connection_buffer_limit_bytes),
     )
 
 
-def http_connection_manager() -> hcm_pb2.HttpConnectionManager:
+def http_connection_manager(edge: Edge) -> hcm_pb2.HttpConnectionManager:
     return hcm_pb2.HttpConnectionManager(
         stat_prefix=LISTENER_NAME,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
@@ -66,4 +90,29 @@ def http_connection_manager() -> hcm_pb2.HttpConnectionManager:
         # Without this, HTTP/1.0 clients such as the spec's `ab` get 426 Upgrade
         # Required (docs/envoy-notes.md, "Traps").
         http_protocol_options=protocol_pb2.Http1ProtocolOptions(accept_http_10=True),
+        # The client is the address Envoy saw (less the trusted hops), never what
+        # the client's own X-Forwarded-For says: Envoy appends that address to
+        # X-Forwarded-For, and the admin API reads it from there
+        # (admin/client.py).
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        xff_num_trusted_hops=edge.xff_num_trusted_hops,
+        normalize_path=wrappers_pb2.BoolValue(value=edge.normalize_path),
+        merge_slashes=edge.merge_slashes,
+        path_with_escaped_slashes_action=_ESCAPED_SLASHES[edge.path_with_escaped_slashes_action],
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            idle_timeout=duration(edge.idle_timeout_s),
+            headers_with_underscores_action=_UNDERSCORES[edge.headers_with_underscores_action],
+        ),
+        http2_protocol_options=protocol_pb2.Http2ProtocolOptions(
+            max_concurrent_streams=_uint32(edge.max_concurrent_streams),
+            initial_stream_window_size=_uint32(edge.initial_stream_window_size),
+            initial_connection_window_size=_uint32(edge.initial_connection_window_size),
+        ),
+        stream_idle_timeout=duration(edge.stream_idle_timeout_s),
+        request_headers_timeout=duration(edge.request_headers_timeout_s),
+        max_request_headers_kb=_uint32(edge.max_request_headers_kb),
     )
+
+
+def _uint32(value: int) -> wrappers_pb2.UInt32Value:
+    return wrappers_pb2.UInt32Value(value=value)

@@ -2,7 +2,10 @@
 
 Every service prefix routes to the service's cluster with the spec's retry
 policy; the controller's own API prefix routes to the admin cluster without
-retries (its calls are not idempotent).
+retries (its calls are not idempotent), unless the intent keeps the admin API
+off the listener (router.admin_via_listener: false). The overall health summary
+(GET /api/v1/health) is routed either way: it changes nothing, and it is what a
+load balancer in front of the router probes.
 
 Timeouts and retries are per service (an LLM streams for minutes, a vector search
 answers in milliseconds): `timeout` bounds the whole request (0: none),
@@ -18,6 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
@@ -27,7 +31,13 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (
 from google.protobuf import wrappers_pb2
 
 from xds_server.model.intent import Intent, Policies, Service
-from xds_server.resources import ADMIN_CLUSTER, ADMIN_PREFIX, OVERALL_HEALTH_PATH, ROUTE_CONFIG_NAME
+from xds_server.resources import (
+    ADMIN_CLUSTER,
+    ADMIN_PREFIX,
+    CLIENT_ADDRESS_HEADER,
+    OVERALL_HEALTH_PATH,
+    ROUTE_CONFIG_NAME,
+)
 from xds_server.translate.common import duration, packed
 from xds_server.translate.memo import Memo
 
@@ -48,54 +58,91 @@ def route_configurations(
     """Each service's routes are remembered on (service, policies); the whole
     configuration on the routes themselves, so a change to a service that
     leaves its routes equal (a backend's weight or port) reuses it."""
+    retry_buffer = intent.edge.request_body_buffer_limit_bytes
     by_service = tuple(
         per_service.get(
             s.name,
-            (s, intent.policies),
-            functools.partial(service_routes, s, intent.policies),
+            (s, intent.policies, retry_buffer),
+            functools.partial(service_routes, s, intent.policies, retry_buffer),
         )
         for s in intent.services
     )
-    build = functools.partial(route_configuration, by_service)
-    return {ROUTE_CONFIG_NAME: memo.get(ROUTE_CONFIG_NAME, by_service, build)}
+    admin_api = intent.admin_via_listener
+    build = functools.partial(route_configuration, by_service, admin_api=admin_api)
+    return {ROUTE_CONFIG_NAME: memo.get(ROUTE_CONFIG_NAME, (by_service, admin_api), build)}
 
 
 def route_configuration(
-    by_service: Iterable[list[tuple[str, rc_pb2.Route]]],
+    by_service: Iterable[list[tuple[str, rc_pb2.Route]]], *, admin_api: bool = True
 ) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
-            rc_pb2.VirtualHost(name=ROUTE_CONFIG_NAME, domains=["*"], routes=routes(by_service))
+            rc_pb2.VirtualHost(
+                name=ROUTE_CONFIG_NAME, domains=["*"], routes=routes(by_service, admin_api)
+            )
         ],
     )
 
 
-def service_routes(service: Service, policies: Policies) -> list[tuple[str, rc_pb2.Route]]:
+def service_routes(
+    service: Service, policies: Policies, retry_buffer: int
+) -> list[tuple[str, rc_pb2.Route]]:
     """(prefix, route) for every prefix of the service."""
-    return [(prefix, service_route(prefix, service, policies)) for prefix in service.routes]
+    return [
+        (prefix, service_route(prefix, service, policies, retry_buffer))
+        for prefix in service.routes
+    ]
 
 
-def routes(by_service: Iterable[list[tuple[str, rc_pb2.Route]]]) -> list[rc_pb2.Route]:
+def routes(
+    by_service: Iterable[list[tuple[str, rc_pb2.Route]]], admin_api: bool = True
+) -> list[rc_pb2.Route]:
     """Envoy takes the first match, so longer prefixes go first."""
     ordered = sorted(
         (pair for pairs in by_service for pair in pairs),
         key=lambda pair: (-len(pair[0]), pair[0]),
     )
-    return [*admin_routes(), *(route for _, route in ordered)]
+    return [*admin_routes(admin_api), *(route for _, route in ordered)]
 
 
-def admin_routes() -> list[rc_pb2.Route]:
+def admin_routes(admin_api: bool = True) -> list[rc_pb2.Route]:
     # Envoy's default route timeout (15 s) would cut off the resilience
-    # experiments, which may run up to a minute plus their restore steps.
-    to_admin = rc_pb2.RouteAction(cluster=ADMIN_CLUSTER, timeout=duration(ADMIN_TIMEOUT_S))
-    return [
-        rc_pb2.Route(match=rc_pb2.RouteMatch(prefix=ADMIN_PREFIX), route=to_admin),
-        rc_pb2.Route(match=rc_pb2.RouteMatch(path=OVERALL_HEALTH_PATH), route=to_admin),
-    ]
+    # experiments, which may run up to a minute plus their restore steps; the
+    # same bound replaces the listener's stream idle timeout (router.edge), which
+    # an experiment's quiet minute must not depend on.
+    to_admin = rc_pb2.RouteAction(
+        cluster=ADMIN_CLUSTER,
+        timeout=duration(ADMIN_TIMEOUT_S),
+        idle_timeout=duration(ADMIN_TIMEOUT_S),
+    )
+    health = admin_route(rc_pb2.RouteMatch(path=OVERALL_HEALTH_PATH), to_admin)
+    if not admin_api:
+        return [health]
+    return [admin_route(rc_pb2.RouteMatch(prefix=ADMIN_PREFIX), to_admin), health]
 
 
-def service_route(prefix: str, service: Service, policies: Policies) -> rc_pb2.Route:
+def admin_route(match: rc_pb2.RouteMatch, to_admin: rc_pb2.RouteAction) -> rc_pb2.Route:
+    """The client's address as Envoy determined it (the peer, or the trusted
+    X-Forwarded-For entry with router.edge.xff_num_trusted_hops), replacing
+    whatever the client sent under that name. X-Forwarded-For itself cannot tell
+    the controller: for a client on Envoy's own host Envoy appends its host's
+    address, not the loopback one (docs/envoy-notes.md, "Edge settings")."""
+    client = base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(
+            key=CLIENT_ADDRESS_HEADER, value="%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+        ),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+    return rc_pb2.Route(match=match, route=to_admin, request_headers_to_add=[client])
+
+
+def service_route(
+    prefix: str, service: Service, policies: Policies, retry_buffer: int
+) -> rc_pb2.Route:
+    """`retry_buffer`: the bytes of a request body kept for its retries
+    (router.edge.request_body_buffer_limit_bytes); without it Envoy keeps only
+    the listener's connection buffer, and would not retry a larger body."""
     action = rc_pb2.RouteAction(
         cluster=service.name,
         # A zero duration is Envoy's "no timeout" for both.
@@ -112,7 +159,11 @@ def service_route(prefix: str, service: Service, policies: Policies) -> rc_pb2.R
     idle = policies.idle_timeout_of(service)
     if idle is not None:
         action.idle_timeout.CopyFrom(duration(idle))
-    return rc_pb2.Route(match=rc_pb2.RouteMatch(prefix=prefix), route=action)
+    return rc_pb2.Route(
+        match=rc_pb2.RouteMatch(prefix=prefix),
+        request_body_buffer_limit=wrappers_pb2.UInt64Value(value=retry_buffer),
+        route=action,
+    )
 
 
 def retry_conditions(service: Service) -> tuple[str, list[int]]:

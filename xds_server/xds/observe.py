@@ -23,8 +23,10 @@ class StreamInfo:
     kind: str  # "ads" or the per-type service: "cds", "eds", "lds", "rds"
     node_id: str
     node_cluster: str
-    envoy_admin: str | None  # node.metadata["admin_address"], if the proxy sent one
+    # node.metadata["admin_address"] when believed (xds/identity.py): a plain ip:port
+    envoy_admin: str | None
     opened_at: float = field(default_factory=time.time)
+    envoy_admin_problem: str | None = None  # why envoy_admin is None
 
 
 class XdsObserver(Protocol):

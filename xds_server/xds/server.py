@@ -27,9 +27,11 @@ from xds_server.errors import ListenFailed, ProtocolError
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.xds import csds, limits
 from xds_server.xds.delta import DeltaStream
+from xds_server.xds.identity import Admission, EnvoyAdminClaim, NodeNotAuthorized, Peer
 from xds_server.xds.observe import Observers
 from xds_server.xds.sotw import SotwStream
-from xds_server.xds.stream import XdsStream
+from xds_server.xds.stream import StreamReplaced, XdsStream
+from xds_server.xds.tls import ReloadingCredentials
 
 log = logging.getLogger("xds_server.xds")
 
@@ -49,14 +51,21 @@ SERVER_OPTIONS = [
 
 
 class XdsEngine:
-    """Creates streams and links the streams of one node to each other."""
+    """Creates streams, admits their nodes (docs/xds-protocol.md rules 33 and 34)
+    and links the streams of one node to each other."""
 
     def __init__(
-        self, cache: SnapshotCache, observers: Observers, *, legacy_wildcard: bool = True
+        self,
+        cache: SnapshotCache,
+        observers: Observers,
+        *,
+        legacy_wildcard: bool = True,
+        admission: Admission | None = None,
     ) -> None:
         self.cache = cache
         self.observers = observers
         self.legacy_wildcard = legacy_wildcard
+        self.admission = admission or Admission()
         self._streams_by_node: dict[str, set[XdsStream[Any, Any]]] = defaultdict(set)
         self.open_streams: set[XdsStream[Any, Any]] = set()
 
@@ -80,6 +89,7 @@ class XdsEngine:
         its watch, its reader task and its proxy status.
         """
         stream_class: type[XdsStream[Any, Any]] = DeltaStream if delta else SotwStream
+        peer = Peer.of(context)
         stream = stream_class(
             self.cache,
             self.observers,
@@ -87,6 +97,7 @@ class XdsEngine:
             fixed_type=type_url,
             legacy_wildcard=self.legacy_wildcard,
             on_clusters_changed=self._clusters_changed,
+            admit=lambda stream, node: self._admit(stream, node, peer),
         )
         self.open_streams.add(stream)
         tracked = self._tracked(stream, requests)
@@ -95,14 +106,10 @@ class XdsEngine:
             async with aclosing(tracked), aclosing(stream.serve(tracked)) as responses:
                 async for response in responses:
                     await context.write(response)
-        except limits.LimitExceeded as error:
-            # docs/xds-protocol.md rule 36, the code gRPC itself gives an oversized message.
-            context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
-            context.set_details(str(error))
-        except ProtocolError as error:
+        except (ProtocolError, NodeNotAuthorized, StreamReplaced) as error:
             # Not context.abort(): grpc keeps the abort exception, and through
             # its traceback this stream, for as long as it keeps the RPC.
-            context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+            context.set_code(_status_of(error))
             context.set_details(str(error))
         except grpc.aio.BaseError:
             raise  # the RPC is over (client gone, server stopping): grpc's to handle
@@ -125,19 +132,65 @@ class XdsEngine:
     async def _tracked(
         self, stream: XdsStream[Any, Any], requests: AsyncIterator[Any]
     ) -> AsyncGenerator[Any, None]:
-        """The client's requests, until it half-closes or the RPC is over; indexes
-        the stream by node once its first request names the node."""
+        """The client's requests, until it half-closes or the RPC is over."""
         iterator = aiter(requests)
         while (request := await _next_request(iterator)) is not None:
             yield request
-            if stream.info is not None:
-                self._streams_by_node[stream.info.node_id].add(stream)
+
+    def _admit(self, stream: XdsStream[Any, Any], node: Any, peer: Peer) -> EnvoyAdminClaim:
+        """The stream's first request named its node: check the node against the
+        peer's certificate, end the node's older streams of the same types
+        (docs/xds-protocol.md rule 33), index the stream by node, and say which
+        admin address to believe (docs/xds-protocol.md rule 34). Runs before `stream_opened`."""
+        self.admission.check_node(node.id, peer)
+        peers = self._streams_by_node[node.id]
+        for older in [s for s in peers if _overlap(s, stream)]:
+            peers.discard(older)
+            older.end(
+                StreamReplaced(
+                    f"replaced by a newer stream of node {node.id!r} from {peer.ip or 'unknown'}"
+                    " (docs/xds-protocol.md rule 33)"
+                )
+            )
+        peers.add(stream)
+        return self.admission.envoy_admin(_admin_address_of(node), peer)
 
     def _clusters_changed(self, node_id: str, eds_names: set[str]) -> None:
         """docs/xds-protocol.md rule 23 across streams: the node's EDS, on whichever
         stream it rides."""
         for stream in self._streams_by_node.get(node_id, ()):
             stream.forget_endpoints(eds_names)
+
+
+_STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
+    ProtocolError: grpc.StatusCode.INVALID_ARGUMENT,
+    # docs/xds-protocol.md rule 36, the code gRPC itself gives an oversized message.
+    limits.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NodeNotAuthorized: grpc.StatusCode.PERMISSION_DENIED,
+    StreamReplaced: grpc.StatusCode.ABORTED,
+}
+
+
+def _status_of(error: Exception) -> grpc.StatusCode:
+    """The code of the error's nearest class in _STATUS_OF (a subclass of
+    ProtocolError without its own entry is still INVALID_ARGUMENT)."""
+    return next(_STATUS_OF[cls] for cls in type(error).__mro__ if cls in _STATUS_OF)
+
+
+def _overlap(older: XdsStream[Any, Any], newer: XdsStream[Any, Any]) -> bool:
+    """Two streams of one node serve a type in common: ADS serves every type."""
+    if older is newer:
+        return False
+    return older.fixed_type is None or newer.fixed_type in (None, older.fixed_type)
+
+
+def _admin_address_of(node: Any) -> object:
+    """metadata.admin_address: its text, the protobuf Value when it is no string,
+    None when absent."""
+    value = node.metadata.fields.get("admin_address")
+    if value is None:
+        return None
+    return value.string_value if value.WhichOneof("kind") == "string_value" else value
 
 
 async def _next_request(requests: AsyncIterator[Any]) -> Any | None:
@@ -232,18 +285,26 @@ def build_server(engine: XdsEngine) -> grpc.aio.Server:
     return server
 
 
-async def start_server(engine: XdsEngine, address: str) -> tuple[grpc.aio.Server, int]:
-    """Start serving on `address` ("host:port"; port 0 picks one). Returns the port."""
+async def start_server(
+    engine: XdsEngine, address: str, tls: ReloadingCredentials | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Start serving on `address` ("host:port"; port 0 picks one), over TLS when
+    `tls` is given (with client certificates when it has a client CA). Returns
+    the port."""
     _check_bindable(address)
     server = build_server(engine)
     try:
-        port = server.add_insecure_port(address)
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.server_credentials())
     except RuntimeError:  # newer grpcio raises where older ones returned 0
         port = 0
     if port == 0:
         raise ListenFailed(f"cannot listen on {address}")
     await server.start()
-    log.info("xDS server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    how = "plaintext" if tls is None else "TLS" if tls.files.client_ca_file is None else "mTLS"
+    log.info("xDS server listening on %s (%s)", address.rsplit(":", 1)[0] + f":{port}", how)
     return server, port
 
 

@@ -39,16 +39,18 @@ class TypeStatus:
     acks: int = 0
     nacks: int = 0
     stale_nonces: int = 0  # requests ignored: old nonce (docs/xds-protocol.md rule 8)
+    stream_id: int | None = None  # the one stream whose hooks this status counts
 
 
 @dataclass
 class ProxyStatus:
     node_id: str
     node_cluster: str
-    envoy_admin: str | None
+    envoy_admin: str | None  # an ip:port the xDS layer believed (xds/identity.py), or None
     connected_since: float
     streams: set[int] = field(default_factory=set)
     types: dict[str, TypeStatus] = field(default_factory=dict)
+    envoy_admin_problem: str | None = None  # why envoy_admin is None
 
     def type(self, type_url: str) -> TypeStatus:
         return self.types.setdefault(type_url, TypeStatus())
@@ -86,6 +88,8 @@ class ProxyRegistry:
         if proxy is None or not proxy.streams:
             proxy = ProxyStatus(info.node_id, info.node_cluster, info.envoy_admin, info.opened_at)
             self.proxies[info.node_id] = proxy
+        # The newest stream's word on its admin address (docs/xds-protocol.md rule 34).
+        proxy.envoy_admin, proxy.envoy_admin_problem = info.envoy_admin, info.envoy_admin_problem
         proxy.streams.add(info.stream_id)
         self._notify()
 
@@ -95,12 +99,18 @@ class ProxyRegistry:
             proxy.streams.discard(info.stream_id)
             if not proxy.streams:
                 del self.proxies[info.node_id]
+            else:  # what this stream owed or ACKed is nobody's now
+                proxy.types = {
+                    t: s for t, s in proxy.types.items() if s.stream_id != info.stream_id
+                }
         self._notify()
 
     def response_sent(
         self, info: StreamInfo, type_url: str, version: str, names: Sequence[str], generation: int
     ) -> None:
         status = self._type(info, type_url)
+        if status is None:
+            return
         status.version_sent = version
         status.notified_generation = max(status.notified_generation, generation)
         status.responses += 1
@@ -108,6 +118,8 @@ class ProxyRegistry:
 
     def acked(self, info: StreamInfo, type_url: str, version: str, generation: int) -> None:
         status = self._type(info, type_url)
+        if status is None:
+            return
         status.version_acked = version
         status.acks += 1
         status.synced_generation = max(status.synced_generation, generation)
@@ -121,6 +133,8 @@ class ProxyRegistry:
         self, info: StreamInfo, type_url: str, version: str, message: str, generation: int
     ) -> None:
         status = self._type(info, type_url)
+        if status is None:
+            return
         status.nacks += 1
         status.sent_at = None
         status.last_nack = Nack(version, message, generation, time.time())
@@ -128,14 +142,20 @@ class ProxyRegistry:
 
     def up_to_date(self, info: StreamInfo, type_url: str, generation: int) -> None:
         status = self._type(info, type_url)
+        if status is None:
+            return
         status.synced_generation = max(status.synced_generation, generation)
         self._notify()
 
     def stale_nonce(self, info: StreamInfo, type_url: str) -> None:
-        self._type(info, type_url).stale_nonces += 1
+        status = self._type(info, type_url)
+        if status is not None:
+            status.stale_nonces += 1
 
     def notified(self, info: StreamInfo, type_url: str, generation: int) -> None:
         status = self._type(info, type_url)
+        if status is None:
+            return
         status.notified_generation = max(status.notified_generation, generation)
 
     def failures(self, generation: int) -> list[ApplyFailure]:
@@ -174,11 +194,18 @@ class ProxyRegistry:
         late = [ApplyFailure(n, f"no ACK within {timeout_s:g} s") for n in self.lagging(generation)]
         return failures + [f for f in late if f.node_id not in failed]
 
-    def _type(self, info: StreamInfo, type_url: str) -> TypeStatus:
+    def _type(self, info: StreamInfo, type_url: str) -> TypeStatus | None:
+        """The status `info`'s stream reports into; None for a stream that is not
+        open (a hook after it closed or was replaced: ignored). A type is counted
+        for one stream only (docs/xds-protocol.md rule 33): a status another
+        stream left starts afresh, so no stream's ACK answers for another's."""
         proxy = self.proxies.get(info.node_id)
-        if proxy is None:  # a hook after the stream closed; keep it harmless
-            return TypeStatus()
-        return proxy.type(type_url)
+        if proxy is None or info.stream_id not in proxy.streams:
+            return None
+        status = proxy.types.get(type_url)
+        if status is None or status.stream_id != info.stream_id:
+            status = proxy.types[type_url] = TypeStatus(stream_id=info.stream_id)
+        return status
 
     def _settled(self, generation: int) -> bool:
         failed = {f.node_id for f in self.failures(generation)}

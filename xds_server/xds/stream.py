@@ -24,9 +24,10 @@ from collections.abc import Set as AbstractSet
 from typing import Any, Generic, Protocol, TypeVar
 
 from xds_server.cache import Resource, SnapshotCache, Watch
-from xds_server.errors import ProtocolError
+from xds_server.errors import ProtocolError, XdsServerError
 from xds_server.resources import ADS_ORDER, CLUSTER, LISTENER
 from xds_server.xds import limits
+from xds_server.xds.identity import EnvoyAdminClaim
 from xds_server.xds.observe import Observers, StreamInfo
 
 WILDCARD = "*"
@@ -37,6 +38,17 @@ SERVED_TYPES = frozenset(ADS_ORDER)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+
+
+class StreamReplaced(XdsServerError):
+    """A newer stream of the same node took over this stream's types
+    (docs/xds-protocol.md rule 33); the stream ends ABORTED."""
+
+
+# Called with the stream and its node when the first request names the node;
+# returns the admin address to believe, or raises to refuse the stream.
+Admit = Callable[["XdsStream[Any, Any]", Any], EnvoyAdminClaim]
+_UNCHECKED = EnvoyAdminClaim(None, "admin_address not checked")
 
 
 class SentState(Protocol):
@@ -63,6 +75,7 @@ class XdsStream(Generic[Request, Response]):
         fixed_type: str | None,
         legacy_wildcard: bool = True,
         on_clusters_changed: Callable[[str, set[str]], None] | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.stream_id = next(self._ids)
         self._cache = cache
@@ -71,6 +84,7 @@ class XdsStream(Generic[Request, Response]):
         self._fixed_type = fixed_type
         self._legacy_wildcard = legacy_wildcard
         self._on_clusters_changed = on_clusters_changed
+        self._admit = admit
         self._wake = asyncio.Event()
         # Types the writer's next pass evaluates: asked about, or changed for us.
         self._due_types: set[str] = set()
@@ -120,7 +134,7 @@ class XdsStream(Generic[Request, Response]):
             async for request in requests:
                 self.handle_request(request)
         except Exception as error:  # handed over, not swallowed: see serve()
-            self._error = error
+            self._error = self._error or error  # end()'s reason stays the reason
         self._done = True
         self._wake.set()
 
@@ -136,6 +150,21 @@ class XdsStream(Generic[Request, Response]):
             return False
         self._due_types.discard(type_url)
         return True
+
+    @property
+    def fixed_type(self) -> str | None:
+        """The one type a per-type stream serves; None on ADS (every type)."""
+        return self._fixed_type
+
+    def end(self, error: Exception) -> None:
+        """End this stream from outside (docs/xds-protocol.md rule 33): it reports
+        `stream_closed` now and nothing after it, so nothing it still reads or
+        sends can count for its node; its handler ends with `error`."""
+        if self.info is not None:
+            self._observers.emit("stream_closed", self.info)
+        self._observers = Observers()
+        self._error = error
+        self._wake.set()
 
     @property
     def pending(self) -> bool:
@@ -177,13 +206,15 @@ class XdsStream(Generic[Request, Response]):
     def _open(self, request: Any) -> None:
         node = request.node
         limits.check_node(node)  # docs/xds-protocol.md rule 36: before anything is kept
-        admin = node.metadata.fields.get("admin_address")
+        # Raises to refuse the stream (docs/xds-protocol.md rule 34).
+        admin = _UNCHECKED if self._admit is None else self._admit(self, node)
         self.info = StreamInfo(
             stream_id=self.stream_id,
             kind=self._kind,
             node_id=node.id,
             node_cluster=node.cluster,
-            envoy_admin=admin.string_value if admin is not None else None,
+            envoy_admin=admin.address,
+            envoy_admin_problem=admin.problem,
         )
         self._observers.emit("stream_opened", self.info)
 
