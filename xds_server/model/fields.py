@@ -30,6 +30,7 @@ from xds_server.model.intent import Protocol, SocketAddress, Strategy
 from xds_server.model.values import (
     HEADER_PATTERN,
     MAX_WEIGHT,
+    MODEL_PATTERN,
     NAME_PATTERN,
     REDIS_SCHEMES,
     RESERVED_ROUTE_PREFIX,
@@ -47,6 +48,7 @@ from xds_server.model.values import (
     to_header_name,
     to_ip,
     to_ip_socket_address,
+    to_model,
     to_name,
     to_path,
     to_protocol,
@@ -155,6 +157,14 @@ NAME = Rule(
         "description": "lower case, up to 63 characters",
     },
 )
+MODEL = Rule(
+    to_model,
+    {
+        "type": "string",
+        "pattern": _anchored(MODEL_PATTERN),
+        "description": "a model id as OpenAI clients send it in the body's `model`",
+    },
+)
 STRATEGY = Rule(
     to_strategy,
     {
@@ -252,6 +262,7 @@ BackendName = Annotated[
     str, NAME, Field(description="unique across all services (Envoy endpoint hostname, stats key)")
 ]
 OptionalName = Annotated[str | None, NAME]  # may be omitted, not null
+ModelName = Annotated[str, MODEL]
 StrategyName = Annotated[Strategy, STRATEGY]
 OptionalStrategy = Annotated[Strategy | None, STRATEGY]
 ProtocolName = Annotated[Protocol, PROTOCOL]

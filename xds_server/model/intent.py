@@ -73,7 +73,9 @@ class Service:
 
     `group` only groups services for display (the spec shows phi3, hermes and
     mixtral under "external"); it defaults to the service name. A gRPC service
-    may have no routes: then only proxyless gRPC clients reach it.
+    may have no routes: then only proxyless gRPC clients reach it. `models`
+    are the OpenAI model ids whose requests on the front door
+    (`POST /v1/chat/completions` etc.) go to this service.
     """
 
     name: str
@@ -83,6 +85,9 @@ class Service:
     group: str = ""
     hash_header: str = "x-session-id"  # hash key of ring_hash and maglev
     protocol: Protocol = Protocol.HTTP
+    # OpenAI model ids this service answers for on the front door
+    # (translate/openai.py): unique across services.
+    models: tuple[str, ...] = ()
 
     @property
     def display_group(self) -> str:

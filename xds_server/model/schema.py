@@ -30,6 +30,7 @@ from xds_server.model.fields import (
     IpAddress,
     IpLiteral,
     Listed,
+    ModelName,
     Name,
     OptionalStrategy,
     OptionalText,
@@ -104,6 +105,11 @@ class ServiceConfig(Shape):
         )
     )
     backends: Annotated[tuple[BackendConfig, ...], Listed("backends", BackendConfig)]
+    models: Annotated[tuple[str, ...], Listed("model ids", ModelName, non_empty=False)] = Field(
+        default=default_of(Service, "models"),
+        description="OpenAI model ids routed to this service from /v1/chat/completions, "
+        "/v1/completions and /v1/embeddings (the body's `model`); unique across services",
+    )
 
     def to_service(self) -> Service:
         return Service(
@@ -114,6 +120,7 @@ class ServiceConfig(Shape):
             group=self.group,
             hash_header=self.hash_header,
             protocol=self.protocol,
+            models=self.models,
         )
 
 

@@ -8,7 +8,7 @@ retries (its calls are not idempotent).
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
@@ -22,6 +22,7 @@ from xds_server.model.intent import Intent, Policies, Service
 from xds_server.resources import ADMIN_CLUSTER, ADMIN_PREFIX, OVERALL_HEALTH_PATH, ROUTE_CONFIG_NAME
 from xds_server.translate.common import duration, packed
 from xds_server.translate.memo import Memo
+from xds_server.translate.openai import front_door_routes
 
 # What a retry is for: a refused or reset connection and any 5xx. Together with
 # the previous-host predicate this is what made a SIGKILLed backend cost no
@@ -47,17 +48,27 @@ def route_configurations(
         )
         for s in intent.services
     )
-    build = functools.partial(route_configuration, by_service)
-    return {ROUTE_CONFIG_NAME: memo.get(ROUTE_CONFIG_NAME, by_service, build)}
+    # The OpenAI front door's routes use the RouteActions of the services that
+    # declare models (translate/openai.py).
+    with_models = tuple(s for s in intent.services if s.models)
+    front_door = functools.partial(
+        front_door_routes, with_models, functools.partial(route_action, policies=intent.policies)
+    )
+    build = functools.partial(route_configuration, by_service, front_door)
+    arguments = (by_service, with_models, intent.policies)
+    return {ROUTE_CONFIG_NAME: memo.get(ROUTE_CONFIG_NAME, arguments, build)}
 
 
 def route_configuration(
     by_service: Iterable[list[tuple[str, rc_pb2.Route]]],
+    front_door: Callable[[], list[rc_pb2.Route]] = list,
 ) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
-            rc_pb2.VirtualHost(name=ROUTE_CONFIG_NAME, domains=["*"], routes=routes(by_service))
+            rc_pb2.VirtualHost(
+                name=ROUTE_CONFIG_NAME, domains=["*"], routes=routes(by_service, front_door())
+            )
         ],
     )
 
@@ -67,13 +78,17 @@ def service_routes(service: Service, policies: Policies) -> list[tuple[str, rc_p
     return [(prefix, service_route(prefix, service, policies)) for prefix in service.routes]
 
 
-def routes(by_service: Iterable[list[tuple[str, rc_pb2.Route]]]) -> list[rc_pb2.Route]:
-    """Envoy takes the first match, so longer prefixes go first."""
+def routes(
+    by_service: Iterable[list[tuple[str, rc_pb2.Route]]],
+    front_door: Iterable[rc_pb2.Route] = (),
+) -> list[rc_pb2.Route]:
+    """Envoy takes the first match, so longer prefixes go first. The front
+    door's exact paths come before every prefix."""
     ordered = sorted(
         (pair for pairs in by_service for pair in pairs),
         key=lambda pair: (-len(pair[0]), pair[0]),
     )
-    return [*admin_routes(), *(route for _, route in ordered)]
+    return [*admin_routes(), *front_door, *(route for _, route in ordered)]
 
 
 def admin_routes() -> list[rc_pb2.Route]:
@@ -88,19 +103,23 @@ def admin_routes() -> list[rc_pb2.Route]:
 
 def service_route(prefix: str, service: Service, policies: Policies) -> rc_pb2.Route:
     return rc_pb2.Route(
-        match=rc_pb2.RouteMatch(prefix=prefix),
-        route=rc_pb2.RouteAction(
-            cluster=service.name,
-            timeout=duration(policies.request_timeout_s),
-            retry_policy=retry_policy(service, policies),
-            # Only ring_hash and maglev read it; other policies ignore it, so a
-            # strategy switch changes clusters only.
-            hash_policy=[
-                rc_pb2.RouteAction.HashPolicy(
-                    header=rc_pb2.RouteAction.HashPolicy.Header(header_name=service.hash_header)
-                )
-            ],
-        ),
+        match=rc_pb2.RouteMatch(prefix=prefix), route=route_action(service, policies)
+    )
+
+
+def route_action(service: Service, policies: Policies) -> rc_pb2.RouteAction:
+    """How a request for `service` is sent, whichever route matched it."""
+    return rc_pb2.RouteAction(
+        cluster=service.name,
+        timeout=duration(policies.request_timeout_s),
+        retry_policy=retry_policy(service, policies),
+        # Only ring_hash and maglev read it; other policies ignore it, so a
+        # strategy switch changes clusters only.
+        hash_policy=[
+            rc_pb2.RouteAction.HashPolicy(
+                header=rc_pb2.RouteAction.HashPolicy.Header(header_name=service.hash_header)
+            )
+        ],
     )
 
 
