@@ -134,9 +134,29 @@ async def test_health_fault_and_delay(client_of: Any) -> None:
     health = await client.get("/health")
     assert (health.status, (await health.json())["status"]) == (503, "unhealthy")
     current = await (await client.get("/_control/fault")).json()
-    assert current == {"status": None, "delay_ms": 50.0, "health_status": 503, "backend": "mixtral"}
-    for bad in ({"status": 302}, {"delay_ms": -1}, {"colour": "red"}, [1]):
+    assert current == {
+        "status": None,
+        "times": None,
+        "delay_ms": 50.0,
+        "health_status": 503,
+        "backend": "mixtral",
+    }
+    bad_settings: list[object] = [{"status": 302}, {"delay_ms": -1}, {"colour": "red"}, [1]]
+    bad_settings += [{"times": 1}, {"status": 503, "times": 0}]
+    for bad in bad_settings:
         assert (await _post(client, "/_control/fault", bad))[0] == 400
+
+
+async def test_fault_for_a_number_of_times_heals_itself(client_of: Any) -> None:
+    """status with times answers that status to the next `times` requests only."""
+    client = await client_of("phi3", "llm")
+    status, fault, _ = await _post(client, "/_control/fault", {"status": 503, "times": 2})
+    assert (status, fault["status"], fault["times"]) == (200, 503, 2)
+    chat = {"model": "phi3", "messages": [{"role": "user", "content": "hi"}]}
+    answers = [(await _post(client, "/v1/chat/completions", chat))[0] for _ in range(3)]
+    assert answers == [503, 503, 200]
+    current = await (await client.get("/_control/fault")).json()
+    assert (current["status"], current["times"]) == (None, None)
 
 
 async def test_unknown_kind_is_refused() -> None:
@@ -169,3 +189,12 @@ async def test_cli_prints_ready_with_real_port_and_stops_on_sigterm(tmp_path: Pa
     assert code == 0
     with pytest.raises(ProcessLookupError):
         os.kill(child.pid, 0)
+
+
+def test_cli_refuses_a_negative_token_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    """--token-interval-ms sets the LLM pace; a negative one is a one-line error, exit 2."""
+    from xds_server.samples.__main__ import main
+
+    argv = ["--name", "phi3", "--kind", "llm", "--port", "0", "--token-interval-ms", "-1"]
+    assert main(argv) == 2
+    assert "token_interval_s" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from xds_server.model.intent import SocketAddress
-from xds_server.samples.backend import KINDS, make_app
+from xds_server.samples.backend import DEFAULT_TOKEN_INTERVAL_S, KINDS, make_app
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -25,12 +25,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--token-interval-ms",
+        type=float,
+        default=DEFAULT_TOKEN_INTERVAL_S * 1000,
+        help="an LLM's streaming pace: milliseconds between tokens (default %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
-async def serve(name: str, kind: str, host: str, port: int) -> None:
+async def serve(
+    name: str, kind: str, host: str, port: int, token_interval_s: float = DEFAULT_TOKEN_INTERVAL_S
+) -> None:
     """Serve until SIGTERM or SIGINT."""
-    runner = web.AppRunner(make_app(name, kind), access_log=None, handle_signals=False)
+    app = make_app(name, kind, token_interval_s=token_interval_s)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -59,7 +68,11 @@ async def _until_signalled() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        asyncio.run(serve(args.name, args.kind, args.host, args.port))
+        interval_s = args.token_interval_ms / 1000
+        asyncio.run(serve(args.name, args.kind, args.host, args.port, interval_s))
+    except ValueError as exc:  # e.g. a negative token interval
+        print(f"cannot serve {args.name}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. the port is taken: say so in one line, not a traceback
         print(f"cannot serve {args.name} on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -1,11 +1,22 @@
 """One sample backend: an aiohttp app that answers like a qdrant, embedding or LLM service.
 
 Contract (tests and the demo rely on it):
-- every response, errors included, carries header `x-backend: <name>` and JSON field
-  `"backend": <name>`, so a caller behind Envoy can see which host answered;
+- every response, errors included, carries header `x-backend: <name>` and every JSON
+  answer the field `"backend": <name>`, so a caller behind Envoy can see which host answered;
 - answers are deterministic functions of the request (except timings and `created`);
+- LLMs speak the OpenAI API (`POST /v1/chat/completions`, `POST /v1/completions`, and
+  the spec's `/api/v1/models/<name>/...` chat route), with `stream: true` as server-sent
+  events: one `data:` chunk per token every `token_interval_s`, then `data: [DONE]`
+  (shapes in samples/generation.py); embeddings answer on `/api/v1/embeddings` and on
+  OpenAI's `/v1/embeddings`;
 - `/_control/fault` injects failures, `/_control/stats` counts traffic. Control and
   `/health` requests are neither faulted by `status`/`delay_ms` nor counted as traffic.
+
+Test-only request headers, for the streaming tests (a real LLM server has none):
+  x-sample-token-interval-ms: N     pace of this stream instead of the backend's default
+  x-sample-stall-after-tokens: N    after N tokens, go silent for x-sample-stall-ms
+  x-sample-stall-ms: M              (default 60000), then carry on
+  x-sample-break-after-tokens: N    after N tokens, drop the connection mid-stream
 """
 
 from __future__ import annotations
@@ -21,10 +32,21 @@ from typing import Any
 
 from aiohttp import web
 
+from xds_server.samples.generation import (
+    SSE_DONE,
+    Generation,
+    InvalidRequest,
+    parse_chat,
+    parse_completion,
+    sse_event,
+)
+
 KINDS = ("qdrant", "embedding", "llm")
 EMBEDDING_DIM = 8
 # Bounded so a typo in an experiment cannot park requests for hours.
 MAX_DELAY_MS = 600_000
+# A realistic decode pace: 50 tokens/s, what one GPU serving a 7B model streams to one client.
+DEFAULT_TOKEN_INTERVAL_S = 0.020
 _CONTROL_PREFIX = "/_control/"
 _HEALTH_PATH = "/health"
 
@@ -37,14 +59,17 @@ class FaultState:
 
     name: str
     status: int | None = None  # None: answer normally
+    times: int | None = None  # status applies to this many more requests; None: until reset
     delay_ms: float = 0.0
     health_status: int | None = None  # None: /health answers 200
     requests: int = 0  # non-control, non-health requests
     health_requests: int = 0
+    token_interval_s: float = DEFAULT_TOKEN_INTERVAL_S
 
     def fault_view(self) -> dict[str, Any]:
         return {
             "status": self.status,
+            "times": self.times,
             "delay_ms": self.delay_ms,
             "health_status": self.health_status,
         }
@@ -57,18 +82,23 @@ class _Invalid(ValueError):
     """A malformed request body; the middleware turns it into a 400 JSON answer."""
 
 
-def make_app(name: str, kind: str) -> web.Application:
-    """Build the app of one backend called `name` of kind `kind` (one of KINDS)."""
+def make_app(
+    name: str, kind: str, *, token_interval_s: float = DEFAULT_TOKEN_INTERVAL_S
+) -> web.Application:
+    """Build the app of one backend called `name` of kind `kind` (one of KINDS); an LLM
+    streams one token every `token_interval_s` seconds."""
     if kind not in _ROUTES:
         raise ValueError(f"unknown backend kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if not 0 <= token_interval_s <= MAX_DELAY_MS / 1000:
+        raise ValueError(f"token_interval_s must be 0-{MAX_DELAY_MS / 1000}")
     app = web.Application(middlewares=[_backend_marker, _faults])
-    app[STATE] = FaultState(name)
+    app[STATE] = FaultState(name, token_interval_s=token_interval_s)
     app.router.add_get(_HEALTH_PATH, _health)
     app.router.add_get(_CONTROL_PREFIX + "fault", _get_fault)
     app.router.add_post(_CONTROL_PREFIX + "fault", _set_fault)
     app.router.add_get(_CONTROL_PREFIX + "stats", _stats)
-    path, handler = _ROUTES[kind]
-    app.router.add_post(path, handler)
+    for path, handler in _ROUTES[kind]:
+        app.router.add_post(path, handler)
     return app
 
 
@@ -94,11 +124,12 @@ async def _backend_marker(request: web.Request, handler: Handler) -> web.StreamR
     """Make every answer, aiohttp's own 404/405 included, JSON naming this backend."""
     try:
         response = await handler(request)
-    except _Invalid as exc:
+    except (_Invalid, InvalidRequest) as exc:
         response = _answer(request, {"error": str(exc)}, status=400)
     except web.HTTPException as exc:
         response = _answer(request, {"error": exc.reason}, status=exc.status)
-    response.headers["x-backend"] = request.app[STATE].name
+    if not response.prepared:  # a stream sent its headers already, the marker among them
+        response.headers["x-backend"] = request.app[STATE].name
     return response
 
 
@@ -111,7 +142,12 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     if state.delay_ms > 0:
         await asyncio.sleep(state.delay_ms / 1000)
     if state.status is not None:
-        return _answer(request, {"error": "injected fault"}, status=state.status)
+        status = state.status
+        if state.times is not None:
+            state.times -= 1
+            if state.times <= 0:
+                state.status, state.times = None, None
+        return _answer(request, {"error": "injected fault"}, status=status)
     return await handler(request)
 
 
@@ -130,14 +166,18 @@ async def _get_fault(request: web.Request) -> web.Response:
 
 
 async def _set_fault(request: web.Request) -> web.Response:
-    """Apply the keys present in the body; absent keys keep their value."""
+    """Apply the keys present in the body; absent keys keep their value, except that
+    setting `status` without `times` makes it last until reset."""
     body = await _json_object(request)
-    unknown = sorted(set(body) - {"status", "delay_ms", "health_status"})
+    unknown = sorted(set(body) - {"status", "times", "delay_ms", "health_status"})
     if unknown:
         raise _Invalid(f"unknown fault keys: {', '.join(unknown)}")
+    if "times" in body and "status" not in body:
+        raise _Invalid("times needs status")
     state = request.app[STATE]
     if "status" in body:
         state.status = _fault_status(body["status"], "status")
+        state.times = _times(body.get("times")) if state.status is not None else None
     if "delay_ms" in body:
         state.delay_ms = _delay(body["delay_ms"])
     if "health_status" in body:
@@ -157,6 +197,12 @@ def _fault_status(value: object, field: str) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
         return value
     raise _Invalid(f"{field} must be null, 200 or an integer 400-599")
+
+
+def _times(value: object) -> int | None:
+    if value is None or (_is_int(value) and isinstance(value, int) and value >= 1):
+        return value
+    raise _Invalid("times must be null or an integer >= 1")
 
 
 def _delay(value: object) -> float:
@@ -214,43 +260,117 @@ def _embed(text: str) -> list[float]:
     return [round(x / norm, 6) for x in raw]
 
 
-async def _chat_completion(request: web.Request) -> web.Response:
-    """An OpenAI-style chat.completion whose model is this backend."""
-    body = await _json_object(request)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(map(_is_message, messages)):
-        raise _Invalid("messages must be a non-empty list of {role, content} objects")
+async def _chat_completion(request: web.Request) -> web.StreamResponse:
+    """The spec's route: an OpenAI chat.completion whose model is this backend."""
     name = request.app[STATE].name
-    prompt = messages[-1]["content"]
-    content = f"[{name}] {prompt}"
-    usage = {
-        "prompt_tokens": len(prompt.split()),
-        "completion_tokens": len(content.split()),
-        "total_tokens": len(prompt.split()) + len(content.split()),
-    }
-    answer = {
-        "id": "chatcmpl-" + _digest(name, messages).hex()[:24],
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": name,
-        "choices": [_choice(content)],
-        "usage": usage,
-    }
-    return _answer(request, answer)
+    body = {**(await _json_object(request)), "model": name}
+    return await _generate(request, parse_chat(body, name))
 
 
-def _choice(content: str) -> dict[str, Any]:
-    return {
-        "index": 0,
-        "message": {"role": "assistant", "content": content},
-        "finish_reason": "stop",
-    }
+async def _openai_chat(request: web.Request) -> web.StreamResponse:
+    """OpenAI's POST /v1/chat/completions; `model` echoes the request."""
+    name = request.app[STATE].name
+    return await _generate(request, parse_chat(await _json_object(request), name))
 
 
-_ROUTES: dict[str, tuple[str, Handler]] = {
-    "qdrant": ("/api/v1/vectors/{tail:.*}", _vector_search),
-    "embedding": ("/api/v1/embeddings", _embeddings),
-    "llm": ("/api/v1/models/{tail:.+}", _chat_completion),
+async def _openai_completion(request: web.Request) -> web.StreamResponse:
+    """OpenAI's (legacy) POST /v1/completions; `model` echoes the request."""
+    name = request.app[STATE].name
+    return await _generate(request, parse_completion(await _json_object(request), name))
+
+
+async def _generate(request: web.Request, generation: Generation) -> web.StreamResponse:
+    if not generation.stream:
+        return _answer(request, generation.answer(request.app[STATE].name))
+    return await _stream(request, generation, _StreamPace.of(request))
+
+
+@dataclass(frozen=True)
+class _StreamPace:
+    """How one stream is paced, and how the tests make it misbehave (headers above)."""
+
+    interval_s: float
+    stall_after: int | None
+    stall_s: float
+    break_after: int | None
+
+    @classmethod
+    def of(cls, request: web.Request) -> _StreamPace:
+        headers = request.headers
+        interval_ms = _header_number(headers, "x-sample-token-interval-ms")
+        stall_ms = _header_number(headers, "x-sample-stall-ms")
+        stall_after = _header_number(headers, "x-sample-stall-after-tokens")
+        break_after = _header_number(headers, "x-sample-break-after-tokens")
+        return cls(
+            interval_s=request.app[STATE].token_interval_s
+            if interval_ms is None
+            else interval_ms / 1000,
+            stall_after=None if stall_after is None else int(stall_after),
+            stall_s=60.0 if stall_ms is None else stall_ms / 1000,
+            break_after=None if break_after is None else int(break_after),
+        )
+
+
+async def _stream(
+    request: web.Request, generation: Generation, pace: _StreamPace
+) -> web.StreamResponse:
+    """Server-sent events, one per token as it is "generated"; a client that goes away
+    ends the generation (as vLLM aborts the request)."""
+    name = request.app[STATE].name
+    response = web.StreamResponse(
+        headers={
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache",
+            "x-backend": name,
+        }
+    )
+    await response.prepare(request)
+    count = 0
+    try:
+        first = generation.first_chunk()
+        if first is not None:
+            await response.write(sse_event(first))
+        for token in generation.tokens(name):
+            if count == pace.break_after and request.transport is not None:
+                request.transport.abort()  # mid-stream: no last chunk, no [DONE]
+                return response
+            if count == pace.stall_after:
+                await asyncio.sleep(pace.stall_s)
+            await asyncio.sleep(pace.interval_s)
+            await response.write(sse_event(generation.token_chunk(token)))
+            count += 1
+        await response.write(sse_event(generation.last_chunk(count, name)))
+        usage = generation.usage_chunk(count)
+        if usage is not None:
+            await response.write(sse_event(usage))
+        await response.write(SSE_DONE)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client (or Envoy, on its idle timeout) went away
+    return response
+
+
+def _header_number(headers: Any, key: str) -> float | None:
+    raw = headers.get(key)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _Invalid(f"{key} must be a number") from None
+    if not 0 <= value <= MAX_DELAY_MS:
+        raise _Invalid(f"{key} must be 0-{MAX_DELAY_MS}")
+    return value
+
+
+_ROUTES: dict[str, tuple[tuple[str, Handler], ...]] = {
+    "qdrant": (("/api/v1/vectors/{tail:.*}", _vector_search),),
+    "embedding": (("/api/v1/embeddings", _embeddings), ("/v1/embeddings", _embeddings)),
+    "llm": (
+        ("/api/v1/models/{tail:.+}", _chat_completion),
+        ("/v1/chat/completions", _openai_chat),
+        ("/v1/completions", _openai_completion),
+    ),
 }
 
 
@@ -280,10 +400,6 @@ def _is_int(value: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_message(value: object) -> bool:
-    return isinstance(value, dict) and isinstance(value.get("content"), str)
 
 
 def _digest(*parts: object) -> bytes:
