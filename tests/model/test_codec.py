@@ -33,6 +33,7 @@ def every_field_set() -> Intent:
         group="grp",
         hash_header="x-user",
         protocol=Protocol.GRPC,
+        models=("phi3", "meta-llama/Llama-3.1-8B"),
     )
     defaults = Policies()
     policies = Policies(
