@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import openai
@@ -19,6 +20,7 @@ import pytest
 import pytest_asyncio
 
 from tests.factories import local_settings
+from tests.support import eventually
 from xds_server.demo import Stack, running_stack
 from xds_server.model.intent import Backend
 
@@ -224,3 +226,49 @@ async def test_front_door_requests_get_the_services_retries(
                 assert r.status == 200
     assert set(answered) == {"embedding-gpu1"}
     assert await served(http, stack, "embedding-gpu0") > before
+
+
+async def test_metrics_split_by_model_and_time_whole_streams(
+    client: openai.AsyncOpenAI, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """/api/v1/router/metrics and /metrics count hermes's front door requests, its
+    streamed answer apart, and time that stream to its end: 50 tokens at the
+    sample's 20 ms pace cannot take under a second, and Envoy's figure says so."""
+    admin = f"http://{stack.controller.admin_address}"
+
+    async def hermes() -> dict[str, Any]:
+        async with http.get(f"{admin}/api/v1/router/metrics") as response:
+            assert response.status == 200
+            figures: dict[str, Any] = (await response.json())["models"]["by_model"]["hermes"]
+            return figures
+
+    before = await hermes()
+    for _ in range(2):
+        await client.chat.completions.create(model="hermes", messages=HELLO)
+    started = time.monotonic()
+    stream = await client.chat.completions.create(
+        model="hermes", messages=HELLO, stream=True, max_tokens=50, extra_body={"ignore_eos": True}
+    )
+    async for _ in stream:
+        pass
+    took_ms = (time.monotonic() - started) * 1000
+
+    async def counted() -> bool:
+        # Envoy publishes histograms at its stats flush (1 s in our bootstraps).
+        now = await hermes()
+        return (
+            now["requests"] - before["requests"] == 3
+            and now["streamed_responses"] - before["streamed_responses"] == 1
+            and now["avg_stream_duration_ms"] is not None
+        )
+
+    await eventually(counted, timeout_s=10, interval_s=0.5)
+    after = await hermes()
+    print(f"hermes stream: client {took_ms:.0f} ms, Envoy {after['avg_stream_duration_ms']} ms")
+    assert before["streamed_responses"] == 0  # so the average is this one stream's
+    assert 50 * 20 <= after["avg_stream_duration_ms"] <= took_ms + 50
+    assert after["service"] == "hermes" and after["failed_requests"] == before["failed_requests"]
+    async with http.get(f"{admin}/metrics") as response:
+        lines = set((await response.text()).splitlines())
+    streamed = 'xds_server_model_streamed_responses_total{model="hermes",service="hermes"} 1.0'
+    assert streamed in lines, sorted(x for x in lines if "model_" in x)

@@ -46,6 +46,7 @@ from xds_server.translate.common import packed
 JSON_TO_METADATA_FILTER = "envoy.filters.http.json_to_metadata"
 NAMESPACE = "xds_server.openai"  # the dynamic metadata namespace the filter writes
 MODEL_KEY = "model"
+STREAM_KEY = "stream"  # the body's `stream`, kept as the JSON value (a bool)
 PROBLEM_KEY = "problem"
 MISSING_MODEL = "missing_model"  # PROBLEM_KEY's value: a JSON body without `model`
 NOT_JSON = "not_json"  # PROBLEM_KEY's value: a body that is not JSON
@@ -57,7 +58,11 @@ MODELS_PATH = "/v1/models"
 # OpenAI's model objects carry a creation time; ours are as old as the config,
 # which the translator may not read from a clock (it must stay pure).
 CREATED = 0
-ROUTE_STAT_PREFIX = "openai_model_"  # + the model's stat-safe name: per-model route stats
+# Per-model route stats: vhost.router.route.<prefix><model's stat-safe name>.*,
+# streamed answers (`"stream": true`) under STREAM_STAT_PREFIX, the rest under
+# MODEL_STAT_PREFIX (telemetry/routing.py reads both back).
+MODEL_STAT_PREFIX = "openai_model_"
+STREAM_STAT_PREFIX = "openai_stream_"
 
 ActionOf = Callable[[Service], rc_pb2.RouteAction]
 
@@ -78,7 +83,14 @@ def _filter_config() -> j2m_pb2.JsonToMetadata:
                     on_present=_metadata(MODEL_KEY),
                     on_missing=_metadata(PROBLEM_KEY, MISSING_MODEL),
                     on_error=_metadata(PROBLEM_KEY, NOT_JSON),
-                )
+                ),
+                # Streamed answers get routes (and so stats) of their own.
+                j2m_pb2.JsonToMetadata.Rule(
+                    selectors=[j2m_pb2.JsonToMetadata.Selector(key=STREAM_KEY)],
+                    on_present=j2m_pb2.JsonToMetadata.KeyValuePair(
+                        metadata_namespace=NAMESPACE, key=STREAM_KEY
+                    ),
+                ),
             ],
             # curl -d sends application/x-www-form-urlencoded unless told
             # otherwise; read the body whatever it claims to be.
@@ -112,7 +124,9 @@ def front_door_routes(services: Iterable[Service], action_of: ActionOf) -> list[
     by_model = [(model, s) for s in with_models for model in s.models]
     routes = [model_list_route(by_model)]
     for path in MODEL_PATHS:
-        routes += [_model_route(path, model, action_of(s)) for model, s in by_model]
+        for model, s in by_model:
+            action = action_of(s)
+            routes += [_model_route(path, model, action, True), _model_route(path, model, action)]
         routes += [
             _problem_route(path, MISSING_MODEL, 400, "you must provide a model parameter"),
             _problem_route(
@@ -139,17 +153,29 @@ def model_list_route(by_model: Iterable[tuple[str, Service]]) -> rc_pb2.Route:
     )
 
 
-def stat_prefix_of(model: str) -> str:
+def stat_prefix_of(model: str, streamed: bool = False) -> str:
     """The route stat prefix of a model's routes: Envoy splits stat names at
     dots and extracts tags at other punctuation, so only [A-Za-z0-9_] remain."""
-    return ROUTE_STAT_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", model)
+    prefix = STREAM_STAT_PREFIX if streamed else MODEL_STAT_PREFIX
+    return prefix + re.sub(r"[^A-Za-z0-9_]", "_", model)
 
 
-def _model_route(path: str, model: str, action: rc_pb2.RouteAction) -> rc_pb2.Route:
+def _model_route(
+    path: str, model: str, action: rc_pb2.RouteAction, streamed: bool = False
+) -> rc_pb2.Route:
+    matchers = [_metadata_is(MODEL_KEY, model)]
+    if streamed:
+        matchers.append(
+            metadata_pb2.MetadataMatcher(
+                filter=NAMESPACE,
+                path=[metadata_pb2.MetadataMatcher.PathSegment(key=STREAM_KEY)],
+                value=value_pb2.ValueMatcher(bool_match=True),
+            )
+        )
     return rc_pb2.Route(
-        match=rc_pb2.RouteMatch(path=path, dynamic_metadata=[_metadata_is(MODEL_KEY, model)]),
+        match=rc_pb2.RouteMatch(path=path, dynamic_metadata=matchers),
         route=action,
-        stat_prefix=stat_prefix_of(model),
+        stat_prefix=stat_prefix_of(model, streamed),
     )
 
 
