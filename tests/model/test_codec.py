@@ -34,11 +34,14 @@ def every_field_set() -> Intent:
         hash_header="x-user",
         protocol=Protocol.GRPC,
         models=("phi3", "meta-llama/Llama-3.1-8B"),
+        request_timeout_s=0.0,
+        idle_timeout_s=30.0,
+        retry_on=("connect-failure", "503"),
     )
     defaults = Policies()
     policies = Policies(
         **{
-            f.name: (getattr(defaults, f.name) * 2 + 1)
+            f.name: (getattr(defaults, f.name) or 1) * 2 + 1
             for f in dataclasses.fields(Policies)
             if not isinstance(getattr(defaults, f.name), bool)
         }

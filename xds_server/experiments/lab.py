@@ -13,7 +13,7 @@ import aiohttp
 
 from xds_server.errors import Conflict, DependencyUnavailable, NotFound
 from xds_server.health.base import HealthHolds
-from xds_server.model.intent import Backend, Intent, Service
+from xds_server.model.intent import Backend, Intent, Policies, Service
 from xds_server.pipeline.changes import ChangeApplier
 from xds_server.store.base import IntentView
 from xds_server.telemetry import envoy_stats
@@ -165,7 +165,10 @@ async def open_lab(
     ports: LabPorts, kind: str, service: Service, target: Backend, limits: Limits
 ) -> AsyncIterator[Lab]:
     proxy = observed_proxy(ports.proxies)
-    timeout = aiohttp.ClientTimeout(total=ports.intent.intent.policies.request_timeout_s + 1)
+    # Envoy gives up first (the route's timeout); a route without one (an LLM's,
+    # 0) still gets a bounded client.
+    route_timeout_s = ports.intent.intent.policies.request_timeout_of(service)
+    timeout = aiohttp.ClientTimeout(total=(route_timeout_s or Policies().request_timeout_s) + 1)
     # The hold outlives every bounded step of the experiment; with replicas it is
     # shared and expires by itself should this controller die meanwhile.
     hold_s = limits.max_duration_s + HOLD_MARGIN_S

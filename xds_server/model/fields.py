@@ -29,12 +29,15 @@ from xds_server.errors import InvalidValue
 from xds_server.model.intent import Protocol, SocketAddress, Strategy
 from xds_server.model.values import (
     HEADER_PATTERN,
+    MAX_TIMEOUT_S,
     MAX_WEIGHT,
     MODEL_PATTERN,
     NAME_PATTERN,
     REDIS_SCHEMES,
     RESERVED_ROUTE_PREFIX,
     RESERVED_ROUTES,
+    RETRY_CONDITIONS,
+    RETRY_STATUS_CODES,
     Convert,
     flag_from_text,
     int_from_text,
@@ -42,6 +45,7 @@ from xds_server.model.values import (
     number_between,
     number_from_text,
     optional_text,
+    or_null,
     shown,
     str_from_text,
     to_flag,
@@ -53,6 +57,7 @@ from xds_server.model.values import (
     to_path,
     to_protocol,
     to_redis_url,
+    to_retry_condition,
     to_route,
     to_strategy,
 )
@@ -122,6 +127,11 @@ def _described(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _anchored(pattern: re.Pattern[str]) -> str:
     return f"^{pattern.pattern}$"
+
+
+def _condition_json(condition: str) -> str | int:
+    """A status code is held as digits (one type for the list), written as the number."""
+    return int(condition) if condition.isdigit() else condition
 
 
 def _enum_value(member: Strategy | Protocol) -> str:
@@ -234,6 +244,30 @@ DRAINING = Rule(
     flag_from_text,
 )
 SECONDS = number(0, inclusive=False, description="seconds")
+# A timeout where 0 switches the limit off (Envoy's meaning of a zero duration there);
+# null or omitted: the level above decides (a service's the router's, the router's
+# Envoy's listener).
+_TIMEOUT_SCHEMA = {"type": "number", "minimum": 0, "maximum": MAX_TIMEOUT_S}
+TIMEOUT = Rule(
+    or_null(number_between(0, inclusive=True, maximum=MAX_TIMEOUT_S)),
+    {"anyOf": [_TIMEOUT_SCHEMA, {"type": "null"}], "description": "seconds; 0 = none"},
+    number_from_text,
+)
+RETRY_CONDITION = Rule(
+    to_retry_condition,
+    {
+        "anyOf": [
+            {"type": "string", "enum": list(RETRY_CONDITIONS)},
+            {
+                "type": "integer",
+                "minimum": RETRY_STATUS_CODES[0],
+                "maximum": RETRY_STATUS_CODES[1],
+            },
+        ],
+        "description": "an Envoy retry_on condition, or an HTTP status code to retry",
+    },
+    to_json=_condition_json,
+)
 _ADDRESS_SCHEMA = {"type": "string", "pattern": r"^.+:[0-9]+$"}
 IP_ADDRESS = Rule(
     to_ip_socket_address,
@@ -280,6 +314,8 @@ Draining = Annotated[bool, DRAINING]
 OptionalDraining = Annotated[bool | None, DRAINING]
 Flag = Annotated[bool, FLAG]
 Seconds = Annotated[float, SECONDS]
+OptionalTimeout = Annotated[float | None, TIMEOUT]
+RetryCondition = Annotated[str, RETRY_CONDITION]
 IpAddress = Annotated[SocketAddress, IP_ADDRESS]
 RedisUrl = Annotated[str | None, REDIS_URL]
 OptionalText = Annotated[str | None, TEXT]

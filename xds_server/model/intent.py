@@ -88,6 +88,13 @@ class Service:
     # OpenAI model ids this service answers for on the front door
     # (translate/openai.py): unique across services.
     models: tuple[str, ...] = ()
+    # None: the intent's Policies. 0: no limit. A generation streams for minutes,
+    # so LLM services lift the whole-request limit and cut on silence instead.
+    request_timeout_s: float | None = None
+    idle_timeout_s: float | None = None
+    # Envoy retry_on conditions, HTTP status codes as digits ("503"); None: RETRY_ON
+    # of translate/routes.py. Retries never happen once a response has started.
+    retry_on: tuple[str, ...] | None = None
 
     @property
     def display_group(self) -> str:
@@ -111,10 +118,25 @@ class Policies:
     # Concurrent retries allowed per cluster. Envoy's default of 3 made 98 % of
     # requests fail after a backend was killed under load (docs/envoy-notes.md).
     max_concurrent_retries: int = 10_000
-    request_timeout_s: float = 15.0
+    request_timeout_s: float = 15.0  # whole request, retries included; 0: none
+    # No bytes either way for this long ends a stream (route idle_timeout; 0: none).
+    # None: the route sets none, so the listener's stream_idle_timeout applies.
+    idle_timeout_s: float | None = None
     # Below this share of healthy hosts Envoy spreads traffic over all hosts
     # (panic mode). 0 means: never send to hosts we know to be unhealthy.
     healthy_panic_threshold_percent: float = 0.0
+
+    def request_timeout_of(self, service: Service) -> float:
+        """The service's whole-request timeout in seconds; 0: none."""
+        if service.request_timeout_s is not None:
+            return service.request_timeout_s
+        return self.request_timeout_s
+
+    def idle_timeout_of(self, service: Service) -> float | None:
+        """The service's stream idle timeout; None: the listener's applies."""
+        if service.idle_timeout_s is not None:
+            return service.idle_timeout_s
+        return self.idle_timeout_s
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,12 @@ from xds_server.model.fields import (
     Name,
     OptionalStrategy,
     OptionalText,
+    OptionalTimeout,
     Port,
     Priority,
     ProtocolName,
     RedisUrl,
+    RetryCondition,
     Route,
     SchemaGenerator,
     Seconds,
@@ -110,6 +112,24 @@ class ServiceConfig(Shape):
         description="OpenAI model ids routed to this service from /v1/chat/completions, "
         "/v1/completions and /v1/embeddings (the body's `model`); unique across services",
     )
+    request_timeout: OptionalTimeout = Field(
+        default=None,
+        description="whole-request timeout in seconds, retries included; 0 = none "
+        "(a long generation); default: router.request_timeout",
+    )
+    idle_timeout: OptionalTimeout = Field(
+        default=None,
+        description="seconds without a byte in either direction that end a request or a "
+        "stream (Envoy route idle_timeout); 0 = none; default: router.idle_timeout",
+    )
+    retry_on: Annotated[
+        tuple[str, ...] | None, Listed("retry conditions", RetryCondition, non_empty=False)
+    ] = Field(
+        default=None,
+        description="what a retry is for: Envoy retry_on conditions and HTTP status codes; "
+        "default: connect-failure, refused-stream, reset, 5xx. A request is never retried "
+        "once its response has started",
+    )
 
     def to_service(self) -> Service:
         return Service(
@@ -121,6 +141,9 @@ class ServiceConfig(Shape):
             hash_header=self.hash_header,
             protocol=self.protocol,
             models=self.models,
+            request_timeout_s=self.request_timeout,
+            idle_timeout_s=self.idle_timeout,
+            retry_on=self.retry_on,
         )
 
 
@@ -185,9 +208,14 @@ class RouterConfig(Shape):
     max_connections: Annotated[int, integer(1)] = Field(
         default=_POLICIES.max_connections, description="upstream connections per service"
     )
-    request_timeout: Seconds = Field(
+    request_timeout: Annotated[float, number(0, inclusive=True)] = Field(
         default=_POLICIES.request_timeout_s,
-        description="whole-request timeout in seconds, retries included",
+        description="whole-request timeout in seconds, retries included; 0 = none",
+    )
+    idle_timeout: OptionalTimeout = Field(
+        default=_POLICIES.idle_timeout_s,
+        description="seconds without a byte either way that end a stream (route "
+        "idle_timeout); null: the listener's stream_idle_timeout applies; 0 = none",
     )
     healthy_panic_threshold: Annotated[float, number(0, inclusive=True, maximum=100)] = Field(
         default=_POLICIES.healthy_panic_threshold_percent,

@@ -32,6 +32,30 @@ HEADER_PATTERN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token, lowe
 FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 MAX_WEIGHT = 1_000_000
+# A year: far beyond any request, and well inside protobuf's Duration.
+MAX_TIMEOUT_S = 31_536_000
+# Envoy's retry_on conditions (x-envoy-retry-on and x-envoy-retry-grpc-on, both
+# read from a route's retry_on): https://www.envoyproxy.io/docs/envoy/latest/
+# configuration/http/http_filters/router_filter#x-envoy-retry-on
+RETRY_CONDITIONS = (
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+)
+RETRY_STATUS_CODES = (400, 599)
 
 
 Convert = Callable[[object], Any]
@@ -69,6 +93,30 @@ def number_between(minimum: float, *, inclusive: bool, maximum: float | None = N
 
 def describe_range(minimum: float, maximum: float | None) -> str:
     return f">= {minimum:g}" if maximum is None else f"between {minimum:g} and {maximum:g}"
+
+
+def or_null(convert: Convert) -> Convert:
+    """`convert`, with null meaning "not set here" (an inherited default)."""
+
+    def check(value: object) -> Any:
+        return None if value is None else convert(value)
+
+    return check
+
+
+def to_retry_condition(value: object) -> str:
+    """An Envoy retry_on condition, or an HTTP status code (retriable_status_codes)."""
+    low, high = RETRY_STATUS_CODES
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return str(value)
+    if isinstance(value, str) and value in RETRY_CONDITIONS:
+        return value
+    raise InvalidValue(
+        f"{shown(value)} is not an Envoy retry condition: expected one of "
+        f"{', '.join(RETRY_CONDITIONS)}, or an HTTP status code {low}-{high}"
+    )
 
 
 def to_flag(value: object) -> bool:

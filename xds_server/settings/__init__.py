@@ -94,6 +94,7 @@ _POLICY_KEYS = {
     "max_requests": "max_requests",
     "max_connections": "max_connections",
     "request_timeout": "request_timeout_s",
+    "idle_timeout": "idle_timeout_s",
     "healthy_panic_threshold": "healthy_panic_threshold_percent",
 }
 

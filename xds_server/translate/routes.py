@@ -3,6 +3,14 @@
 Every service prefix routes to the service's cluster with the spec's retry
 policy; the controller's own API prefix routes to the admin cluster without
 retries (its calls are not idempotent).
+
+Timeouts and retries are per service (an LLM streams for minutes, a vector search
+answers in milliseconds): `timeout` bounds the whole request (0: none),
+`idle_timeout` ends a stream silent that long in both directions, and overrides the
+listener's stream_idle_timeout for the route. No per_try_timeout is ever set, and
+Envoy's router retries only before it started the downstream response, so a
+generation the client has begun to read is never run twice (docs/envoy-notes.md,
+"Retries and streamed answers").
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from xds_server.translate.openai import front_door_routes
 # the previous-host predicate this is what made a SIGKILLed backend cost no
 # request in the measurements of docs/envoy-notes.md.
 RETRY_ON = "connect-failure,refused-stream,reset,5xx"
+RETRIABLE_STATUS_CODES = "retriable-status-codes"
 HOST_SELECTION_ATTEMPTS = 5
 ADMIN_TIMEOUT_S = 120.0
 
@@ -109,9 +118,10 @@ def service_route(prefix: str, service: Service, policies: Policies) -> rc_pb2.R
 
 def route_action(service: Service, policies: Policies) -> rc_pb2.RouteAction:
     """How a request for `service` is sent, whichever route matched it."""
-    return rc_pb2.RouteAction(
+    action = rc_pb2.RouteAction(
         cluster=service.name,
-        timeout=duration(policies.request_timeout_s),
+        # A zero duration is Envoy's "no timeout" for both.
+        timeout=duration(policies.request_timeout_of(service)),
         retry_policy=retry_policy(service, policies),
         # Only ring_hash and maglev read it; other policies ignore it, so a
         # strategy switch changes clusters only.
@@ -121,11 +131,28 @@ def route_action(service: Service, policies: Policies) -> rc_pb2.RouteAction:
             )
         ],
     )
+    idle = policies.idle_timeout_of(service)
+    if idle is not None:
+        action.idle_timeout.CopyFrom(duration(idle))
+    return action
+
+
+def retry_conditions(service: Service) -> tuple[str, list[int]]:
+    """(Envoy's retry_on text, retriable_status_codes) of a service."""
+    if service.retry_on is None:
+        return RETRY_ON, []
+    names = [c for c in service.retry_on if not c.isdigit()]
+    codes = sorted({int(c) for c in service.retry_on if c.isdigit()})
+    if codes and RETRIABLE_STATUS_CODES not in names:
+        names.append(RETRIABLE_STATUS_CODES)
+    return ",".join(dict.fromkeys(names)), codes
 
 
 def retry_policy(service: Service, policies: Policies) -> rc_pb2.RetryPolicy:
+    retry_on, status_codes = retry_conditions(service)
     policy = rc_pb2.RetryPolicy(
-        retry_on=RETRY_ON,
+        retry_on=retry_on,
+        retriable_status_codes=status_codes,
         num_retries=wrappers_pb2.UInt32Value(value=policies.max_retries),
         retry_back_off=rc_pb2.RetryPolicy.RetryBackOff(
             base_interval=duration(policies.retry_delay_s)
