@@ -272,3 +272,18 @@ async def test_metrics_split_by_model_and_time_whole_streams(
         lines = set((await response.text()).splitlines())
     streamed = 'xds_server_model_streamed_responses_total{model="hermes",service="hermes"} 1.0'
     assert streamed in lines, sorted(x for x in lines if "model_" in x)
+
+
+async def test_a_body_over_the_buffer_limit_is_refused_and_reaches_no_backend(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """The filter buffers the body to read `model`, within Envoy's per-connection
+    buffer limit (1 MiB): a larger body is Envoy's 413, never a guess at a route.
+    (The sample backends refuse bodies over 1 MiB too: aiohttp's client_max_size.)"""
+    before = await total_served(http, stack)
+    url = f"http://{stack.controller.store.intent.listen}/v1/chat/completions"
+    big = {"model": "phi3", "messages": [{"role": "user", "content": "x" * 2_000_000}]}
+    async with http.post(url, json=big) as response:
+        assert response.status == 413
+        assert "x-backend" not in response.headers
+    assert await total_served(http, stack) == before
