@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
 from tests.factories import intent_of, service
+from xds_server.errors import ConfigError
 from xds_server.model.intent import Intent, Strategy
 from xds_server.resources import LISTENER, ROUTE, ROUTE_CONFIG_NAME
 from xds_server.translate import translate
@@ -150,3 +152,14 @@ def test_no_models_no_front_door_and_the_filter_stays_off() -> None:
 def test_stat_prefixes_are_stat_safe() -> None:
     """Dots and other punctuation split or tag Envoy stat names."""
     assert stat_prefix_of("meta-llama/Llama-3.1:8b") == "openai_model_meta_llama_Llama_3_1_8b"
+
+
+def test_an_intent_with_a_model_twice_is_refused() -> None:
+    """The config file cannot hold one (settings' rule); an intent from elsewhere is
+    refused by the translator rather than routed to whichever service came first."""
+    twice = Intent(services=(service(0, models=("phi3",)), service(1, models=("x", "phi3"))))
+    with pytest.raises(ConfigError) as caught:
+        translate(twice)
+    assert [str(p) for p in caught.value.problems] == [
+        "models.phi3: declared more than once: by 'svc-0', 'svc-1'"
+    ]

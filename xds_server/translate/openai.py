@@ -40,6 +40,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 from google.protobuf import json_format, struct_pb2
 
+from xds_server.errors import ConfigError, Problem
 from xds_server.model.intent import Service
 from xds_server.translate.common import packed
 
@@ -122,6 +123,7 @@ def front_door_routes(services: Iterable[Service], action_of: ActionOf) -> list[
     if not with_models:
         return []
     by_model = [(model, s) for s in with_models for model in s.models]
+    _check_unique(by_model)
     routes = [model_list_route(by_model)]
     for path in MODEL_PATHS:
         for model, s in by_model:
@@ -135,6 +137,22 @@ def front_door_routes(services: Iterable[Service], action_of: ActionOf) -> list[
             _unknown_model_route(path),
         ]
     return routes
+
+
+def _check_unique(by_model: list[tuple[str, Service]]) -> None:
+    """A model names one service. The config file says so with field paths
+    (settings/rules.py); this guards an intent from elsewhere (a stored one),
+    which would otherwise send the model to whichever service came first."""
+    owners: dict[str, list[str]] = {}
+    for model, service in by_model:
+        owners.setdefault(model, []).append(service.name)
+    problems = [
+        Problem(f"models.{model}", f"declared more than once: by {', '.join(map(repr, names))}")
+        for model, names in owners.items()
+        if len(names) > 1
+    ]
+    if problems:
+        raise ConfigError(problems)
 
 
 def model_list_route(by_model: Iterable[tuple[str, Service]]) -> rc_pb2.Route:
