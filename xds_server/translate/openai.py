@@ -61,7 +61,7 @@ MODELS_PATH = "/v1/models"
 CREATED = 0
 # Per-model route stats: vhost.router.route.<prefix><model's stat-safe name>.*,
 # streamed answers (`"stream": true`) under STREAM_STAT_PREFIX, the rest under
-# MODEL_STAT_PREFIX (telemetry/routing.py reads both back).
+# MODEL_STAT_PREFIX (telemetry/models.py reads both back).
 MODEL_STAT_PREFIX = "openai_model_"
 STREAM_STAT_PREFIX = "openai_stream_"
 
@@ -124,10 +124,14 @@ def front_door_routes(services: Iterable[Service], action_of: ActionOf) -> list[
         return []
     by_model = [(model, s) for s in with_models for model in s.models]
     _check_unique(by_model)
+    actions = {s.name: action_of(s) for s in with_models}
     routes = [model_list_route(by_model)]
+    # Envoy tries routes in order: 2 per model and path, then the errors. A
+    # request on a service's path route passes them all first, each an exact
+    # path compare (bench/README.md measures the front door itself).
     for path in MODEL_PATHS:
         for model, s in by_model:
-            action = action_of(s)
+            action = actions[s.name]
             routes += [_model_route(path, model, action, True), _model_route(path, model, action)]
         routes += [
             _problem_route(path, MISSING_MODEL, 400, "you must provide a model parameter"),
