@@ -224,8 +224,10 @@ async def router_metrics(request: web.Request) -> web.Response:
     summary="The controller's metrics in the Prometheus text format",
     description="xDS (connected proxies, streams, responses, ACKs, NACKs by type, push-to-ACK "
     "latency measured to the ACK), snapshots (generation, build time), health probes "
-    "(latency, outcome, verdict per backend) and admin requests (by route template and "
-    "status). Envoy's own metrics are at its admin /stats/prometheus.",
+    "(latency, outcome, verdict per backend), admin requests (by route template and "
+    "status) and the OpenAI front door per declared model (xds_server_model_*: requests, "
+    "5xx, upstream time, streamed answers and their durations, read from Envoy's route "
+    "stats). Envoy's own metrics are at its admin /stats/prometheus.",
     responses={200: "Prometheus text format 0.0.4 (text/plain)", 404: "metrics disabled"},
 )
 async def prometheus_metrics(request: web.Request) -> web.Response:
