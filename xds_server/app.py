@@ -51,6 +51,7 @@ from xds_server.store.redis import RedisStore
 from xds_server.telemetry import Telemetry
 from xds_server.telemetry.failover import EventLog, FailoverTracker, MemoryEventLog
 from xds_server.telemetry.logs import XdsEventLog
+from xds_server.telemetry.models import model_traffic
 from xds_server.telemetry.prometheus import ControllerMetrics, StateReaders, rejecting
 from xds_server.telemetry.sampler import Ledger, MemoryLedger, TrafficSampler
 from xds_server.telemetry.shared import RedisEventLog, RedisLedger
@@ -211,6 +212,8 @@ class Controller:
         self._admin: web.AppRunner | None = None
 
     def _telemetry(self) -> Telemetry:
+        intent = lambda: self.store.intent  # noqa: E731 - read at each use
+        sampler = TrafficSampler(self.proxies, intent, ledger=self.state.ledger())
         readers = StateReaders(  # read at scrape time: nothing to keep in step
             generation=lambda: self.cache.generation,
             connected_proxies=lambda: len(self.proxies.connected()),
@@ -221,11 +224,12 @@ class Controller:
                 for s in self.store.intent.services
                 for b in s.backends
             ],
+            # The front door's per-model totals, as of the sampler's latest reading.
+            model_traffic=lambda: model_traffic(sampler.book, self.store.intent),
         )
-        intent = lambda: self.store.intent  # noqa: E731 - read at each use
         return Telemetry(
             metrics=ControllerMetrics(self.registry, readers),
-            sampler=TrafficSampler(self.proxies, intent, ledger=self.state.ledger()),
+            sampler=sampler,
             failovers=FailoverTracker(
                 self.cache,
                 self.proxies,

@@ -268,6 +268,42 @@ def test_duplicate_routes_across_services_are_rejected() -> None:
     assert problem_paths(document) == {"services[1].routes[0]"}
 
 
+def test_a_model_declared_by_two_services_is_rejected() -> None:
+    """A model id picks one service on the OpenAI front door; the second claim is
+    the problem, with its path and where the first is."""
+    document = minimal_document()
+    document["services"][0]["models"] = ["phi3", "hermes"]
+    other = copy.deepcopy(document["services"][0])
+    other |= {"name": "other", "routes": ["/other/"], "models": ["mixtral", "hermes"]}
+    other["backends"][0]["name"] = "other-0"
+    document["services"].append(other)
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document, {}, "test.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "services[1].models[1]: duplicate model 'hermes' (first at services[0].models[1])"
+    ]
+
+
+def test_model_ids_are_checked_with_their_paths() -> None:
+    """Not a list, not a string, spaces or quotes: each a problem at its path."""
+    document = minimal_document()
+    document["services"][0]["models"] = ["ok-1", 7, "has space", 'q"uote']
+    assert problem_paths(document) == {
+        "services[0].models[1]",
+        "services[0].models[2]",
+        "services[0].models[3]",
+    }
+    document["services"][0]["models"] = "phi3"
+    assert problem_paths(document) == {"services[0].models"}
+
+
+def test_models_reach_the_intent() -> None:
+    document = minimal_document()
+    document["services"][0]["models"] = ["phi3", "meta-llama/Llama-3.1-8B:q4"]
+    intent = parse_settings(document, {}, "test.yaml").intent
+    assert intent.services[0].models == ("phi3", "meta-llama/Llama-3.1-8B:q4")
+
+
 def test_bool_is_not_an_integer() -> None:
     """YAML booleans are rejected where integers are expected, and vice versa."""
     document = minimal_document()

@@ -84,7 +84,17 @@ experiment: successful when the circuit opened and the backup took the traffic, 
 time_to_open_ms. avg_failover_time_ms averages the events with a time; last_failover is \
 when the latest event completed (last ACK, or the experiment's answer).
 
-proxies: which Envoys were read, and the ones that could not be (with the reason)."""
+proxies: which Envoys were read, and the ones that could not be (with the reason).
+
+models: the OpenAI front door (POST /v1/chat/completions, /v1/completions, /v1/embeddings, \
+routed by the body's `model`), per declared model, from Envoy's per-model route stats: \
+requests = answers Envoy gave on that model's routes (upstream_rq_completed; once per client \
+request), failed_requests = those with a 5xx, avg_upstream_time_ms = mean upstream_rq_time \
+(per attempt, to the end of the response: for a stream, its whole duration), \
+streamed_responses and avg_stream_duration_ms = the same for requests with `stream: true`. \
+Totals since `since`, like routing_metrics; the same requests are in routing_metrics under \
+their service. Unknown models (404) and requests without a model (400) reach no service and \
+are not counted."""
 
 _COUNT = {"type": "integer"}
 _MAYBE_NUMBER = {"type": "number", "nullable": True}
@@ -156,6 +166,26 @@ REPORT_SCHEMA: dict[str, Any] = {
             },
         },
         "proxies": {"type": "object"},
+        "models": {
+            "type": "object",
+            "properties": {
+                "counted": {"type": "string", "description": "what the figures count"},
+                "by_model": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "object",
+                        "properties": {
+                            "service": {"type": "string"},
+                            "requests": _COUNT,
+                            "failed_requests": _COUNT,
+                            "avg_upstream_time_ms": _MAYBE_NUMBER,
+                            "streamed_responses": _COUNT,
+                            "avg_stream_duration_ms": _MAYBE_NUMBER,
+                        },
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -194,8 +224,10 @@ async def router_metrics(request: web.Request) -> web.Response:
     summary="The controller's metrics in the Prometheus text format",
     description="xDS (connected proxies, streams, responses, ACKs, NACKs by type, push-to-ACK "
     "latency measured to the ACK), snapshots (generation, build time), health probes "
-    "(latency, outcome, verdict per backend) and admin requests (by route template and "
-    "status). Envoy's own metrics are at its admin /stats/prometheus.",
+    "(latency, outcome, verdict per backend), admin requests (by route template and "
+    "status) and the OpenAI front door per declared model (xds_server_model_*: requests, "
+    "5xx, upstream time, streamed answers and their durations, read from Envoy's route "
+    "stats). Envoy's own metrics are at its admin /stats/prometheus.",
     responses={200: "Prometheus text format 0.0.4 (text/plain)", 404: "metrics disabled"},
 )
 async def prometheus_metrics(request: web.Request) -> web.Response:

@@ -33,6 +33,7 @@ from xds_server.model.values import (
     HEADER_PATTERN,
     MAX_TIMEOUT_S,
     MAX_WEIGHT,
+    MODEL_PATTERN,
     NAME_PATTERN,
     REDIS_SCHEMES,
     RESERVED_ROUTE_PREFIX,
@@ -54,6 +55,7 @@ from xds_server.model.values import (
     to_header_name,
     to_ip,
     to_ip_socket_address,
+    to_model,
     to_name,
     to_path,
     to_protocol,
@@ -172,6 +174,14 @@ NAME = Rule(
         "type": "string",
         "pattern": _anchored(NAME_PATTERN),
         "description": "lower case, up to 63 characters",
+    },
+)
+MODEL = Rule(
+    to_model,
+    {
+        "type": "string",
+        "pattern": _anchored(MODEL_PATTERN),
+        "description": "a model id as OpenAI clients send it in the body's `model`",
     },
 )
 STRATEGY = Rule(
@@ -295,6 +305,7 @@ BackendName = Annotated[
     str, NAME, Field(description="unique across all services (Envoy endpoint hostname, stats key)")
 ]
 OptionalName = Annotated[str | None, NAME]  # may be omitted, not null
+ModelName = Annotated[str, MODEL]
 StrategyName = Annotated[Strategy, STRATEGY]
 OptionalStrategy = Annotated[Strategy | None, STRATEGY]
 ProtocolName = Annotated[Protocol, PROTOCOL]

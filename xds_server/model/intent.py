@@ -75,7 +75,9 @@ class Service:
 
     `group` only groups services for display (the spec shows phi3, hermes and
     mixtral under "external"); it defaults to the service name. A gRPC service
-    may have no routes: then only proxyless gRPC clients reach it.
+    may have no routes: then only proxyless gRPC clients reach it. `models`
+    are the OpenAI model ids whose requests on the front door
+    (`POST /v1/chat/completions` etc.) go to this service.
     """
 
     name: str
@@ -85,6 +87,9 @@ class Service:
     group: str = ""
     hash_header: str = "x-session-id"  # hash key of ring_hash and maglev
     protocol: Protocol = Protocol.HTTP
+    # OpenAI model ids this service answers for on the front door
+    # (translate/openai.py): unique across services.
+    models: tuple[str, ...] = ()
     # None: the intent's Policies. 0: no limit. A generation streams for minutes,
     # so LLM services lift the whole-request limit and cut on silence instead.
     request_timeout_s: float | None = None

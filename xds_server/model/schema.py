@@ -34,6 +34,7 @@ from xds_server.model.fields import (
     IpAddress,
     IpLiteral,
     Listed,
+    ModelName,
     Name,
     OptionalStrategy,
     OptionalText,
@@ -113,6 +114,11 @@ class ServiceConfig(Shape):
         )
     )
     backends: Annotated[tuple[BackendConfig, ...], Listed("backends", BackendConfig)]
+    models: Annotated[tuple[str, ...], Listed("model ids", ModelName, non_empty=False)] = Field(
+        default=default_of(Service, "models"),
+        description="OpenAI model ids routed to this service from /v1/chat/completions, "
+        "/v1/completions and /v1/embeddings (the body's `model`); unique across services",
+    )
     request_timeout: OptionalTimeout = Field(
         default=None,
         description="whole-request timeout in seconds, retries included; 0 = none "
@@ -141,6 +147,7 @@ class ServiceConfig(Shape):
             group=self.group,
             hash_header=self.hash_header,
             protocol=self.protocol,
+            models=self.models,
             request_timeout_s=self.request_timeout,
             idle_timeout_s=self.idle_timeout,
             retry_on=self.retry_on,

@@ -25,6 +25,10 @@ RESERVED_ROUTE_PREFIX = "/api/v1/router/"
 RESERVED_ROUTES = frozenset({"/api/v1/router", "/api/v1/health"})
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+# An OpenAI-style model id as clients send it ("phi3", "gpt-4o-mini",
+# "meta-llama/Llama-3-8B", "phi3:mini"): printable ASCII without spaces or
+# quotes, so it sits unescaped in Envoy matchers and JSON bodies.
+MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 HEADER_PATTERN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token, lower case
 FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -133,6 +137,15 @@ def to_name(value: object) -> str:
     if not NAME_PATTERN.fullmatch(text):
         raise InvalidValue(
             f"{text!r} must match {NAME_PATTERN.pattern} (lower case, up to 63 characters)"
+        )
+    return text
+
+
+def to_model(value: object) -> str:
+    text = to_text(value)
+    if not MODEL_PATTERN.fullmatch(text):
+        raise InvalidValue(
+            f"{text!r} must match {MODEL_PATTERN.pattern} (a model id, up to 128 characters)"
         )
     return text
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from xds_server.errors import InvalidValue
-from xds_server.model.fields import NAME, PROTOCOL, ROUTE, STRATEGY, Rule, not_a_list
+from xds_server.model.fields import MODEL, NAME, PROTOCOL, ROUTE, STRATEGY, Rule, not_a_list
 from xds_server.model.intent import Intent, Protocol, Service
 from xds_server.model.rules import grpc_problems
 from xds_server.model.validation import MISSING, Loc, Located, loc_of, path_of
@@ -122,7 +122,7 @@ def _duplicates(services: Sequence[tuple[int, Mapping[str, Any]]]) -> list[Locat
 
 
 def _claims(index: int, item: Mapping[str, Any]) -> Iterator[tuple[Loc, str, str]]:
-    """Names and routes that must be unique across the document, where valid.
+    """Names, routes and model ids that must be unique across the document, where valid.
     Backend names too: a backend's name is its Envoy endpoint hostname and stats key."""
     at: Loc = ("services", index)
     name = _valid(NAME, item, "name")
@@ -136,6 +136,11 @@ def _claims(index: int, item: Mapping[str, Any]) -> Iterator[tuple[Loc, str, str
         backend_name = _valid(NAME, backend, "name") if isinstance(backend, dict) else None
         if backend_name is not None:
             yield (*at, "backends", j, "name"), "backend name", backend_name
+    # A model id picks one service on the OpenAI front door (translate/openai.py).
+    for j, raw in _listed(item.get("models")):
+        model = _checked(MODEL, raw)
+        if model is not None:
+            yield (*at, "models", j), "model", model
 
 
 def _grpc_problems(

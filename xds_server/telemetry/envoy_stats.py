@@ -238,7 +238,15 @@ CLUSTER_COUNTERS = (
     "upstream_cx_none_healthy",
 )
 RQ_TIME = "upstream_rq_time"
-_STATS_FILTER = rf"^cluster\.[^.]+\.({'|'.join((*CLUSTER_COUNTERS, RQ_TIME))})$"
+# The OpenAI front door's per-model routes (translate/openai.py) have route
+# stats of their own: answers, 5xx answers and upstream time per model, streamed
+# answers apart. Read into the same (key, figure) map as the clusters, keyed
+# ROUTE_KEY + the route's stat prefix: no service (cluster) name holds a ':'.
+ROUTE_KEY = "route:"
+ROUTE_COUNTERS = ("upstream_rq_completed", "upstream_rq_5xx")
+_ROUTE_FILTER = rf"vhost\.[^.]+\.route\.openai_[a-z]+_\w+\.({'|'.join((*ROUTE_COUNTERS, RQ_TIME))})"
+_CLUSTER_FILTER = rf"cluster\.[^.]+\.({'|'.join((*CLUSTER_COUNTERS, RQ_TIME))})"
+_STATS_FILTER = rf"^({_CLUSTER_FILTER}|{_ROUTE_FILTER})$"
 # usedonly: a stat never written since Envoy (re)created it is left out, which halves
 # the cost of this GET (0.45 -> 0.23 ms on loopback); it reads as absent, i.e. as
 # a counter that starts from 0 (traffic.py), which is what it is.
@@ -247,6 +255,7 @@ STATS_PATH = "/stats/prometheus?" + urlencode({"filter": _STATS_FILTER}) + "&use
 # host of it fresh counters starting at 0 (docs/envoy-notes.md).
 VERSIONS_PATH = "/config_dump?resource=dynamic_active_clusters&mask=cluster.name,last_updated"
 _SAMPLE = re.compile(r"^envoy_cluster_(\w+)\{([^}]*)\} (\S+)$")
+_ROUTE_SAMPLE = re.compile(r"^envoy_vhost_route_(\w+)\{([^}]*)\} (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -264,17 +273,35 @@ class TrafficReading:
 
 
 def parse_cluster_stats(text: str) -> dict[tuple[str, str], float]:
-    """(cluster, counter) -> value from Envoy's Prometheus text; other lines are ignored."""
+    """(cluster, counter) -> value from Envoy's Prometheus text, and (ROUTE_KEY +
+    route, counter) for the front door's route stats; other lines are ignored."""
     wanted = {*CLUSTER_COUNTERS, f"{RQ_TIME}_sum", f"{RQ_TIME}_count"}
     values: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         match = _SAMPLE.match(line)
-        if match is None or match.group(1) not in wanted:
+        if match is None:
+            _route_sample(line, values)
+            continue
+        if match.group(1) not in wanted:
             continue
         labels = dict(_LABEL.findall(match.group(2)))
         if "envoy_cluster_name" in labels:
             values[(labels["envoy_cluster_name"], match.group(1))] = float(match.group(3))
     return values
+
+
+def _route_sample(line: str, values: dict[tuple[str, str], float]) -> None:
+    """Route stats: Envoy's Prometheus output tags upstream_rq_5xx as
+    upstream_rq_xx{envoy_response_code_class="5"}."""
+    match = _ROUTE_SAMPLE.match(line)
+    if match is None:
+        return
+    name, labels = match.group(1), dict(_LABEL.findall(match.group(2)))
+    if name == "upstream_rq_xx":
+        name = "upstream_rq_5xx" if labels.get("envoy_response_code_class") == "5" else ""
+    wanted = {"upstream_rq_completed", "upstream_rq_5xx", f"{RQ_TIME}_sum", f"{RQ_TIME}_count"}
+    if name in wanted and "envoy_route" in labels:
+        values[(ROUTE_KEY + labels["envoy_route"], name)] = float(match.group(3))
 
 
 def parse_cluster_builds(document: object) -> dict[str, str]:

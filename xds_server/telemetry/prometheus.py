@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from xds_server.health.verdict import ProbeResult
 from xds_server.model.intent import Health
 from xds_server.resources import SHORT_NAMES
+from xds_server.telemetry.models import ModelTraffic
 from xds_server.xds.observe import StreamInfo
 from xds_server.xds.status import ProxyStatus
 
@@ -190,13 +191,15 @@ class StateReaders:
     nacked_proxies: Callable[[], int]
     # (service, backend, verdict) for every backend of the current intent
     backend_verdicts: Callable[[], Iterable[tuple[str, str, Health]]]
+    # the OpenAI front door's totals per declared model (telemetry/models.py)
+    model_traffic: Callable[[], Iterable[ModelTraffic]] = tuple
 
 
 class StateCollector(Collector):
     def __init__(self, readers: StateReaders) -> None:
         self._readers = readers
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | SummaryMetricFamily]:
         r = self._readers
         yield GaugeMetricFamily(
             f"{PREFIX}_snapshot_generation", "generation of the published snapshot", r.generation()
@@ -211,6 +214,7 @@ class StateCollector(Collector):
             r.nacked_proxies(),
         )
         yield self._backends()
+        yield from model_families(self._readers.model_traffic())
 
     def _backends(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily(
@@ -221,6 +225,47 @@ class StateCollector(Collector):
         for service, backend, verdict in self._readers.backend_verdicts():
             family.add_metric([service, backend], 1.0 if verdict is Health.HEALTHY else 0.0)
         return family
+
+
+def model_families(
+    traffic: Iterable[ModelTraffic],
+) -> Iterator[CounterMetricFamily | SummaryMetricFamily]:
+    """The front door per model, read from Envoy's route stats: labels model and
+    service, one series per declared model (a bounded set), zeros included."""
+    labels = ["model", "service"]
+    requests = CounterMetricFamily(
+        f"{PREFIX}_model_requests",
+        "OpenAI front door requests Envoy answered, by the body's model",
+        labels=labels,
+    )
+    failed = CounterMetricFamily(
+        f"{PREFIX}_model_failed_requests",
+        "OpenAI front door requests answered with a 5xx, by model",
+        labels=labels,
+    )
+    streamed = CounterMetricFamily(
+        f"{PREFIX}_model_streamed_responses",
+        "OpenAI front door requests with stream: true, by model",
+        labels=labels,
+    )
+    upstream = SummaryMetricFamily(
+        f"{PREFIX}_model_upstream_seconds",
+        "Envoy's upstream time per attempt (to the response's end), by model",
+        labels=labels,
+    )
+    durations = SummaryMetricFamily(
+        f"{PREFIX}_model_stream_duration_seconds",
+        "upstream time of streamed answers (first byte sent to last byte received), by model",
+        labels=labels,
+    )
+    for t in traffic:
+        values = [t.model, t.service]
+        requests.add_metric(values, t.requests)
+        failed.add_metric(values, t.errors)
+        streamed.add_metric(values, t.streamed)
+        upstream.add_metric(values, int(t.upstream_count), t.upstream_ms_sum / 1000)
+        durations.add_metric(values, int(t.streamed_count), t.streamed_ms_sum / 1000)
+    yield from (requests, failed, streamed, upstream, durations)
 
 
 def rejecting(proxies: Iterable[ProxyStatus]) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 from xds_server.model.intent import Intent, Service
 from xds_server.telemetry.envoy_stats import RQ_TIME, TrafficReading
 from xds_server.telemetry.failover import FailoverEvent, summary
+from xds_server.telemetry.models import model_traffic, models_report
 from xds_server.telemetry.traffic import BackendTotals, Point, TrafficBook
 from xds_server.timefmt import iso_utc
 
@@ -56,6 +57,9 @@ def report(
         "circuit_breakers": circuit_breakers(book, readings, services),
         "failover_events": summary(events),
         "proxies": proxies_read(readings),
+        "models": models_report(
+            t for t in model_traffic(book, intent) if service is None or t.service in names
+        ),
     }
 
 

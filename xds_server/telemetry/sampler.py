@@ -52,6 +52,7 @@ from typing import Protocol
 
 from xds_server.model.intent import Intent
 from xds_server.telemetry.envoy_stats import AdminReader, TrafficReading
+from xds_server.telemetry.models import route_keys
 from xds_server.telemetry.traffic import TrafficBook
 from xds_server.xds.status import ProxyRegistry
 
@@ -131,7 +132,9 @@ class TrafficSampler:
         """Read every connected proxy now (bounded by the read timeout) and count it."""
         async with self._lock:
             readings = await self.reader.traffic(self._proxies.connected())
-            clusters = {s.name for s in self._intent().services}
+            intent = self._intent()
+            # The services' clusters and the front door's per-model routes.
+            clusters = {s.name for s in intent.services} | route_keys(intent)
             await self.ledger.apply(readings, clusters, time.monotonic(), time.time())
             self.readings = readings
             return readings

@@ -25,6 +25,7 @@ from xds_server.model.intent import Intent, SocketAddress
 from xds_server.resources import LISTENER_NAME, ROUTE_CONFIG_NAME
 from xds_server.translate.common import address_of, ads_config_source, duration, packed
 from xds_server.translate.memo import Memo
+from xds_server.translate.openai import http_filters as front_door_filters
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -85,7 +86,9 @@ def http_connection_manager(edge: Edge) -> hcm_pb2.HttpConnectionManager:
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=ROUTE_CONFIG_NAME),
         http_filters=[
-            hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=packed(router_pb2.Router()))
+            # Off unless a front door route turns them on (translate/openai.py).
+            *front_door_filters(),
+            hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=packed(router_pb2.Router())),
         ],
         # Without this, HTTP/1.0 clients such as the spec's `ab` get 426 Upgrade
         # Required (docs/envoy-notes.md, "Traps").

@@ -5,7 +5,8 @@ policy; the controller's own API prefix routes to the admin cluster without
 retries (its calls are not idempotent), unless the intent keeps the admin API
 off the listener (router.admin_via_listener: false). The overall health summary
 (GET /api/v1/health) is routed either way: it changes nothing, and it is what a
-load balancer in front of the router probes.
+load balancer in front of the router probes. The OpenAI front door's routes
+(translate/openai.py) come right after the admin routes.
 
 Timeouts and retries are per service (an LLM streams for minutes, a vector search
 answers in milliseconds): `timeout` bounds the whole request (0: none),
@@ -19,7 +20,7 @@ generation the client has begun to read is never run twice (docs/envoy-notes.md,
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
@@ -40,6 +41,7 @@ from xds_server.resources import (
 )
 from xds_server.translate.common import duration, packed
 from xds_server.translate.memo import Memo
+from xds_server.translate.openai import front_door_routes
 
 # What a retry is for: a refused or reset connection and any 5xx. Together with
 # the previous-host predicate this is what made a SIGKILLed backend cost no
@@ -68,18 +70,33 @@ def route_configurations(
         for s in intent.services
     )
     admin_api = intent.admin_via_listener
-    build = functools.partial(route_configuration, by_service, admin_api=admin_api)
-    return {ROUTE_CONFIG_NAME: memo.get(ROUTE_CONFIG_NAME, (by_service, admin_api), build)}
+    # The OpenAI front door's routes use the RouteActions of the services that
+    # declare models (translate/openai.py).
+    with_models = tuple(s for s in intent.services if s.models)
+    front_door = functools.partial(
+        front_door_routes,
+        with_models,
+        functools.partial(route_action, policies=intent.policies),
+        retry_buffer,
+    )
+    build = functools.partial(route_configuration, by_service, front_door, admin_api=admin_api)
+    arguments = (by_service, with_models, intent.policies, retry_buffer, admin_api)
+    return {ROUTE_CONFIG_NAME: memo.get(ROUTE_CONFIG_NAME, arguments, build)}
 
 
 def route_configuration(
-    by_service: Iterable[list[tuple[str, rc_pb2.Route]]], *, admin_api: bool = True
+    by_service: Iterable[list[tuple[str, rc_pb2.Route]]],
+    front_door: Callable[[], list[rc_pb2.Route]] = list,
+    *,
+    admin_api: bool = True,
 ) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,
         virtual_hosts=[
             rc_pb2.VirtualHost(
-                name=ROUTE_CONFIG_NAME, domains=["*"], routes=routes(by_service, admin_api)
+                name=ROUTE_CONFIG_NAME,
+                domains=["*"],
+                routes=routes(by_service, front_door(), admin_api),
             )
         ],
     )
@@ -96,14 +113,17 @@ def service_routes(
 
 
 def routes(
-    by_service: Iterable[list[tuple[str, rc_pb2.Route]]], admin_api: bool = True
+    by_service: Iterable[list[tuple[str, rc_pb2.Route]]],
+    front_door: Iterable[rc_pb2.Route] = (),
+    admin_api: bool = True,
 ) -> list[rc_pb2.Route]:
-    """Envoy takes the first match, so longer prefixes go first."""
+    """Envoy takes the first match, so longer prefixes go first. The front
+    door's exact paths come before every prefix."""
     ordered = sorted(
         (pair for pairs in by_service for pair in pairs),
         key=lambda pair: (-len(pair[0]), pair[0]),
     )
-    return [*admin_routes(admin_api), *(route for _, route in ordered)]
+    return [*admin_routes(admin_api), *front_door, *(route for _, route in ordered)]
 
 
 def admin_routes(admin_api: bool = True) -> list[rc_pb2.Route]:
@@ -143,6 +163,15 @@ def service_route(
     """`retry_buffer`: the bytes of a request body kept for its retries
     (router.edge.request_body_buffer_limit_bytes); without it Envoy keeps only
     the listener's connection buffer, and would not retry a larger body."""
+    return rc_pb2.Route(
+        match=rc_pb2.RouteMatch(prefix=prefix),
+        request_body_buffer_limit=wrappers_pb2.UInt64Value(value=retry_buffer),
+        route=route_action(service, policies),
+    )
+
+
+def route_action(service: Service, policies: Policies) -> rc_pb2.RouteAction:
+    """How a request for `service` is sent, whichever route matched it."""
     action = rc_pb2.RouteAction(
         cluster=service.name,
         # A zero duration is Envoy's "no timeout" for both.
@@ -159,11 +188,7 @@ def service_route(
     idle = policies.idle_timeout_of(service)
     if idle is not None:
         action.idle_timeout.CopyFrom(duration(idle))
-    return rc_pb2.Route(
-        match=rc_pb2.RouteMatch(prefix=prefix),
-        request_body_buffer_limit=wrappers_pb2.UInt64Value(value=retry_buffer),
-        route=action,
-    )
+    return action
 
 
 def retry_conditions(service: Service) -> tuple[str, list[int]]:
