@@ -37,7 +37,7 @@ bench-load: $(STAMP)
 
 bench-openai: $(STAMP)
 	scripts/ensure-system-tools
-	$(BIN)/python -m bench.openai_route
+	$(BIN)/python -m bench.openai_route --rounds 20
 
 bench-ads: $(STAMP)
 	$(BIN)/python -m bench.ads_clients
