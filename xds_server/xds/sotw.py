@@ -60,7 +60,8 @@ class TypeState:
         # Forget what was sent for dropped names, so re-subscribing re-sends
         # (docs/xds-protocol.md rule 11).
         self.sent = {n: r for n, r in self.sent.items() if self.wildcard or n in names}
-        # A dropped name is answered again when subscribed again (rule 38).
+        # A dropped name is answered again when subscribed again
+        # (docs/xds-protocol.md rule 38).
         self.told_absent &= names
         self.names = names
 
@@ -70,10 +71,10 @@ class TypeState:
         return sorted(n for n in self.names if n in current.resources)
 
     def not_found(self, current: TypeSnapshot) -> list[str]:
-        """docs/xds-protocol.md rule 38: subscribed names that do not exist, the
-        client holds nothing of, and was not yet answered about. A name it
-        holds is deleted by its absence (rule 14) and is not among them: gRPC
-        clients keep a held resource they get an error for."""
+        """docs/xds-protocol.md rule 38: subscribed names that do not exist, that
+        the client holds nothing of and was not yet answered about. A name it
+        holds is not among them: its absence says it is deleted
+        (docs/xds-protocol.md rule 14), in a way every client understands."""
         return sorted(
             n
             for n in self.names
@@ -175,7 +176,8 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
         not_found: list[str] = []
         if state.type_url in FULL_STATE_TYPES:
             # docs/xds-protocol.md rule 14: the complete set, whenever anything in it
-            # changed; rule 38: or a name the client asked for does not exist.
+            # changed; and docs/xds-protocol.md rule 38: at once when a name the
+            # client asked for does not exist.
             not_found = state.not_found(current)
             if not (changed or gone or not_found or (state.must_answer and state.wildcard)):
                 self._quiet(state.type_url, state.in_flight, snapshot.generation)
