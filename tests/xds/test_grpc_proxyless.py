@@ -29,6 +29,7 @@ from xds_server.xds.identity import Admission
 from xds_server.xds.tls import ReloadingCredentials
 
 CLIENT_NODE = "grpc-client-1"
+MISSING_TARGET_CLIENT = Path(__file__).with_name("grpc_missing_target.py")
 
 
 def greeter(ports: dict[str, int]) -> Intent:
@@ -200,3 +201,32 @@ async def test_grpc_client_over_mutual_tls_is_named_by_its_certificate(
     finally:
         await child.stop()
     assert CLIENT_NODE not in xds.registry.proxies
+
+
+async def test_grpc_client_learns_at_once_that_a_listener_does_not_exist(xds: Harness) -> None:
+    """docs/xds-protocol.md rule 38 with a real grpcio client: `xds:///does-not-exist`
+    names a listener that is not served. The server answers the LDS request at
+    once, the name NOT_FOUND in `resource_errors`, which grpcio 1.85 reads
+    with GRPC_EXPERIMENTAL_XDS_DATA_ERROR_HANDLING (gRFC A88): the call fails
+    well before the client's 15 s does-not-exist timer (0.02 to 0.05 s measured; 15.0
+    s when the server sent nothing)."""
+    address = SocketAddress("127.0.0.1", xds.port)
+    env = {
+        "GRPC_XDS_BOOTSTRAP_CONFIG": json.dumps(bootstrap_config(address, CLIENT_NODE)),
+        "GRPC_EXPERIMENTAL_XDS_DATA_ERROR_HANDLING": "true",
+    }
+    argv = [sys.executable, str(MISSING_TARGET_CLIENT), "xds:///does-not-exist"]
+    child = await start_process(argv, ready_line_prefix="FAILED", timeout_s=60.0, env=env)
+    try:
+        assert await child.wait(10.0) == 0, child.output_tail()
+    finally:
+        await child.stop()
+    assert child.ready_line is not None
+    _, seconds, code, *words = child.ready_line.split()
+    details = " ".join(words)
+    print(f"grpcio: xds:///does-not-exist failed after {float(seconds):.2f} s: {code} {details}")
+    assert code == "UNAVAILABLE", child.ready_line
+    assert "does-not-exist" in details, child.ready_line
+    assert float(seconds) < 5.0, child.ready_line
+    sent = [(t, names) for node, t, names in xds.recorder.sent() if node == CLIENT_NODE]
+    assert sent[0] == (LISTENER, [])

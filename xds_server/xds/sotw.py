@@ -5,6 +5,12 @@ SotW responses carry whole resources: the complete set for CDS and LDS
 (docs/xds-protocol.md rule 15). What this client holds is tracked per name, so
 a NACKed version is never re-sent (docs/xds-protocol.md rule 7) and a
 re-subscribed name is sent again (docs/xds-protocol.md rule 11).
+
+A CDS or LDS subscription by name to something that does not exist is
+answered at once, without it, and names it in `resource_errors` as NOT_FOUND
+(docs/xds-protocol.md rule 38), so a proxyless gRPC client need not wait for
+its does-not-exist timer. Missing EDS and RDS names get no response of their
+own (docs/xds-protocol.md rules 13 and 26).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import code_pb2, status_pb2
 
 from xds_server.cache import Resource, Snapshot, TypeSnapshot, version_of
 from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, ROUTE
@@ -35,6 +42,10 @@ class TypeState:
     in_flight: bool = False  # latest response not yet ACKed or NACKed
     version_sent: str = ""
     evaluated_generation: int = 0
+    # Named CDS/LDS resources the latest response went out without because they
+    # did not exist: the client knows, so they are not answered again
+    # (docs/xds-protocol.md rules 13 and 38).
+    told_absent: set[str] = field(default_factory=set)
 
     def subscribe(self, requested: Iterable[str], legacy_wildcard: bool) -> None:
         """Apply a request's resource names, following the four-step example of
@@ -49,12 +60,26 @@ class TypeState:
         # Forget what was sent for dropped names, so re-subscribing re-sends
         # (docs/xds-protocol.md rule 11).
         self.sent = {n: r for n, r in self.sent.items() if self.wildcard or n in names}
+        # A dropped name is answered again when subscribed again
+        # (docs/xds-protocol.md rule 38).
+        self.told_absent &= names
         self.names = names
 
     def wanted(self, current: TypeSnapshot) -> list[str]:
         if self.wildcard:
             return list(current.resources)
         return sorted(n for n in self.names if n in current.resources)
+
+    def not_found(self, current: TypeSnapshot) -> list[str]:
+        """docs/xds-protocol.md rule 38: subscribed names that do not exist, that
+        the client holds nothing of and was not yet answered about. A name it
+        holds is not among them: its absence says it is deleted
+        (docs/xds-protocol.md rule 14), in a way every client understands."""
+        return sorted(
+            n
+            for n in self.names
+            if n not in current.resources and n not in self.told_absent and n not in self.sent
+        )
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,7 @@ class Outgoing:
     resources: tuple[Resource, ...]
     version: str
     changed: tuple[str, ...]  # names whose content differs from what the client had
+    not_found: tuple[str, ...] = ()  # named in resource_errors (docs/xds-protocol.md rule 38)
 
 
 class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]):
@@ -147,13 +173,18 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
         wanted = state.wanted(current)
         changed = [n for n in wanted if digest_of(state.sent.get(n)) != current.resources[n].digest]
         gone = [n for n in state.sent if n not in current.resources]
+        not_found: list[str] = []
         if state.type_url in FULL_STATE_TYPES:
-            # docs/xds-protocol.md rule 14: the complete set, whenever anything in it changed.
-            if not (changed or gone or (state.must_answer and state.wildcard)):
+            # docs/xds-protocol.md rule 14: the complete set, whenever anything in it
+            # changed; and docs/xds-protocol.md rule 38: at once when a name the
+            # client asked for does not exist.
+            not_found = state.not_found(current)
+            if not (changed or gone or not_found or (state.must_answer and state.wildcard)):
                 self._quiet(state.type_url, state.in_flight, snapshot.generation)
                 return None
             names = wanted
             state.sent = {n: current.resources[n] for n in wanted}
+            state.told_absent = {n for n in state.names if n not in current.resources}
         else:
             # docs/xds-protocol.md rule 15: only what changed.
             # docs/xds-protocol.md rule 13: nothing new, no response.
@@ -166,7 +197,9 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
             state.sent.update((n, current.resources[n]) for n in changed)
         state.must_answer = False
         resources = tuple(current.resources[n] for n in names)
-        return Outgoing(state.type_url, resources, current.version, tuple(changed))
+        return Outgoing(
+            state.type_url, resources, current.version, tuple(changed), tuple(not_found)
+        )
 
     def _response(self, out: Outgoing, generation: int) -> discovery_pb2.DiscoveryResponse:
         state = self._states[out.type_url]
@@ -177,6 +210,7 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
             type_url=out.type_url,
             nonce=nonce,
             resources=[r.packed for r in out.resources],
+            resource_errors=[_not_found(name) for name in out.not_found],
         )
 
     # ---- cluster changes: warming and make-before-break ----------------------
@@ -218,3 +252,13 @@ class SotwStream(XdsStream[discovery_pb2.DiscoveryRequest, discovery_pb2.Discove
                 if any(digest_of(state.sent.get(n)) != current.resources[n].digest for n in wanted):
                     return True
         return False
+
+
+def _not_found(name: str) -> discovery_pb2.ResourceError:
+    """docs/xds-protocol.md rule 38: the xDS "resource_errors" entry (gRFC A88)
+    that lets a client stop waiting for `name`. The message does not repeat
+    the name, so the answer is no larger than the request that named it."""
+    return discovery_pb2.ResourceError(
+        resource_name=discovery_pb2.ResourceName(name=name),
+        error_detail=status_pb2.Status(code=code_pb2.NOT_FOUND, message="does not exist"),
+    )
