@@ -39,6 +39,7 @@ from xds_server.model.edits import (
     update_backend,
 )
 from xds_server.model.intent import Backend, Health, Intent, Service
+from xds_server.model.rules import grpc_weight_problem
 from xds_server.model.validation import parse
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 
@@ -136,8 +137,10 @@ async def add(request: web.Request) -> web.Response:
 @routes.patch(
     BACKEND,
     summary="Change a backend's weight, priority or draining flag",
-    description="weight counts only under the weighted strategy. draining: true marks "
-    "the endpoint DRAINING in EDS: Envoy sends it no new requests, in-flight ones finish.",
+    description="weight counts only under the weighted strategy, and never in a gRPC "
+    "service (its endpoints are published with weight 1): a weight for a backend of a gRPC "
+    "service is refused with 422. draining: true marks the endpoint DRAINING in EDS: Envoy "
+    "sends it no new requests, in-flight ones finish.",
     request_schema=BackendPatch,
     response_schema=BackendChange,
     responses={
@@ -149,11 +152,16 @@ async def add(request: web.Request) -> web.Response:
 )
 async def update(request: web.Request) -> web.Response:
     service, name = request.match_info["service"], request.match_info["backend"]
-    backend_of(service_of(context_of(request).intent.intent, service), name)
+    current = service_of(context_of(request).intent.intent, service)
+    backend_of(current, name)
     patch = parse(BackendPatch, await json_body(request))
     wait_s, changes = patch.wait_s, patch.changes()
     if not changes:
         raise invalid("give at least one of weight, priority, draining")
+    # Refused rather than acknowledged and silently dropped, like `weighted` itself.
+    weightless = grpc_weight_problem(current) if "weight" in changes else None
+    if weightless is not None:
+        raise invalid(weightless, "weight")
     timed = await timed_apply(
         context_of(request).changes, lambda i: update_backend(i, service, name, **changes), wait_s
     )

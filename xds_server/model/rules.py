@@ -27,6 +27,18 @@ _UNSUPPORTED: dict[Strategy, str] = {
 }
 
 
+def grpc_weight_problem(service: Service) -> str | None:
+    """Why a backend weight cannot take effect in `service`, or None if it can.
+    A gRPC service's endpoints are all published with weight 1 (translate/grpc.py):
+    under round robin gRPC ignores them anyway, and `weighted` is refused."""
+    if service.protocol is not Protocol.GRPC:
+        return None
+    return (
+        f"weights do not apply to gRPC service {service.name!r}: its endpoints are "
+        f"published with weight 1, because {_UNSUPPORTED[Strategy.WEIGHTED]}"
+    )
+
+
 def grpc_problems(intent: Intent) -> list[Problem]:
     """Every reason a gRPC client would NACK or mishandle the intent, with its path."""
     problems: list[Problem] = []
