@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +17,12 @@ from envoy.config.core.v3 import health_check_pb2
 from tests.factories import FAST_POLICY
 from tests.support import eventually
 from xds_server.admin.health_report import health_report
+from xds_server.demo import sample_kind
+from xds_server.demo import start_backend as start_backend_process
 from xds_server.health.checker import HealthChecker
 from xds_server.health.grpc_probe import GrpcProber
 from xds_server.model.intent import Backend, Health, Intent, Protocol, Service
+from xds_server.proxy.processes import free_port, start_process
 from xds_server.resources import ENDPOINT
 from xds_server.samples.backend import make_app
 from xds_server.samples.grpc_sample import SERVICE, set_serving, start_backend
@@ -152,3 +157,27 @@ async def test_grpc_service_turns_healthy_then_a_not_serving_backend_unhealthy()
 
 async def _equal(verdicts: dict[str, Health], expected: dict[str, Health]) -> bool:
     return verdicts == expected
+
+
+# --- the sample as the demo runs it, and its command line ---------------------------------
+
+
+async def test_the_demos_grpc_sample_passes_then_fails_when_told(tmp_path: Path) -> None:
+    """The demo starts the gRPC sample (in its own process) for a gRPC service: it
+    passes the gRPC health check; `set-serving NOT_SERVING` makes it fail."""
+    backend = Backend("greeter-a", "127.0.0.1", free_port())
+    service = Service("greeter", (), (backend,), protocol=Protocol.GRPC)
+    child = await start_backend_process(backend, sample_kind(service), tmp_path)
+    try:
+        assert (await GrpcProber("", TIMEOUT_S)(backend)).ok
+        argv = [sys.executable, "-m", "xds_server.samples.grpc_sample", "set-serving"]
+        argv += ["--target", f"127.0.0.1:{backend.port}", "NOT_SERVING"]
+        control = await start_process(argv, ready_line_prefix=None, timeout_s=0)
+        try:
+            assert await control.wait(20.0) == 0, control.output_tail()
+        finally:
+            await control.stop()
+        result = await GrpcProber("", TIMEOUT_S)(backend)
+        assert (result.ok, result.error) == (False, "gRPC health NOT_SERVING")
+    finally:
+        await child.stop()
