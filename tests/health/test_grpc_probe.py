@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 
-from tests.factories import FAST_POLICY
+from tests.factories import FAST_POLICY, local_settings, running_controller
 from tests.support import eventually
 from xds_server.admin.health_report import health_report
+from xds_server.app import Controller
 from xds_server.demo import sample_kind
 from xds_server.demo import start_backend as start_backend_process
 from xds_server.health.checker import HealthChecker
@@ -181,3 +184,72 @@ async def test_the_demos_grpc_sample_passes_then_fails_when_told(tmp_path: Path)
         assert (result.ok, result.error) == (False, "gRPC health NOT_SERVING")
     finally:
         await child.stop()
+
+
+# --- a running controller --------------------------------------------------------------
+
+
+async def test_controller_reports_a_grpc_service_healthy_and_publishes_the_flip() -> None:
+    """A real controller (store, checker, publisher, admin API): a gRPC service of
+    two SERVING samples is overall healthy in /api/v1/router/health (main said
+    "degraded": both unknown); one flipped to NOT_SERVING is reported unhealthy
+    and published UNHEALTHY in the EDS snapshot Envoy and gRPC clients get."""
+    started = [await start_backend(name) for name in ("greeter-a", "greeter-b")]
+    backends = tuple(
+        Backend(name, "127.0.0.1", port)
+        for name, (_, port) in zip(("greeter-a", "greeter-b"), started, strict=True)
+    )
+    greeter = Service("greeter", (), backends, protocol=Protocol.GRPC)
+    base = local_settings()
+    settings = dataclasses.replace(
+        base,
+        intent=dataclasses.replace(base.intent, services=(greeter,)),
+        health_check_interval_s=POLICY.interval_s,
+        health_check_timeout_s=POLICY.timeout_s,
+    )
+    try:
+        async with (
+            running_controller(settings) as controller,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        ):
+            url = f"http://{controller.admin_address}/api/v1/router/health"
+
+            async def report() -> dict[str, Any]:
+                async with http.get(url) as response:
+                    body: dict[str, Any] = await response.json()
+                    return body
+
+            async def overall(expected: str) -> bool:
+                return (await report())["overall_health"] == expected
+
+            await eventually(lambda: overall("healthy"), timeout_s=5)
+            assert published_health(controller) == {"greeter-a": "HEALTHY", "greeter-b": "HEALTHY"}
+
+            await set_serving(f"127.0.0.1:{backends[1].port}", "NOT_SERVING")
+
+            async def flipped() -> bool:
+                return published_health(controller) == {
+                    "greeter-a": "HEALTHY",
+                    "greeter-b": "UNHEALTHY",
+                }
+
+            await eventually(flipped, timeout_s=POLICY.interval_s + POLICY.timeout_s + 2)
+            entry = (await report())["health_status"]["greeter"]["b"]
+            assert entry["status"] == "unhealthy", entry
+    finally:
+        for server, _ in started:
+            await server.stop(None)
+
+
+def published_health(controller: Controller) -> dict[str, str]:
+    snapshot = controller.cache.snapshot
+    assert snapshot is not None
+    endpoints = snapshot.of(ENDPOINT)
+    assert endpoints is not None
+    assignment = endpoints.resources["greeter"].message
+    assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
+    return {
+        endpoint.endpoint.hostname: health_check_pb2.HealthStatus.Name(endpoint.health_status)
+        for locality in assignment.endpoints
+        for endpoint in locality.lb_endpoints
+    }
