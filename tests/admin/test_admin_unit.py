@@ -650,7 +650,8 @@ async def test_weight_patch_on_a_grpc_service_is_refused_and_changes_nothing(
 ) -> None:
     """gRPC services publish every endpoint with weight 1 (translate/grpc.py), so a
     weight edit would be acknowledged and silently dropped: 422 with the reason,
-    the intent untouched; priority and draining edits still apply."""
+    the intent untouched, for a PATCH and for a new backend. Weight 1 (what is
+    published), priority and draining still apply."""
     base = local_settings()
     greeter = Service(
         "greeter",
@@ -660,12 +661,24 @@ async def test_weight_patch_on_a_grpc_service_is_refused_and_changes_nothing(
     )
     intent = dataclasses.replace(base.intent, services=(*base.intent.services, greeter))
     async with running_controller(dataclasses.replace(base, intent=intent)) as controller:
-        path = "/api/v1/router/services/greeter/backends/greeter-a"
+        backends = "/api/v1/router/services/greeter/backends"
+        path = backends + "/greeter-a"
         before = controller.store.intent
-        for patch in ({"weight": 5}, {"weight": 5, "draining": True}):
-            status, body = await call(http, controller, "PATCH", path, patch)
-            assert (status, body["error"], body["field"]) == (422, "invalid_value", "weight")
-            assert "gRPC" in body["detail"] and "weight" in body["detail"], body
+        new = {"name": "greeter-c", "address": "127.0.0.1", "port": 3, "weight": 2}
+        refused = [
+            ("PATCH", path, {"weight": 5}),
+            ("PATCH", path, {"weight": 5, "draining": True}),
+            ("POST", backends, new),
+        ]
+        for method, url, body in refused:
+            status, answer = await call(http, controller, method, url, body)
+            assert (status, answer["error"], answer["field"]) == (422, "invalid_value", "weight")
+            assert "gRPC service 'greeter'" in answer["detail"], answer
+            assert "weight 1" in answer["detail"], answer
             assert controller.store.intent is before
-        status, body = await call(http, controller, "PATCH", path, {"draining": True})
-        assert status == 200 and body["backend"]["draining"] is True, body
+        status, answer = await call(
+            http, controller, "PATCH", path, {"weight": 1, "draining": True}
+        )
+        assert status == 200 and answer["backend"]["draining"] is True, answer
+        status, answer = await call(http, controller, "POST", backends, new | {"weight": 1})
+        assert status == 201, answer

@@ -111,7 +111,9 @@ async def list_backends(request: web.Request) -> web.Response:
     BACKENDS,
     summary="Add a backend to a service",
     description="Backend names are unique across all services (they key Envoy's per-host "
-    "stats). The address must be an IP literal: Envoy's EDS takes no hostnames.",
+    "stats). The address must be an IP literal: Envoy's EDS takes no hostnames. A backend "
+    "of a gRPC service can only weigh 1 (422 otherwise): gRPC endpoints are published "
+    "with weight 1.",
     request_schema=BackendAdd,
     response_schema=BackendChange,
     responses={
@@ -124,9 +126,10 @@ async def list_backends(request: web.Request) -> web.Response:
 )
 async def add(request: web.Request) -> web.Response:
     service = request.match_info["service"]
-    service_of(context_of(request).intent.intent, service)  # an unknown resource first
+    current = service_of(context_of(request).intent.intent, service)  # unknown: 404 first
     wanted = parse(BackendAdd, await json_body(request))
     wait_s, backend = wanted.wait_s, wanted.to_backend()
+    _refuse_a_weight_without_effect(current, backend.weight)
     timed = await timed_apply(
         context_of(request).changes, lambda i: add_backend(i, service, backend), wait_s
     )
@@ -138,9 +141,9 @@ async def add(request: web.Request) -> web.Response:
     BACKEND,
     summary="Change a backend's weight, priority or draining flag",
     description="weight counts only under the weighted strategy, and never in a gRPC "
-    "service (its endpoints are published with weight 1): a weight for a backend of a gRPC "
-    "service is refused with 422. draining: true marks the endpoint DRAINING in EDS: Envoy "
-    "sends it no new requests, in-flight ones finish.",
+    "service (its endpoints are published with weight 1): a weight other than 1 for a "
+    "backend of a gRPC service is refused with 422. draining: true marks the endpoint "
+    "DRAINING in EDS: Envoy sends it no new requests, in-flight ones finish.",
     request_schema=BackendPatch,
     response_schema=BackendChange,
     responses={
@@ -158,10 +161,8 @@ async def update(request: web.Request) -> web.Response:
     wait_s, changes = patch.wait_s, patch.changes()
     if not changes:
         raise invalid("give at least one of weight, priority, draining")
-    # Refused rather than acknowledged and silently dropped, like `weighted` itself.
-    weightless = grpc_weight_problem(current) if "weight" in changes else None
-    if weightless is not None:
-        raise invalid(weightless, "weight")
+    if "weight" in changes:
+        _refuse_a_weight_without_effect(current, changes["weight"])
     timed = await timed_apply(
         context_of(request).changes, lambda i: update_backend(i, service, name, **changes), wait_s
     )
@@ -192,6 +193,13 @@ async def remove(request: web.Request) -> web.Response:
     body = change_json(request, service, "removed", _find(timed.applied.before, service, name))
     body |= outcome(timed)
     return web.json_response(body, status=status_of(timed))
+
+
+def _refuse_a_weight_without_effect(service: Service, weight: int) -> None:
+    # Refused rather than acknowledged and silently dropped, like `weighted` itself.
+    problem = grpc_weight_problem(service, weight)
+    if problem is not None:
+        raise invalid(problem, "weight")
 
 
 def query_wait(request: web.Request) -> float:
