@@ -138,9 +138,11 @@ class HealthChecker:
         async with new_session() as session:
             await self._follow_intent(HttpProber(session, self.policy.timeout_s))
 
-    def _prober_for(self, probed: Probed, http: Prober) -> Prober:
+    def _prober_for(self, probed: Probed, given: Prober) -> Prober:
+        """`given` (the HTTP prober, or a test's prober for every backend), or a
+        gRPC health check of the backend's health service."""
         if self._prober is not None or probed.grpc_health_service is None:
-            return http
+            return given
         return GrpcProber(probed.grpc_health_service, self.policy.timeout_s)
 
     @contextmanager
@@ -190,10 +192,10 @@ class HealthChecker:
     def _reconcile(self, intent: Intent, tasks: asyncio.TaskGroup, prober: Prober) -> None:
         wanted = probed_backends(intent)
         for name, probing in list(self._probing.items()):
-            backend = wanted.get(name)
-            if name in self._held and backend is not None:
+            probed = wanted.get(name)
+            if name in self._held and probed is not None:
                 continue  # frozen; reconciled on release
-            if backend is None or backend.target != probing.target:
+            if probed is None or probed.target != probing.target:
                 probing.task.cancel()
                 del self._probing[name]
                 self._forget(name)
