@@ -24,7 +24,7 @@ from pathlib import Path
 
 from xds_server.app import Controller
 from xds_server.errors import AddressUnavailable
-from xds_server.model.intent import Backend, Service, SocketAddress
+from xds_server.model.intent import Backend, Protocol, Service, SocketAddress
 from xds_server.proxy.bootstrap import make_bootstrap
 from xds_server.proxy.envoy_process import EnvoyFailed, EnvoyProcess, start_envoy, wait_listening
 from xds_server.proxy.processes import ChildProcess, bind_error, free_port, start_process
@@ -105,13 +105,24 @@ class Stack:
         return "\n".join(lines)
 
 
+GRPC_SAMPLE = "grpc"
+
+
 def sample_kind(service: Service) -> str:
-    """Which sample app imitates a service: qdrant, embedding, or an LLM."""
+    """Which sample imitates a service: the gRPC sample for a gRPC service (an HTTP
+    sample would fail its gRPC health check), else qdrant, embedding, or an LLM."""
+    if service.protocol is Protocol.GRPC:
+        return GRPC_SAMPLE
     return service.name if service.name in ("qdrant", "embedding") else "llm"
 
 
 async def start_backend(backend: Backend, kind: str, log_dir: Path) -> ChildProcess:
-    argv = [sys.executable, "-m", "xds_server.samples", "--name", backend.name, "--kind", kind]
+    if kind == GRPC_SAMPLE:
+        argv = [sys.executable, "-m", "xds_server.samples.grpc_sample", "serve"]
+        argv += ["--name", backend.name]
+    else:
+        argv = [sys.executable, "-m", "xds_server.samples", "--name", backend.name]
+        argv += ["--kind", kind]
     argv += ["--host", backend.address, "--port", str(backend.port)]
     return await start_process(
         argv,

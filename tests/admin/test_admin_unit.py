@@ -7,6 +7,7 @@ test registers a proxy that never ACKs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -15,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.admin.conftest import TOKEN
-from tests.factories import local_settings
+from tests.factories import local_settings, running_controller
 from xds_server.admin import ROUTE_SETS, make_admin_app
 from xds_server.admin.bodies import (
     BackendAdd,
@@ -30,7 +31,7 @@ from xds_server.admin.openapi import document, openapi_path
 from xds_server.app import Controller
 from xds_server.errors import Conflict
 from xds_server.experiments import Experiments
-from xds_server.model.intent import Strategy
+from xds_server.model.intent import Backend, Protocol, Service, Strategy
 from xds_server.resources import CLUSTER, ENDPOINT
 from xds_server.settings import MAX_WEIGHT
 from xds_server.telemetry import envoy_stats
@@ -639,3 +640,45 @@ def test_json_schema_keywords_are_translated_to_openapi_3_0() -> None:
         "exclusiveMinimum": True,
     }
     assert openapi_3_0({"const": "added"}) == {"enum": ["added"]}
+
+
+# ---- gRPC services: weights are never published ------------------------------------------
+
+
+async def test_weight_patch_on_a_grpc_service_is_refused_and_changes_nothing(
+    http: aiohttp.ClientSession,
+) -> None:
+    """gRPC services publish every endpoint with weight 1 (translate/grpc.py), so a
+    weight edit would be acknowledged and silently dropped: 422 with the reason,
+    the intent untouched, for a PATCH and for a new backend. Weight 1 (what is
+    published), priority and draining still apply."""
+    base = local_settings()
+    greeter = Service(
+        "greeter",
+        (),
+        (Backend("greeter-a", "127.0.0.1", 1), Backend("greeter-b", "127.0.0.1", 2)),
+        protocol=Protocol.GRPC,
+    )
+    intent = dataclasses.replace(base.intent, services=(*base.intent.services, greeter))
+    async with running_controller(dataclasses.replace(base, intent=intent)) as controller:
+        backends = "/api/v1/router/services/greeter/backends"
+        path = backends + "/greeter-a"
+        before = controller.store.intent
+        new = {"name": "greeter-c", "address": "127.0.0.1", "port": 3, "weight": 2}
+        refused = [
+            ("PATCH", path, {"weight": 5}),
+            ("PATCH", path, {"weight": 5, "draining": True}),
+            ("POST", backends, new),
+        ]
+        for method, url, body in refused:
+            status, answer = await call(http, controller, method, url, body)
+            assert (status, answer["error"], answer["field"]) == (422, "invalid_value", "weight")
+            assert "gRPC service 'greeter'" in answer["detail"], answer
+            assert "weight 1" in answer["detail"], answer
+            assert controller.store.intent is before
+        status, answer = await call(
+            http, controller, "PATCH", path, {"weight": 1, "draining": True}
+        )
+        assert status == 200 and answer["backend"]["draining"] is True, answer
+        status, answer = await call(http, controller, "POST", backends, new | {"weight": 1})
+        assert status == 201, answer

@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -91,23 +90,6 @@ async def sample() -> AsyncIterator[tuple[Backend, str]]:
     port = runner.addresses[0][1]
     yield Backend("svc-a", "127.0.0.1", port), f"http://127.0.0.1:{port}/_control/fault"
     await runner.cleanup()
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts TCP connections but never answers (a hung backend)."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield listener.getsockname()[1]
-
-
-@pytest.fixture
-def refusing_port() -> Iterator[int]:
-    """A port bound but not listening: every connect is refused."""
-    with socket.socket() as bound:
-        bound.bind(("127.0.0.1", 0))
-        yield bound.getsockname()[1]
 
 
 async def probe_once(backend: Backend, timeout_s: float = 0.5) -> ProbeResult:
@@ -270,12 +252,18 @@ async def _true(value: bool) -> bool:
 # --- the report ------------------------------------------------------------------------------
 
 
-def test_grpc_only_backends_are_not_http_probed() -> None:
+def test_grpc_backends_get_the_grpc_health_check_not_an_http_get() -> None:
     """A gRPC service's backends would fail an HTTP GET and be dropped from EDS;
-    the prober leaves them out (UNKNOWN: still routed to)."""
+    they are probed with the gRPC health check of the service's health service,
+    which is part of the target (a changed name is another target)."""
     http = Service("web", ("/web/",), (Backend("web-a", "127.0.0.1", 1),))
-    grpc = Service("greeter", (), (Backend("greeter-a", "127.0.0.1", 2),), protocol=Protocol.GRPC)
-    assert list(probed_backends(Intent(services=(http, grpc)))) == ["web-a"]
+    backend = Backend("greeter-a", "127.0.0.1", 2)
+    grpc = Service("greeter", (), (backend,), protocol=Protocol.GRPC, grpc_health_service="x.Y")
+    probed = probed_backends(Intent(services=(http, grpc)))
+    assert probed["web-a"].grpc_health_service is None
+    assert probed["web-a"].target == ("127.0.0.1", 1, "/health")
+    assert probed["greeter-a"].grpc_health_service == "x.Y"
+    assert probed["greeter-a"].target == ("127.0.0.1", 2, "grpc:x.Y")
 
 
 async def test_health_checker_reports_probes_and_verdict_changes() -> None:

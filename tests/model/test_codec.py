@@ -34,6 +34,7 @@ def every_field_set() -> Intent:
         group="grp",
         hash_header="x-user",
         protocol=Protocol.GRPC,
+        grpc_health_service="greeter.Health",
         models=("phi3", "meta-llama/Llama-3.1-8B"),
         request_timeout_s=0.0,
         idle_timeout_s=30.0,

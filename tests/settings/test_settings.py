@@ -632,6 +632,20 @@ def test_grpc_rule_skips_a_strategy_that_is_not_known() -> None:
     }
 
 
+def test_grpc_health_service_is_read_and_a_bad_name_refused_with_its_path() -> None:
+    """The gRPC health check's service name comes from the file (default ""); a
+    name that is no gRPC service name is a problem at its field path."""
+    backend = {"name": "g-0", "address": "127.0.0.1", "port": 9001}
+    service = {"name": "g", "protocol": "grpc", "backends": [backend]}
+    default = parse_settings({"services": [service]}, {}, "test.yaml")
+    assert default.intent.services[0].grpc_health_service == ""
+    named = {"services": [service | {"grpc_health_service": "greeter.v1.Greeter"}]}
+    parsed = parse_settings(named, {}, "test.yaml")
+    assert parsed.intent.services[0].grpc_health_service == "greeter.v1.Greeter"
+    bad = {"services": [service | {"grpc_health_service": "not a name/"}]}
+    assert problem_paths(bad) == {"services[0].grpc_health_service"}
+
+
 def test_problem_messages_are_pinned() -> None:
     """The wording of each kind of problem: unknown key (with a hint, or the
     allowed keys), required, not a mapping, not a list, a bad value, and env."""

@@ -39,6 +39,7 @@ from xds_server.model.edits import (
     update_backend,
 )
 from xds_server.model.intent import Backend, Health, Intent, Service
+from xds_server.model.rules import grpc_weight_problem
 from xds_server.model.validation import parse
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 
@@ -110,7 +111,9 @@ async def list_backends(request: web.Request) -> web.Response:
     BACKENDS,
     summary="Add a backend to a service",
     description="Backend names are unique across all services (they key Envoy's per-host "
-    "stats). The address must be an IP literal: Envoy's EDS takes no hostnames.",
+    "stats). The address must be an IP literal: Envoy's EDS takes no hostnames. A backend "
+    "of a gRPC service can only weigh 1 (422 otherwise): gRPC endpoints are published "
+    "with weight 1.",
     request_schema=BackendAdd,
     response_schema=BackendChange,
     responses={
@@ -123,9 +126,10 @@ async def list_backends(request: web.Request) -> web.Response:
 )
 async def add(request: web.Request) -> web.Response:
     service = request.match_info["service"]
-    service_of(context_of(request).intent.intent, service)  # an unknown resource first
+    current = service_of(context_of(request).intent.intent, service)  # unknown: 404 first
     wanted = parse(BackendAdd, await json_body(request))
     wait_s, backend = wanted.wait_s, wanted.to_backend()
+    _refuse_a_weight_without_effect(current, backend.weight)
     timed = await timed_apply(
         context_of(request).changes, lambda i: add_backend(i, service, backend), wait_s
     )
@@ -136,8 +140,10 @@ async def add(request: web.Request) -> web.Response:
 @routes.patch(
     BACKEND,
     summary="Change a backend's weight, priority or draining flag",
-    description="weight counts only under the weighted strategy. draining: true marks "
-    "the endpoint DRAINING in EDS: Envoy sends it no new requests, in-flight ones finish.",
+    description="weight counts only under the weighted strategy, and never in a gRPC "
+    "service (its endpoints are published with weight 1): a weight other than 1 for a "
+    "backend of a gRPC service is refused with 422. draining: true marks the endpoint "
+    "DRAINING in EDS: Envoy sends it no new requests, in-flight ones finish.",
     request_schema=BackendPatch,
     response_schema=BackendChange,
     responses={
@@ -149,11 +155,14 @@ async def add(request: web.Request) -> web.Response:
 )
 async def update(request: web.Request) -> web.Response:
     service, name = request.match_info["service"], request.match_info["backend"]
-    backend_of(service_of(context_of(request).intent.intent, service), name)
+    current = service_of(context_of(request).intent.intent, service)
+    backend_of(current, name)
     patch = parse(BackendPatch, await json_body(request))
     wait_s, changes = patch.wait_s, patch.changes()
     if not changes:
         raise invalid("give at least one of weight, priority, draining")
+    if "weight" in changes:
+        _refuse_a_weight_without_effect(current, changes["weight"])
     timed = await timed_apply(
         context_of(request).changes, lambda i: update_backend(i, service, name, **changes), wait_s
     )
@@ -184,6 +193,13 @@ async def remove(request: web.Request) -> web.Response:
     body = change_json(request, service, "removed", _find(timed.applied.before, service, name))
     body |= outcome(timed)
     return web.json_response(body, status=status_of(timed))
+
+
+def _refuse_a_weight_without_effect(service: Service, weight: int) -> None:
+    # Refused rather than acknowledged and silently dropped, like `weighted` itself.
+    problem = grpc_weight_problem(service, weight)
+    if problem is not None:
+        raise invalid(problem, "weight")
 
 
 def query_wait(request: web.Request) -> float:

@@ -1,4 +1,5 @@
-"""The controller's own health checker: HTTP probes of every backend's health path.
+"""The controller's own health checker: HTTP probes of every backend's health path,
+gRPC health checks (health/grpc_probe.py) of every backend of a gRPC service.
 
 Verdicts (`model.Health`) are written into the controller's `health` mapping,
 which the translator turns into EDS `health_status`; every changed verdict
@@ -13,7 +14,7 @@ Rules (tests/health/test_health_unit.py pins them):
   probes of many backends do not burst together, and no two probes of one
   backend are more than one interval apart, so a dead backend is seen within
   one interval plus the timeout.
-- A probe passes on a 2xx answer within `timeout_s`.
+- A probe passes on a 2xx answer within `timeout_s` (gRPC: SERVING).
 - A definitive failure marks the backend unhealthy at once: an explicit non-2xx
   answer (Envoy's HTTP health checker does the same) or a refused connection
   (nothing listens: the process is gone, waiting helps nobody). Ambiguous
@@ -40,6 +41,7 @@ from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from xds_server.health.grpc_probe import GrpcProber
 from xds_server.health.probe import HttpProber, Prober, failed_probe, new_session
 from xds_server.health.verdict import BackendHealth, HealthObserver, HealthPolicy, ProbeResult
 from xds_server.model.intent import Backend, Health, Intent
@@ -49,24 +51,43 @@ from xds_server.store.base import IntentStore
 log = logging.getLogger("xds_server.health")
 
 
-Target = tuple[str, int, str]  # what a probe talks to: address, port, health path
+# What a probe talks to: address, port, and the health path, or for a gRPC health
+# check GRPC_CHECK + the health service name (a path starts with "/": no clash).
+Target = tuple[str, int, str]
+GRPC_CHECK = "grpc:"
 
 
 # The state to start a backend from (a shared record), or None for a fresh UNKNOWN.
 Seed = Callable[[str, Target], BackendHealth | None]
 
 
-def probed_backends(intent: Intent) -> dict[str, Backend]:
-    """Backends the HTTP prober can judge. A gRPC-only backend never answers an
-    HTTP GET of its health path, and a verdict from that would remove it from
-    EDS; it stays UNKNOWN, which Envoy and gRPC clients route to."""
-    return {
-        b.name: b for s in intent.services if s.protocol is ServiceProtocol.HTTP for b in s.backends
-    }
+@dataclass(frozen=True)
+class Probed:
+    """A backend and how it is probed: None = HTTP GET of its health path, else
+    the gRPC health service to check ("" = the server as a whole)."""
+
+    backend: Backend
+    grpc_health_service: str | None = None
+
+    @property
+    def target(self) -> Target:
+        address, port = self.backend.address, self.backend.port
+        if self.grpc_health_service is None:
+            return address, port, self.backend.health_path
+        return address, port, GRPC_CHECK + self.grpc_health_service
 
 
-def probe_target(backend: Backend) -> Target:
-    return backend.address, backend.port, backend.health_path
+def probed_backends(intent: Intent) -> dict[str, Probed]:
+    """Every backend, with how to probe it. A gRPC backend never answers an HTTP
+    GET of its health path (a verdict from that would remove it from EDS): it
+    gets the gRPC health check of its service's `grpc_health_service`."""
+    probed: dict[str, Probed] = {}
+    for service in intent.services:
+        grpc = service.protocol is ServiceProtocol.GRPC
+        health_service = service.grpc_health_service if grpc else None
+        for backend in service.backends:
+            probed[backend.name] = Probed(backend, health_service)
+    return probed
 
 
 @dataclass
@@ -85,7 +106,7 @@ class HealthChecker:
         on_change: Callable[[], None],
         policy: HealthPolicy,
         *,
-        prober: Prober | None = None,
+        prober: Prober | None = None,  # replaces both HTTP and gRPC probes (tests)
         rng: random.Random | None = None,
         observers: Sequence[HealthObserver] = (),
         on_state: Callable[[str], None] | None = None,
@@ -116,6 +137,13 @@ class HealthChecker:
             return
         async with new_session() as session:
             await self._follow_intent(HttpProber(session, self.policy.timeout_s))
+
+    def _prober_for(self, probed: Probed, given: Prober) -> Prober:
+        """`given` (the HTTP prober, or a test's prober for every backend), or a
+        gRPC health check of the backend's health service."""
+        if self._prober is not None or probed.grpc_health_service is None:
+            return given
+        return GrpcProber(probed.grpc_health_service, self.policy.timeout_s)
 
     @contextmanager
     def held(self, name: str) -> Iterator[None]:
@@ -164,21 +192,22 @@ class HealthChecker:
     def _reconcile(self, intent: Intent, tasks: asyncio.TaskGroup, prober: Prober) -> None:
         wanted = probed_backends(intent)
         for name, probing in list(self._probing.items()):
-            backend = wanted.get(name)
-            if name in self._held and backend is not None:
+            probed = wanted.get(name)
+            if name in self._held and probed is not None:
                 continue  # frozen; reconciled on release
-            if backend is None or probe_target(backend) != probing.target:
+            if probed is None or probed.target != probing.target:
                 probing.task.cancel()
                 del self._probing[name]
                 self._forget(name)
-        for name, backend in wanted.items():
+        for name, probed in wanted.items():
             if name not in self._probing:
-                self.states[name] = self._initial(name, backend)
-                task = tasks.create_task(self._probe_loop(backend, prober), name=f"probe {name}")
-                self._probing[name] = _Probing(probe_target(backend), task)
+                self.states[name] = self._initial(name, probed.target)
+                loop = self._probe_loop(probed.backend, self._prober_for(probed, prober))
+                task = tasks.create_task(loop, name=f"probe {name}")
+                self._probing[name] = _Probing(probed.target, task)
 
-    def _initial(self, name: str, backend: Backend) -> BackendHealth:
-        seeded = self._seed(name, probe_target(backend)) if self._seed is not None else None
+    def _initial(self, name: str, target: Target) -> BackendHealth:
+        seeded = self._seed(name, target) if self._seed is not None else None
         if seeded is None:
             return BackendHealth()
         if seeded.verdict is not Health.UNKNOWN:

@@ -87,7 +87,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from xds_server.errors import DependencyUnavailable, LeaseLost
-from xds_server.health.checker import HealthChecker, Seed, Target, probe_target, probed_backends
+from xds_server.health.checker import HealthChecker, Seed, Target, probed_backends
 from xds_server.health.verdict import BackendHealth, HealthObserver, ProbeResult
 from xds_server.model.intent import Health, Intent
 from xds_server.redis_io import (
@@ -249,9 +249,9 @@ def effective(
     """The states a single controller's checker would have: a record counts for a
     probed backend whose target it is, or that is held (its verdict stays put)."""
     states: dict[str, BackendHealth] = {}
-    for name, backend in probed_backends(intent).items():
+    for name, probed in probed_backends(intent).items():
         record = records.get(name)
-        if record is not None and (record.target == probe_target(backend) or name in held):
+        if record is not None and (record.target == probed.target or name in held):
             states[name] = record.state
     return states
 

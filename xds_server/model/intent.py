@@ -87,6 +87,9 @@ class Service:
     group: str = ""
     hash_header: str = "x-session-id"  # hash key of ring_hash and maglev
     protocol: Protocol = Protocol.HTTP
+    # The gRPC health service the controller checks on each backend of a gRPC
+    # service (grpc.health.v1.Health/Check); "" = the server as a whole.
+    grpc_health_service: str = ""
     # OpenAI model ids this service answers for on the front door
     # (translate/openai.py): unique across services.
     models: tuple[str, ...] = ()

@@ -27,6 +27,18 @@ _UNSUPPORTED: dict[Strategy, str] = {
 }
 
 
+def grpc_weight_problem(service: Service, weight: int) -> str | None:
+    """Why a backend of `service` cannot have `weight`, or None if it can. A gRPC
+    service's endpoints are all published with weight 1 (translate/grpc.py): under
+    round robin gRPC ignores weights anyway, and `weighted` is refused."""
+    if service.protocol is not Protocol.GRPC or weight == 1:
+        return None
+    return (
+        f"weight {weight} cannot take effect in gRPC service {service.name!r}: its "
+        f"endpoints are published with weight 1, because {_UNSUPPORTED[Strategy.WEIGHTED]}"
+    )
+
+
 def grpc_problems(intent: Intent) -> list[Problem]:
     """Every reason a gRPC client would NACK or mishandle the intent, with its path."""
     problems: list[Problem] = []

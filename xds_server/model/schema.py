@@ -106,6 +106,14 @@ class ServiceConfig(Shape):
     )
     hash_header: HeaderName = default_of(Service, "hash_header")
     protocol: ProtocolName = default_of(Service, "protocol")
+    grpc_health_service: str = Field(
+        default=default_of(Service, "grpc_health_service"),
+        max_length=256,
+        pattern=r"^[A-Za-z0-9_.]*$",
+        description="grpc services: the service name the controller's gRPC health check "
+        "(grpc.health.v1.Health/Check) asks each backend about; empty = the server as a "
+        "whole. Not used by http services",
+    )
     routes: Annotated[tuple[str, ...] | None, Listed("path prefixes", Route, non_empty=False)] = (
         Field(
             default=None,
@@ -147,6 +155,7 @@ class ServiceConfig(Shape):
             group=self.group,
             hash_header=self.hash_header,
             protocol=self.protocol,
+            grpc_health_service=self.grpc_health_service,
             models=self.models,
             request_timeout_s=self.request_timeout,
             idle_timeout_s=self.idle_timeout,
