@@ -147,10 +147,26 @@ def report(
 ) -> None:
     print(f"ab -n {requests} -c {concurrency} POST /api/v1/vectors/search", end="")
     print(f", Envoy --concurrency {workers}")
+    medians = print_table(results, "envoy", NAME_WIDTH)
+    rps = {name: med["rps"] for name, med in medians.items()}
+    for a, b, what in (("xds", "static", ""), ("static", UNBALANCED, ", exact balance on/off")):
+        print(f"ratio {a}/{b}{what}: {rps[a] / rps[b]:.3f} (medians), ", end="")
+        print(f"{paired_ratio(results[a], results[b]):.3f} (median of the rounds' ratios)")
+    total = sum(served.values())
+    shares = ", ".join(f"{k}: {v} ({100 * v / total:.1f} %)" for k, v in sorted(served.items()))
+    print(f"backend distribution over the three Envoys: {shares}")
+
+
+def print_table(
+    results: dict[str, list[dict[str, float]]], first_column: str, width: int
+) -> dict[str, dict[str, float]]:
+    """The medians of each name's runs as one table row, the failures summed,
+    then each round's rps; returns the medians (bench/openai_route.py prints
+    its table with this too)."""
     header = ("rps (median)", "mean ms", "p50 ms", "p99 ms", "failed", "non-2xx")
     widths = (14, 10, 8, 8, 8, 9)
     print(
-        f"{'envoy':<{NAME_WIDTH}}"
+        f"{first_column:<{width}}"
         + "".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True))
     )
     medians = {}
@@ -160,18 +176,12 @@ def report(
         failed = sum(r["failed"] for r in runs)
         non_2xx = sum(r["non_2xx"] for r in runs)
         print(
-            f"{name:<{NAME_WIDTH}}{med['rps']:>14.1f}{med['mean_ms']:>10.2f}{med['p50_ms']:>8.0f}"
+            f"{name:<{width}}{med['rps']:>14.1f}{med['mean_ms']:>10.2f}{med['p50_ms']:>8.0f}"
             f"{med['p99_ms']:>8.0f}{failed:>8.0f}{non_2xx:>9.0f}"
         )
     for name, runs in results.items():
-        print(f"rps per round, {name + ':':<{NAME_WIDTH}} {[round(r['rps']) for r in runs]}")
-    rps = {name: med["rps"] for name, med in medians.items()}
-    for a, b, what in (("xds", "static", ""), ("static", UNBALANCED, ", exact balance on/off")):
-        print(f"ratio {a}/{b}{what}: {rps[a] / rps[b]:.3f} (medians), ", end="")
-        print(f"{paired_ratio(results[a], results[b]):.3f} (median of the rounds' ratios)")
-    total = sum(served.values())
-    shares = ", ".join(f"{k}: {v} ({100 * v / total:.1f} %)" for k, v in sorted(served.items()))
-    print(f"backend distribution over the three Envoys: {shares}")
+        print(f"rps per round, {name + ':':<{width}} {[round(r['rps']) for r in runs]}")
+    return medians
 
 
 def paired_ratio(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 from pathlib import Path
 
 import aiohttp
 
-from bench.load_ab import paired_ratio, run_ab
+from bench.load_ab import paired_ratio, print_table, run_ab
 from xds_server.demo import local_settings, running_stack
 
 BODY = {"model": "phi3", "messages": [{"role": "user", "content": "hello router"}]}
@@ -67,20 +66,7 @@ def report(
 ) -> None:
     print(f"ab -n {requests} -c {concurrency} POST chat body (model phi3)", end="")
     print(f", Envoy --concurrency {workers}, {len(results['front door'])} rounds")
-    print(f"{'route':<12}{'rps (median)':>14}{'mean ms':>10}{'p50 ms':>8}{'p99 ms':>8}", end="")
-    print(f"{'failed':>8}{'non-2xx':>9}")
-    medians = {}
-    for name, runs in results.items():
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        medians[name] = med
-        failed = sum(r["failed"] for r in runs)
-        non_2xx = sum(r["non_2xx"] for r in runs)
-        print(
-            f"{name:<12}{med['rps']:>14.1f}{med['mean_ms']:>10.2f}{med['p50_ms']:>8.0f}"
-            f"{med['p99_ms']:>8.0f}{failed:>8.0f}{non_2xx:>9.0f}"
-        )
-    for name, runs in results.items():
-        print(f"rps per round, {name + ':':<12} {[round(r['rps']) for r in runs]}")
+    medians = print_table(results, "route", 12)
     door, path = results["front door"], results["path route"]
     ratio = medians["front door"]["rps"] / medians["path route"]["rps"]
     paired = paired_ratio(door, path)

@@ -19,10 +19,10 @@ import openai
 import pytest
 import pytest_asyncio
 
+from tests.e2e.backends import control, served
 from tests.factories import local_settings
 from tests.support import eventually
 from xds_server.demo import Stack, running_stack
-from xds_server.model.intent import Backend
 
 pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
 
@@ -58,21 +58,6 @@ async def client(stack: Stack) -> AsyncIterator[openai.AsyncOpenAI]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
         yield session
-
-
-def backend(stack: Stack, name: str) -> Backend:
-    return next(b for b in stack.controller.store.intent.backends() if b.name == name)
-
-
-def control(stack: Stack, name: str, what: str) -> str:
-    b = backend(stack, name)
-    return f"http://{b.address}:{b.port}/_control/{what}"
-
-
-async def served(http: aiohttp.ClientSession, stack: Stack, name: str) -> int:
-    """Requests the backend itself counted (health probes and control calls excluded)."""
-    async with http.get(control(stack, name, "stats")) as response:
-        return int((await response.json())["requests"])
 
 
 async def total_served(http: aiohttp.ClientSession, stack: Stack) -> int:

@@ -17,12 +17,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.e2e.backends import backend, control, served, set_fault
 from tests.e2e.conftest import StackFactory
 from tests.factories import SEARCH_BODY, local_settings
 from tests.support import eventually
 from xds_server.demo import Stack, start_backend
 from xds_server.model.edits import update_backend
-from xds_server.model.intent import Backend
 from xds_server.proxy.processes import ChildProcess
 from xds_server.settings import Settings
 
@@ -58,26 +58,6 @@ def resilience_settings(**policies: Any) -> Settings:
 
 def url(stack: Stack, path: str) -> str:
     return f"http://{stack.controller.store.intent.listen}{path}"
-
-
-def backend(stack: Stack, name: str) -> Backend:
-    return next(b for b in stack.controller.store.intent.backends() if b.name == name)
-
-
-def control(stack: Stack, name: str, what: str) -> str:
-    b = backend(stack, name)
-    return f"http://{b.address}:{b.port}/_control/{what}"
-
-
-async def served(http: aiohttp.ClientSession, stack: Stack, name: str) -> int:
-    """Requests the backend itself counted (health probes and control calls excluded)."""
-    async with http.get(control(stack, name, "stats")) as response:
-        return int((await response.json())["requests"])
-
-
-async def set_fault(http: aiohttp.ClientSession, stack: Stack, name: str, **fault: Any) -> None:
-    async with http.post(control(stack, name, "fault"), json=fault) as response:
-        assert response.status == 200
 
 
 async def fault_status(http: aiohttp.ClientSession, stack: Stack, name: str) -> int | None:
