@@ -15,7 +15,6 @@ runs both, starting with the other one than the round before.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.load_ab import paired_ratio, print_table, run_ab
+from bench.load_ab import ab_arguments, paired_ratio, print_table, run_ab
 from xds_server.demo import local_settings, running_stack
 
 BODY = {"model": "phi3", "messages": [{"role": "user", "content": "hello router"}]}
@@ -76,12 +75,7 @@ def report(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=8, help="Envoy --concurrency (spec: 8)")
-    args = parser.parse_args()
+    args = ab_arguments(__doc__ or "")
     asyncio.run(benchmark(args.rounds, args.requests, args.concurrency, args.workers))
 
 

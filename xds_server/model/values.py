@@ -133,20 +133,17 @@ def to_text(value: object) -> str:
 
 
 def to_name(value: object) -> str:
-    text = to_text(value)
-    if not NAME_PATTERN.fullmatch(text):
-        raise InvalidValue(
-            f"{text!r} must match {NAME_PATTERN.pattern} (lower case, up to 63 characters)"
-        )
-    return text
+    return _matching(value, NAME_PATTERN, "lower case, up to 63 characters")
 
 
 def to_model(value: object) -> str:
+    return _matching(value, MODEL_PATTERN, "a model id, up to 128 characters")
+
+
+def _matching(value: object, pattern: re.Pattern[str], what: str) -> str:
     text = to_text(value)
-    if not MODEL_PATTERN.fullmatch(text):
-        raise InvalidValue(
-            f"{text!r} must match {MODEL_PATTERN.pattern} (a model id, up to 128 characters)"
-        )
+    if not pattern.fullmatch(text):
+        raise InvalidValue(f"{text!r} must match {pattern.pattern} ({what})")
     return text
 
 

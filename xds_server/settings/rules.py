@@ -30,23 +30,26 @@ def router_problems(router: Router) -> list[Located]:
     if _known(router, "health_check_interval", "health_check_timeout") and timeout >= interval:
         message = f"must be less than health_check_interval ({interval:g}), got {timeout:g}"
         found.append(Located(router.loc_of("health_check_timeout"), message))
-    admin = values.admin_address
     # A token-less admin API may only be reachable from this host.
-    tokenless = _known(router, "admin_address", "admin_token") and values.admin_token is None
-    if tokenless and not _is_loopback(admin.host):
-        where = path_of(router.loc_of("admin_address"))
-        message = f"required when admin_address is not loopback ({admin}, from {where})"
-        found.append(Located(router.loc_of("admin_token"), message))
+    found += _needs_on_a_reachable_address(router, "admin_address", "admin_token")
     # An xDS port others can reach hands configuration to anyone who asks and
     # believes any node id (docs/xds-protocol.md rule 34): TLS or loopback only.
-    xds = values.xds_address
-    plaintext = _known(router, "xds_address", "xds_tls") and values.xds_tls is None
-    if plaintext and not _is_loopback(xds.host):
-        where = path_of(router.loc_of("xds_address"))
-        message = f"required when xds_address is not loopback ({xds}, from {where})"
-        found.append(Located(router.loc_of("xds_tls"), message))
+    found += _needs_on_a_reachable_address(router, "xds_address", "xds_tls")
     found += _listener_rule(router) + _stream_idle_rule(router)
     return found
+
+
+def _needs_on_a_reachable_address(router: Router, address: str, guard: str) -> list[Located]:
+    """`guard` (a token, TLS) is required once `address` is not loopback; the
+    problem names both, and where the address came from."""
+    if not _known(router, address, guard) or getattr(router.values, guard) is not None:
+        return []
+    bound = getattr(router.values, address)
+    if _is_loopback(bound.host):
+        return []
+    where = path_of(router.loc_of(address))
+    message = f"required when {address} is not loopback ({bound}, from {where})"
+    return [Located(router.loc_of(guard), message)]
 
 
 def _listener_rule(router: Router) -> list[Located]:

@@ -28,9 +28,9 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
@@ -379,6 +379,23 @@ async def read_traffic_of(
         return await reader.traffic(proxies)
 
 
+_Reading = TypeVar("_Reading", covariant=True)
+
+
+class _Read(Protocol[_Reading]):
+    """read_proxy or read_traffic: one proxy's reading (an unreadable one carries its error)."""
+
+    def __call__(
+        self,
+        session: aiohttp.ClientSession,
+        node_id: str,
+        envoy_admin: str | None,
+        *,
+        refused: str | None = ...,
+        slots: asyncio.Semaphore | None = ...,
+    ) -> Awaitable[_Reading]: ...
+
+
 class AdminReader:
     """Reads Envoy admins through one kept session (module docstring: why).
 
@@ -394,24 +411,16 @@ class AdminReader:
 
     async def hosts(self, proxies: Iterable[ProxyStatus]) -> list[ProxyStats]:
         """`GET /clusters` of every given proxy, concurrently."""
-        async with self._using() as session:
-            reads = (
-                read_proxy(
-                    session,
-                    p.node_id,
-                    p.envoy_admin,
-                    refused=p.envoy_admin_problem,
-                    slots=self._slots,
-                )
-                for p in proxies
-            )
-            return list(await asyncio.gather(*reads))
+        return await self._each(read_proxy, proxies)
 
     async def traffic(self, proxies: Iterable[ProxyStatus]) -> list[TrafficReading]:
         """`read_traffic` of every given proxy, concurrently."""
+        return await self._each(read_traffic, proxies)
+
+    async def _each(self, read: _Read[_Reading], proxies: Iterable[ProxyStatus]) -> list[_Reading]:
         async with self._using() as session:
             reads = (
-                read_traffic(
+                read(
                     session,
                     p.node_id,
                     p.envoy_admin,
