@@ -40,6 +40,8 @@ from xds_server.health.local import LocalHealth
 from xds_server.health.shared import SharedHealth
 from xds_server.health.verdict import HealthObserver, HealthPolicy
 from xds_server.model.intent import Health, SocketAddress
+from xds_server.pemfiles import TlsFiles, TlsFilesUnusable
+from xds_server.pipeline.certificates import CertificateWatcher
 from xds_server.pipeline.changes import IntentChanges
 from xds_server.pipeline.publisher import Publisher
 from xds_server.redis_io import connect
@@ -59,7 +61,7 @@ from xds_server.xds.identity import Admission
 from xds_server.xds.observe import Observers, XdsObserver
 from xds_server.xds.server import XdsEngine, start_server
 from xds_server.xds.status import ProxyRegistry
-from xds_server.xds.tls import ReloadingCredentials, TlsFiles, TlsFilesUnusable
+from xds_server.xds.tls import ReloadingCredentials
 
 log = logging.getLogger("xds_server.app")
 
@@ -187,12 +189,14 @@ class Controller:
         self.telemetry = self._telemetry() if settings.metrics_enabled else None
         lease_s = settings.health_prober_lease if health_lease_s is None else health_lease_s
         self.health = self._health(lease_s)
+        self.edge_tls: CertificateWatcher | None = None  # router.tls, loaded by start()
         self.publisher = Publisher(
             self.store,
             self.cache,
             lambda: self.health.verdicts,
             on_build=self.telemetry.metrics.publish.observe_build if self.telemetry else None,
             before_cluster_change=self.count_traffic,
+            certificate=lambda: self.edge_tls.current if self.edge_tls else None,
         )
         self.engine = XdsEngine(
             self.cache,
@@ -287,6 +291,7 @@ class Controller:
         await self.store.start()
         await self.health.start()
         await self._start_admin()
+        self.edge_tls = edge_certificates(self.settings, self.publisher.mark_dirty)
         await self.publisher.publish_now()
         tls = xds_credentials(self.settings)
         with _listening("xDS server", self.settings.xds_address, "router.xds_address"):
@@ -317,6 +322,8 @@ class Controller:
                     tasks.create_task(self.health.run()),
                     tasks.create_task(self.event_log.run()),
                 ]
+                if self.edge_tls is not None:
+                    background.append(tasks.create_task(self.edge_tls.run()))
                 if self.telemetry is not None:
                     background.append(tasks.create_task(self.telemetry.sampler.run()))
                     background.append(tasks.create_task(self.telemetry.failovers.run()))
@@ -370,15 +377,31 @@ def xds_credentials(settings: Settings) -> ReloadingCredentials | None:
     tls = settings.xds_tls
     if tls is None:
         return None
-    files = TlsFiles(
-        Path(tls.cert_file),
-        Path(tls.key_file),
-        None if tls.client_ca_file is None else Path(tls.client_ca_file),
-    )
+    files = _tls_files(tls.cert_file, tls.key_file, tls.client_ca_file)
     try:
         return ReloadingCredentials(files)
     except TlsFilesUnusable as error:
         raise ConfigError([Problem(f"router.xds_tls.{error.key}", str(error))]) from error
+
+
+def edge_certificates(
+    settings: Settings, on_change: Callable[[], None]
+) -> CertificateWatcher | None:
+    """router.tls as the watched certificate of the listener; files that cannot be
+    used are a ConfigError naming the setting (checked before the first publish)."""
+    tls = settings.tls
+    if tls is None:
+        return None
+    files = _tls_files(tls.cert_file, tls.key_file, tls.client_ca_file)
+    try:
+        return CertificateWatcher(files, on_change)
+    except TlsFilesUnusable as error:
+        raise ConfigError([Problem(f"router.tls.{error.key}", str(error))]) from error
+
+
+def _tls_files(cert_file: str, key_file: str, client_ca_file: str | None) -> TlsFiles:
+    ca = None if client_ca_file is None else Path(client_ca_file)
+    return TlsFiles(Path(cert_file), Path(key_file), ca)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,13 @@ from pydantic import ValidationError
 
 from xds_server.errors import ConfigError, InvalidValue, Problem
 from xds_server.model.intent import Intent, Policies, SocketAddress
-from xds_server.model.schema import ConfigDocument, RouterConfig, ServiceConfig, XdsTlsConfig
+from xds_server.model.schema import (
+    ConfigDocument,
+    EdgeTlsConfig,
+    RouterConfig,
+    ServiceConfig,
+    XdsTlsConfig,
+)
 from xds_server.model.validation import Located, located, problems_of
 from xds_server.model.values import MAX_WEIGHT, RESERVED_ROUTE_PREFIX, RESERVED_ROUTES
 from xds_server.settings.environment import ENV_PREFIX, effective_router
@@ -79,6 +85,8 @@ class Settings:
     health_prober_lease: float = _DEFAULTS.health_prober_lease
     # TLS on the xDS port, and whose Envoy admins may be read (docs/xds-protocol.md rule 34).
     xds_tls: XdsTlsConfig | None = None
+    # HTTPS on the listener: the files the controller serves to Envoy by SDS.
+    tls: EdgeTlsConfig | None = None
     envoy_admin_allowlist: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
@@ -160,6 +168,7 @@ def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: st
         admin_token=router.admin_token,
         source=source,
         xds_tls=router.xds_tls,
+        tls=router.tls,
         envoy_admin_allowlist=tuple(router.envoy_admin_allowlist),
     )
 
