@@ -93,7 +93,9 @@ def build_snapshot(
     for type_url in ADS_ORDER:
         before = previous.of(type_url) if previous is not None else None
         if type_url in OPTIONAL_TYPES and type_url not in resources and before is None:
-            continue  # no TLS at the edge: no Secret type (rule 35 ignores its requests)
+            # No TLS at the edge: no Secret type; docs/xds-protocol.md rule 35
+            # ignores its requests.
+            continue
         types[type_url], fresh[type_url] = type_snapshot(
             type_url, resources.get(type_url, {}), before
         )
@@ -152,7 +154,7 @@ def version_of(named_digests: Iterable[tuple[str, str]]) -> str:
 def check_consistency(resources: Resources) -> None:
     """Every EDS name a cluster uses exists, every RDS name a listener uses
     exists, every cluster a route names exists (docs/xds-protocol.md rule 25),
-    and every SDS secret a listener's TLS names exists (rule 39)."""
+    and every SDS secret a listener's TLS names exists (docs/xds-protocol.md rule 39)."""
     missing = [
         *_missing(ENDPOINT, _eds_names(resources.get(CLUSTER, {})), resources),
         *_missing(ROUTE, _rds_names(resources.get(LISTENER, {})), resources),

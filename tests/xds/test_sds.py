@@ -54,7 +54,7 @@ async def _subscribed_with_tls(xds: Harness, ca: trustme.CA) -> XdsClient:
 async def test_secret_goes_out_before_the_listener_that_names_it(
     xds: Harness, ca: trustme.CA
 ) -> None:
-    """Rule 39: a change that adds a secret and a listener naming it (client
+    """docs/xds-protocol.md rule 39: a change that adds a secret and a listener naming it (client
     certificates turned on, with a new listen port) sends the SDS response
     before the LDS response on the ADS stream."""
     client = await _subscribed_with_tls(xds, ca)
@@ -73,7 +73,7 @@ async def test_secret_goes_out_before_the_listener_that_names_it(
 async def test_a_new_certificate_is_a_new_secret_and_nothing_else(
     xds: Harness, ca: trustme.CA
 ) -> None:
-    """Rule 39: the same intent with another certificate changes the Secret's
+    """docs/xds-protocol.md rule 39: the same intent with another certificate changes the Secret's
     version only: the client gets one SDS response, no LDS (so Envoy drains
     nothing)."""
     client = await _subscribed_with_tls(xds, ca)
@@ -90,7 +90,7 @@ async def test_a_new_certificate_is_a_new_secret_and_nothing_else(
 async def test_a_secret_is_sent_only_to_a_client_that_names_it(
     xds: Harness, ca: trustme.CA
 ) -> None:
-    """Rule 39: on SotW and Delta, a Secret subscription by `*` (or an empty
+    """docs/xds-protocol.md rule 39: on SotW and Delta, a Secret subscription by `*` (or an empty
     first request) gets nothing; a client that subscribes to the other types
     (a proxyless gRPC client) never sees a Secret."""
     await xds.publish(intent_of(2), edge_certificate(ca))
@@ -109,7 +109,7 @@ async def test_a_secret_is_sent_only_to_a_client_that_names_it(
 
 
 def test_a_listener_naming_a_missing_secret_is_refused(ca: trustme.CA) -> None:
-    """Rules 25 and 39: a snapshot whose listener names a secret the snapshot
+    """docs/xds-protocol.md rules 25 and 39: a snapshot whose listener names a secret the snapshot
     does not hold is refused, naming the secret."""
     resources = dict(translate(intent_of(1), certificate=edge_certificate(ca)))
     resources[SECRET] = {}
