@@ -39,6 +39,7 @@ from xds_server.health.checker import HealthChecker, Seed
 from xds_server.health.local import LocalHealth
 from xds_server.health.shared import SharedHealth
 from xds_server.health.verdict import HealthObserver, HealthPolicy
+from xds_server.model.certificates import EdgeCertificate
 from xds_server.model.intent import Health, SocketAddress
 from xds_server.pemfiles import TlsFiles, TlsFilesUnusable
 from xds_server.pipeline.certificates import CertificateWatcher
@@ -196,7 +197,7 @@ class Controller:
             lambda: self.health.verdicts,
             on_build=self.telemetry.metrics.publish.observe_build if self.telemetry else None,
             before_cluster_change=self.count_traffic,
-            certificate=lambda: self.edge_tls.current if self.edge_tls else None,
+            certificate=self._edge_certificate,
         )
         self.engine = XdsEngine(
             self.cache,
@@ -214,6 +215,10 @@ class Controller:
         self.admin_address = settings.intent.admin
         self._grpc: grpc.aio.Server | None = None
         self._admin: web.AppRunner | None = None
+
+    def _edge_certificate(self) -> EdgeCertificate | None:
+        """The listener's certificate as of now (router.tls; None: plain HTTP)."""
+        return self.edge_tls.current if self.edge_tls is not None else None
 
     def _telemetry(self) -> Telemetry:
         intent = lambda: self.store.intent  # noqa: E731 - read at each use
@@ -269,7 +274,14 @@ class Controller:
             health=self.health,
             proxies=self.proxies,
             published=self.publisher,
-            lab=LabPorts(self.store, self.changes, self.health, self.proxies, self.experiments),
+            lab=LabPorts(
+                self.store,
+                self.changes,
+                self.health,
+                self.proxies,
+                self.experiments,
+                listener_certificate=self._edge_certificate,
+            ),
             telemetry=self.telemetry,
             admin_token=self.settings.admin_token,
         )

@@ -235,3 +235,22 @@ def failed(output: str) -> tuple[int, int]:
     non_2xx = re.search(r"Non-2xx responses:\s+(\d+)", output)
     assert failures is not None, output
     return int(failures.group(1)), int(non_2xx.group(1)) if non_2xx else 0
+
+
+async def test_routing_script_passes_over_https(tmp_path: Path, make_stack: StackFactory) -> None:
+    """scripts/test_routing.sh --cacert CA https://... runs every validation
+    command of the spec through the HTTPS listener and passes them all; without
+    the CA, curl refuses the certificate and the script says so."""
+    from tests.e2e.test_observability import run_script
+
+    pki = Pki(tmp_path)
+    files = pki.server_files(clients=False)
+    tls = EdgeTlsConfig(cert_file=str(files.cert_file), key_file=str(files.key_file))
+    settings = dataclasses.replace(local_settings(worker_threads=2), tls=tls)
+    stack = await make_stack(settings)
+    url = f"https://{stack.controller.settings.intent.listen}"
+    code, output = await run_script("--cacert", str(pki.ca_file), url)
+    assert code == 0, output
+    assert "9 passed, 0 failed" in output, output
+    code, output = await run_script(url)
+    assert code == 1 and "FAIL  router reachable" in output, output
