@@ -79,15 +79,17 @@ def presented(listen: SocketAddress, ca: Path) -> tuple[str, str | None]:
         return hashlib.sha256(der).hexdigest(), tls.selected_alpn_protocol()
 
 
+@pytest.mark.parametrize("ads", ["sotw", "delta"])
 async def test_curl_reaches_the_listener_over_https_by_http1_and_http2(
-    tmp_path: Path, make_stack: StackFactory
+    tmp_path: Path, make_stack: StackFactory, ads: str
 ) -> None:
     """curl --cacert gets the search answer over HTTPS, as HTTP/1.1 and, with
     --http2, as HTTP/2 (ALPN h2); a handshake offering both picks h2 and shows the
-    certificate of router.tls.cert_file; plain HTTP on the port gets no answer."""
+    certificate of router.tls.cert_file; plain HTTP on the port gets no answer.
+    Envoy on SotW and on Delta ADS."""
     pki = Pki(tmp_path)
     files = pki.server_files(clients=False)
-    stack = await make_stack(tls_settings(files))
+    stack = await make_stack(tls_settings(files), delta=ads == "delta")
     listen = stack.controller.settings.intent.listen
     for flag, version in (("--http1.1", "1.1"), ("--http2", "2")):
         code, output = await curl(flag, *search_args(listen, pki.ca_file))
@@ -156,17 +158,19 @@ async def test_client_certificates_required_with_a_client_ca(
     assert code == 0 and "status=200" in output, output
 
 
+@pytest.mark.parametrize("ads", ["sotw", "delta"])
 async def test_rotation_under_load_fails_no_request(
-    tmp_path: Path, make_stack: StackFactory
+    tmp_path: Path, make_stack: StackFactory, ads: str
 ) -> None:
     """`ab` over HTTPS (a new TLS handshake per request) runs for the whole time
     while the certificate files are replaced twice, each by rename (for a moment
     the new certificate beside the old key): no request fails, new handshakes
     present each new certificate in turn, and only the Secret changes: the
-    Listener's version stays, and Envoy modifies no listener (nothing drains)."""
+    Listener's version stays, and Envoy modifies no listener (nothing drains).
+    Envoy on SotW and on Delta ADS."""
     pki = Pki(tmp_path)
     files = pki.server_files(clients=False)
-    stack = await make_stack(tls_settings(files))
+    stack = await make_stack(tls_settings(files), delta=ads == "delta")
     listen = stack.controller.settings.intent.listen
     listener_version = stack.controller.cache.snapshot.versions()[LISTENER]  # type: ignore[union-attr]
     secret_version = stack.controller.cache.snapshot.versions()[SECRET]  # type: ignore[union-attr]

@@ -140,3 +140,30 @@ async def test_csds_shows_the_secret_without_its_private_key(xds: Harness, ca: t
     assert {CLUSTER, ENDPOINT, LISTENER, ROUTE} <= {
         c.type_url for c in answer.config[0].generic_xds_configs
     }
+
+
+async def test_delta_ads_carries_the_secret_and_its_rotation(xds: Harness, ca: trustme.CA) -> None:
+    """docs/xds-protocol.md rule 39 on Delta: a named Secret subscription gets the
+    certificate; a new certificate sends that one Secret again and nothing else
+    to the client that holds the listener too."""
+    await xds.publish(intent_of(2), edge_certificate(ca))
+    client = DeltaClient(xds, node_id="delta-tls")
+    client.send(LISTENER, subscribe=["*"])
+    client.ack(await client.recv())
+    client.send(SECRET, subscribe=[EDGE_CERTIFICATE_SECRET])
+    first = await client.recv()
+    assert first.type_url == SECRET
+    assert [r.name for r in first.resources] == [EDGE_CERTIFICATE_SECRET]
+    client.ack(first)
+    rotated = edge_certificate(ca)
+    await xds.publish(intent_of(2), rotated)
+    again = await client.recv()
+    assert again.type_url == SECRET and [r.name for r in again.resources] == [
+        EDGE_CERTIFICATE_SECRET
+    ]
+    secret = secret_pb2.Secret()
+    assert again.resources[0].resource.Unpack(secret)
+    assert secret.tls_certificate.certificate_chain.inline_bytes == rotated.cert_chain
+    client.ack(again)
+    await client.expect_silence(0.5)  # no listener update
+    await client.close()
