@@ -393,7 +393,7 @@ def xds_credentials(settings: Settings) -> ReloadingCredentials | None:
     try:
         return ReloadingCredentials(files)
     except TlsFilesUnusable as error:
-        raise ConfigError([Problem(f"router.xds_tls.{error.key}", str(error))]) from error
+        raise _config_error("router.xds_tls", error) from error
 
 
 def edge_certificates(
@@ -408,7 +408,11 @@ def edge_certificates(
     try:
         return CertificateWatcher(files, on_change)
     except TlsFilesUnusable as error:
-        raise ConfigError([Problem(f"router.tls.{error.key}", str(error))]) from error
+        raise _config_error("router.tls", error) from error
+
+
+def _config_error(setting: str, error: TlsFilesUnusable) -> ConfigError:
+    return ConfigError([Problem(f"{setting}.{key}", message) for key, message in error.problems])
 
 
 def _tls_files(cert_file: str, key_file: str, client_ca_file: str | None) -> TlsFiles:

@@ -24,11 +24,13 @@ Stamp = tuple[tuple[int, int, int], ...]
 
 class TlsFilesUnusable(XdsServerError):
     """A certificate, key or CA file cannot be used; `key` names which
-    (cert_file, key_file, client_ca_file)."""
+    (cert_file, key_file, client_ca_file). `problems` lists every file at fault
+    when several are (missing files), the first being (`key`, message)."""
 
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, key: str, message: str, more: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__("; ".join((message, *(m for _, m in more))))
         self.key = key
+        self.problems = ((key, message), *more)
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,10 @@ def stamp(files: TlsFiles) -> Stamp:
 
 def read_pem_set(files: TlsFiles) -> PemSet:
     """The files' contents once they form a usable set; raises TlsFilesUnusable."""
-    for key, path in files.paths().items():
-        if not path.is_file():
-            raise TlsFilesUnusable(key, f"{path}: no such file")
+    missing = [(key, f"{path}: no such file") for key, path in files.paths().items()
+               if not path.is_file()]  # fmt: skip
+    if missing:
+        raise TlsFilesUnusable(*missing[0], more=tuple(missing[1:]))
     try:
         stamped = stamp(files)
     except OSError as error:

@@ -84,13 +84,18 @@ def _problems(tls: TlsFiles) -> list[str]:
 def test_unusable_files_are_config_errors_at_their_field(tmp_path: Path) -> None:
     """A missing key file, a certificate that is not PEM, a key of another
     certificate and a CA file without a certificate: each a problem at
-    router.tls.<file>, naming the file."""
+    router.tls.<file>, naming the file; two missing files, two problems."""
     pki = Pki(tmp_path)
     good = pki.server_files(clients=True)
     other = pki.server_files(clients=False)
     gone = tmp_path / "gone.key"
     assert _problems(dataclasses.replace(good, key_file=gone)) == [
         f"router.tls.key_file: {gone}: no such file"
+    ]
+    gone_ca = tmp_path / "gone-ca.pem"
+    assert _problems(dataclasses.replace(good, key_file=gone, client_ca_file=gone_ca)) == [
+        f"router.tls.key_file: {gone}: no such file",
+        f"router.tls.client_ca_file: {gone_ca}: no such file",
     ]
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("hello\n")
