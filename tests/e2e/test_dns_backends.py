@@ -53,6 +53,15 @@ async def report_entry(http: aiohttp.ClientSession, stack: Stack, key: str) -> d
     return entry
 
 
+async def counted_requests(http: aiohttp.ClientSession, stack: Stack, backend: str) -> int:
+    """The routing metrics' request count of `backend` (a fresh reading of Envoy)."""
+    url = f"http://{stack.controller.admin_address}/api/v1/router/metrics?service=qdrant"
+    async with http.get(url) as response:
+        body = await response.json()
+    spread = body["load_balancing"]["backend_distribution"]
+    return int(spread.get(backend, {}).get("requests", 0))
+
+
 async def test_a_backend_addressed_as_localhost_routes(
     make_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -75,8 +84,9 @@ async def test_records_that_change_move_the_traffic_within_one_refresh(
 ) -> None:
     """One backend named svc.test, two sample backends on 127.0.0.1 and 127.0.0.2
     (same port): requests go where the records point, follow a changed record within
-    one refresh interval, split over two records; when the DNS server is gone the
-    last addresses keep serving and the health report shows the lookup error."""
+    one refresh interval, split over two records, which the routing metrics count as
+    the one backend; when the DNS server is gone the last addresses keep serving and
+    the health report shows the lookup error."""
     port = free_port()
     samples = (Backend("qdrant-a", "127.0.0.1", port), Backend("qdrant-b", "127.0.0.2", port))
     settings = local_settings(
@@ -99,6 +109,11 @@ async def test_records_that_change_move_the_traffic_within_one_refresh(
     await eventually(lambda: only("qdrant-a", "qdrant-b"), timeout_s=10)
     entry = await report_entry(http, stack, "dns")
     assert entry["addresses"] == ["127.0.0.1", "127.0.0.2"] and "dns_error" not in entry
+    # Both endpoints are one backend in the routing metrics (Envoy's hostname).
+    before = await counted_requests(http, stack, "qdrant-dns")
+    seen = await answered_by(http, stack)
+    assert set(seen) == {"qdrant-a", "qdrant-b"}, seen
+    assert await counted_requests(http, stack, "qdrant-dns") == before + REQUESTS
 
     await dns_server.stop()
 
