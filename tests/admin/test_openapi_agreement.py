@@ -110,6 +110,7 @@ BODIES: dict[tuple[str, str], list[object]] = {
         NEW | {"address": "gpu_0.lan"},
         NEW | {"address": "-a.lan"},
         NEW | {"address": "a..lan"},
+        NEW | {"address": "a.lan."},
         NEW | {"address": ""},
         NEW | {"health_path": "/"},
         NEW | {"health_path": "/ready/now"},

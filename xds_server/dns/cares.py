@@ -18,8 +18,8 @@ import aiodns.error
 
 from xds_server.errors import LookupFailed
 
-# One try per server within the timeout: the refresher asks again next interval,
-# and a lookup that outlasts its timeout only delays the other names' round.
+# Two tries within the timeout (a lost UDP datagram is asked again); beyond it the
+# refresher asks again next interval, and the last addresses stay meanwhile.
 TRIES = 2
 
 

@@ -216,11 +216,12 @@ def to_ip(value: object) -> str:
 def to_host(value: object) -> str:
     """A backend's address: an IP literal, or a DNS name the controller resolves
     (xds_server/dns/) before EDS gets the records' addresses. Names are compared
-    and probed in lower case, without a trailing dot."""
+    and probed in lower case; a trailing dot (absolute name) is not taken, as in
+    a URL's host it changes what a virtual host sees."""
     text = to_text(value)
     if is_ip(text):
         return text
-    name = text.lower().removesuffix(".")
+    name = text.lower()
     problem = host_name_problem(name)
     if problem is not None:
         raise InvalidValue(f"{text!r} is neither an IP address nor a DNS name: {problem}")
