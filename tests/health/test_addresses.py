@@ -11,10 +11,12 @@ from tests.factories import one_service
 from xds_server.dns.memory import MemoryResolver
 from xds_server.dns.refresher import DnsRefresher
 from xds_server.health.addresses import NOT_RESOLVED_YET, EachAddress
+from xds_server.health.grpc_probe import GrpcProber
 from xds_server.health.probe import HttpProber, new_session
 from xds_server.health.verdict import ProbeResult
 from xds_server.model.intent import Backend
 from xds_server.proxy.processes import free_port
+from xds_server.samples.grpc_sample import start_backend as start_grpc_sample
 from xds_server.store.memory import MemoryStore
 
 NAMED = Backend("svc", "svc.test", 9000)
@@ -100,3 +102,14 @@ async def test_http_probe_of_a_named_backend_asks_for_the_name() -> None:
     finally:
         await runner.cleanup()
     assert hosts == [f"svc.test:{port}", f"127.0.0.1:{port}"]
+
+
+async def test_grpc_probe_of_a_named_backend_dials_the_resolved_ip() -> None:
+    """The gRPC health check of a named backend connects to the address given, not
+    to the name (`greeter.invalid` resolves nowhere), and passes against the sample."""
+    server, port = await start_grpc_sample("greeter-a")
+    try:
+        named = Backend("greeter-a", "greeter.invalid", port)
+        assert (await GrpcProber("", 2.0).at(named, "127.0.0.1")).ok
+    finally:
+        await server.stop(None)
