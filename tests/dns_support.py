@@ -47,7 +47,11 @@ class DnsServer:
         self.child = await start_process(
             argv, ready_line_prefix=None, timeout_s=START_TIMEOUT_S, log_path=self.log
         )
-        await self._wait_reads_beyond(reads)
+        try:
+            await self._wait_reads_beyond(reads)
+        except BaseException:
+            await self.stop()  # a server that never got ready is stopped too, by PID
+            raise
 
     async def set_records(self, records: dict[str, Iterable[str]]) -> None:
         """Replace every record; returns once dnsmasq has read the new file."""
