@@ -88,6 +88,9 @@ class Settings:
     # HTTPS on the listener: the files the controller serves to Envoy by SDS.
     tls: EdgeTlsConfig | None = None
     envoy_admin_allowlist: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Backends named by DNS (xds_server/dns/): who answers, and how often names are asked.
+    dns_servers: tuple[str, ...] = ()
+    dns_refresh_interval_s: float = _DEFAULTS.dns_refresh_interval
 
 
 # router keys named like their Settings field
@@ -170,6 +173,8 @@ def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: st
         xds_tls=router.xds_tls,
         tls=router.tls,
         envoy_admin_allowlist=tuple(router.envoy_admin_allowlist),
+        dns_servers=router.dns_servers,
+        dns_refresh_interval_s=router.dns_refresh_interval,
     )
 
 

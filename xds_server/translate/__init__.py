@@ -1,4 +1,5 @@
-"""The pure translator: intent + health verdicts -> Envoy resources.
+"""The pure translator: intent + health verdicts (+ the addresses of backends
+named by DNS, resolved outside) -> Envoy resources.
 
 No I/O, no clock, no environment: equal inputs give equal resources on every
 replica, which is what makes content-hash versions meaningful. A `Memory`
@@ -16,7 +17,7 @@ from xds_server.model.certificates import EdgeCertificate
 from xds_server.model.intent import Health, Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
 from xds_server.translate.clusters import clusters
-from xds_server.translate.endpoints import load_assignments
+from xds_server.translate.endpoints import NO_ADDRESSES, Addresses, load_assignments
 from xds_server.translate.grpc import with_grpc_services
 from xds_server.translate.listeners import TlsMode, listeners
 from xds_server.translate.memo import Memory
@@ -28,6 +29,8 @@ def translate(
     intent: Intent,
     health: Mapping[str, Health] | None = None,
     memory: Memory | None = None,
+    addresses: Addresses = NO_ADDRESSES,
+    *,
     certificate: EdgeCertificate | None = None,
 ) -> Resources:
     """With a `memory` kept across calls, builders whose inputs did not change
@@ -41,12 +44,13 @@ def translate(
     of_intent = memory.intent_types.get(
         "", (intent, tls), functools.partial(_of_intent, intent, memory, tls)
     )
-    for_envoy = {**of_intent, ENDPOINT: load_assignments(intent, verdicts, memory.assignments)}
+    assignments = load_assignments(intent, verdicts, memory.assignments, addresses)
+    for_envoy = {**of_intent, ENDPOINT: assignments}
     if certificate is not None:  # without TLS the snapshot has no Secret type at all
         for_envoy[SECRET] = secrets(certificate, memory.secrets)
     try:
         # Proxyless gRPC clients: raises ConfigError for what they cannot take.
-        return with_grpc_services(intent, verdicts, for_envoy, memory)
+        return with_grpc_services(intent, verdicts, for_envoy, memory, addresses)
     finally:
         memory.sweep()  # a refused pass too: it must not leave a half pass behind
 
