@@ -167,3 +167,27 @@ async def test_delta_ads_carries_the_secret_and_its_rotation(xds: Harness, ca: t
     client.ack(again)
     await client.expect_silence(0.5)  # no listener update
     await client.close()
+
+
+async def test_delta_removes_a_secret_after_the_listener_that_stopped_naming_it(
+    xds: Harness, ca: trustme.CA
+) -> None:
+    """docs/xds-protocol.md rule 39 on Delta: when client certificates are turned
+    off, the listener without the CA secret goes out first, and the CA secret's
+    removal after it."""
+    await xds.publish(intent_of(2), edge_certificate(ca, client_ca=ca.cert_pem.bytes()))
+    client = DeltaClient(xds, node_id="delta-removal")
+    client.send(LISTENER, subscribe=["*"])
+    client.ack(await client.recv())
+    client.send(SECRET, subscribe=[EDGE_CERTIFICATE_SECRET, EDGE_CLIENT_CA_SECRET])
+    client.ack(await client.recv())
+    await xds.publish(intent_of(2), edge_certificate(ca))
+    order = []
+    for _ in range(3):  # the listener, the new certificate, the CA's removal
+        response = await client.recv()
+        order.append((response.type_url, list(response.removed_resources)))
+        client.ack(response)
+        if response.removed_resources:
+            break
+    assert order.index((LISTENER, [])) < order.index((SECRET, [EDGE_CLIENT_CA_SECRET]))
+    await client.close()
