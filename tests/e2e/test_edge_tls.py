@@ -186,6 +186,7 @@ async def test_rotation_under_load_fails_no_request(
         wanted = leaf_fingerprint(new.cert_chain)
         await eventually(served(listen, pki.ca_file, wanted), timeout_s=10.0)
         seen.append(wanted)
+    assert not load.done(), "ab ended before both replacements were served"
     output = await load
     assert complete(output) > 0, output
     assert failed(output) == (0, 0), output
