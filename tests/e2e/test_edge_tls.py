@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import StackFactory
+from tests.e2e.test_observability import run_script
 from tests.factories import SEARCH_BODY, local_settings, qdrant_only
 from tests.support import eventually
 from tests.tls_support import Pki, edge_certificate, leaf_fingerprint, replace_pair
@@ -246,8 +247,6 @@ async def test_routing_script_passes_over_https(tmp_path: Path, make_stack: Stac
     """scripts/test_routing.sh --cacert CA https://... runs every validation
     command of the spec through the HTTPS listener and passes them all; without
     the CA, curl refuses the certificate and the script says so."""
-    from tests.e2e.test_observability import run_script
-
     pki = Pki(tmp_path)
     files = pki.server_files(clients=False)
     tls = EdgeTlsConfig(cert_file=str(files.cert_file), key_file=str(files.key_file))
