@@ -52,6 +52,7 @@ from xds_server.telemetry import Telemetry
 from xds_server.telemetry.failover import EventLog, FailoverTracker, MemoryEventLog
 from xds_server.telemetry.logs import XdsEventLog
 from xds_server.telemetry.models import model_traffic
+from xds_server.telemetry.passive import PassiveView
 from xds_server.telemetry.prometheus import ControllerMetrics, StateReaders, rejecting
 from xds_server.telemetry.sampler import Ledger, MemoryLedger, TrafficSampler
 from xds_server.telemetry.shared import RedisEventLog, RedisLedger
@@ -84,7 +85,9 @@ class LocalState:
 
     def health(self, wiring: HealthWiring) -> HealthSource:
         observers = [*wiring.probe_observers, *wiring.verdict_observers]
-        return LocalHealth(self.store, wiring.on_change, wiring.policy, observers)
+        return LocalHealth(
+            self.store, wiring.on_change, wiring.policy, observers, ejected=wiring.ejected
+        )
 
     async def close(self) -> None:
         pass
@@ -114,6 +117,7 @@ class SharedState:
                 observers=wiring.probe_observers,
                 on_state=on_state,
                 seed=seed,
+                ejected=wiring.ejected,
             )
 
         return SharedHealth(
@@ -141,6 +145,8 @@ class HealthWiring:
     probe_observers: Sequence[HealthObserver]  # every probe (metrics)
     verdict_observers: Sequence[HealthObserver]  # published verdict changes (failovers)
     lease_s: float  # the prober's lease, with replicas
+    # Envoy's outlier detection ejects this backend on some proxy (telemetry/passive.py)
+    ejected: Callable[[str], bool] | None = None
 
 
 def open_state(settings: Settings, store: IntentStore | None = None) -> State:
@@ -213,7 +219,9 @@ class Controller:
 
     def _telemetry(self) -> Telemetry:
         intent = lambda: self.store.intent  # noqa: E731 - read at each use
-        sampler = TrafficSampler(self.proxies, intent, ledger=self.state.ledger())
+        # The first ejection of a backend seen asks for an early probe (health/checker.py).
+        passive = PassiveView(on_first=lambda name: self.health.probe_now(name))
+        sampler = TrafficSampler(self.proxies, intent, ledger=self.state.ledger(), passive=passive)
         readers = StateReaders(  # read at scrape time: nothing to keep in step
             generation=lambda: self.cache.generation,
             connected_proxies=lambda: len(self.proxies.connected()),
@@ -226,6 +234,8 @@ class Controller:
             ],
             # The front door's per-model totals, as of the sampler's latest reading.
             model_traffic=lambda: model_traffic(sampler.book, self.store.intent),
+            ejecting_proxies=lambda: passive.ejecting(self.store.intent.services),
+            ejections_seen=lambda: passive.seen(self.store.intent.services),
         )
         return Telemetry(
             metrics=ControllerMetrics(self.registry, readers),
@@ -238,6 +248,7 @@ class Controller:
                 on_event=self.event_log.add,
             ),
             events=self.event_log,
+            passive=passive,
         )
 
     def _health(self, lease_s: float) -> HealthSource:
@@ -249,6 +260,7 @@ class Controller:
                 probe_observers=[telemetry.metrics.health] if telemetry else [],
                 verdict_observers=[telemetry.failovers] if telemetry else [],
                 lease_s=lease_s,
+                ejected=telemetry.passive.ejected if telemetry else None,
             )
         )
 

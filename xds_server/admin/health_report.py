@@ -8,18 +8,24 @@ from collections.abc import Mapping
 
 from xds_server.health.verdict import BackendHealth, summarize
 from xds_server.model.intent import Backend, Health, Intent, Service
+from xds_server.telemetry.passive import PassiveView
 from xds_server.timefmt import iso_utc
 
 log = logging.getLogger("xds_server.health")
 
 
-def health_report(intent: Intent, states: Mapping[str, BackendHealth]) -> dict[str, object]:
-    """The spec's "Backend health status" shape, grouped by display group."""
+def health_report(
+    intent: Intent, states: Mapping[str, BackendHealth], passive: PassiveView | None = None
+) -> dict[str, object]:
+    """The spec's "Backend health status" shape, grouped by display group; each
+    backend with the proxies ejecting it (`passive`: none without telemetry)."""
     groups: dict[str, dict[str, object]] = {}
     for service in intent.services:
         group = groups.setdefault(service.display_group, {})
         for key, backend in display_keys(service, group).items():
-            group[key] = backend_entry(states.get(backend.name), backend)
+            entry = backend_entry(states.get(backend.name), backend)
+            entry["ejected_by"] = ejected_by(passive, backend.name)
+            group[key] = entry
     summary = summarize(intent, states)
     return {
         "health_status": groups,
@@ -40,6 +46,13 @@ def display_keys(service: Service, taken: dict[str, object]) -> dict[str, Backen
         key = short if short and short not in taken and short not in keys else backend.name
         keys[key] = backend
     return keys
+
+
+def ejected_by(passive: PassiveView | None, name: str) -> list[dict[str, str]]:
+    """[{node, since}] of the proxies whose outlier detection ejects `name`."""
+    if passive is None:
+        return []
+    return [{"node": e.node_id, "since": iso_utc(e.since)} for e in passive.ejected_by(name)]
 
 
 def backend_entry(state: BackendHealth | None, backend: Backend) -> dict[str, object]:

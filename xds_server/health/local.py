@@ -19,9 +19,12 @@ class LocalHealth:
         on_change: Callable[[], None],
         policy: HealthPolicy,
         observers: Sequence[HealthObserver] = (),
+        ejected: Callable[[str], bool] | None = None,
     ) -> None:
         self._verdicts: dict[str, Health] = {}
-        self.checker = HealthChecker(store, self._verdicts, on_change, policy, observers=observers)
+        self.checker = HealthChecker(
+            store, self._verdicts, on_change, policy, observers=observers, ejected=ejected
+        )
 
     @property
     def verdicts(self) -> Mapping[str, Health]:
@@ -30,6 +33,9 @@ class LocalHealth:
     @property
     def states(self) -> Mapping[str, BackendHealth]:
         return self.checker.states
+
+    def probe_now(self, name: str) -> bool:
+        return self.checker.probe_now(name)
 
     @contextlib.asynccontextmanager
     async def held(self, name: str, ttl_s: float) -> AsyncIterator[None]:
