@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import re
+import signal
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -204,3 +206,47 @@ async def test_an_ejection_whose_probe_passes_changes_no_verdict(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+FAST_INTERVAL_S = 2.0  # probes for the hung-backend test: a few intervals stay short
+
+
+async def test_a_hung_backend_is_unhealthy_within_one_interval_of_its_first_failed_probe(
+    make_stack: StackFactory, http: aiohttp.ClientSession
+) -> None:
+    """qdrant-secondary SIGSTOPped without traffic (nothing ejects it; each probe
+    times out, an ambiguous failure that needs the unhealthy threshold, 3): the
+    report says unhealthy within one probe interval of the first failed probe,
+    not `threshold - 1` intervals later. SIGCONT makes it healthy again."""
+    settings = dataclasses.replace(passive_settings(), health_check_interval_s=FAST_INTERVAL_S)
+    stack = await make_stack(settings)
+    await all_healthy(http, stack)
+    child = stack.backends["qdrant-secondary"]
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+
+        async def failed_once() -> bool:
+            return (await entry(http, stack, "qdrant", "secondary")).get("error") == "timeout"
+
+        await eventually(failed_once, timeout_s=FAST_INTERVAL_S + 2, interval_s=POLL_S)
+        first_failure = time.monotonic()
+
+        async def unhealthy() -> bool:
+            return (await entry(http, stack, "qdrant", "secondary"))["status"] == "unhealthy"
+
+        await eventually(unhealthy, timeout_s=4 * FAST_INTERVAL_S, interval_s=POLL_S)
+        took = time.monotonic() - first_failure
+        print(f"\nhung backend unhealthy {took:.2f} s after its first failed probe")
+        assert took <= FAST_INTERVAL_S + POLL_S + 0.2, took
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    await eventually(
+        lambda: _status_is(http, stack, "qdrant", "secondary", "healthy"),
+        timeout_s=3 * FAST_INTERVAL_S + 2,
+    )
+
+
+async def _status_is(
+    http: aiohttp.ClientSession, stack: Stack, group: str, key: str, status: str
+) -> bool:
+    return bool((await entry(http, stack, group, key))["status"] == status)

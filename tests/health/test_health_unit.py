@@ -364,3 +364,49 @@ async def test_probe_now_probes_at_once_at_most_once_per_interval() -> None:
         assert len(calls) == 2
     finally:
         task.cancel()
+
+
+class FixedPhase(random.Random):
+    """The phase of the first tick after the first probe: `share` of its range."""
+
+    def __init__(self, share: float) -> None:
+        super().__init__(0)
+        self.share = share
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.share
+
+
+async def test_ambiguous_failures_are_confirmed_within_one_interval() -> None:
+    """After a timeout, the probes that reach the unhealthy threshold (3) come
+    interval / 2 - timeout apart, so the verdict flips within one interval of the
+    first failure; once unhealthy, probes are back on their regular ticks."""
+    calls: list[float] = []
+    verdicts: dict[str, Health] = {}
+    flipped: list[float] = []
+
+    async def hung(backend: Backend) -> ProbeResult:
+        calls.append(time.monotonic())
+        return ambiguous()
+
+    store = MemoryStore(one_service(Backend("b", "127.0.0.1", 1)))
+    policy = HealthPolicy(interval_s=0.6, timeout_s=0.05, unhealthy_threshold=3, jitter=1.0)
+    checker = HealthChecker(
+        store,
+        verdicts,
+        lambda: flipped.append(time.monotonic()),
+        policy,
+        prober=hung,
+        rng=FixedPhase(0.9),  # the first regular tick 0.54 s after the first probe
+    )
+    task = asyncio.create_task(checker.run())
+    try:
+        await eventually(lambda: _true(len(calls) >= 5), 3)
+    finally:
+        task.cancel()
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(calls[:5])]
+    assert all(abs(g - 0.25) < 0.04 for g in gaps[:2]), gaps  # the two confirmations
+    assert flipped and flipped[0] - calls[0] <= policy.interval_s, (flipped, calls)
+    assert verdicts["b"] is Health.UNHEALTHY
+    assert abs(calls[3] - calls[0] - 0.54) < 0.04, gaps  # the regular tick
+    assert abs(gaps[3] - policy.interval_s) < 0.04, gaps  # and no more confirmations

@@ -28,6 +28,12 @@ Rules (tests/health/test_health_unit.py pins them):
   instead of at its next tick, at most once per interval per backend, so a
   backend Envoy ejected is confirmed within a sampler interval of the
   ejection, not up to a probe interval later. The regular ticks stay as they are.
+- Confirmation probes: after an ambiguous failure of a backend that is not
+  unhealthy, the next probes come interval / (unhealthy_threshold - 1) -
+  timeout after the previous one ended (at once if that is negative), until
+  the threshold is reached or a probe passes; so a hung backend is unhealthy
+  within one interval of its first failed probe, not threshold - 1 intervals
+  later. At most threshold - 1 extra probes per failure; the regular ticks stay.
 - A never-probed backend is UNKNOWN (Envoy routes to it); its first pass makes
   it HEALTHY. An UNHEALTHY backend needs `healthy_threshold` passes in a row.
 - The checker follows the intent: a new backend starts UNKNOWN, a removed one is
@@ -46,6 +52,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
@@ -260,13 +267,28 @@ class HealthChecker:
             self._apply(backend.name, await _safely(prober, backend))
         due = loop.time() + self._rng.uniform(0.0, self.policy.jitter * interval)
         while True:
-            if not await _woken(early, due - loop.time()):
+            wake = min(due, loop.time() + self._confirm_after(backend.name))
+            if not await _woken(early, wake - loop.time()) and wake == due:
                 # Fixed ticks, not "interval after the last probe": no drift. A tick
                 # missed (a stalled loop) is skipped rather than caught up in a burst.
                 due = max(due + interval, loop.time())
             early.clear()
             if backend.name not in self._held:
                 self._apply(backend.name, await _safely(prober, backend))
+
+    def _confirm_after(self, name: str) -> float:
+        """Seconds to the next confirmation probe (module docstring), inf for none:
+        after an ambiguous failure of a backend not yet unhealthy, the probes that
+        reach the threshold follow each other so that the last one ends within one
+        interval of the first (or back to back when the timeouts alone take longer)."""
+        state = self.states.get(name)
+        threshold = self.policy.unhealthy_threshold
+        if state is None or state.verdict is Health.UNHEALTHY or threshold < 2:
+            return math.inf
+        if not 0 < state.failures < threshold:
+            return math.inf
+        gap = self.policy.interval_s / (threshold - 1) - self.policy.timeout_s
+        return max(0.0, gap)
 
     def _apply(self, name: str, result: ProbeResult) -> None:
         state = self.states.get(name)
