@@ -84,7 +84,7 @@ def test_each_backend_names_the_proxies_ejecting_it_and_since_when() -> None:
         TrafficReading("envoy-c", "127.0.0.1:1", hosts=(host("qdrant", "qdrant-primary"),)),
     ]
     passive.observe(readings, intent.services, wall=1_700_000_000.25)
-    report = health_report(intent, {}, passive)
+    report = health_report(intent, {}, passive=passive)
     qdrant = report["health_status"]["qdrant"]  # type: ignore[index]
     assert qdrant["primary"]["ejected_by"] == [
         {"node": "envoy-a", "since": "2023-11-14T22:13:20.250Z"},

@@ -37,6 +37,14 @@ _ENTRY: dict[str, Any] = {
         "last_check": {"type": "string", "format": "date-time", "nullable": True},
         "error": {"type": "string", "description": "why the last probe failed"},
         "draining": {"type": "boolean"},
+        "addresses": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "a backend named by DNS: the addresses its name resolved to "
+            "(Envoy's endpoints; the last good ones while lookups fail)",
+        },
+        "resolved_at": {"type": "string", "format": "date-time"},
+        "dns_error": {"type": "string", "description": "why the last lookup failed"},
         "ejected_by": {
             "type": "array",
             "description": "the connected proxies whose outlier detection ejects this "
@@ -90,7 +98,7 @@ REPORT_SCHEMA: dict[str, Any] = {
 async def router_health(request: web.Request) -> web.Response:
     context = context_of(request)
     passive = context.telemetry.passive if context.telemetry is not None else None
-    report = health_report(context.intent.intent, context.health.states, passive)
+    report = health_report(context.intent.intent, context.health.states, context.dns, passive)
     return web.json_response(report)
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from xds_server.dns.base import Resolved
 from xds_server.health.verdict import BackendHealth, summarize
 from xds_server.model.intent import Backend, Health, Intent, Service
+from xds_server.model.values import is_ip
 from xds_server.telemetry.passive import PassiveView
 from xds_server.timefmt import iso_utc
 
@@ -15,15 +17,20 @@ log = logging.getLogger("xds_server.health")
 
 
 def health_report(
-    intent: Intent, states: Mapping[str, BackendHealth], passive: PassiveView | None = None
+    intent: Intent,
+    states: Mapping[str, BackendHealth],
+    resolved: Resolved | None = None,
+    passive: PassiveView | None = None,
 ) -> dict[str, object]:
-    """The spec's "Backend health status" shape, grouped by display group; each
-    backend with the proxies ejecting it (`passive`: none without telemetry)."""
+    """The spec's "Backend health status" shape, grouped by display group; a
+    backend named by DNS also shows its addresses and its lookup's error; each
+    backend the proxies ejecting it (`passive`: none without telemetry)."""
     groups: dict[str, dict[str, object]] = {}
     for service in intent.services:
         group = groups.setdefault(service.display_group, {})
         for key, backend in display_keys(service, group).items():
             entry = backend_entry(states.get(backend.name), backend)
+            entry = entry | dns_entry(backend, resolved)
             entry["ejected_by"] = ejected_by(passive, backend.name)
             group[key] = entry
     summary = summarize(intent, states)
@@ -66,4 +73,20 @@ def backend_entry(state: BackendHealth | None, backend: Backend) -> dict[str, ob
         entry["error"] = last.error
     if backend.draining:
         entry["draining"] = True
+    return entry
+
+
+def dns_entry(backend: Backend, resolved: Resolved | None) -> dict[str, object]:
+    """For a backend named by DNS: the addresses Envoy has as its endpoints (the
+    last good ones while lookups fail), the lookup error and the last success."""
+    if is_ip(backend.address):
+        return {}
+    lookup = None if resolved is None else resolved.lookup_of(backend.address)
+    if lookup is None:
+        return {"addresses": []}
+    entry: dict[str, object] = {"addresses": list(lookup.addresses)}
+    if lookup.resolved_at is not None:
+        entry["resolved_at"] = iso_utc(lookup.resolved_at)
+    if lookup.error is not None:
+        entry["dns_error"] = lookup.error
     return entry
