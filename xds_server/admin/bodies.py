@@ -45,7 +45,7 @@ from xds_server.model.fields import (
     Weight,
 )
 from xds_server.model.intent import Backend, Health, Strategy
-from xds_server.model.schema import BackendFields, Shape
+from xds_server.model.schema import BackendFields, BackendTlsConfig, Shape
 from xds_server.model.values import shown
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 
@@ -321,6 +321,7 @@ class BackendView(Answer):
     priority: Priority
     health_path: HealthPath
     draining: Draining
+    tls: BackendTlsConfig | None = Field(description="null: plaintext")
     health: Health
 
 

@@ -1,5 +1,6 @@
 """HTTP probes of a backend's health path (aiohttp): a 2xx answer within the
-timeout passes; a non-2xx answer or a refused connection is a definitive failure;
+timeout passes; a non-2xx answer, a refused connection or a certificate that
+does not verify (a TLS backend, health/tls.py) is a definitive failure;
 anything else (timeout, reset) is ambiguous and counts towards the threshold."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from xds_server.health.tls import request_options, tls_reason
 from xds_server.health.verdict import ProbeResult
 from xds_server.model.intent import Backend, SocketAddress
 
@@ -20,7 +22,8 @@ Prober = Callable[[Backend], Awaitable[ProbeResult]]
 
 
 def probe_url(backend: Backend) -> str:
-    return f"http://{SocketAddress(backend.address, backend.port)}{backend.health_path}"
+    scheme = "http" if backend.tls is None else "https"
+    return f"{scheme}://{SocketAddress(backend.address, backend.port)}{backend.health_path}"
 
 
 class HttpProber:
@@ -38,9 +41,18 @@ class HttpProber:
     async def __call__(self, backend: Backend) -> ProbeResult:
         started = time.perf_counter()
         try:
-            async with self._session.get(probe_url(backend), timeout=self._timeout) as response:
+            context, name = request_options(backend)
+        except (OSError, ValueError) as error:  # a client certificate that no longer loads
+            return failed_probe(started, f"tls: client certificate: {error}", definitive=False)
+        url, timeout = probe_url(backend), self._timeout
+        try:
+            async with self._session.get(
+                url, timeout=timeout, ssl=context, server_hostname=name
+            ) as response:
                 await response.read()
                 status = response.status
+        except aiohttp.ClientSSLError as error:
+            return failed_probe(started, tls_reason(error), definitive=True)
         except aiohttp.ClientConnectorError as error:
             refused = isinstance(error.os_error, ConnectionRefusedError)
             return failed_probe(started, f"connect: {error.os_error}", definitive=refused)
