@@ -4,8 +4,10 @@ from a CA the test makes (trustme). A verified backend serves, also through the
 OpenAI front door; one whose certificate chains to another CA, and one whose
 certificate names another host, are refused by Envoy itself (503, its TLS
 verification counters) and unhealthy in /api/v1/router/health with the TLS
-reason; insecure_skip_verify is served, with its warning logged; a cluster with
-a plaintext and a TLS backend uses each its own way.
+reason; insecure_skip_verify is served, with its warning logged; a backend that
+requires a client certificate gets the configured one from Envoy and the
+probes (and refuses both without); a cluster with a plaintext and a TLS
+backend uses each its own way.
 
 Every backend is its own service, and the router's healthy_panic_threshold is
 100, so Envoy keeps trying the unhealthy ones: a 503 is Envoy's own refusal of
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -56,8 +59,9 @@ def one_backend_service(service: str, tls: object, **keys: Any) -> dict[str, Any
     return {"name": service, "routes": routes, "backends": [backend(service, tls)], **keys}
 
 
-def document(pki: Pki) -> dict[str, Any]:
+def document(pki: Pki, client: tuple[Path, Path]) -> dict[str, Any]:
     verified = {"ca_file": str(pki.ca_file), "sni": NAME}
+    with_client = verified | {"client_cert_file": str(client[0]), "client_key_file": str(client[1])}
     mixed = {
         "name": "mixed",
         "routes": ["/api/v1/models/mixed/"],
@@ -70,6 +74,8 @@ def document(pki: Pki) -> dict[str, Any]:
             one_backend_service("wrong-ca", verified),
             one_backend_service("other-name", verified),
             one_backend_service("unverified", {"insecure_skip_verify": True}),
+            one_backend_service("client-cert", with_client),
+            one_backend_service("no-client-cert", verified),
             mixed,
         ],
     }
@@ -77,7 +83,8 @@ def document(pki: Pki) -> dict[str, Any]:
 
 def certificates(pki: Pki, stranger: Pki) -> dict[str, ServingTls]:
     """What each backend presents: NAME by the test's CA; NAME by another CA;
-    another name by the test's CA; anything (another CA, another name)."""
+    another name by the test's CA; anything (another CA, another name). Two
+    also require client certificates of the test's CA."""
     issued = {
         "verified": pki.backend_files(NAME),
         "mixed-tls": pki.backend_files(NAME),
@@ -85,22 +92,30 @@ def certificates(pki: Pki, stranger: Pki) -> dict[str, ServingTls]:
         "other-name": pki.backend_files("someone-else.test"),
         "unverified": stranger.backend_files("whatever.test"),
     }
-    return {name: ServingTls(cert, key) for name, (cert, key) in issued.items()}
+    serving = {name: ServingTls(cert, key) for name, (cert, key) in issued.items()}
+    for name in ("client-cert", "no-client-cert"):
+        cert, key = pki.backend_files(NAME)
+        serving[name] = ServingTls(cert, key, client_ca_file=pki.ca_file)
+    return serving
 
 
-def tls_settings(pki: Pki, warnings: list[str]) -> Settings:
+def tls_settings(pki: Pki, client: tuple[Path, Path], warnings: list[str]) -> Settings:
     """The document parsed as a config file is (CA read, warnings logged), on
     free loopback ports."""
     handler = _Collect(warnings)
     logger = logging.getLogger("xds_server.settings")
     logger.addHandler(handler)
     try:
-        parsed = parse_settings(document(pki), {}, "upstream-tls e2e")
+        parsed = parse_settings(document(pki, client), {}, "upstream-tls e2e")
     finally:
         logger.removeHandler(handler)
     base = local_settings(worker_threads=1)
     intent = dataclasses.replace(parsed.intent, listen=base.intent.listen, admin=base.intent.admin)
-    return dataclasses.replace(base, intent=intent)
+    # Short probes: a refused client certificate (TLS 1.3) reads as a disconnect, an
+    # ambiguous failure that needs health_check_unhealthy_threshold probes in a row.
+    return dataclasses.replace(
+        base, intent=intent, health_check_interval_s=1.0, health_check_timeout_s=0.5
+    )
 
 
 class _Collect(logging.Handler):
@@ -118,7 +133,8 @@ async def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[T
     (work / "stranger").mkdir()
     pki, stranger = Pki(work), Pki(work / "stranger", name="stranger")
     warnings: list[str] = []
-    settings = tls_settings(pki, warnings)
+    client = pki.backend_files("router.test")  # Envoy's and the probes' client certificate
+    settings = tls_settings(pki, client, warnings)
     serving = certificates(pki, stranger)
     async with running_stack(settings, workdir=work, serving_tls=serving) as stack:
         yield TlsStack(stack, warnings)
@@ -224,3 +240,18 @@ async def test_a_cluster_mixes_plaintext_and_tls_backends(
     answered = {(await chat(tls_stack, http, "mixed"))[1] for _ in range(6)}
     assert answered == {"mixed-plain", "mixed-tls"}
     assert await envoy_counter(tls_stack, "cluster.mixed.ssl.handshake") >= 1
+
+
+async def test_a_client_certificate_is_presented_by_envoy_and_the_probes(
+    tls_stack: TlsStack, http: aiohttp.ClientSession
+) -> None:
+    """A backend requiring client certificates: with client_cert_file/client_key_file
+    healthy and served (Envoy read the files by name); without, refused and unhealthy
+    (under TLS 1.3 the refusal comes after the handshake: an ambiguous disconnect)."""
+    entries = await wait_for_verdicts(tls_stack, http)
+    assert entries["client-cert"]["status"] == "healthy", entries["client-cert"]
+    status, answered_by, body = await chat(tls_stack, http, "client-cert")
+    assert (status, answered_by) == (200, "client-cert"), body
+    assert entries["no-client-cert"]["status"] == "unhealthy", entries["no-client-cert"]
+    status, _, body = await chat(tls_stack, http, "no-client-cert")
+    assert status == 503, body
