@@ -178,22 +178,22 @@ def tls_shorthand(value: object) -> object:
     return value
 
 
-_TLS_SCHEMA = {
-    "description": "TLS to this backend: true (the system's CAs, SNI = the address's "
-    "host name) or a mapping; default: plaintext"
-}
-BackendTls = Annotated[
-    BackendTlsConfig | None,
-    BeforeValidator(tls_shorthand),
-    Field(json_schema_extra=lambda schema: _tls_json_schema(schema)),
-]
-
-
 def _tls_json_schema(schema: dict[str, Any]) -> None:
     """true, false or the mapping (pydantic sees only the mapping or null)."""
     options = [o for o in schema.pop("anyOf", []) if o.get("type") != "null"]
     schema["anyOf"] = [{"type": "boolean"}, *options]
-    schema.update(_TLS_SCHEMA, default=False)
+    schema["default"] = False
+    schema["description"] = (
+        "TLS to this backend: true (the system's CAs, SNI = the address's host name) "
+        "or a mapping; default: plaintext"
+    )
+
+
+BackendTls = Annotated[
+    BackendTlsConfig | None,
+    BeforeValidator(tls_shorthand),
+    Field(json_schema_extra=_tls_json_schema),
+]
 
 
 class BackendConfig(BackendFields):

@@ -21,14 +21,13 @@ import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from xds_server.model.intent import Backend, Intent, Protocol
 from xds_server.model.rules import GRPC_TLS
 from xds_server.model.schema import BackendTlsConfig, tls_shorthand
-from xds_server.model.upstream_tls import UpstreamTls, server_name
+from xds_server.model.upstream_tls import server_name
 from xds_server.model.validation import MISSING, Loc, Located
 
 log = logging.getLogger("xds_server.settings")
@@ -103,9 +102,10 @@ def _client_pair_problems(at: Loc, tls: BackendTlsConfig, read: ReadFile) -> lis
     cert, key = tls.client_cert_file, tls.client_key_file
     if cert is None and key is None:
         return []
-    if cert is None or key is None:
-        missing, given = ("client_cert_file", "client_key_file")[:: 1 if cert is None else -1]
-        return [Located((*at, missing), f"required with {given}", MISSING)]
+    if cert is None:
+        return [Located((*at, "client_cert_file"), "required with client_key_file", MISSING)]
+    if key is None:
+        return [Located((*at, "client_key_file"), "required with client_cert_file", MISSING)]
     unreadable = [
         Located((*at, name), problem)
         for name, path in (("client_cert_file", cert), ("client_key_file", key))
@@ -126,6 +126,7 @@ def _unreadable(path: str, read: ReadFile) -> str | None:
 
 
 def _pair_problem(cert: str, key: str) -> str | None:
+    """ssl reads the files itself (the only way to check that they form a pair)."""
     try:
         ssl.create_default_context().load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as error:
@@ -172,9 +173,5 @@ def warn_insecure(intent: Intent, source: str) -> None:
                 "verified; anyone on the path can impersonate it",
                 backend.name,
                 source,
-                extra=_fields(backend, backend.tls),
+                extra={"backend": backend.name, "insecure_skip_verify": True},
             )
-
-
-def _fields(backend: Backend, tls: UpstreamTls) -> dict[str, Any]:
-    return {"backend": backend.name, "insecure_skip_verify": tls.insecure_skip_verify}
