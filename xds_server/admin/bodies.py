@@ -45,7 +45,9 @@ from xds_server.model.fields import (
     Weight,
 )
 from xds_server.model.intent import Backend, Health, Strategy
-from xds_server.model.schema import BackendFields, BackendTlsConfig, Shape
+from xds_server.model.schema import BackendFields
+from xds_server.model.shape import Shape
+from xds_server.model.tls_schema import BackendTlsConfig
 from xds_server.model.values import shown
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from xds_server.model.intent import Backend, Intent, Protocol
 from xds_server.model.rules import GRPC_TLS
-from xds_server.model.schema import BackendTlsConfig, tls_shorthand
+from xds_server.model.tls_schema import BackendTlsConfig, tls_shorthand
 from xds_server.model.upstream_tls import server_name
 from xds_server.model.validation import MISSING, Loc, Located
 
