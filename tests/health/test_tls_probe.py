@@ -131,3 +131,18 @@ def test_a_changed_tls_setting_is_another_probe_target() -> None:
     targets = [target(None), target(UpstreamTls(sni="a.test")), target(UpstreamTls(sni="b.test"))]
     assert len(set(targets)) == 3
     assert target(UpstreamTls(sni="a.test")) == targets[1]
+
+
+async def test_a_plaintext_backend_configured_as_tls_fails_definitively(tmp_path: Path) -> None:
+    """`tls` on a backend that speaks plain HTTP: the handshake fails, unhealthy at
+    once with the TLS reason (a mismatch of config, not a passing fault)."""
+    runner = web.AppRunner(make_app("llm-a", "llm"), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        backend = TlsBackend(Pki(tmp_path), runner.addresses[0][1]).backend()
+        result = await probe(backend)
+    finally:
+        await runner.cleanup()
+    assert not result.ok and result.definitive
+    assert result.error is not None and result.error.startswith("tls: handshake failed: ")
