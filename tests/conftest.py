@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from tests.dns_support import DnsServer
 from tests.redis_support import RedisServer
 from xds_server.redis_io import connect
 
@@ -25,6 +26,20 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     workdir = tmp_path / "redis"
     workdir.mkdir()
     server = RedisServer(workdir)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def dns_server(tmp_path: Path) -> AsyncIterator[DnsServer]:
+    """A private dnsmasq on a free loopback port, started without records
+    (`await dns_server.set_records(...)`), stopped by PID."""
+    workdir = tmp_path / "dnsmasq"
+    workdir.mkdir()
+    server = DnsServer(workdir)
     await server.start()
     try:
         yield server

@@ -32,6 +32,9 @@ from redis.asyncio import Redis
 from xds_server.admin import make_admin_app
 from xds_server.admin.context import AdminContext
 from xds_server.cache import SnapshotCache
+from xds_server.dns.base import Resolved
+from xds_server.dns.cares import CaresResolver
+from xds_server.dns.refresher import DnsRefresher
 from xds_server.errors import AddressUnavailable, ConfigError, Problem
 from xds_server.experiments import Experiments, LabPorts
 from xds_server.health.base import HealthSource
@@ -65,6 +68,9 @@ log = logging.getLogger("xds_server.app")
 
 SHUTDOWN_GRACE_S = 2.0
 PRE_CHANGE_READ_S = 0.3
+# A DNS answer on a working network takes milliseconds; a server that does not
+# answer must not hold start-up or a round for long (the last addresses stay).
+DNS_TIMEOUT_S = 2.0
 
 
 # ---- memory or Redis: chosen once ----------------------------------------------------
@@ -84,7 +90,9 @@ class LocalState:
 
     def health(self, wiring: HealthWiring) -> HealthSource:
         observers = [*wiring.probe_observers, *wiring.verdict_observers]
-        return LocalHealth(self.store, wiring.on_change, wiring.policy, observers)
+        return LocalHealth(
+            self.store, wiring.on_change, wiring.policy, observers, resolved=wiring.resolved
+        )
 
     async def close(self) -> None:
         pass
@@ -114,6 +122,7 @@ class SharedState:
                 observers=wiring.probe_observers,
                 on_state=on_state,
                 seed=seed,
+                resolved=wiring.resolved,
             )
 
         return SharedHealth(
@@ -141,6 +150,7 @@ class HealthWiring:
     probe_observers: Sequence[HealthObserver]  # every probe (metrics)
     verdict_observers: Sequence[HealthObserver]  # published verdict changes (failovers)
     lease_s: float  # the prober's lease, with replicas
+    resolved: Resolved  # the addresses of backends named by DNS, which probes visit
 
 
 def open_state(settings: Settings, store: IntentStore | None = None) -> State:
@@ -185,12 +195,20 @@ class Controller:
         self.registry = CollectorRegistry()
         self.event_log = self.state.event_log()
         self.telemetry = self._telemetry() if settings.metrics_enabled else None
+        self.dns = DnsRefresher(
+            self.store,
+            CaresResolver(settings.dns_servers, timeout_s=DNS_TIMEOUT_S),
+            lambda: self.publisher.mark_dirty(),  # a changed record set: one publish
+            interval_s=settings.dns_refresh_interval_s,
+            timeout_s=DNS_TIMEOUT_S,
+        )
         lease_s = settings.health_prober_lease if health_lease_s is None else health_lease_s
         self.health = self._health(lease_s)
         self.publisher = Publisher(
             self.store,
             self.cache,
             lambda: self.health.verdicts,
+            addresses=lambda: self.dns.addresses,
             on_build=self.telemetry.metrics.publish.observe_build if self.telemetry else None,
             before_cluster_change=self.count_traffic,
         )
@@ -249,6 +267,7 @@ class Controller:
                 probe_observers=[telemetry.metrics.health] if telemetry else [],
                 verdict_observers=[telemetry.failovers] if telemetry else [],
                 lease_s=lease_s,
+                resolved=self.dns,
             )
         )
 
@@ -268,6 +287,7 @@ class Controller:
             lab=LabPorts(self.store, self.changes, self.health, self.proxies, self.experiments),
             telemetry=self.telemetry,
             admin_token=self.settings.admin_token,
+            dns=self.dns,
         )
 
     async def count_traffic(self) -> None:
@@ -285,6 +305,7 @@ class Controller:
 
     async def start(self) -> None:
         await self.store.start()
+        await self.dns.start()  # names resolved before the first probe and publish
         await self.health.start()
         await self._start_admin()
         await self.publisher.publish_now()
@@ -301,6 +322,7 @@ class Controller:
             await self._admin.cleanup()
             self._admin = None
         await self.health.stop()  # a shared prober hands its lease over at once
+        await self.dns.close()
         await self.state.close()
         if self.telemetry is not None:
             await self.telemetry.sampler.aclose()  # its kept connections to the Envoys
@@ -315,6 +337,7 @@ class Controller:
                     tasks.create_task(self.store.run()),
                     tasks.create_task(self.config.run()),
                     tasks.create_task(self.health.run()),
+                    tasks.create_task(self.dns.run()),
                     tasks.create_task(self.event_log.run()),
                 ]
                 if self.telemetry is not None:

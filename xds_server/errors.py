@@ -72,6 +72,11 @@ class InvalidValue(XdsServerError, ValueError):
     that also use float()."""
 
 
+class LookupFailed(XdsServerError):
+    """A DNS name did not resolve (no such name, no answer in time, no server);
+    the message says why. xds_server/dns/ keeps the last good addresses."""
+
+
 class InconsistentSnapshot(XdsServerError):
     """A snapshot names a resource it does not contain (docs/xds-protocol.md rule 25)."""
 

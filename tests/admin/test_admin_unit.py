@@ -367,7 +367,7 @@ ERRORS: list[tuple[str, str, object, int, str, str | None]] = [
     (
         "POST",
         QDRANT,
-        {"name": "q3", "address": "qdrant.local", "port": 9},
+        {"name": "q3", "address": "qdrant_local", "port": 9},
         422,
         "invalid_value",
         "address",

@@ -6,7 +6,8 @@ certificate names another host, are refused by Envoy itself (503, its TLS
 verification counters) and unhealthy in /api/v1/router/health with the TLS
 reason; insecure_skip_verify is served, with its warning logged; a backend that
 requires a client certificate gets the configured one from Envoy and the
-probes (and refuses both without); a cluster with a plaintext and a TLS
+probes (and refuses both without); a backend addressed by name (`localhost`)
+is asked for and verified by that name; a cluster with a plaintext and a TLS
 backend uses each its own way.
 
 Every backend is its own service, and the router's healthy_panic_threshold is
@@ -62,6 +63,9 @@ def one_backend_service(service: str, tls: object, **keys: Any) -> dict[str, Any
 def document(pki: Pki, client: tuple[Path, Path]) -> dict[str, Any]:
     verified = {"ca_file": str(pki.ca_file), "sni": NAME}
     with_client = verified | {"client_cert_file": str(client[0]), "client_key_file": str(client[1])}
+    # Addressed by name, no sni: the name is the SNI and the SAN required.
+    by_name = one_backend_service("by-name", {"ca_file": str(pki.ca_file)})
+    by_name["backends"][0]["address"] = "localhost"
     mixed = {
         "name": "mixed",
         "routes": ["/api/v1/models/mixed/"],
@@ -76,6 +80,7 @@ def document(pki: Pki, client: tuple[Path, Path]) -> dict[str, Any]:
             one_backend_service("unverified", {"insecure_skip_verify": True}),
             one_backend_service("client-cert", with_client),
             one_backend_service("no-client-cert", verified),
+            by_name,
             mixed,
         ],
     }
@@ -92,6 +97,7 @@ def certificates(pki: Pki, stranger: Pki) -> dict[str, ServingTls]:
         "other-name": pki.backend_files("someone-else.test"),
         "unverified": stranger.backend_files("whatever.test"),
     }
+    issued["by-name"] = pki.backend_files("localhost")
     serving = {name: ServingTls(cert, key) for name, (cert, key) in issued.items()}
     for name in ("client-cert", "no-client-cert"):
         cert, key = pki.backend_files(NAME)
@@ -255,3 +261,14 @@ async def test_a_client_certificate_is_presented_by_envoy_and_the_probes(
     assert entries["no-client-cert"]["status"] == "unhealthy", entries["no-client-cert"]
     status, _, body = await chat(tls_stack, http, "no-client-cert")
     assert status == 503, body
+
+
+async def test_a_backend_named_by_dns_is_verified_by_its_name(
+    tls_stack: TlsStack, http: aiohttp.ClientSession
+) -> None:
+    """`address: localhost` without sni: Envoy and the probes ask for and verify
+    `localhost` (its certificate names nothing else), so it serves and is healthy."""
+    entries = await wait_for_verdicts(tls_stack, http)
+    assert entries["by-name"]["status"] == "healthy", entries["by-name"]
+    status, answered_by, body = await chat(tls_stack, http, "by-name")
+    assert (status, answered_by) == (200, "by-name"), body

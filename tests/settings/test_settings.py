@@ -450,7 +450,7 @@ def test_every_address_is_an_ip_literal(key: str, host: str) -> None:
         f"env:ROUTER_{key.upper()}"
     }
     shipped = SHIPPED.read_text(encoding="utf-8")
-    assert "addresses are IP literals only, no host names" in shipped
+    assert "the *_address keys read ip:port or [ipv6]:port, IP literals only" in shipped
 
 
 def test_an_admin_address_from_the_environment_is_named_in_the_token_rule() -> None:
@@ -546,13 +546,45 @@ def test_backend_address_accepts_ip_addresses(host: str) -> None:
     assert parse_settings(document, {}, "x").intent.backends()[0].address == host
 
 
-@pytest.mark.parametrize("host", ["gpu-0.internal", "localhost"])
-def test_backend_hostnames_are_refused(host: str) -> None:
-    """Envoy's EDS takes no hostnames: a config with one would be NACKed, so it
-    is refused here, with the same rule as the admin API."""
+@pytest.mark.parametrize(
+    ("host", "stored"),
+    [
+        ("gpu-0.internal", "gpu-0.internal"),
+        ("localhost", "localhost"),
+        ("Qdrant.LAN", "qdrant.lan"),
+    ],
+)
+def test_backend_host_names_are_accepted(host: str, stored: str) -> None:
+    """A backend address may be a DNS name (the controller resolves it: xds_server/dns/),
+    kept in lower case, as DNS compares names."""
     document = minimal_document()
     document["services"][0]["backends"][0]["address"] = host
-    assert problem_paths(document) == {"services[0].backends[0].address"}
+    assert parse_settings(document, {}, "x").intent.backends()[0].address == stored
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("gpu_0.internal", "label 'gpu_0'"),
+        ("-qdrant.lan", "label '-qdrant'"),
+        ("qdrant..lan", "label ''"),
+        ("a" * 64 + ".lan", "label 'aaaa"),
+        ("1.2.3", "last label is all digits"),
+        ("256.1.1.1", "last label is all digits"),
+        (".".join(["abcdefghi"] * 26), "longer than 253"),
+        ("", "it is empty"),
+    ],
+)
+def test_bad_backend_host_names_are_refused_with_the_reason(host: str, why: str) -> None:
+    """An address that is neither an IP nor an RFC 1123 host name is a problem at
+    the field's path that says which label (or what) is wrong."""
+    document = minimal_document()
+    document["services"][0]["backends"][0]["address"] = host
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(document, {}, "x")
+    [problem] = raised.value.problems
+    assert problem.path == "services[0].backends[0].address"
+    assert "neither an IP address nor a DNS name" in problem.message and why in problem.message
 
 
 def test_health_verdict_settings_are_read_from_file_and_environment() -> None:
@@ -670,3 +702,45 @@ def test_problem_messages_are_pinned() -> None:
         "services[1]: must be a mapping, got 7 (int)",
         "env:ROUTER_QUEUE_SIZE: must be an integer, got 'lots'",
     ]
+
+
+def test_dns_settings_are_read_from_file_and_environment() -> None:
+    """router.dns_servers (ip or ip:port each; comma separated in ROUTER_DNS_SERVERS)
+    and router.dns_refresh_interval: defaults, file, and the environment over the file."""
+    defaults = parse_settings(minimal_document(), {}, "x")
+    assert (defaults.dns_servers, defaults.dns_refresh_interval_s) == ((), 30.0)
+    document = minimal_document()
+    document["router"] = {"dns_servers": ["127.0.0.1:5353", "::1"], "dns_refresh_interval": 5}
+    from_file = parse_settings(document, {}, "x")
+    assert (from_file.dns_servers, from_file.dns_refresh_interval_s) == (
+        ("127.0.0.1:5353", "::1"),
+        5.0,
+    )
+    env = {"ROUTER_DNS_SERVERS": "10.0.0.2, [::1]:53", "ROUTER_DNS_REFRESH_INTERVAL": "0.5"}
+    from_env = parse_settings(document, env, "x")
+    assert (from_env.dns_servers, from_env.dns_refresh_interval_s) == (
+        ("10.0.0.2", "[::1]:53"),
+        0.5,
+    )
+
+
+def test_bad_dns_settings_name_their_field_paths() -> None:
+    """A name server that is no IP (or ip:port) and a non-positive refresh interval
+    are problems at their paths, in the file and in the environment, all listed."""
+    document = minimal_document()
+    document["router"] = {
+        "dns_servers": ["ns1.example", "127.0.0.1:99999"],
+        "dns_refresh_interval": 0,
+    }
+    assert problem_paths(document) == {
+        "router.dns_servers[0]",
+        "router.dns_servers[1]",
+        "router.dns_refresh_interval",
+    }
+    env = {"ROUTER_DNS_SERVERS": "ns1.example", "ROUTER_DNS_REFRESH_INTERVAL": "-1"}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(minimal_document(), env, "x")
+    assert {p.path for p in caught.value.problems} == {
+        "env:ROUTER_DNS_SERVERS",
+        "env:ROUTER_DNS_REFRESH_INTERVAL",
+    }

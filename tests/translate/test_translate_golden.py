@@ -1,7 +1,8 @@
 """Golden files for the pure translator: YAML intent in, Envoy resources out.
 
 Each case is tests/golden/<case>/input.yaml (a router config document plus an
-optional `health:` map of verdicts) and expected.yaml (every resource, as
+optional `health:` map of verdicts and an optional `addresses:` map, DNS name ->
+its resolved addresses) and expected.yaml (every resource, as
 Envoy's JSON mapping). `make golden` (pytest --regenerate-golden) rewrites the
 expected files and removes those whose input is gone.
 """
@@ -19,7 +20,7 @@ from google.protobuf import json_format
 from xds_server.model.intent import Health, SocketAddress
 from xds_server.proxy.envoy_process import validate_bootstrap
 from xds_server.proxy.static_config import static_bootstrap
-from xds_server.resources import SHORT_NAMES
+from xds_server.resources import SHORT_NAMES, Resources
 from xds_server.settings import parse_settings
 from xds_server.translate import translate
 
@@ -27,11 +28,17 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.yaml").exists())
 
 
-def rendered(case: str) -> str:
+def translated(case: str) -> Resources:
+    """The case's input through the translator, its verdicts and addresses included."""
     document = yaml.safe_load((GOLDEN / case / "input.yaml").read_text())
     health = {name: Health(v) for name, v in (document.pop("health", None) or {}).items()}
+    addresses = {name: tuple(ips) for name, ips in (document.pop("addresses", None) or {}).items()}
     settings = parse_settings(document, {}, f"golden/{case}")
-    resources = translate(settings.intent, health)
+    return translate(settings.intent, health, addresses=addresses)
+
+
+def rendered(case: str) -> str:
+    resources = translated(case)
     as_json: dict[str, Any] = {
         SHORT_NAMES[type_url]: {
             name: json_format.MessageToDict(message, preserving_proto_field_name=True)
@@ -69,8 +76,5 @@ def test_no_stale_golden_outputs(request: pytest.FixtureRequest) -> None:
 async def test_envoy_accepts_golden_translation(case: str) -> None:
     """Envoy 1.40 itself (`--mode validate`) accepts each golden translation,
     loaded as a static bootstrap: the translator emits no config Envoy rejects."""
-    document = yaml.safe_load((GOLDEN / case / "input.yaml").read_text())
-    health = {name: Health(v) for name, v in (document.pop("health", None) or {}).items()}
-    settings = parse_settings(document, {}, f"golden/{case}")
-    bootstrap = static_bootstrap(translate(settings.intent, health), SocketAddress("127.0.0.1", 0))
+    bootstrap = static_bootstrap(translated(case), SocketAddress("127.0.0.1", 0))
     await validate_bootstrap(bootstrap)

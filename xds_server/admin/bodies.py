@@ -31,7 +31,7 @@ from xds_server.model.fields import (
     BackendName,
     Draining,
     HealthPath,
-    IpLiteral,
+    Host,
     Name,
     OptionalDraining,
     OptionalHeaderName,
@@ -317,7 +317,7 @@ class BackendView(Answer):
     """A backend as the API shows it: the config file's fields plus the health verdict."""
 
     name: BackendName
-    address: IpLiteral
+    address: Host
     port: Port
     weight: Weight
     priority: Priority

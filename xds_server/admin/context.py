@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from xds_server.dns.base import Resolved
 from xds_server.experiments import LabPorts
 from xds_server.health.base import HealthView
 from xds_server.pipeline.changes import ChangeApplier
@@ -28,6 +29,7 @@ class AdminContext:
     lab: LabPorts
     telemetry: Telemetry | None  # None: metrics disabled (ROUTER_METRICS_ENABLED=false)
     admin_token: str | None
+    dns: Resolved | None = None  # backends named by DNS: their lookups
 
 
 CONTEXT: web.AppKey[AdminContext] = web.AppKey("context")

@@ -37,6 +37,14 @@ _ENTRY: dict[str, Any] = {
         "last_check": {"type": "string", "format": "date-time", "nullable": True},
         "error": {"type": "string", "description": "why the last probe failed"},
         "draining": {"type": "boolean"},
+        "addresses": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "a backend named by DNS: the addresses its name resolved to "
+            "(Envoy's endpoints; the last good ones while lookups fail)",
+        },
+        "resolved_at": {"type": "string", "format": "date-time"},
+        "dns_error": {"type": "string", "description": "why the last lookup failed"},
     },
 }
 _COUNTS: dict[str, Any] = {
@@ -71,7 +79,8 @@ REPORT_SCHEMA: dict[str, Any] = {
 )
 async def router_health(request: web.Request) -> web.Response:
     context = context_of(request)
-    return web.json_response(health_report(context.intent.intent, context.health.states))
+    report = health_report(context.intent.intent, context.health.states, context.dns)
+    return web.json_response(report)
 
 
 @routes.get(

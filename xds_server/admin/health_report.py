@@ -6,20 +6,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from xds_server.dns.base import Resolved
 from xds_server.health.verdict import BackendHealth, summarize
 from xds_server.model.intent import Backend, Health, Intent, Service
+from xds_server.model.values import is_ip
 from xds_server.timefmt import iso_utc
 
 log = logging.getLogger("xds_server.health")
 
 
-def health_report(intent: Intent, states: Mapping[str, BackendHealth]) -> dict[str, object]:
-    """The spec's "Backend health status" shape, grouped by display group."""
+def health_report(
+    intent: Intent, states: Mapping[str, BackendHealth], resolved: Resolved | None = None
+) -> dict[str, object]:
+    """The spec's "Backend health status" shape, grouped by display group; a
+    backend named by DNS also shows its addresses and its lookup's error."""
     groups: dict[str, dict[str, object]] = {}
     for service in intent.services:
         group = groups.setdefault(service.display_group, {})
         for key, backend in display_keys(service, group).items():
-            group[key] = backend_entry(states.get(backend.name), backend)
+            entry = backend_entry(states.get(backend.name), backend)
+            group[key] = entry | dns_entry(backend, resolved)
     summary = summarize(intent, states)
     return {
         "health_status": groups,
@@ -53,4 +59,20 @@ def backend_entry(state: BackendHealth | None, backend: Backend) -> dict[str, ob
         entry["error"] = last.error
     if backend.draining:
         entry["draining"] = True
+    return entry
+
+
+def dns_entry(backend: Backend, resolved: Resolved | None) -> dict[str, object]:
+    """For a backend named by DNS: the addresses Envoy has as its endpoints (the
+    last good ones while lookups fail), the lookup error and the last success."""
+    if is_ip(backend.address):
+        return {}
+    lookup = None if resolved is None else resolved.lookup_of(backend.address)
+    if lookup is None:
+        return {"addresses": []}
+    entry: dict[str, object] = {"addresses": list(lookup.addresses)}
+    if lookup.resolved_at is not None:
+        entry["resolved_at"] = iso_utc(lookup.resolved_at)
+    if lookup.error is not None:
+        entry["dns_error"] = lookup.error
     return entry

@@ -14,7 +14,8 @@ Rules (tests/health/test_health_unit.py pins them):
   probes of many backends do not burst together, and no two probes of one
   backend are more than one interval apart, so a dead backend is seen within
   one interval plus the timeout.
-- A probe passes on a 2xx answer within `timeout_s` (gRPC: SERVING).
+- A probe passes on a 2xx answer within `timeout_s` (gRPC: SERVING), at every
+  address of the backend (a DNS name's records: health/addresses.py).
 - A definitive failure marks the backend unhealthy at once: an explicit non-2xx
   answer (Envoy's HTTP health checker does the same) or a refused connection
   (nothing listens: the process is gone, waiting helps nobody). Ambiguous
@@ -36,6 +37,7 @@ record can be written, and is run again from scratch on a later term.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -43,6 +45,8 @@ from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from xds_server.dns.base import Resolved
+from xds_server.health.addresses import EachAddress
 from xds_server.health.grpc_probe import GrpcProber
 from xds_server.health.probe import HttpProber, Prober, failed_probe, new_session
 from xds_server.health.verdict import BackendHealth, HealthObserver, HealthPolicy, ProbeResult
@@ -118,8 +122,10 @@ class HealthChecker:
         observers: Sequence[HealthObserver] = (),
         on_state: Callable[[str], None] | None = None,
         seed: Seed | None = None,
+        resolved: Resolved | None = None,  # addresses of backends named by DNS
     ) -> None:
         self.policy = policy
+        self._resolved = resolved
         self.observers = list(observers)
         self.states: dict[str, BackendHealth] = {}
         self._store = store
@@ -140,17 +146,20 @@ class HealthChecker:
         self._probing.clear()
         self.states.clear()
         if self._prober is not None:
-            await self._follow_intent(self._prober)
+            given = self._prober
+            await self._follow_intent(lambda _: given)
             return
         async with new_session() as session:
-            await self._follow_intent(HttpProber(session, self.policy.timeout_s))
+            http = HttpProber(session, self.policy.timeout_s)
+            await self._follow_intent(functools.partial(self._prober_for, http))
 
-    def _prober_for(self, probed: Probed, given: Prober) -> Prober:
-        """`given` (the HTTP prober, or a test's prober for every backend), or a
-        gRPC health check of the backend's health service."""
-        if self._prober is not None or probed.grpc_health_service is None:
-            return given
-        return GrpcProber(probed.grpc_health_service, self.policy.timeout_s)
+    def _prober_for(self, http: HttpProber, probed: Probed) -> Prober:
+        """The HTTP probe, or a gRPC health check of the backend's health service,
+        at each of the backend's addresses (health/addresses.py)."""
+        if probed.grpc_health_service is None:
+            return EachAddress(http.at, self._resolved)
+        grpc = GrpcProber(probed.grpc_health_service, self.policy.timeout_s)
+        return EachAddress(grpc.at, self._resolved)
 
     @contextmanager
     def held(self, name: str) -> Iterator[None]:
@@ -188,15 +197,17 @@ class HealthChecker:
         probing = self._probing.get(name)
         return None if probing is None else probing.target
 
-    async def _follow_intent(self, prober: Prober) -> None:
+    async def _follow_intent(self, prober_for: Callable[[Probed], Prober]) -> None:
         # Cancelling run() cancels this TaskGroup and with it every probe loop.
         async with asyncio.TaskGroup() as tasks:
             while True:
                 self._intent_changed.clear()
-                self._reconcile(self._store.intent, tasks, prober)
+                self._reconcile(self._store.intent, tasks, prober_for)
                 await self._intent_changed.wait()
 
-    def _reconcile(self, intent: Intent, tasks: asyncio.TaskGroup, prober: Prober) -> None:
+    def _reconcile(
+        self, intent: Intent, tasks: asyncio.TaskGroup, prober_for: Callable[[Probed], Prober]
+    ) -> None:
         wanted = probed_backends(intent)
         for name, probing in list(self._probing.items()):
             probed = wanted.get(name)
@@ -209,7 +220,7 @@ class HealthChecker:
         for name, probed in wanted.items():
             if name not in self._probing:
                 self.states[name] = self._initial(name, probed.target)
-                loop = self._probe_loop(probed.backend, self._prober_for(probed, prober))
+                loop = self._probe_loop(probed.backend, prober_for(probed))
                 task = tasks.create_task(loop, name=f"probe {name}")
                 self._probing[name] = _Probing(probed.target, task)
 

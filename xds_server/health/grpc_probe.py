@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from xds_server.health.probe import failed_probe
 from xds_server.health.verdict import ProbeResult
 from xds_server.model.intent import Backend, SocketAddress
+from xds_server.model.values import is_ip
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 # The server answered: it knows its state (or that it has no health service), and
@@ -35,10 +36,17 @@ class GrpcProber:
         self._timeout_s = timeout_s
 
     async def __call__(self, backend: Backend) -> ProbeResult:
+        return await self.at(backend, backend.address)
+
+    async def at(self, backend: Backend, ip: str) -> ProbeResult:
+        """Check `backend` at one of its addresses; a backend named by DNS is asked
+        for by its name (the :authority), as health/probe.py sends its Host."""
         started = time.perf_counter()
-        target = str(SocketAddress(backend.address, backend.port))
+        target = str(SocketAddress(ip, backend.port))
         # Loopback or cluster addresses: never through an HTTP proxy from the env.
-        options = [("grpc.enable_http_proxy", 0)]
+        options: list[tuple[str, str | int]] = [("grpc.enable_http_proxy", 0)]
+        if not is_ip(backend.address):
+            options.append(("grpc.default_authority", f"{backend.address}:{backend.port}"))
         try:
             async with grpc.aio.insecure_channel(target, options=options) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)

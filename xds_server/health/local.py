@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
+from xds_server.dns.base import Resolved
 from xds_server.health.checker import HealthChecker
 from xds_server.health.verdict import BackendHealth, HealthObserver, HealthPolicy
 from xds_server.model.intent import Health
@@ -19,9 +20,12 @@ class LocalHealth:
         on_change: Callable[[], None],
         policy: HealthPolicy,
         observers: Sequence[HealthObserver] = (),
+        resolved: Resolved | None = None,
     ) -> None:
         self._verdicts: dict[str, Health] = {}
-        self.checker = HealthChecker(store, self._verdicts, on_change, policy, observers=observers)
+        self.checker = HealthChecker(
+            store, self._verdicts, on_change, policy, observers=observers, resolved=resolved
+        )
 
     @property
     def verdicts(self) -> Mapping[str, Health]:

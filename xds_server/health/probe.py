@@ -14,16 +14,32 @@ import aiohttp
 from xds_server.health.tls import request_options, tls_reason
 from xds_server.health.verdict import ProbeResult
 from xds_server.model.intent import Backend, SocketAddress
+from xds_server.model.values import is_ip
 
 log = logging.getLogger("xds_server.health")
 
 
 Prober = Callable[[Backend], Awaitable[ProbeResult]]
+# Probes one backend at one of its IP addresses (a name's resolved records).
+AddressProber = Callable[[Backend, str], Awaitable[ProbeResult]]
+HTTP_PORT, HTTPS_PORT = 80, 443
 
 
-def probe_url(backend: Backend) -> str:
+def probe_url(backend: Backend, ip: str | None = None) -> str:
+    """The health path at `ip` (default: the backend's address, an IP literal)."""
+    where = SocketAddress(backend.address if ip is None else ip, backend.port)
     scheme = "http" if backend.tls is None else "https"
-    return f"{scheme}://{SocketAddress(backend.address, backend.port)}{backend.health_path}"
+    return f"{scheme}://{where}{backend.health_path}"
+
+
+def host_header(backend: Backend) -> dict[str, str]:
+    """A backend named by DNS is asked for by its name, as its clients name it
+    (a virtual host behind the name answers for the name, not for the IP)."""
+    if is_ip(backend.address):
+        return {}
+    default = HTTP_PORT if backend.tls is None else HTTPS_PORT
+    port = "" if backend.port == default else f":{backend.port}"
+    return {"Host": f"{backend.address}{port}"}
 
 
 class HttpProber:
@@ -39,15 +55,22 @@ class HttpProber:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def __call__(self, backend: Backend) -> ProbeResult:
+        return await self.at(backend, backend.address)
+
+    async def at(self, backend: Backend, ip: str) -> ProbeResult:
+        """Probe `backend` at one of its addresses (health/addresses.py calls it for
+        each). The seam for upstream TLS: the server name to send as SNI and to
+        verify is the same as the Host, `backend.address` when it is a name."""
         started = time.perf_counter()
+        url, headers = probe_url(backend, ip), host_header(backend)
         try:
             context, name = request_options(backend)
         except (OSError, ValueError) as error:  # a client certificate that no longer loads
             return failed_probe(started, f"tls: client certificate: {error}", definitive=False)
-        url, timeout = probe_url(backend), self._timeout
+        timeout = self._timeout
         try:
             async with self._session.get(
-                url, timeout=timeout, ssl=context, server_hostname=name
+                url, headers=headers, timeout=timeout, ssl=context, server_hostname=name
             ) as response:
                 await response.read()
                 status = response.status

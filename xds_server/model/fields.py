@@ -31,10 +31,13 @@ from xds_server.model.edge import EscapedSlashes, UnderscoreHeaders
 from xds_server.model.intent import Protocol, SocketAddress, Strategy
 from xds_server.model.values import (
     HEADER_PATTERN,
+    HOST_NAME_SCHEMA_PATTERN,
+    MAX_HOST_NAME,
     MAX_TIMEOUT_S,
     MAX_WEIGHT,
     MODEL_PATTERN,
     NAME_PATTERN,
+    NUMERIC_LAST_LABEL_PATTERN,
     REDIS_SCHEMES,
     RESERVED_ROUTE_PREFIX,
     RESERVED_ROUTES,
@@ -53,10 +56,11 @@ from xds_server.model.values import (
     str_from_text,
     to_flag,
     to_header_name,
-    to_ip,
+    to_host,
     to_ip_socket_address,
     to_model,
     to_name,
+    to_name_server,
     to_path,
     to_protocol,
     to_redis_url,
@@ -233,13 +237,27 @@ ROUTE = Rule(
         "description": f"URL path prefix; {RESERVED_ROUTE_PREFIX}* is the controller's",
     },
 )
-IP_LITERAL = Rule(
-    to_ip,
+HOST = Rule(
+    to_host,
     {
         "type": "string",
-        "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
-        "description": "IPv4 or IPv6 literal (no hostnames: Envoy's EDS resolves none)",
+        "anyOf": [
+            {"format": "ipv4"},
+            {"format": "ipv6"},
+            {
+                "pattern": HOST_NAME_SCHEMA_PATTERN,
+                "maxLength": MAX_HOST_NAME,
+                "not": {"pattern": NUMERIC_LAST_LABEL_PATTERN},
+            },
+        ],
+        "description": "an IPv4 or IPv6 literal, or a DNS name (RFC 1123) that the "
+        "controller resolves: every A/AAAA record becomes an endpoint; localhost is "
+        "127.0.0.1",
     },
+)
+NAME_SERVER = Rule(
+    to_name_server,
+    {"type": "string", "description": "ip or ip:port (IPv6 as [::1]:53) of a DNS server"},
 )
 PORT = integer(1, 65535)
 # Envoy rejects a locality whose weights sum above 2**32 - 1; a cap per
@@ -313,7 +331,8 @@ HeaderName = Annotated[str, HEADER_NAME]
 OptionalHeaderName = Annotated[str | None, HEADER_NAME]
 HealthPath = Annotated[str, HEALTH_PATH]
 Route = Annotated[str, ROUTE]
-IpLiteral = Annotated[str, IP_LITERAL]
+Host = Annotated[str, HOST]
+NameServer = Annotated[str, NAME_SERVER]
 Port = Annotated[int, PORT]
 Weight = Annotated[int, WEIGHT]
 OptionalWeight = Annotated[int | None, WEIGHT]

@@ -30,11 +30,12 @@ from xds_server.model.fields import (
     Flag,
     HeaderName,
     HealthPath,
+    Host,
     IpAddress,
-    IpLiteral,
     Listed,
     ModelName,
     Name,
+    NameServer,
     OptionalStrategy,
     OptionalText,
     OptionalTimeout,
@@ -70,7 +71,7 @@ class BackendFields(Shape):
     """What defines an upstream host; the admin API's backend body shares it."""
 
     name: BackendName
-    address: IpLiteral
+    address: Host
     port: Port
     weight: Weight = default_of(Backend, "weight")
     priority: Priority = default_of(Backend, "priority")
@@ -303,6 +304,14 @@ class RouterConfig(Shape):
     )
     health_check_jitter: Annotated[float, number(0, inclusive=True, maximum=1)] = Field(
         default=0.1, description="share of the interval over which probes are spread"
+    )
+    dns_servers: Annotated[tuple[NameServer, ...], BeforeValidator(_comma_separated)] = Field(
+        default=(),
+        description="DNS servers that resolve backend names (ip or ip:port each); "
+        "empty: the system's (/etc/resolv.conf)",
+    )
+    dns_refresh_interval: Seconds = Field(
+        default=30.0, description="seconds between lookups of each backend's DNS name"
     )
     health_prober_lease: Seconds = Field(
         default=5.0, description="seconds the elected prober's Redis lease lasts"

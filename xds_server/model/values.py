@@ -29,6 +29,14 @@ NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 # "meta-llama/Llama-3-8B", "phi3:mini"): printable ASCII without spaces or
 # quotes, so it sits unescaped in Envoy matchers and JSON bodies.
 MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+HOST_LABEL_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # RFC 1123, lower case
+MAX_HOST_NAME = 253
+# The same rule for JSON Schema (any case; the converter lowers it), and what
+# makes a dotted number no name: its last label is all digits.
+HOST_NAME_SCHEMA_PATTERN = (
+    r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
+NUMERIC_LAST_LABEL_PATTERN = r"(^|\.)[0-9]+$"
 HEADER_PATTERN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token, lower case
 FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -202,6 +210,53 @@ def to_ip(value: object) -> str:
         raise InvalidValue(
             f"{text!r} must be an IPv4 or IPv6 address (Envoy resolves no names here)"
         )
+    return text
+
+
+def to_host(value: object) -> str:
+    """A backend's address: an IP literal, or a DNS name the controller resolves
+    (xds_server/dns/) before EDS gets the records' addresses. Names are compared
+    and probed in lower case; a trailing dot (absolute name) is not taken, as in
+    a URL's host it changes what a virtual host sees."""
+    text = to_text(value)
+    if is_ip(text):
+        return text
+    name = text.lower()
+    problem = host_name_problem(name)
+    if problem is not None:
+        raise InvalidValue(f"{text!r} is neither an IP address nor a DNS name: {problem}")
+    return name
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why `name` is not an RFC 1123 host name (letters, digits and inner hyphens
+    per label, labels of 1-63 characters, 253 in all), or None."""
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_HOST_NAME:
+        return f"longer than {MAX_HOST_NAME} characters"
+    for label in name.split("."):
+        if not HOST_LABEL_PATTERN.fullmatch(label):
+            return (
+                f"label {label!r} must be 1-63 letters, digits or hyphens, "
+                "not starting or ending with a hyphen"
+            )
+    if name.rsplit(".", 1)[-1].isdigit():
+        return "its last label is all digits (an IPv4 address has four numbers)"
+    return None
+
+
+def to_name_server(value: object) -> str:
+    """A DNS server the controller asks: `ip` (port 53) or `ip:port` ([v6]:port)."""
+    text = to_text(value)
+    if is_ip(text):
+        return text
+    try:
+        to_ip_socket_address(text)
+    except InvalidValue:
+        raise InvalidValue(
+            f"{text!r} must be an IP address, or ip:port (IPv6 as [::1]:53)"
+        ) from None
     return text
 
 

@@ -11,8 +11,9 @@ stays.
 
 Publishing is incremental: the translator keeps a memory across publishes and
 the snapshot is built against the current one, so a change costs what it
-touches (a health flip re-translates and re-serializes one
-ClusterLoadAssignment). The output is what a full rebuild gives.
+touches (a health flip, or a changed DNS record set of a backend named by
+DNS, re-translates and re-serializes one ClusterLoadAssignment). The output is
+what a full rebuild gives.
 
 A snapshot that changes clusters is published only after `before_cluster_change`
 has run (the traffic sampler reads its Envoys' counters then, unless an admin
@@ -41,6 +42,7 @@ from xds_server.model.intent import Health, Intent
 from xds_server.resources import CLUSTER
 from xds_server.store.base import IntentStore
 from xds_server.translate import translate
+from xds_server.translate.endpoints import Addresses
 from xds_server.translate.memo import Memory
 
 log = logging.getLogger("xds_server.publisher")
@@ -55,6 +57,7 @@ class Checked:
 
     intent: Intent
     health: dict[str, Health]
+    addresses: dict[str, tuple[str, ...]]
     previous: Snapshot | None
     snapshot: Snapshot
     build_s: float  # what building it took (the publish reports it as its build)
@@ -77,6 +80,7 @@ class Publisher:
         cache: SnapshotCache,
         health: Callable[[], Mapping[str, Health]] = dict,
         *,
+        addresses: Callable[[], Addresses] = dict,  # backend names' resolved addresses
         min_hold_off_s: float = 0.0,
         on_build: Callable[[float], None] | None = None,  # seconds one build took (metrics)
         before_cluster_change: Callable[[], Awaitable[None]] | None = None,
@@ -88,6 +92,7 @@ class Publisher:
         self._hook_s = 0.0  # the last publish's wait for before_cluster_change
         self._cache = cache
         self._health = health
+        self._addresses = addresses
         self._min_hold_off_s = min_hold_off_s
         self._memory = Memory()
         self._checked: Checked | None = None
@@ -153,10 +158,12 @@ class Publisher:
         output never depends on what the memory holds (translate.memo). The snapshot
         is kept for the publish of this very intent (module docstring)."""
         previous, health = self._cache.snapshot, dict(self._health())
+        addresses = dict(self._addresses())
         self._checked = None
         started = time.perf_counter()
         snapshot = self._build(intent)
-        self._checked = Checked(intent, health, previous, snapshot, time.perf_counter() - started)
+        built_s = time.perf_counter() - started
+        self._checked = Checked(intent, health, addresses, previous, snapshot, built_s)
 
     def _snapshot_of(self, intent: Intent) -> tuple[Snapshot, float]:
         """The snapshot to publish for `intent` and what building it took: the one
@@ -167,6 +174,7 @@ class Publisher:
             and checked.intent is intent
             and checked.previous is self._cache.snapshot
             and checked.health == self._health()
+            and checked.addresses == self._addresses()
         ):
             return checked.snapshot, checked.build_s
         started = time.perf_counter()
@@ -174,7 +182,7 @@ class Publisher:
         return snapshot, time.perf_counter() - started
 
     def _build(self, intent: Intent) -> Snapshot:
-        resources = translate(intent, self._health(), self._memory)
+        resources = translate(intent, self._health(), self._memory, self._addresses())
         current = self._cache.snapshot
         return build_snapshot(resources, self._cache.generation + 1, previous=current)
 

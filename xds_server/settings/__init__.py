@@ -84,6 +84,9 @@ class Settings:
     # TLS on the xDS port, and whose Envoy admins may be read (docs/xds-protocol.md rule 34).
     xds_tls: XdsTlsConfig | None = None
     envoy_admin_allowlist: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Backends named by DNS (xds_server/dns/): who answers, and how often names are asked.
+    dns_servers: tuple[str, ...] = ()
+    dns_refresh_interval_s: float = _DEFAULTS.dns_refresh_interval
 
 
 # router keys named like their Settings field
@@ -169,6 +172,8 @@ def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: st
         source=source,
         xds_tls=router.xds_tls,
         envoy_admin_allowlist=tuple(router.envoy_admin_allowlist),
+        dns_servers=router.dns_servers,
+        dns_refresh_interval_s=router.dns_refresh_interval,
     )
 
 

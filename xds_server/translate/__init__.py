@@ -1,4 +1,5 @@
-"""The pure translator: intent + health verdicts -> Envoy resources.
+"""The pure translator: intent + health verdicts (+ the addresses of backends
+named by DNS, resolved outside) -> Envoy resources.
 
 No I/O, no clock, no environment: equal inputs give equal resources on every
 replica, which is what makes content-hash versions meaningful. A `Memory`
@@ -15,7 +16,7 @@ from google.protobuf.message import Message
 from xds_server.model.intent import Health, Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 from xds_server.translate.clusters import clusters
-from xds_server.translate.endpoints import load_assignments
+from xds_server.translate.endpoints import NO_ADDRESSES, Addresses, load_assignments
 from xds_server.translate.grpc import with_grpc_services
 from xds_server.translate.listeners import listeners
 from xds_server.translate.memo import Memory
@@ -23,7 +24,10 @@ from xds_server.translate.routes import route_configurations
 
 
 def translate(
-    intent: Intent, health: Mapping[str, Health] | None = None, memory: Memory | None = None
+    intent: Intent,
+    health: Mapping[str, Health] | None = None,
+    memory: Memory | None = None,
+    addresses: Addresses = NO_ADDRESSES,
 ) -> Resources:
     """With a `memory` kept across calls, builders whose inputs did not change
     return their previous messages (the very same objects), which the cache
@@ -33,10 +37,11 @@ def translate(
     of_intent = memory.intent_types.get(
         "", (intent,), functools.partial(_of_intent, intent, memory)
     )
-    for_envoy = {**of_intent, ENDPOINT: load_assignments(intent, verdicts, memory.assignments)}
+    assignments = load_assignments(intent, verdicts, memory.assignments, addresses)
+    for_envoy = {**of_intent, ENDPOINT: assignments}
     try:
         # Proxyless gRPC clients: raises ConfigError for what they cannot take.
-        return with_grpc_services(intent, verdicts, for_envoy, memory)
+        return with_grpc_services(intent, verdicts, for_envoy, memory, addresses)
     finally:
         memory.sweep()  # a refused pass too: it must not leave a half pass behind
 

@@ -50,7 +50,12 @@ from xds_server.model.rules import check_grpc
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 from xds_server.translate.clusters import service_cluster
 from xds_server.translate.common import ads_config_source, duration, packed
-from xds_server.translate.endpoints import load_assignment
+from xds_server.translate.endpoints import (
+    NO_ADDRESSES,
+    Addresses,
+    load_assignment,
+    resolved_of,
+)
 from xds_server.translate.listeners import ROUTER_FILTER
 from xds_server.translate.memo import Memory
 
@@ -70,6 +75,7 @@ def with_grpc_services(
     health: Mapping[str, Health],
     resources: Mapping[str, Mapping[str, Message]],
     memory: Memory,
+    addresses: Addresses = NO_ADDRESSES,
 ) -> Resources:
     """`resources` plus, for every gRPC service, its API listener and route
     configuration, and its cluster and endpoints in the form gRPC accepts.
@@ -86,7 +92,9 @@ def with_grpc_services(
             s.name, (s, strategy, policies), partial(grpc_cluster, s, strategy, policies)
         )
         extra[ENDPOINT][s.name] = memory.grpc_assignments.get(
-            s.name, (s, verdicts), partial(grpc_load_assignment, s, health)
+            s.name,
+            (s, verdicts, resolved_of(s, addresses)),
+            partial(grpc_load_assignment, s, health, addresses),
         )
         extra[LISTENER][s.name] = memory.grpc_listeners.get(
             s.name, (s.name,), partial(api_listener, s)
@@ -189,7 +197,7 @@ def grpc_cluster(service: Service, strategy: Strategy, policies: Policies) -> cl
 
 
 def grpc_load_assignment(
-    service: Service, health: Mapping[str, Health]
+    service: Service, health: Mapping[str, Health], addresses: Addresses = NO_ADDRESSES
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """Weighted strategies are refused for gRPC, so every endpoint weighs 1.
 
@@ -197,7 +205,7 @@ def grpc_load_assignment(
     a locality; Envoy ignores locality weights unless told otherwise, so both
     read the same resource alike. One named locality per priority."""
     assignment = _copy(
-        load_assignment(service, False, health), endpoint_pb2.ClusterLoadAssignment()
+        load_assignment(service, False, health, addresses), endpoint_pb2.ClusterLoadAssignment()
     )
     for group in assignment.endpoints:
         group.locality.sub_zone = f"priority-{group.priority}"
