@@ -38,8 +38,10 @@ Rules (tests/health/test_health_unit.py pins them):
 - A never-probed backend is UNKNOWN (Envoy routes to it); its first pass makes
   it HEALTHY. An UNHEALTHY backend needs `healthy_threshold` passes in a row.
 - The checker follows the intent: a new backend starts UNKNOWN, a removed one is
-  forgotten, one whose address, port or health path changed starts over as
+  forgotten, one whose address, port, health path or tls changed starts over as
   UNKNOWN (it is another target now).
+- A TLS backend is probed over TLS as Envoy reaches it (health/tls.py): a
+  certificate that does not verify is a definitive failure with its reason.
 
 With several replicas (xds_server/health/shared.py, docs/replicas.md) only the
 elected prober runs this checker; it starts each backend from the shared record
@@ -74,9 +76,12 @@ log = logging.getLogger("xds_server.health")
 
 
 # What a probe talks to: address, port, and the health path, or for a gRPC health
-# check GRPC_CHECK + the health service name (a path starts with "/": no clash).
+# check GRPC_CHECK + the health service name (a path starts with "/": no clash);
+# over TLS, TLS_CHECK + the digest of the backend's tls + the path, so a changed
+# CA, name or client certificate is another target (probed afresh, with it).
 Target = tuple[str, int, str]
 GRPC_CHECK = "grpc:"
+TLS_CHECK = "tls:"
 
 
 # The state to start a backend from (a shared record), or None for a fresh UNKNOWN.
@@ -93,7 +98,9 @@ class Probed:
 
     @property
     def target(self) -> Target:
-        address, port = self.backend.address, self.backend.port
+        address, port, tls = self.backend.address, self.backend.port, self.backend.tls
+        if self.grpc_health_service is None and tls is not None:
+            return address, port, f"{TLS_CHECK}{tls.key}:{self.backend.health_path}"
         if self.grpc_health_service is None:
             return address, port, self.backend.health_path
         return address, port, GRPC_CHECK + self.grpc_health_service
