@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.factories import NO_DOT_ENV
+from tests.tls_support import Pki
 from xds_server import cli
 from xds_server.model.intent import SocketAddress
 from xds_server.proxy.processes import free_port
@@ -152,3 +153,29 @@ def test_run_with_a_port_taken_says_so_in_one_line(setting: str) -> None:
     assert done.returncode == 1, lines
     assert len(lines) == 1, lines
     assert f"cannot listen on {taken} (router.{setting}): Address already in use" in lines[0]
+
+
+TLS_AT = "services[0].backends[0].tls"
+
+
+def test_validate_lists_the_tls_problems_of_a_file(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`xds-server validate` on a config file: exit 1, each TLS problem on its line
+    with its path; the same file with the CA present and a name is valid."""
+    pki = Pki(in_tmp)
+    config = in_tmp / "router_config.yaml"
+    missing = in_tmp / "missing-ca.pem"
+    body = "services:\n  - name: llm\n    routes: [/v1]\n    backends:\n"
+    backend = "      - {{name: llm-a, address: 127.0.0.1, port: 443, tls: {tls}}}\n"
+    config.write_text(body + backend.format(tls=f"{{ca_file: {missing}}}"))
+    assert cli.main(["validate", "--config", str(config)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1:] == [
+        f"{TLS_AT}.sni: required: the address 127.0.0.1 is an IP address, so the certificate "
+        "has no host name to be checked against; set the name it carries (or "
+        "insecure_skip_verify)",
+        f"{TLS_AT}.ca_file: cannot read {str(missing)!r}: No such file or directory",
+    ]
+    config.write_text(body + backend.format(tls=f"{{ca_file: {pki.ca_file}, sni: llm.test}}"))
+    assert cli.main(["validate", "--config", str(config)]) == 0

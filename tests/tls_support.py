@@ -47,6 +47,10 @@ class Pki:
         cert, key = self._write(self.ca.issue_cert(ip), "server")
         return TlsFiles(cert, key, self.ca_file if clients else None)
 
+    def backend_files(self, *names: str) -> tuple[Path, Path]:
+        """A backend's certificate (chain) and key for `names` (DNS names or IPs)."""
+        return self._write(self.ca.issue_cert(*names), "backend")
+
     def client_files(self, *dns_names: str, uris: tuple[str, ...] = ()) -> ClientFiles:
         if uris:
             cert_pem, key_pem = self._issue_with_uris(dns_names, uris)

@@ -58,6 +58,7 @@ from xds_server.telemetry import Telemetry
 from xds_server.telemetry.failover import EventLog, FailoverTracker, MemoryEventLog
 from xds_server.telemetry.logs import XdsEventLog
 from xds_server.telemetry.models import model_traffic
+from xds_server.telemetry.passive import PassiveView
 from xds_server.telemetry.prometheus import ControllerMetrics, StateReaders, rejecting
 from xds_server.telemetry.sampler import Ledger, MemoryLedger, TrafficSampler
 from xds_server.telemetry.shared import RedisEventLog, RedisLedger
@@ -94,7 +95,12 @@ class LocalState:
     def health(self, wiring: HealthWiring) -> HealthSource:
         observers = [*wiring.probe_observers, *wiring.verdict_observers]
         return LocalHealth(
-            self.store, wiring.on_change, wiring.policy, observers, resolved=wiring.resolved
+            self.store,
+            wiring.on_change,
+            wiring.policy,
+            observers,
+            resolved=wiring.resolved,
+            ejected=wiring.ejected,
         )
 
     async def close(self) -> None:
@@ -126,6 +132,7 @@ class SharedState:
                 on_state=on_state,
                 seed=seed,
                 resolved=wiring.resolved,
+                ejected=wiring.ejected,
             )
 
         return SharedHealth(
@@ -154,6 +161,8 @@ class HealthWiring:
     verdict_observers: Sequence[HealthObserver]  # published verdict changes (failovers)
     lease_s: float  # the prober's lease, with replicas
     resolved: Resolved  # the addresses of backends named by DNS, which probes visit
+    # Envoy's outlier detection ejects this backend on some proxy (telemetry/passive.py)
+    ejected: Callable[[str], bool] | None = None
 
 
 def open_state(settings: Settings, store: IntentStore | None = None) -> State:
@@ -240,7 +249,9 @@ class Controller:
 
     def _telemetry(self) -> Telemetry:
         intent = lambda: self.store.intent  # noqa: E731 - read at each use
-        sampler = TrafficSampler(self.proxies, intent, ledger=self.state.ledger())
+        # The first ejection of a backend seen asks for an early probe (health/checker.py).
+        passive = PassiveView(on_first=lambda name: self.health.probe_now(name))
+        sampler = TrafficSampler(self.proxies, intent, ledger=self.state.ledger(), passive=passive)
         readers = StateReaders(  # read at scrape time: nothing to keep in step
             generation=lambda: self.cache.generation,
             connected_proxies=lambda: len(self.proxies.connected()),
@@ -253,6 +264,8 @@ class Controller:
             ],
             # The front door's per-model totals, as of the sampler's latest reading.
             model_traffic=lambda: model_traffic(sampler.book, self.store.intent),
+            ejecting_proxies=lambda: passive.ejecting(self.store.intent.services),
+            ejections_seen=lambda: passive.seen(self.store.intent.services),
         )
         return Telemetry(
             metrics=ControllerMetrics(self.registry, readers),
@@ -265,6 +278,7 @@ class Controller:
                 on_event=self.event_log.add,
             ),
             events=self.event_log,
+            passive=passive,
         )
 
     def _health(self, lease_s: float) -> HealthSource:
@@ -277,6 +291,7 @@ class Controller:
                 verdict_observers=[telemetry.failovers] if telemetry else [],
                 lease_s=lease_s,
                 resolved=self.dns,
+                ejected=telemetry.passive.ejected if telemetry else None,
             )
         )
 

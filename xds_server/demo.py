@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from asyncio import FIRST_COMPLETED
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +141,8 @@ class Stack:
             for backend in service.backends:
                 pid = self.backends[backend.name].pid
                 lines.append(
-                    f"backend {backend.name:<17}http://{backend.address}:{backend.port}"
+                    f"backend {backend.name:<17}{'http' if backend.tls is None else 'https'}"
+                    f"://{backend.address}:{backend.port}"
                     f"  ({service.name}, pid {pid})"
                 )
         return "\n".join(lines)
@@ -158,7 +159,25 @@ def sample_kind(service: Service) -> str:
     return service.name if service.name in ("qdrant", "embedding") else "llm"
 
 
-async def start_backend(backend: Backend, kind: str, log_dir: Path) -> ChildProcess:
+@dataclass(frozen=True)
+class ServingTls:
+    """A sample backend's own certificate (it serves HTTPS), and the CA of the
+    client certificates it then requires (None: any client)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    def argv(self) -> list[str]:
+        args = ["--tls-cert", str(self.cert_file), "--tls-key", str(self.key_file)]
+        if self.client_ca_file is not None:
+            args += ["--tls-client-ca", str(self.client_ca_file)]
+        return args
+
+
+async def start_backend(
+    backend: Backend, kind: str, log_dir: Path, tls: ServingTls | None = None
+) -> ChildProcess:
     if kind == GRPC_SAMPLE:
         argv = [sys.executable, "-m", "xds_server.samples.grpc_sample", "serve"]
         argv += ["--name", backend.name]
@@ -166,6 +185,7 @@ async def start_backend(backend: Backend, kind: str, log_dir: Path) -> ChildProc
         argv = [sys.executable, "-m", "xds_server.samples", "--name", backend.name]
         argv += ["--kind", kind]
     argv += ["--host", backend.address, "--port", str(backend.port)]
+    argv += [] if tls is None else tls.argv()
     return await start_process(
         argv,
         ready_line_prefix="READY",
@@ -182,15 +202,18 @@ async def running_stack(
     workdir: Path | None = None,
     envoy_concurrency: int | None = None,
     delta: bool = False,
+    serving_tls: Mapping[str, ServingTls] | None = None,
 ) -> AsyncIterator[Stack]:
-    """Start the whole stack; stops every part on exit, whatever happened."""
+    """Start the whole stack; stops every part on exit, whatever happened.
+    `serving_tls`: the sample backends (by name) that serve HTTPS, and with what."""
     with contextlib.ExitStack() as dirs:
         work = workdir or Path(dirs.enter_context(tempfile.TemporaryDirectory(prefix="xds-demo-")))
         async with contextlib.AsyncExitStack() as stack:
             backends: dict[str, ChildProcess] = {}
             for service in settings.intent.services:
                 for backend in service.backends:
-                    child = await start_backend(backend, sample_kind(service), work)
+                    tls = (serving_tls or {}).get(backend.name)
+                    child = await start_backend(backend, sample_kind(service), work, tls)
                     stack.push_async_callback(child.stop)
                     backends[backend.name] = child
             controller = Controller(settings, config_path=config_path)

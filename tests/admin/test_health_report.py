@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 
 from tests.factories import FAST_POLICY, definitive, passed, spec_intent
+from tests.telemetry.test_passive import ejecting, host
 from xds_server.admin.health_report import health_report
 from xds_server.health.verdict import BackendHealth, ProbeResult, summarize
 from xds_server.model.intent import Backend, Intent, Service
+from xds_server.telemetry.envoy_stats import TrafficReading
+from xds_server.telemetry.passive import PassiveView
 
 
 def states(**results: ProbeResult) -> dict[str, BackendHealth]:
@@ -29,7 +32,12 @@ def test_report_has_the_spec_shape_grouped_with_short_keys() -> None:
     assert entry["status"] == "healthy" and entry["response_time_ms"] == 1.0
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["last_check"])
     external = report["health_status"]["external"]  # type: ignore[index]
-    assert external["hermes"] == {"status": "unknown", "response_time_ms": None, "last_check": None}
+    assert external["hermes"] == {
+        "status": "unknown",
+        "response_time_ms": None,
+        "last_check": None,
+        "ejected_by": [],
+    }
     assert (report["total_backends"], report["healthy_backends"]) == (4, 3)
     assert (report["unhealthy_backends"], report["unknown_backends"]) == (0, 1)
 
@@ -63,3 +71,23 @@ def test_colliding_short_keys_fall_back_to_full_names() -> None:
         )
     )
     assert set(health_report(intent, {})["health_status"]["g"]) == {"x", "b-x"}  # type: ignore[index]
+
+
+def test_each_backend_names_the_proxies_ejecting_it_and_since_when() -> None:
+    """`ejected_by` lists every proxy whose outlier detection ejects the backend, by
+    node id, with the first reading's time as `since`; [] for the others."""
+    passive = PassiveView()
+    intent = spec_intent()
+    readings = [
+        ejecting("envoy-b", "qdrant", "qdrant-primary"),
+        ejecting("envoy-a", "qdrant", "qdrant-primary"),
+        TrafficReading("envoy-c", "127.0.0.1:1", hosts=(host("qdrant", "qdrant-primary"),)),
+    ]
+    passive.observe(readings, intent.services, wall=1_700_000_000.25)
+    report = health_report(intent, {}, passive=passive)
+    qdrant = report["health_status"]["qdrant"]  # type: ignore[index]
+    assert qdrant["primary"]["ejected_by"] == [
+        {"node": "envoy-a", "since": "2023-11-14T22:13:20.250Z"},
+        {"node": "envoy-b", "since": "2023-11-14T22:13:20.250Z"},
+    ]
+    assert qdrant["secondary"]["ejected_by"] == []

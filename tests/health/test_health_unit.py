@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -299,3 +300,113 @@ async def test_health_checker_reports_probes_and_verdict_changes() -> None:
     probed = ("probed", "qdrant-primary", "False")
     # Broken's probed() raised; its verdict_changed() (Ear's) still ran.
     assert heard == [probed, changed, changed, probed]
+
+
+# --- Envoy's passive view --------------------------------------------------------------------
+
+
+def corroborating_checker(ejected: set[str]) -> tuple[HealthChecker, dict[str, Health]]:
+    """A checker (never run) whose backends count as ejected when named in `ejected`."""
+    verdicts: dict[str, Health] = {}
+    store = MemoryStore(one_service(Backend("b", "127.0.0.1", 1)))
+    checker = HealthChecker(
+        store, verdicts, lambda: None, FAST_POLICY, ejected=lambda name: name in ejected
+    )
+    checker.states["b"] = BackendHealth()
+    return checker, verdicts
+
+
+def test_a_failed_probe_while_envoy_ejects_the_backend_is_unhealthy_at_once() -> None:
+    """An ambiguous failure (a timeout) needs the threshold on its own, but not when
+    some proxy's outlier detection ejects the backend: both witnesses agree."""
+    ejected: set[str] = set()
+    checker, verdicts = corroborating_checker(ejected)
+    checker._apply("b", passed())
+    checker._apply("b", ambiguous())
+    assert verdicts["b"] is Health.HEALTHY
+    ejected.add("b")
+    checker._apply("b", ambiguous())
+    assert verdicts["b"] is Health.UNHEALTHY
+
+
+def test_an_ejection_alone_never_changes_the_verdict() -> None:
+    """A probe that passes while Envoy ejects the backend keeps it healthy: one
+    proxy's ejection does not flap EDS health."""
+    checker, verdicts = corroborating_checker({"b"})
+    checker._apply("b", passed())
+    checker._apply("b", passed())
+    assert verdicts["b"] is Health.HEALTHY
+
+
+async def test_probe_now_probes_at_once_at_most_once_per_interval() -> None:
+    """An early probe comes at once instead of at the next tick (a minute away here);
+    a second request within the interval is refused; held or unknown backends too."""
+    calls: list[float] = []
+
+    async def prober(backend: Backend) -> ProbeResult:
+        calls.append(time.monotonic())
+        return passed()
+
+    store = MemoryStore(one_service(Backend("b", "127.0.0.1", 1)))
+    policy = dataclasses.replace(FAST_POLICY, interval_s=60.0, jitter=0.5)
+    # This seed puts the first tick after the first probe 4 s away.
+    checker = HealthChecker(store, {}, lambda: None, policy, prober=prober, rng=random.Random(1))
+    task = asyncio.create_task(checker.run())
+    try:
+        await eventually(lambda: _true(len(calls) == 1), 2)
+        asked = time.monotonic()
+        assert checker.probe_now("b")
+        await eventually(lambda: _true(len(calls) == 2), 2)
+        assert calls[1] - asked < 0.05
+        assert not checker.probe_now("b"), "within one interval of the last early probe"
+        assert not checker.probe_now("nobody")
+        await asyncio.sleep(0.05)
+        assert len(calls) == 2
+    finally:
+        task.cancel()
+
+
+class FixedPhase(random.Random):
+    """The phase of the first tick after the first probe: `share` of its range."""
+
+    def __init__(self, share: float) -> None:
+        super().__init__(0)
+        self.share = share
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.share
+
+
+async def test_ambiguous_failures_are_confirmed_within_one_interval() -> None:
+    """After a timeout, the probes that reach the unhealthy threshold (3) come
+    interval / 2 - timeout apart, so the verdict flips within one interval of the
+    first failure; once unhealthy, probes are back on their regular ticks."""
+    calls: list[float] = []
+    verdicts: dict[str, Health] = {}
+    flipped: list[float] = []
+
+    async def hung(backend: Backend) -> ProbeResult:
+        calls.append(time.monotonic())
+        return ambiguous()
+
+    store = MemoryStore(one_service(Backend("b", "127.0.0.1", 1)))
+    policy = HealthPolicy(interval_s=0.6, timeout_s=0.05, unhealthy_threshold=3, jitter=1.0)
+    checker = HealthChecker(
+        store,
+        verdicts,
+        lambda: flipped.append(time.monotonic()),
+        policy,
+        prober=hung,
+        rng=FixedPhase(0.9),  # the first regular tick 0.54 s after the first probe
+    )
+    task = asyncio.create_task(checker.run())
+    try:
+        await eventually(lambda: _true(len(calls) >= 5), 3)
+    finally:
+        task.cancel()
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(calls[:5])]
+    assert all(abs(g - 0.25) < 0.04 for g in gaps[:2]), gaps  # the two confirmations
+    assert flipped and flipped[0] - calls[0] <= policy.interval_s, (flipped, calls)
+    assert verdicts["b"] is Health.UNHEALTHY
+    assert abs(calls[3] - calls[0] - 0.54) < 0.04, gaps  # the regular tick
+    assert abs(gaps[3] - policy.interval_s) < 0.04, gaps  # and no more confirmations

@@ -21,11 +21,22 @@ from xds_server.model.intent import (
     SocketAddress,
     Strategy,
 )
+from xds_server.model.upstream_tls import UpstreamTls
 
 
 def every_field_set() -> Intent:
     """An intent in which every model field with a default differs from it."""
-    backend = Backend("b1", "10.0.0.1", 81, weight=3, priority=2, health_path="/h", draining=True)
+    tls = UpstreamTls(
+        sni="b1.test",
+        ca_file="/ca.pem",
+        ca_pem="-----BEGIN CERTIFICATE-----\n...",
+        client_cert_file="/c.crt",
+        client_key_file="/c.key",
+        insecure_skip_verify=True,
+    )
+    backend = Backend(
+        "b1", "10.0.0.1", 81, weight=3, priority=2, health_path="/h", draining=True, tls=tls
+    )
     service = Service(
         "svc",
         ("/a/", "/b"),
@@ -93,7 +104,7 @@ def test_codec_round_trip_covers_every_model_field() -> None:
     intent = every_field_set()
     seen: dict[type, set[str]] = {}
     _non_default_everywhere(intent, seen)
-    for cls in (Intent, Service, Backend, Policies, SocketAddress, Edge):
+    for cls in (Intent, Service, Backend, Policies, SocketAddress, Edge, UpstreamTls):
         assert seen.get(cls) == {f.name for f in dataclasses.fields(cls)}, cls.__name__
     assert codec.decode_intent(codec.encode_intent(intent)) == intent
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 import xds_server
+from tests.tls_support import Pki
 from xds_server.proxy.processes import start_process
 from xds_server.samples import make_app
 
@@ -198,3 +200,40 @@ def test_cli_refuses_a_negative_token_interval(capsys: pytest.CaptureFixture[str
     argv = ["--name", "phi3", "--kind", "llm", "--port", "0", "--token-interval-ms", "-1"]
     assert main(argv) == 2
     assert "token_interval_s" in capsys.readouterr().err
+
+
+async def test_cli_serves_https_with_tls_cert_and_key(tmp_path: Path) -> None:
+    """--tls-cert/--tls-key: the sample answers over HTTPS with that certificate
+    (verified against the test's CA and name); plain HTTP gets no answer."""
+    pki = Pki(tmp_path)
+    cert, key = pki.backend_files("llm.test")
+    argv = [sys.executable, "-m", "xds_server.samples", "--name", "llm-tls", "--kind", "llm"]
+    argv += ["--host", "127.0.0.1", "--port", "0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    child = await start_process(
+        argv, ready_line_prefix="READY ", timeout_s=20, env=env, log_path=tmp_path / "out.log"
+    )
+    try:
+        assert child.ready_line is not None
+        address = child.ready_line.split()[2]
+        context = ssl.create_default_context(cafile=str(pki.ca_file))
+        timeout = aiohttp.ClientTimeout(5)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            url = f"https://{address}/health"
+            async with session.get(url, ssl=context, server_hostname="llm.test") as resp:
+                assert resp.status == 200 and resp.headers["x-backend"] == "llm-tls"
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(f"http://{address}/health") as plain:
+                    await plain.read()
+    finally:
+        assert await child.stop(grace_s=5) == 0
+
+
+def test_cli_wants_tls_cert_and_key_together(capsys: pytest.CaptureFixture[str]) -> None:
+    """One without the other is a usage error (exit 2) naming both."""
+    from xds_server.samples.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--name", "x", "--kind", "llm", "--tls-cert", "c.pem"])
+    assert exited.value.code == 2
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err

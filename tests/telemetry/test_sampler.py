@@ -11,7 +11,7 @@ import pytest
 
 from tests.factories import local_settings
 from xds_server.telemetry import sampler as sampler_module
-from xds_server.telemetry.envoy_stats import TrafficReading
+from xds_server.telemetry.envoy_stats import HostStats, TrafficReading
 from xds_server.telemetry.sampler import MemoryLedger, TrafficSampler
 from xds_server.xds.status import ProxyRegistry, ProxyStatus
 
@@ -132,3 +132,23 @@ async def test_a_failure_to_count_does_not_fail_the_change(sampler: TrafficSampl
     async with sampler.covering_change() as reading:
         assert await reading == []
     assert reads(sampler) == 2
+
+
+async def test_every_reading_feeds_the_passive_view() -> None:
+    """The sampler's readings (periodic, pre-change, covering) are where Envoy's
+    ejections come from: no admin read of their own (telemetry/passive.py)."""
+    intent = local_settings().intent
+    primary = next(b for b in intent.backends() if b.name == "qdrant-primary")
+    ejected = HostStats(
+        "qdrant", primary.name, "127.0.0.1:1", health={"failed_outlier_check": True}
+    )
+
+    class EjectingReader(CountingReader):
+        async def traffic(self, proxies: Iterable[ProxyStatus]) -> list[TrafficReading]:
+            self.reads += 1
+            return [TrafficReading("envoy-a", "127.0.0.1:1", hosts=(ejected,))]
+
+    made = TrafficSampler(ProxyRegistry(), lambda: intent)
+    made.reader = EjectingReader()  # type: ignore[assignment]
+    await made.before_cluster_change()
+    assert [e.node_id for e in made.passive.ejected_by("qdrant-primary")] == ["envoy-a"]

@@ -56,7 +56,12 @@ WAIT_QUERY = {"wait_s": WAIT_S_SCHEMA}
 
 
 def backend_json(backend: Backend, health: Mapping[str, Health]) -> dict[str, Any]:
-    return dataclasses.asdict(backend) | {"health": health.get(backend.name, Health.UNKNOWN)}
+    # tls as the config file spells it: the CA's PEM text read from ca_file is left out.
+    tls = None if backend.tls is None else dataclasses.asdict(backend.tls)
+    if tls is not None:
+        del tls["ca_pem"]
+    fields = dataclasses.asdict(backend) | {"tls": tls}
+    return fields | {"health": health.get(backend.name, Health.UNKNOWN)}
 
 
 def service_json(intent: Intent, service: Service) -> dict[str, Any]:

@@ -45,7 +45,9 @@ from xds_server.model.fields import (
     Weight,
 )
 from xds_server.model.intent import Backend, Health, Strategy
-from xds_server.model.schema import BackendFields, Shape
+from xds_server.model.schema import BackendFields
+from xds_server.model.shape import Shape
+from xds_server.model.tls_schema import BackendTlsConfig
 from xds_server.model.values import shown
 from xds_server.pipeline.changes import DEFAULT_WAIT_S
 
@@ -321,6 +323,7 @@ class BackendView(Answer):
     priority: Priority
     health_path: HealthPath
     draining: Draining
+    tls: BackendTlsConfig | None = Field(description="null: plaintext")
     health: Health
 
 

@@ -45,7 +45,23 @@ _ENTRY: dict[str, Any] = {
         },
         "resolved_at": {"type": "string", "format": "date-time"},
         "dns_error": {"type": "string", "description": "why the last lookup failed"},
+        "ejected_by": {
+            "type": "array",
+            "description": "the connected proxies whose outlier detection ejects this "
+            "backend, as last read from their admin (every few seconds); since is the "
+            "first reading that saw the ejection (Envoy gives no ejection time). Empty "
+            "when none, or with metrics disabled (nothing reads the proxies).",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "node": {"type": "string", "description": "the proxy's node id"},
+                    "since": {"type": "string", "format": "date-time"},
+                },
+                "required": ["node", "since"],
+            },
+        },
     },
+    "required": ["status", "response_time_ms", "last_check", "ejected_by"],
 }
 _COUNTS: dict[str, Any] = {
     "overall_health": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},
@@ -74,12 +90,15 @@ REPORT_SCHEMA: dict[str, Any] = {
     description="The controller probes each backend's health_path every "
     "health_check_interval seconds (timeout health_check_timeout); verdict changes "
     "reach Envoy as endpoint health. response_time_ms is the last probe's duration, "
-    "connect included. " + _COUNTS_DOC,
+    "connect included. A failed probe while some proxy's outlier detection ejects the "
+    "backend marks it unhealthy at once (the two agree), and the first ejection seen "
+    "triggers an early probe; an ejection alone never changes the status. " + _COUNTS_DOC,
     response_schema=REPORT_SCHEMA,
 )
 async def router_health(request: web.Request) -> web.Response:
     context = context_of(request)
-    report = health_report(context.intent.intent, context.health.states, context.dns)
+    passive = context.telemetry.passive if context.telemetry is not None else None
+    report = health_report(context.intent.intent, context.health.states, context.dns, passive)
     return web.json_response(report)
 
 

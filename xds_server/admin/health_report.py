@@ -10,22 +10,29 @@ from xds_server.dns.base import Resolved
 from xds_server.health.verdict import BackendHealth, summarize
 from xds_server.model.intent import Backend, Health, Intent, Service
 from xds_server.model.values import is_ip
+from xds_server.telemetry.passive import PassiveView
 from xds_server.timefmt import iso_utc
 
 log = logging.getLogger("xds_server.health")
 
 
 def health_report(
-    intent: Intent, states: Mapping[str, BackendHealth], resolved: Resolved | None = None
+    intent: Intent,
+    states: Mapping[str, BackendHealth],
+    resolved: Resolved | None = None,
+    passive: PassiveView | None = None,
 ) -> dict[str, object]:
     """The spec's "Backend health status" shape, grouped by display group; a
-    backend named by DNS also shows its addresses and its lookup's error."""
+    backend named by DNS also shows its addresses and its lookup's error; each
+    backend the proxies ejecting it (`passive`: none without telemetry)."""
     groups: dict[str, dict[str, object]] = {}
     for service in intent.services:
         group = groups.setdefault(service.display_group, {})
         for key, backend in display_keys(service, group).items():
             entry = backend_entry(states.get(backend.name), backend)
-            group[key] = entry | dns_entry(backend, resolved)
+            entry = entry | dns_entry(backend, resolved)
+            entry["ejected_by"] = ejected_by(passive, backend.name)
+            group[key] = entry
     summary = summarize(intent, states)
     return {
         "health_status": groups,
@@ -46,6 +53,13 @@ def display_keys(service: Service, taken: dict[str, object]) -> dict[str, Backen
         key = short if short and short not in taken and short not in keys else backend.name
         keys[key] = backend
     return keys
+
+
+def ejected_by(passive: PassiveView | None, name: str) -> list[dict[str, str]]:
+    """[{node, since}] of the proxies whose outlier detection ejects `name`."""
+    if passive is None:
+        return []
+    return [{"node": e.node_id, "since": iso_utc(e.since)} for e in passive.ejected_by(name)]
 
 
 def backend_entry(state: BackendHealth | None, backend: Backend) -> dict[str, object]:

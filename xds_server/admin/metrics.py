@@ -224,7 +224,9 @@ async def router_metrics(request: web.Request) -> web.Response:
     summary="The controller's metrics in the Prometheus text format",
     description="xDS (connected proxies, streams, responses, ACKs, NACKs by type, push-to-ACK "
     "latency measured to the ACK), snapshots (generation, build time), health probes "
-    "(latency, outcome, verdict per backend), admin requests (by route template and "
+    "(latency, outcome, verdict per backend), Envoy's passive view per backend "
+    "(xds_server_backend_ejecting_proxies: proxies whose outlier detection ejects it; "
+    "xds_server_outlier_ejections_seen_total), admin requests (by route template and "
     "status) and the OpenAI front door per declared model (xds_server_model_*: requests, "
     "5xx, upstream time, streamed answers and their durations, read from Envoy's route "
     "stats). Envoy's own metrics are at its admin /stats/prometheus.",

@@ -30,7 +30,13 @@ class HealthHolds(Protocol):
         bounds a hold that outlives its holder (a replica that died)."""
 
 
-class HealthSource(HealthView, HealthHolds, Protocol):
+class EarlyProbes(Protocol):
+    def probe_now(self, name: str) -> bool:
+        """Probe one backend at once (Envoy ejected it), if this process probes it and
+        it had no early probe within the last interval (health/checker.py). True if asked."""
+
+
+class HealthSource(HealthView, HealthHolds, EarlyProbes, Protocol):
     """Life: `start()` before the first publish, `run()` as a task, `stop()` last."""
 
     async def start(self) -> None: ...

@@ -20,11 +20,28 @@ Rules (tests/health/test_health_unit.py pins them):
   answer (Envoy's HTTP health checker does the same) or a refused connection
   (nothing listens: the process is gone, waiting helps nobody). Ambiguous
   failures (timeout, reset, other errors) count: `unhealthy_threshold` in a row.
+- A failed probe while Envoy's outlier detection ejects the backend on some
+  proxy (`ejected`, telemetry/passive.py) is definitive too: two independent
+  witnesses agree, the data path's consecutive failures and our probe. An
+  ejection alone changes nothing (a probe that passes keeps the verdict), so
+  EDS health never flaps on one proxy's ejection.
+- `probe_now(name)` (the first ejection of a backend seen) probes it at once
+  instead of at its next tick, at most once per interval per backend, so a
+  backend Envoy ejected is confirmed within a sampler interval of the
+  ejection, not up to a probe interval later. The regular ticks stay as they are.
+- Confirmation probes: after an ambiguous failure of a backend that is not
+  unhealthy, the next probes come interval / (unhealthy_threshold - 1) -
+  timeout after the previous one ended (at once if that is negative), until
+  the threshold is reached or a probe passes; so a hung backend is unhealthy
+  within one interval of its first failed probe, not threshold - 1 intervals
+  later. At most threshold - 1 extra probes per failure; the regular ticks stay.
 - A never-probed backend is UNKNOWN (Envoy routes to it); its first pass makes
   it HEALTHY. An UNHEALTHY backend needs `healthy_threshold` passes in a row.
 - The checker follows the intent: a new backend starts UNKNOWN, a removed one is
-  forgotten, one whose address, port or health path changed starts over as
+  forgotten, one whose address, port, health path or tls changed starts over as
   UNKNOWN (it is another target now).
+- A TLS backend is probed over TLS as Envoy reaches it (health/tls.py): a
+  certificate that does not verify is a definitive failure with its reason.
 
 With several replicas (xds_server/health/shared.py, docs/replicas.md) only the
 elected prober runs this checker; it starts each backend from the shared record
@@ -35,8 +52,11 @@ record can be written, and is run again from scratch on a later term.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
@@ -56,9 +76,12 @@ log = logging.getLogger("xds_server.health")
 
 
 # What a probe talks to: address, port, and the health path, or for a gRPC health
-# check GRPC_CHECK + the health service name (a path starts with "/": no clash).
+# check GRPC_CHECK + the health service name (a path starts with "/": no clash);
+# over TLS, TLS_CHECK + the digest of the backend's tls + the path, so a changed
+# CA, name or client certificate is another target (probed afresh, with it).
 Target = tuple[str, int, str]
 GRPC_CHECK = "grpc:"
+TLS_CHECK = "tls:"
 
 
 # The state to start a backend from (a shared record), or None for a fresh UNKNOWN.
@@ -75,7 +98,9 @@ class Probed:
 
     @property
     def target(self) -> Target:
-        address, port = self.backend.address, self.backend.port
+        address, port, tls = self.backend.address, self.backend.port, self.backend.tls
+        if self.grpc_health_service is None and tls is not None:
+            return address, port, f"{TLS_CHECK}{tls.key}:{self.backend.health_path}"
         if self.grpc_health_service is None:
             return address, port, self.backend.health_path
         return address, port, GRPC_CHECK + self.grpc_health_service
@@ -98,6 +123,8 @@ def probed_backends(intent: Intent) -> dict[str, Probed]:
 class _Probing:
     target: Target
     task: asyncio.Task[None]
+    early: asyncio.Event  # set by probe_now: probe before the next tick
+    early_at: float | None = None  # loop time of the last early probe asked for
 
 
 class HealthChecker:
@@ -116,6 +143,7 @@ class HealthChecker:
         on_state: Callable[[str], None] | None = None,
         seed: Seed | None = None,
         resolved: Resolved | None = None,  # addresses of backends named by DNS
+        ejected: Callable[[str], bool] | None = None,
     ) -> None:
         self.policy = policy
         self._resolved = resolved
@@ -127,6 +155,7 @@ class HealthChecker:
         self._prober = prober
         self._on_state = on_state  # any change to one backend's state: probe counted, forgotten
         self._seed = seed
+        self._ejected = ejected  # Envoy's outlier detection ejects this backend somewhere
         self._rng = rng or random.Random()
         self._probing: dict[str, _Probing] = {}
         self._held: set[str] = set()
@@ -181,6 +210,19 @@ class HealthChecker:
                 self.states[name] = seeded
         self._intent_changed.set()
 
+    def probe_now(self, name: str) -> bool:
+        """Probe `name` at once, unless it is not probed here, held, or had an early
+        probe less than one interval ago (module docstring). True if asked."""
+        probing = self._probing.get(name)
+        if probing is None or name in self._held:
+            return False
+        now = asyncio.get_running_loop().time()
+        if probing.early_at is not None and now - probing.early_at < self.policy.interval_s:
+            return False
+        probing.early_at = now
+        probing.early.set()
+        return True
+
     @property
     def holds(self) -> frozenset[str]:
         return frozenset(self._held)
@@ -213,9 +255,10 @@ class HealthChecker:
         for name, probed in wanted.items():
             if name not in self._probing:
                 self.states[name] = self._initial(name, probed.target)
-                loop = self._probe_loop(probed.backend, prober_for(probed))
+                early = asyncio.Event()
+                loop = self._probe_loop(probed.backend, prober_for(probed), early)
                 task = tasks.create_task(loop, name=f"probe {name}")
-                self._probing[name] = _Probing(probed.target, task)
+                self._probing[name] = _Probing(probed.target, task, early)
 
     def _initial(self, name: str, target: Target) -> BackendHealth:
         seeded = self._seed(name, target) if self._seed is not None else None
@@ -235,24 +278,42 @@ class HealthChecker:
         if self._on_state is not None:
             self._on_state(name)
 
-    async def _probe_loop(self, backend: Backend, prober: Prober) -> None:
+    async def _probe_loop(self, backend: Backend, prober: Prober, early: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         interval = self.policy.interval_s
         if backend.name not in self._held:
             self._apply(backend.name, await _safely(prober, backend))
         due = loop.time() + self._rng.uniform(0.0, self.policy.jitter * interval)
         while True:
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            # Fixed ticks, not "interval after the last probe": no drift. A tick
-            # missed (a stalled loop) is skipped rather than caught up in a burst.
-            due = max(due + interval, loop.time())
+            wake = min(due, loop.time() + self._confirm_after(backend.name))
+            if not await _woken(early, wake - loop.time()) and wake == due:
+                # Fixed ticks, not "interval after the last probe": no drift. A tick
+                # missed (a stalled loop) is skipped rather than caught up in a burst.
+                due = max(due + interval, loop.time())
+            early.clear()
             if backend.name not in self._held:
                 self._apply(backend.name, await _safely(prober, backend))
+
+    def _confirm_after(self, name: str) -> float:
+        """Seconds to the next confirmation probe (module docstring), inf for none:
+        after an ambiguous failure of a backend not yet unhealthy, the probes that
+        reach the threshold follow each other so that the last one ends within one
+        interval of the first (or back to back when the timeouts alone take longer)."""
+        state = self.states.get(name)
+        threshold = self.policy.unhealthy_threshold
+        if state is None or state.verdict is Health.UNHEALTHY or threshold < 2:
+            return math.inf
+        if not 0 < state.failures < threshold:
+            return math.inf
+        gap = self.policy.interval_s / (threshold - 1) - self.policy.timeout_s
+        return max(0.0, gap)
 
     def _apply(self, name: str, result: ProbeResult) -> None:
         state = self.states.get(name)
         if state is None:
             return
+        if not result.ok and not result.definitive and self._ejected and self._ejected(name):
+            result = dataclasses.replace(result, definitive=True)  # corroborated (docstring)
         previous = state.verdict
         changed = state.record(result, self.policy)
         self._state_changed(name)
@@ -277,6 +338,15 @@ class HealthChecker:
                 getattr(observer, hook)(*args)
             except Exception:
                 log.exception("health observer %r failed in %s", observer, hook)
+
+
+async def _woken(early: asyncio.Event, delay_s: float) -> bool:
+    """Sleep `delay_s`, or less if `early` is set: True when woken early."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, delay_s)):
+            await early.wait()
+            return True
+    return False
 
 
 async def _safely(prober: Prober, backend: Backend) -> ProbeResult:

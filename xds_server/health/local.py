@@ -21,10 +21,17 @@ class LocalHealth:
         policy: HealthPolicy,
         observers: Sequence[HealthObserver] = (),
         resolved: Resolved | None = None,
+        ejected: Callable[[str], bool] | None = None,
     ) -> None:
         self._verdicts: dict[str, Health] = {}
         self.checker = HealthChecker(
-            store, self._verdicts, on_change, policy, observers=observers, resolved=resolved
+            store,
+            self._verdicts,
+            on_change,
+            policy,
+            observers=observers,
+            resolved=resolved,
+            ejected=ejected,
         )
 
     @property
@@ -34,6 +41,9 @@ class LocalHealth:
     @property
     def states(self) -> Mapping[str, BackendHealth]:
         return self.checker.states
+
+    def probe_now(self, name: str) -> bool:
+        return self.checker.probe_now(name)
 
     @contextlib.asynccontextmanager
     async def held(self, name: str, ttl_s: float) -> AsyncIterator[None]:

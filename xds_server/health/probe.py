@@ -1,5 +1,6 @@
 """HTTP probes of a backend's health path (aiohttp): a 2xx answer within the
-timeout passes; a non-2xx answer or a refused connection is a definitive failure;
+timeout passes; a non-2xx answer, a refused connection or a certificate that
+does not verify (a TLS backend, health/tls.py) is a definitive failure;
 anything else (timeout, reset) is ambiguous and counts towards the threshold."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from xds_server.health.tls import request_options, tls_reason
 from xds_server.health.verdict import ProbeResult
 from xds_server.model.intent import Backend, SocketAddress
 from xds_server.model.values import is_ip
@@ -20,13 +22,14 @@ log = logging.getLogger("xds_server.health")
 Prober = Callable[[Backend], Awaitable[ProbeResult]]
 # Probes one backend at one of its IP addresses (a name's resolved records).
 AddressProber = Callable[[Backend, str], Awaitable[ProbeResult]]
-HTTP_PORT = 80
+HTTP_PORT, HTTPS_PORT = 80, 443
 
 
 def probe_url(backend: Backend, ip: str | None = None) -> str:
     """The health path at `ip` (default: the backend's address, an IP literal)."""
     where = SocketAddress(backend.address if ip is None else ip, backend.port)
-    return f"http://{where}{backend.health_path}"
+    scheme = "http" if backend.tls is None else "https"
+    return f"{scheme}://{where}{backend.health_path}"
 
 
 def host_header(backend: Backend) -> dict[str, str]:
@@ -34,7 +37,8 @@ def host_header(backend: Backend) -> dict[str, str]:
     (a virtual host behind the name answers for the name, not for the IP)."""
     if is_ip(backend.address):
         return {}
-    port = "" if backend.port == HTTP_PORT else f":{backend.port}"
+    default = HTTP_PORT if backend.tls is None else HTTPS_PORT
+    port = "" if backend.port == default else f":{backend.port}"
     return {"Host": f"{backend.address}{port}"}
 
 
@@ -60,9 +64,18 @@ class HttpProber:
         started = time.perf_counter()
         url, headers = probe_url(backend, ip), host_header(backend)
         try:
-            async with self._session.get(url, headers=headers, timeout=self._timeout) as response:
+            context, name = request_options(backend)
+        except (OSError, ValueError) as error:  # a client certificate that no longer loads
+            return failed_probe(started, f"tls: client certificate: {error}", definitive=False)
+        timeout = self._timeout
+        try:
+            async with self._session.get(
+                url, headers=headers, timeout=timeout, ssl=context, server_hostname=name
+            ) as response:
                 await response.read()
                 status = response.status
+        except aiohttp.ClientSSLError as error:
+            return failed_probe(started, tls_reason(error), definitive=True)
         except aiohttp.ClientConnectorError as error:
             refused = isinstance(error.os_error, ConnectionRefusedError)
             return failed_probe(started, f"connect: {error.os_error}", definitive=refused)

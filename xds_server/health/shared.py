@@ -456,6 +456,11 @@ class SharedHealth:
     def states(self) -> dict[str, BackendHealth]:
         return self.mirror.states
 
+    def probe_now(self, name: str) -> bool:
+        """An early probe, if this replica is the prober now (only its checker probes);
+        an ejection seen by another replica's proxies does not reach the prober."""
+        return self.probing and self.checker.probe_now(name)
+
     async def start(self) -> None:
         """Read the shared verdicts before the first publish, so a replica that starts
         (or restarts) serves the versions the others serve from its first snapshot."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from xds_server.model.edge import Edge
+from xds_server.model.upstream_tls import UpstreamTls
 
 
 class Strategy(StrEnum):
@@ -67,6 +68,7 @@ class Backend:
     priority: int = 0
     health_path: str = "/health"
     draining: bool = False
+    tls: UpstreamTls | None = None  # None: plaintext (model/upstream_tls.py)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,14 @@ _UNSUPPORTED: dict[Strategy, str] = {
 }
 
 
+# TLS is per backend in Envoy's cluster (translate/upstream_tls.py); gRPC clients
+# take security only from their xDS credentials and would ignore it.
+GRPC_TLS = (
+    "not supported on a grpc service's backends: its cluster is also served to "
+    "proxyless gRPC clients, which would ignore it and connect in plaintext"
+)
+
+
 def grpc_weight_problem(service: Service, weight: int) -> str | None:
     """Why a backend of `service` cannot have `weight`, or None if it can. A gRPC
     service's endpoints are all published with weight 1 (translate/grpc.py): under
@@ -65,6 +73,11 @@ def _service_problems(intent: Intent, index: int, service: Service) -> list[Prob
             "listener is named after the service"
         )
         problems.append(Problem(f"{path}.name", message))
+    problems += [
+        Problem(f"{path}.backends[{j}].tls", GRPC_TLS)
+        for j, backend in enumerate(service.backends)
+        if backend.tls is not None
+    ]
     return problems
 
 

@@ -20,9 +20,8 @@ import dataclasses
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyNetwork
+from pydantic import BeforeValidator, ConfigDict, Field, IPvAnyNetwork
 
-from xds_server.errors import InvalidValue
 from xds_server.model.edge import KIB, MIB, Edge
 from xds_server.model.fields import (
     BackendName,
@@ -46,7 +45,6 @@ from xds_server.model.fields import (
     RedisUrl,
     RetryCondition,
     Route,
-    Rule,
     SchemaGenerator,
     Seconds,
     StrategyName,
@@ -56,7 +54,8 @@ from xds_server.model.fields import (
     number,
 )
 from xds_server.model.intent import Backend, Intent, Policies, Service
-from xds_server.model.values import to_text
+from xds_server.model.shape import OptionalPemFile, PemFile, Shape
+from xds_server.model.tls_schema import BackendTls
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -66,12 +65,6 @@ def default_of(cls: type[Any], name: str) -> Any:
     default = {f.name: f for f in dataclasses.fields(cls)}[name].default
     assert default is not dataclasses.MISSING, (cls, name)
     return default
-
-
-class Shape(BaseModel):
-    """A mapping of the config file: unknown keys are errors (typo protection)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class BackendFields(Shape):
@@ -89,9 +82,12 @@ class BackendConfig(BackendFields):
     """One upstream host of a service."""
 
     draining: Draining = default_of(Backend, "draining")
+    tls: BackendTls = None
 
     def to_backend(self) -> Backend:
-        return Backend(**dict(self))
+        fields = dict(self)
+        fields["tls"] = None if self.tls is None else self.tls.to_upstream_tls()
+        return Backend(**fields)
 
 
 class ServiceConfig(Shape):
@@ -250,24 +246,6 @@ _EDGE_FIELDS = {
     "idle_timeout": "idle_timeout_s",
     "stream_idle_timeout": "stream_idle_timeout_s",
 }
-
-
-def _file_path(value: object) -> str:
-    text = to_text(value)
-    if not text.strip():
-        raise InvalidValue("must name a PEM file, got an empty string")
-    return text
-
-
-def _optional_file_path(value: object) -> str | None:
-    return None if value is None else _file_path(value)
-
-
-_PEM_SCHEMA = {"type": "string", "minLength": 1}
-PemFile = Annotated[str, Rule(_file_path, _PEM_SCHEMA)]
-OptionalPemFile = Annotated[
-    str | None, Rule(_optional_file_path, {"anyOf": [_PEM_SCHEMA, {"type": "null"}]})
-]
 
 
 class XdsTlsConfig(Shape):

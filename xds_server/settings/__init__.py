@@ -1,9 +1,11 @@
 """Settings: `router_config.yaml` plus `ROUTER_*` environment -> one validated value.
 
 Contract:
-- `parse_settings` is pure (no I/O, no clock); `load_settings` reads the file,
-  within the size, depth and alias limits of settings/yamlfile.py (a fault is a
-  problem of the file, never a crash or a runaway parse).
+- `parse_settings` is pure (no clock, no I/O) but for reading the PEM files a
+  backend's `tls` names (settings/backend_tls.py: their problems are the
+  document's, in the same pass); `load_settings` reads the file, within the
+  size, depth and alias limits of settings/yamlfile.py (a fault is a problem of
+  the file, never a crash or a runaway parse).
 - Every problem is reported with its field path (`router.queue_size`,
   `services[1].backends[0].port`, `env:ROUTER_STRATEGY`), never only the first,
   rules across fields included (settings/rules.py).
@@ -17,6 +19,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ from xds_server.model.schema import (
 )
 from xds_server.model.validation import Located, located, problems_of
 from xds_server.model.values import MAX_WEIGHT, RESERVED_ROUTE_PREFIX, RESERVED_ROUTES
+from xds_server.settings.backend_tls import backend_tls_files, warn_insecure, with_ca_pems
 from xds_server.settings.environment import ENV_PREFIX, effective_router
 from xds_server.settings.rules import router_problems, service_problems
 from xds_server.settings.yamlfile import DEFAULT_LIMITS, parse_yaml, read_config_bytes
@@ -130,11 +134,15 @@ def parse_settings(document: object, environ: Mapping[str, str], source: str) ->
         found = located(ConfigDocument, error)
     section = document.get("router") if isinstance(document, dict) else None
     router = effective_router(section, environ)
-    found += router_problems(router) + service_problems(document, router)
+    tls_files = backend_tls_files(document)
+    found += router_problems(router) + service_problems(document, router) + tls_files.problems
     problems = problems_of(document, found) + list(router.problems)
     if problems or parsed is None:
         raise ConfigError([_named(p, source, document) for p in problems])
-    return _build(router.values, parsed.services, source)
+    settings = _build(router.values, parsed.services, source)
+    intent = with_ca_pems(settings.intent, tls_files.ca_pems)
+    warn_insecure(intent, source)
+    return dataclasses.replace(settings, intent=intent)
 
 
 def _named(problem: Problem, source: str, document: object) -> Problem:

@@ -193,6 +193,10 @@ class StateReaders:
     backend_verdicts: Callable[[], Iterable[tuple[str, str, Health]]]
     # the OpenAI front door's totals per declared model (telemetry/models.py)
     model_traffic: Callable[[], Iterable[ModelTraffic]] = tuple
+    # (service, backend, proxies whose outlier detection ejects it now) (telemetry/passive.py)
+    ejecting_proxies: Callable[[], Iterable[tuple[str, str, int]]] = tuple
+    # (service, backend, ejections seen since start: one per proxy and ejection)
+    ejections_seen: Callable[[], Iterable[tuple[str, str, int]]] = tuple
 
 
 class StateCollector(Collector):
@@ -214,6 +218,7 @@ class StateCollector(Collector):
             r.nacked_proxies(),
         )
         yield self._backends()
+        yield from passive_families(r.ejecting_proxies(), r.ejections_seen())
         yield from model_families(self._readers.model_traffic())
 
     def _backends(self) -> GaugeMetricFamily:
@@ -225,6 +230,29 @@ class StateCollector(Collector):
         for service, backend, verdict in self._readers.backend_verdicts():
             family.add_metric([service, backend], 1.0 if verdict is Health.HEALTHY else 0.0)
         return family
+
+
+def passive_families(
+    ejecting: Iterable[tuple[str, str, int]], seen: Iterable[tuple[str, str, int]]
+) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Envoy's passive view per backend: labels service and backend only (never a
+    node id: proxies come and go, the label set must stay bounded)."""
+    labels = ["service", "backend"]
+    gauge = GaugeMetricFamily(
+        f"{PREFIX}_backend_ejecting_proxies",
+        "connected proxies whose outlier detection ejects the backend, as last read",
+        labels=labels,
+    )
+    for service, backend, count in ejecting:
+        gauge.add_metric([service, backend], count)
+    counter = CounterMetricFamily(
+        f"{PREFIX}_outlier_ejections_seen",
+        "outlier ejections seen in the proxies' admin readings (one per proxy and ejection)",
+        labels=labels,
+    )
+    for service, backend, count in seen:
+        counter.add_metric([service, backend], count)
+    yield from (gauge, counter)
 
 
 def model_families(

@@ -53,6 +53,7 @@ from typing import Protocol
 from xds_server.model.intent import Intent
 from xds_server.telemetry.envoy_stats import AdminReader, TrafficReading
 from xds_server.telemetry.models import route_keys
+from xds_server.telemetry.passive import PassiveView
 from xds_server.telemetry.traffic import TrafficBook
 from xds_server.xds.status import ProxyRegistry
 
@@ -113,8 +114,11 @@ class TrafficSampler:
         intent: Callable[[], Intent],
         interval_s: float = SAMPLE_INTERVAL_S,
         ledger: Ledger | None = None,
+        passive: PassiveView | None = None,
     ) -> None:
         self.ledger: Ledger = ledger or MemoryLedger()
+        # Envoy's outlier ejections, taken from the same readings (telemetry/passive.py).
+        self.passive = passive or PassiveView()
         self.readings: list[TrafficReading] = []  # the latest, one per proxy read
         self.reader = AdminReader()  # kept connections to the proxies' admins
         self.hook_reads = 0  # pre-change readings the hook took itself (not covered)
@@ -135,7 +139,9 @@ class TrafficSampler:
             intent = self._intent()
             # The services' clusters and the front door's per-model routes.
             clusters = {s.name for s in intent.services} | route_keys(intent)
-            await self.ledger.apply(readings, clusters, time.monotonic(), time.time())
+            wall = time.time()
+            await self.ledger.apply(readings, clusters, time.monotonic(), wall)
+            self.passive.observe(readings, intent.services, wall)
             self.readings = readings
             return readings
 

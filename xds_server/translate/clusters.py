@@ -21,6 +21,7 @@ from xds_server.model.intent import Intent, Policies, Service, SocketAddress, St
 from xds_server.resources import ADMIN_CLUSTER
 from xds_server.translate.common import address_of, ads_config_source, duration
 from xds_server.translate.memo import Memo
+from xds_server.translate.upstream_tls import transport_socket_matches
 
 CONNECT_TIMEOUT_S = 1.0
 
@@ -81,6 +82,8 @@ def service_cluster(
         # Per-backend counters with a hostname label for Prometheus.
         track_cluster_stats=cluster_pb2.TrackClusterStats(per_endpoint_stats=True),
     )
+    # TLS per backend (translate/upstream_tls.py); the cluster's own socket stays plaintext.
+    cluster.transport_socket_matches.extend(transport_socket_matches(service))
     if strategy is Strategy.LEAST_CONNECTIONS:
         cluster.least_request_lb_config.choice_count.value = 2
     if buffer_limit is not None:

@@ -26,6 +26,7 @@ from xds_server.model.intent import Backend, Health, Intent, Service, Strategy
 from xds_server.model.values import is_ip
 from xds_server.translate.common import socket_address
 from xds_server.translate.memo import Memo
+from xds_server.translate.upstream_tls import endpoint_metadata
 
 _NAME = operator.attrgetter("name")
 _ADDRESS = operator.attrgetter("address")
@@ -122,6 +123,7 @@ def lb_endpoint(
         ),
         health_status=endpoint_health(backend, health),
         load_balancing_weight=wrappers_pb2.UInt32Value(value=backend.weight if weighted else 1),
+        metadata=endpoint_metadata(backend),  # picks its TLS socket; None: plaintext
     )
 
 
