@@ -190,11 +190,11 @@ def paired_ratio(a: list[dict[str, float]], b: list[dict[str, float]]) -> float:
     return statistics.median(x["rps"] / y["rps"] for x, y in zip(a, b, strict=True))
 
 
-def ab_arguments(doc: str) -> argparse.Namespace:
-    """The spec's ab figures and how many rounds: the command line of this
-    benchmark and of bench/openai_route.py."""
+def ab_arguments(doc: str, rounds: int = 5) -> argparse.Namespace:
+    """The spec's ab figures and how many rounds (`rounds` by default): the
+    command line of this benchmark, bench/openai_route.py and bench/load_tls.py."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--workers", type=int, default=8, help="Envoy --concurrency (spec: 8)")

@@ -5,8 +5,11 @@
 # PASS or FAIL for each check with the reason, a summary, and exits 1 if
 # anything failed (2 when a tool it needs is missing).
 #
-# Usage: scripts/test_routing.sh [BASE_URL]     (default $ROUTER_URL, else
-#        http://127.0.0.1:8000, the Envoy listener of `xds-server demo`)
+# Usage: scripts/test_routing.sh [--cacert FILE] [BASE_URL]   (default $ROUTER_URL,
+#        else http://127.0.0.1:8000, the Envoy listener of `xds-server demo`)
+#        An https URL is checked against the CA of --cacert (or $ROUTER_CACERT;
+#        `xds-server demo --tls` prints it); without one, against the system's CAs.
+#        ab does not verify certificates: it only measures.
 # Env:   ROUTER_ADMIN_TOKEN  sent as a bearer token on changing calls
 #        AB_REQUESTS / AB_CONCURRENCY  the load test (spec: 1000 / 50)
 #
@@ -15,12 +18,19 @@
 # is put back at the end.
 set -uo pipefail
 
+CACERT="${ROUTER_CACERT:-}"
+if [[ "${1:-}" == "--cacert" ]]; then
+    CACERT="${2:?--cacert needs a file}"
+    shift 2
+fi
 BASE="${1:-${ROUTER_URL:-http://127.0.0.1:8000}}"
 BASE="${BASE%/}"
 AB_REQUESTS="${AB_REQUESTS:-1000}"
 AB_CONCURRENCY="${AB_CONCURRENCY:-50}"
 SEARCH='{"query_vector": [0.1, 0.2, 0.3], "collection": "test"}'
 JSON=(-H "Content-Type: application/json")
+TLS=()
+[[ -n "$CACERT" ]] && TLS=(--cacert "$CACERT")
 AUTH=()
 [[ -n "${ROUTER_ADMIN_TOKEN:-}" ]] && AUTH=(-H "Authorization: Bearer ${ROUTER_ADMIN_TOKEN}")
 
@@ -41,7 +51,7 @@ call() {
     local args=(-s -o "$WORK/body" -w "%{http_code}" -X "$method" --max-time 120)
     [[ -n "$body" ]] && args+=("${JSON[@]}" -d "$body")
     [[ "$method" != GET ]] && args+=("${AUTH[@]}")
-    curl "${args[@]}" "$BASE$path" || echo 000
+    curl "${TLS[@]}" "${args[@]}" "$BASE$path" || echo 000
 }
 
 # field EXPR: evaluate a Python expression on the last body, parsed as `d`
@@ -82,7 +92,7 @@ fi
 codes=()
 backends=()
 for _ in $(seq 1 10); do
-    out=$(curl -s -o /dev/null -D - -X POST "$BASE/api/v1/vectors/search" "${JSON[@]}" \
+    out=$(curl "${TLS[@]}" -s -o /dev/null -D - -X POST "$BASE/api/v1/vectors/search" "${JSON[@]}" \
         -d "$SEARCH" -w "Backend: %{http_code}\n" --max-time 20)
     codes+=("$(grep -o 'Backend: [0-9]*' <<<"$out" | cut -d' ' -f2)")
     backends+=("$(grep -i '^x-backend:' <<<"$out" | cut -d' ' -f2 | tr -d '\r')")

@@ -9,6 +9,8 @@ signed here with the trustme CA's own key through `cryptography`.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from xds_server.xds.tls import TlsFiles
+from xds_server.model.certificates import EdgeCertificate
+from xds_server.pemfiles import TlsFiles
 
 
 @dataclass(frozen=True)
@@ -96,3 +99,31 @@ class Pki:
             serialization.NoEncryption(),
         )
         return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def edge_certificate(
+    ca: trustme.CA, name: str = "127.0.0.1", client_ca: bytes | None = None
+) -> EdgeCertificate:
+    """A listener certificate for `name` by content, as router.tls's files give it."""
+    issued = ca.issue_cert(name)
+    chain = b"".join(blob.bytes() for blob in issued.cert_chain_pems)
+    return EdgeCertificate(chain, issued.private_key_pem.bytes(), client_ca)
+
+
+def replace_pair(files: TlsFiles, certificate: EdgeCertificate) -> None:
+    """Write a new certificate and key over `files`' paths, each by rename (as
+    cert-manager and certbot do): a reader sees the old or the new file, never
+    a torn one, though for a moment the new certificate beside the old key."""
+    for path, data in (
+        (files.cert_file, certificate.cert_chain),
+        (files.key_file, certificate.private_key),
+    ):
+        staged = path.with_name(path.name + ".new")
+        staged.write_bytes(data)
+        staged.replace(path)
+
+
+def leaf_fingerprint(pem_chain: bytes) -> str:
+    """SHA-256 of the chain's first certificate (DER), as ssl's getpeercert(True) gives it."""
+    first = pem_chain.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(first.decode())).hexdigest()

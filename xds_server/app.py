@@ -42,7 +42,10 @@ from xds_server.health.checker import HealthChecker, Seed
 from xds_server.health.local import LocalHealth
 from xds_server.health.shared import SharedHealth
 from xds_server.health.verdict import HealthObserver, HealthPolicy
+from xds_server.model.certificates import EdgeCertificate
 from xds_server.model.intent import Health, SocketAddress
+from xds_server.pemfiles import TlsFiles, TlsFilesUnusable
+from xds_server.pipeline.certificates import CertificateWatcher
 from xds_server.pipeline.changes import IntentChanges
 from xds_server.pipeline.publisher import Publisher
 from xds_server.redis_io import connect
@@ -63,7 +66,7 @@ from xds_server.xds.identity import Admission
 from xds_server.xds.observe import Observers, XdsObserver
 from xds_server.xds.server import XdsEngine, start_server
 from xds_server.xds.status import ProxyRegistry
-from xds_server.xds.tls import ReloadingCredentials, TlsFiles, TlsFilesUnusable
+from xds_server.xds.tls import ReloadingCredentials
 
 log = logging.getLogger("xds_server.app")
 
@@ -213,6 +216,7 @@ class Controller:
         )
         lease_s = settings.health_prober_lease if health_lease_s is None else health_lease_s
         self.health = self._health(lease_s)
+        self.edge_tls: CertificateWatcher | None = None  # router.tls, loaded by start()
         self.publisher = Publisher(
             self.store,
             self.cache,
@@ -220,6 +224,7 @@ class Controller:
             addresses=lambda: self.dns.addresses,
             on_build=self.telemetry.metrics.publish.observe_build if self.telemetry else None,
             before_cluster_change=self.count_traffic,
+            certificate=self._edge_certificate,
         )
         self.engine = XdsEngine(
             self.cache,
@@ -237,6 +242,10 @@ class Controller:
         self.admin_address = settings.intent.admin
         self._grpc: grpc.aio.Server | None = None
         self._admin: web.AppRunner | None = None
+
+    def _edge_certificate(self) -> EdgeCertificate | None:
+        """The listener's certificate as of now (router.tls; None: plain HTTP)."""
+        return self.edge_tls.current if self.edge_tls is not None else None
 
     def _telemetry(self) -> Telemetry:
         intent = lambda: self.store.intent  # noqa: E731 - read at each use
@@ -299,7 +308,14 @@ class Controller:
             health=self.health,
             proxies=self.proxies,
             published=self.publisher,
-            lab=LabPorts(self.store, self.changes, self.health, self.proxies, self.experiments),
+            lab=LabPorts(
+                self.store,
+                self.changes,
+                self.health,
+                self.proxies,
+                self.experiments,
+                listener_certificate=self._edge_certificate,
+            ),
             telemetry=self.telemetry,
             admin_token=self.settings.admin_token,
             dns=self.dns,
@@ -323,6 +339,7 @@ class Controller:
         await self.dns.start()  # names resolved before the first probe and publish
         await self.health.start()
         await self._start_admin()
+        self.edge_tls = edge_certificates(self.settings, self.publisher.mark_dirty)
         await self.publisher.publish_now()
         tls = xds_credentials(self.settings)
         with _listening("xDS server", self.settings.xds_address, "router.xds_address"):
@@ -355,6 +372,8 @@ class Controller:
                     tasks.create_task(self.dns.run()),
                     tasks.create_task(self.event_log.run()),
                 ]
+                if self.edge_tls is not None:
+                    background.append(tasks.create_task(self.edge_tls.run()))
                 if self.telemetry is not None:
                     background.append(tasks.create_task(self.telemetry.sampler.run()))
                     background.append(tasks.create_task(self.telemetry.failovers.run()))
@@ -408,15 +427,35 @@ def xds_credentials(settings: Settings) -> ReloadingCredentials | None:
     tls = settings.xds_tls
     if tls is None:
         return None
-    files = TlsFiles(
-        Path(tls.cert_file),
-        Path(tls.key_file),
-        None if tls.client_ca_file is None else Path(tls.client_ca_file),
-    )
+    files = _tls_files(tls.cert_file, tls.key_file, tls.client_ca_file)
     try:
         return ReloadingCredentials(files)
     except TlsFilesUnusable as error:
-        raise ConfigError([Problem(f"router.xds_tls.{error.key}", str(error))]) from error
+        raise _config_error("router.xds_tls", error) from error
+
+
+def edge_certificates(
+    settings: Settings, on_change: Callable[[], None]
+) -> CertificateWatcher | None:
+    """router.tls as the watched certificate of the listener; files that cannot be
+    used are a ConfigError naming the setting (checked before the first publish)."""
+    tls = settings.tls
+    if tls is None:
+        return None
+    files = _tls_files(tls.cert_file, tls.key_file, tls.client_ca_file)
+    try:
+        return CertificateWatcher(files, on_change)
+    except TlsFilesUnusable as error:
+        raise _config_error("router.tls", error) from error
+
+
+def _config_error(setting: str, error: TlsFilesUnusable) -> ConfigError:
+    return ConfigError([Problem(f"{setting}.{key}", message) for key, message in error.problems])
+
+
+def _tls_files(cert_file: str, key_file: str, client_ca_file: str | None) -> TlsFiles:
+    ca = None if client_ca_file is None else Path(client_ca_file)
+    return TlsFiles(Path(cert_file), Path(key_file), ca)
 
 
 @contextlib.contextmanager

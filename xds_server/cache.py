@@ -28,13 +28,16 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from xds_server.errors import InconsistentSnapshot
-from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
+from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
 
 VERSION_LENGTH = 16
+# Types a snapshot holds only when the translator emits them (router.tls).
+OPTIONAL_TYPES = frozenset({SECRET})
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,10 @@ def build_snapshot(
     fresh: dict[str, tuple[str, ...]] = {}
     for type_url in ADS_ORDER:
         before = previous.of(type_url) if previous is not None else None
+        if type_url in OPTIONAL_TYPES and type_url not in resources and before is None:
+            # No TLS at the edge: no Secret type; docs/xds-protocol.md rule 35
+            # ignores its requests.
+            continue
         types[type_url], fresh[type_url] = type_snapshot(
             type_url, resources.get(type_url, {}), before
         )
@@ -146,10 +153,12 @@ def version_of(named_digests: Iterable[tuple[str, str]]) -> str:
 
 def check_consistency(resources: Resources) -> None:
     """Every EDS name a cluster uses exists, every RDS name a listener uses
-    exists, and every cluster a route names exists (docs/xds-protocol.md rule 25)."""
+    exists, every cluster a route names exists (docs/xds-protocol.md rule 25),
+    and every SDS secret a listener's TLS names exists (docs/xds-protocol.md rule 39)."""
     missing = [
         *_missing(ENDPOINT, _eds_names(resources.get(CLUSTER, {})), resources),
         *_missing(ROUTE, _rds_names(resources.get(LISTENER, {})), resources),
+        *_missing(SECRET, _sds_names(resources.get(LISTENER, {})), resources),
         *_missing(CLUSTER, _route_clusters(resources.get(ROUTE, {})), resources),
     ]
     if missing:
@@ -181,6 +190,21 @@ def _rds_names(listeners: Mapping[str, Message]) -> Iterable[str]:
             hcm = hcm_pb2.HttpConnectionManager()
             if config.Unpack(hcm) and hcm.HasField("rds"):
                 yield hcm.rds.route_config_name
+
+
+def _sds_names(listeners: Mapping[str, Message]) -> Iterable[str]:
+    """Secrets named by the downstream TLS of listeners' filter chains."""
+    for listener in listeners.values():
+        assert isinstance(listener, listener_pb2.Listener)
+        for chain in listener.filter_chains:
+            context = tls_pb2.DownstreamTlsContext()
+            if chain.HasField("transport_socket") and chain.transport_socket.typed_config.Unpack(
+                context
+            ):
+                common = context.common_tls_context
+                yield from (config.name for config in common.tls_certificate_sds_secret_configs)
+                if common.HasField("validation_context_sds_secret_config"):
+                    yield common.validation_context_sds_secret_config.name
 
 
 def _route_clusters(route_configs: Mapping[str, Message]) -> Iterable[str]:

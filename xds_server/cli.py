@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from xds_server.app import Controller
-from xds_server.demo import running_stack
+from xds_server.demo import demo_certificates, running_stack
 from xds_server.errors import (
     AddressUnavailable,
     ConfigError,
@@ -149,6 +151,11 @@ def parser() -> argparse.ArgumentParser:
         "demo", parents=[common], help="controller + Envoy + sample backends"
     )
     demo.add_argument("--delta", action="store_true", help="bootstrap Envoy with Delta xDS")
+    demo.add_argument(
+        "--tls",
+        action="store_true",
+        help="HTTPS on the listener, with a CA and certificate made for the demo (openssl)",
+    )
     demo.set_defaults(command=cmd_demo)
     validate = commands.add_parser("validate", parents=[common], help="check a config file")
     validate.set_defaults(command=cmd_validate)
@@ -249,16 +256,22 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     find_envoy_binary()  # fail before starting anything when there is no Envoy
 
-    async def demo() -> str | None:
+    async def demo(settings: Settings, curl: str) -> str | None:
         async with running_stack(settings, config_path=args.config, delta=args.delta) as stack:
             stop = stop_on_signals(stack.controller)
             print(stack.describe(), flush=True)
-            print(f"try: curl -s http://{settings.intent.listen}/api/v1/router/health", flush=True)
+            print(f"try: {curl}/api/v1/router/health", flush=True)
             print("Ctrl-C stops everything.", flush=True)
             return await stack.until_stopped(stop)
 
     try:
-        failure = asyncio.run(demo())
+        with tempfile.TemporaryDirectory(prefix="xds-demo-tls-") as certificates:
+            curl = f"curl -s http://{settings.intent.listen}"
+            if getattr(args, "tls", False):
+                tls, ca = demo_certificates(Path(certificates))
+                settings = dataclasses.replace(settings, tls=tls)
+                curl = f"curl -s --cacert {ca} https://{settings.intent.listen}"
+            failure = asyncio.run(demo(settings, curl))
     except XdsServerError as error:  # a taken port, a part that would not start
         print(f"xds-server demo: {error}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import subprocess
 import sys
 import tempfile
 from asyncio import FIRST_COMPLETED
@@ -25,9 +26,16 @@ from pathlib import Path
 from xds_server.app import Controller
 from xds_server.errors import AddressUnavailable
 from xds_server.model.intent import Backend, Protocol, Service, SocketAddress
+from xds_server.model.schema import EdgeTlsConfig
 from xds_server.proxy.bootstrap import make_bootstrap
 from xds_server.proxy.envoy_process import EnvoyFailed, EnvoyProcess, start_envoy, wait_listening
-from xds_server.proxy.processes import ChildProcess, bind_error, free_port, start_process
+from xds_server.proxy.processes import (
+    ChildProcess,
+    ProcessFailed,
+    bind_error,
+    free_port,
+    start_process,
+)
 from xds_server.proxy.supervisor import Supervisor
 from xds_server.resources import LISTENER_NAME
 from xds_server.settings import Settings, load_settings
@@ -68,6 +76,39 @@ def _on_free_port(backend: Backend) -> Backend:
     return dataclasses.replace(backend, address=LOOPBACK, port=free_port())
 
 
+# `xds-server demo --tls`: a CA and a listener certificate made by `openssl`,
+# which every system with curl has; the runtime needs no cryptography package.
+_OPENSSL_EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+_SERVER_EXTENSIONS = (
+    "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n"
+    "basicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"
+)
+
+
+def demo_certificates(directory: Path) -> tuple[EdgeTlsConfig, Path]:
+    """router.tls for a certificate of 127.0.0.1, ::1 and localhost, valid for a
+    week, signed by a CA made here; returns it and the CA file (`curl --cacert`)."""
+    ca, ca_key = directory / "demo-ca.pem", directory / "demo-ca.key"
+    cert, key = directory / "router.crt", directory / "router.key"
+    csr, extensions = directory / "router.csr", directory / "router.ext"
+    extensions.write_text(_SERVER_EXTENSIONS)
+    _openssl("req", "-x509", *_OPENSSL_EC, "-keyout", ca_key, "-out", ca, "-days", "7",
+             "-subj", "/CN=xds-server demo CA")  # fmt: skip
+    _openssl("req", *_OPENSSL_EC, "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+             "-out", cert, "-days", "7", "-extfile", extensions)  # fmt: skip
+    return EdgeTlsConfig(cert_file=str(cert), key_file=str(key)), ca
+
+
+def _openssl(*args: str | Path) -> None:
+    try:
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
+    except FileNotFoundError as error:
+        raise ProcessFailed("xds-server demo --tls needs the openssl command", "") from error
+    except subprocess.CalledProcessError as error:
+        raise ProcessFailed("openssl failed", error.stderr.decode(errors="replace")) from error
+
+
 @dataclass
 class Stack:
     controller: Controller
@@ -88,8 +129,9 @@ class Stack:
     def describe(self) -> str:
         settings = self.controller.settings
         intent = self.controller.store.intent
+        scheme = "https" if settings.tls is not None else "http"
         lines = [
-            f"router (Envoy listener)  http://{intent.listen}",
+            f"router (Envoy listener)  {scheme}://{intent.listen}",
             f"Envoy admin              http://{self.envoy.admin}",
             f"controller xDS (gRPC)    {self.controller.xds_address}",
             f"controller admin API     http://{self.controller.admin_address}",

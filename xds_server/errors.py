@@ -15,7 +15,7 @@
     ├── NodeNotAuthorized     xds/identity.py: a node its client certificate does not name;
     │                         PERMISSION_DENIED
     ├── StreamReplaced        xds/stream.py: a newer stream of the node took over; ABORTED
-    ├── TlsFilesUnusable      xds/tls.py: a certificate, key or CA file of router.xds_tls
+    ├── TlsFilesUnusable      pemfiles.py: a certificate, key or CA file (router.xds_tls, .tls)
     ├── AdminAnswerTooLarge   telemetry/envoy_stats.py: an Envoy admin answer over the cap
     ├── LeaseLost             another replica holds the prober lease; this one stops probing
     ├── ListenFailed          no socket could be bound to serve on (also an OSError)

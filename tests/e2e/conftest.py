@@ -10,7 +10,7 @@ from tests.factories import local_settings
 from xds_server.demo import Stack, running_stack
 from xds_server.settings import Settings
 
-StackFactory = Callable[[Settings], Awaitable[Stack]]
+StackFactory = Callable[..., Awaitable[Stack]]  # (settings, *, delta=False)
 
 
 @pytest.fixture(params=["sotw", "delta"])
@@ -29,13 +29,14 @@ async def stack(
 
 @pytest.fixture
 async def make_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[StackFactory]:
-    """Like `stack`, on the test's own settings: `await make_stack(settings)`.
-    Every stack started is stopped at teardown."""
+    """Like `stack`, on the test's own settings: `await make_stack(settings)`
+    (`delta=True`: Envoy on Delta ADS). Every stack started is stopped at teardown."""
     async with contextlib.AsyncExitStack() as exits:
 
-        async def start(settings: Settings) -> Stack:
+        async def start(settings: Settings, *, delta: bool = False) -> Stack:
             workdir = tmp_path_factory.mktemp("stack")
-            return await exits.enter_async_context(running_stack(settings, workdir=workdir))
+            running = running_stack(settings, workdir=workdir, delta=delta)
+            return await exits.enter_async_context(running)
 
         yield start
 

@@ -3,6 +3,7 @@ child that dies."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -137,3 +138,30 @@ async def test_demo_with_a_port_taken_exits_1_naming_the_address(
     assert "Traceback" not in output
     ports = [settings.envoy_admin_address.port] + [b.port for b in settings.intent.backends()]
     assert [port for port in ports if port != taken.port and someone_listens(port)] == []
+
+
+async def test_demo_with_tls_serves_https_with_the_certificate_it_made(tmp_path: Path) -> None:
+    """`xds-server demo --tls` makes a CA and a certificate (openssl), prints the
+    curl line with `--cacert` and an https listener, and that curl line works."""
+    settings = local_settings()
+    argv = [*demo_argv(settings, tmp_path), "--tls"]
+    child = await start_process(
+        argv,
+        ready_line_prefix=BANNER_END,
+        timeout_s=DEMO_START_TIMEOUT_S,
+        log_path=tmp_path / "demo.log",
+    )
+    try:
+        text = child.output_tail()
+        assert f"https://{settings.intent.listen}" in text, text
+        found = re.search(r"^try: curl -s --cacert (\S+) (https://\S+)$", text, re.M)
+        assert found is not None, text
+        process = await asyncio.create_subprocess_exec(
+            "curl", "-sS", "--max-time", "10", "--cacert", found.group(1), found.group(2),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await asyncio.wait_for(process.communicate(), 20)
+        assert process.returncode == 0, output
+        assert b'"status"' in output, output
+    finally:
+        await child.stop()

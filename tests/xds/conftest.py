@@ -26,6 +26,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.endpoint.v3 import eds_pb2_grpc
@@ -36,8 +37,9 @@ from google.rpc import status_pb2
 
 from tests.factories import intent_of
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
+from xds_server.model.certificates import EdgeCertificate
 from xds_server.model.intent import Intent
-from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from xds_server.samples.grpc_sample import start_backend
 from xds_server.translate import translate
 from xds_server.xds.identity import Admission
@@ -51,6 +53,7 @@ _MESSAGES: dict[str, type[Message]] = {
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
+    SECRET: secret_pb2.Secret,
 }
 DeltaResponse = discovery_pb2.DeltaDiscoveryResponse
 _END = object()  # ends the request iterator, i.e. half-closes the stream
@@ -527,10 +530,11 @@ class Harness:
         client.send(type_url, client.names.get(type_url, ()), nonce="barrier")
         await poll(lambda: self.recorder.count("stale_nonce") > before)
 
-    async def publish(self, intent: Intent) -> Snapshot:
-        """Translate, build and publish `intent` as the next generation."""
+    async def publish(self, intent: Intent, certificate: EdgeCertificate | None = None) -> Snapshot:
+        """Translate, build and publish `intent` (with the listener's TLS
+        `certificate`) as the next generation."""
         self.generation += 1
-        snapshot = build_snapshot(translate(intent), self.generation)
+        snapshot = build_snapshot(translate(intent, certificate=certificate), self.generation)
         await self.cache.publish(snapshot)
         self.intent = intent
         return snapshot

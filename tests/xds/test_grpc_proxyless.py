@@ -13,16 +13,17 @@ from typing import Any
 
 import grpc
 import pytest
+import trustme
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
-from tests.tls_support import Pki
+from tests.tls_support import Pki, edge_certificate
 from tests.xds.conftest import Harness, names_of, poll, unpack
 from xds_server.cache import build_snapshot
 from xds_server.model.intent import Backend, Intent, Protocol, Service, SocketAddress
 from xds_server.proxy.processes import ChildProcess, start_process
-from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from xds_server.samples.grpc_sample import METHOD, bootstrap_config
 from xds_server.translate import translate
 from xds_server.xds.identity import Admission
@@ -110,6 +111,20 @@ async def test_grpc_client_asks_by_name_and_acks_everything(
     acked = [args[1] for hook, args in xds.recorder.events if hook == "acked"]
     assert sorted(acked) == sorted([LISTENER, ROUTE, CLUSTER, ENDPOINT])
     assert xds.recorder.count("nacked") == 0
+
+
+async def test_grpc_client_gets_no_secret_with_tls_at_the_edge(
+    make_harness: Callable[..., Any], backends: dict[str, int]
+) -> None:
+    """docs/xds-protocol.md rule 39: with the router listener's certificate in
+    the snapshot (router.tls), a real proxyless gRPC client is sent its four
+    resources and never a Secret."""
+    xds: Harness = await make_harness()
+    await xds.publish(greeter(backends), edge_certificate(trustme.CA()))
+    assert SECRET in xds.snapshot.types
+    await run_client(xds, "xds:///greeter", "greeter-a,greeter-b", calls=2)
+    sent = {type_url for node, type_url, _ in xds.recorder.sent() if node == CLIENT_NODE}
+    assert sent == {LISTENER, ROUTE, CLUSTER, ENDPOINT}
 
 
 async def test_named_lds_request_gets_exactly_the_api_listener(xds: Harness) -> None:

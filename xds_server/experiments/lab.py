@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import aiohttp
 
 from xds_server.errors import Conflict, DependencyUnavailable, NotFound
 from xds_server.health.base import HealthHolds
+from xds_server.model.certificates import EdgeCertificate
 from xds_server.model.intent import Backend, Intent, Policies, Service
 from xds_server.pipeline.changes import ChangeApplier
 from xds_server.store.base import IntentView
@@ -129,6 +131,8 @@ class LabPorts:
     holds: HealthHolds
     proxies: ProxyRegistry
     registry: Experiments
+    # router.tls: the certificate the listener presents (None: plain HTTP).
+    listener_certificate: Callable[[], EdgeCertificate | None] = lambda: None
 
 
 def observed_proxy(proxies: ProxyRegistry) -> ProxyStatus:
@@ -157,7 +161,8 @@ class Lab:
         return max(0.0, self.deadline - time.monotonic())
 
     def probe_url(self) -> str:
-        return f"http://{self.ports.intent.intent.listen}{self.service.routes[0]}"
+        scheme = "http" if self.ports.listener_certificate() is None else "https"
+        return f"{scheme}://{self.ports.intent.intent.listen}{self.service.routes[0]}"
 
 
 @contextlib.asynccontextmanager
@@ -176,10 +181,25 @@ async def open_lab(
         async with (
             ports.holds.held(target.name, hold_s),
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as admin,
-            aiohttp.ClientSession(timeout=timeout) as traffic,
+            aiohttp.ClientSession(
+                timeout=timeout,
+                connector=aiohttp.TCPConnector(ssl=pinned(ports.listener_certificate())),
+            ) as traffic,
         ):
             deadline = time.monotonic() + limits.max_duration_s
             yield Lab(ports, admin, traffic, proxy, service, target, deadline)
+
+
+def pinned(certificate: EdgeCertificate | None) -> ssl.SSLContext | bool:
+    """Probe traffic to our own listener trusts exactly the certificate the
+    controller serves it (the chain's certificates as trust anchors), whatever
+    name the listen address has (0.0.0.0 is in no certificate)."""
+    if certificate is None:
+        return True  # plain HTTP: aiohttp's default
+    context = ssl.create_default_context(cadata=certificate.cert_chain.decode("ascii"))
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
 
 
 # --- reading Envoy -------------------------------------------------------------------

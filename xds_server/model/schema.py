@@ -261,8 +261,23 @@ class XdsTlsConfig(Shape):
     )
 
 
+class EdgeTlsConfig(Shape):
+    """HTTPS on the listener: the controller reads the files and serves them to Envoy
+    by SDS (docs/xds-protocol.md rule 39); replaced files are served again within
+    about a second, without draining the listener."""
+
+    cert_file: PemFile = Field(description="PEM certificate chain the listener presents")
+    key_file: PemFile = Field(description="PEM private key of cert_file")
+    client_ca_file: OptionalPemFile = Field(
+        default=None,
+        description="PEM CA certificates; when set, every client must present a "
+        "certificate they signed (mutual TLS)",
+    )
+
+
 def _json_object_text(value: object) -> object:
-    """ROUTER_XDS_TLS='{"cert_file": ...}' reads as the mapping; empty as unset."""
+    """ROUTER_XDS_TLS='{"cert_file": ...}' (and ROUTER_TLS) reads as the mapping;
+    empty as unset."""
     if isinstance(value, str):
         if not value.strip():
             return None
@@ -398,6 +413,10 @@ class RouterConfig(Shape):
         default=None,
         description="TLS (mutual with client_ca_file) on the xDS port; required when "
         "xds_address is not loopback; null: plaintext",
+    )
+    tls: Annotated[EdgeTlsConfig | None, BeforeValidator(_json_object_text)] = Field(
+        default=None,
+        description="HTTPS on listen_address (Envoy's certificate served by SDS); null: plain HTTP",
     )
     envoy_admin_allowlist: Annotated[
         tuple[IPvAnyNetwork, ...], BeforeValidator(_comma_separated)

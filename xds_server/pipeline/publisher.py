@@ -38,6 +38,7 @@ from typing import Protocol
 
 from xds_server.cache import Snapshot, SnapshotCache, build_snapshot
 from xds_server.errors import XdsServerError
+from xds_server.model.certificates import EdgeCertificate
 from xds_server.model.intent import Health, Intent
 from xds_server.resources import CLUSTER
 from xds_server.store.base import IntentStore
@@ -58,6 +59,7 @@ class Checked:
     intent: Intent
     health: dict[str, Health]
     addresses: dict[str, tuple[str, ...]]
+    certificate: EdgeCertificate | None
     previous: Snapshot | None
     snapshot: Snapshot
     build_s: float  # what building it took (the publish reports it as its build)
@@ -84,8 +86,10 @@ class Publisher:
         min_hold_off_s: float = 0.0,
         on_build: Callable[[float], None] | None = None,  # seconds one build took (metrics)
         before_cluster_change: Callable[[], Awaitable[None]] | None = None,
+        certificate: Callable[[], EdgeCertificate | None] = lambda: None,  # router.tls
     ) -> None:
         self._store = store
+        self._certificate = certificate
         self._on_build = on_build
         self._before_cluster_change = before_cluster_change
         self._publishing = asyncio.Lock()  # the hook awaits; publishes must not interleave
@@ -159,11 +163,12 @@ class Publisher:
         is kept for the publish of this very intent (module docstring)."""
         previous, health = self._cache.snapshot, dict(self._health())
         addresses = dict(self._addresses())
+        certificate = self._certificate()
         self._checked = None
         started = time.perf_counter()
         snapshot = self._build(intent)
         built_s = time.perf_counter() - started
-        self._checked = Checked(intent, health, addresses, previous, snapshot, built_s)
+        self._checked = Checked(intent, health, addresses, certificate, previous, snapshot, built_s)
 
     def _snapshot_of(self, intent: Intent) -> tuple[Snapshot, float]:
         """The snapshot to publish for `intent` and what building it took: the one
@@ -175,6 +180,7 @@ class Publisher:
             and checked.previous is self._cache.snapshot
             and checked.health == self._health()
             and checked.addresses == self._addresses()
+            and checked.certificate is self._certificate()
         ):
             return checked.snapshot, checked.build_s
         started = time.perf_counter()
@@ -182,7 +188,13 @@ class Publisher:
         return snapshot, time.perf_counter() - started
 
     def _build(self, intent: Intent) -> Snapshot:
-        resources = translate(intent, self._health(), self._memory, self._addresses())
+        resources = translate(
+            intent,
+            self._health(),
+            self._memory,
+            self._addresses(),
+            certificate=self._certificate(),
+        )
         current = self._cache.snapshot
         return build_snapshot(resources, self._cache.generation + 1, previous=current)
 

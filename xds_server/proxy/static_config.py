@@ -16,13 +16,14 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format
 
 from xds_server.model.edge import Edge
 from xds_server.model.intent import SocketAddress
 from xds_server.proxy.bootstrap import STATS_FLUSH_S
 from xds_server.proxy.overload import exempt_admin, overload_manager
-from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
+from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Resources
 from xds_server.translate.common import address_of, socket_address
 from xds_server.translate.listeners import HCM_FILTER
 
@@ -42,6 +43,8 @@ def static_bootstrap(
         "static_resources": {
             "clusters": [_dict(c) for c in clusters],
             "listeners": [_dict(lst) for lst in listeners],
+            # router.tls: the same certificate, as static secrets
+            "secrets": [_dict(s) for s in resources.get(SECRET, {}).values()],
         },
     }
 
@@ -64,6 +67,8 @@ def _static_listener(listener: Any, route_configs: Any) -> listener_pb2.Listener
     if static.HasField("api_listener"):
         static = _served_api_listener(static)
     for chain in static.filter_chains:
+        if chain.HasField("transport_socket"):
+            _static_secrets(chain.transport_socket)
         for network_filter in chain.filters:
             hcm = hcm_pb2.HttpConnectionManager()
             if network_filter.typed_config.Unpack(hcm) and hcm.HasField("rds"):
@@ -72,6 +77,21 @@ def _static_listener(listener: Any, route_configs: Any) -> listener_pb2.Listener
                 hcm.route_config.CopyFrom(routes)
                 network_filter.typed_config.Pack(hcm)
     return static
+
+
+def _static_secrets(socket: Any) -> None:
+    """The same TLS context, naming the static secrets: an SdsSecretConfig without
+    sds_config refers to `static_resources.secrets`."""
+    context = tls_pb2.DownstreamTlsContext()
+    if not socket.typed_config.Unpack(context):
+        return
+    common = context.common_tls_context
+    for config in common.tls_certificate_sds_secret_configs:
+        config.ClearField("sds_config")
+    common.validation_context_sds_secret_config.ClearField("sds_config")
+    if not common.validation_context_sds_secret_config.name:
+        common.ClearField("validation_context_sds_secret_config")
+    socket.typed_config.Pack(context)
 
 
 def _served_api_listener(listener: listener_pb2.Listener) -> listener_pb2.Listener:

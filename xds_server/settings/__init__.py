@@ -2,10 +2,11 @@
 
 Contract:
 - `parse_settings` is pure (no clock, no I/O) but for reading the PEM files a
-  backend's `tls` names (settings/backend_tls.py: their problems are the
-  document's, in the same pass); `load_settings` reads the file, within the
-  size, depth and alias limits of settings/yamlfile.py (a fault is a problem of
-  the file, never a crash or a runaway parse).
+  backend's `tls` and `router.tls` name (settings/backend_tls.py,
+  settings/edge_tls.py: their problems are the document's, in the same pass);
+  `load_settings` reads the file, within the size, depth and alias limits of
+  settings/yamlfile.py (a fault is a problem of the file, never a crash or a
+  runaway parse).
 - Every problem is reported with its field path (`router.queue_size`,
   `services[1].backends[0].port`, `env:ROUTER_STRATEGY`), never only the first,
   rules across fields included (settings/rules.py).
@@ -30,10 +31,17 @@ from pydantic import ValidationError
 
 from xds_server.errors import ConfigError, InvalidValue, Problem
 from xds_server.model.intent import Intent, Policies, SocketAddress
-from xds_server.model.schema import ConfigDocument, RouterConfig, ServiceConfig, XdsTlsConfig
+from xds_server.model.schema import (
+    ConfigDocument,
+    EdgeTlsConfig,
+    RouterConfig,
+    ServiceConfig,
+    XdsTlsConfig,
+)
 from xds_server.model.validation import Located, located, problems_of
 from xds_server.model.values import MAX_WEIGHT, RESERVED_ROUTE_PREFIX, RESERVED_ROUTES
 from xds_server.settings.backend_tls import backend_tls_files, warn_insecure, with_ca_pems
+from xds_server.settings.edge_tls import edge_tls_problems
 from xds_server.settings.environment import ENV_PREFIX, effective_router
 from xds_server.settings.rules import router_problems, service_problems
 from xds_server.settings.yamlfile import DEFAULT_LIMITS, parse_yaml, read_config_bytes
@@ -83,6 +91,8 @@ class Settings:
     health_prober_lease: float = _DEFAULTS.health_prober_lease
     # TLS on the xDS port, and whose Envoy admins may be read (docs/xds-protocol.md rule 34).
     xds_tls: XdsTlsConfig | None = None
+    # HTTPS on the listener: the files the controller serves to Envoy by SDS.
+    tls: EdgeTlsConfig | None = None
     envoy_admin_allowlist: tuple[IPv4Network | IPv6Network, ...] = ()
     # Backends named by DNS (xds_server/dns/): who answers, and how often names are asked.
     dns_servers: tuple[str, ...] = ()
@@ -128,6 +138,7 @@ def parse_settings(document: object, environ: Mapping[str, str], source: str) ->
     router = effective_router(section, environ)
     tls_files = backend_tls_files(document)
     found += router_problems(router) + service_problems(document, router) + tls_files.problems
+    found += edge_tls_problems(router)
     problems = problems_of(document, found) + list(router.problems)
     if problems or parsed is None:
         raise ConfigError([_named(p, source, document) for p in problems])
@@ -171,6 +182,7 @@ def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: st
         admin_token=router.admin_token,
         source=source,
         xds_tls=router.xds_tls,
+        tls=router.tls,
         envoy_admin_allowlist=tuple(router.envoy_admin_allowlist),
         dns_servers=router.dns_servers,
         dns_refresh_interval_s=router.dns_refresh_interval,

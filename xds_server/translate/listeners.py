@@ -26,6 +26,7 @@ from xds_server.resources import LISTENER_NAME, ROUTE_CONFIG_NAME
 from xds_server.translate.common import address_of, ads_config_source, duration, packed
 from xds_server.translate.memo import Memo
 from xds_server.translate.openai import http_filters as front_door_filters
+from xds_server.translate.secrets import tls_transport_socket
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -55,26 +56,34 @@ _UNDERSCORES = {
 }
 
 
+# The listener's TLS: None (plaintext), False (TLS), True (TLS with client
+# certificates required). Never the certificate itself (translate/secrets.py).
+TlsMode = bool | None
+
+
 def listeners(
-    intent: Intent, memo: Memo[listener_pb2.Listener]
+    intent: Intent, memo: Memo[listener_pb2.Listener], tls: TlsMode = None
 ) -> dict[str, listener_pb2.Listener]:
-    build = functools.partial(router_listener, intent.listen, intent.edge)
-    return {LISTENER_NAME: memo.get(LISTENER_NAME, (intent.listen, intent.edge), build)}
+    build = functools.partial(router_listener, intent.listen, intent.edge, tls)
+    return {LISTENER_NAME: memo.get(LISTENER_NAME, (intent.listen, intent.edge, tls), build)}
 
 
-def router_listener(listen: SocketAddress, edge: Edge) -> listener_pb2.Listener:
+def router_listener(
+    listen: SocketAddress, edge: Edge, tls: TlsMode = None
+) -> listener_pb2.Listener:
+    chain = listener_components_pb2.FilterChain(
+        filters=[
+            listener_components_pb2.Filter(
+                name=HCM_FILTER, typed_config=packed(http_connection_manager(edge))
+            )
+        ]
+    )
+    if tls is not None:
+        chain.transport_socket.CopyFrom(tls_transport_socket(mutual=tls))
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_of(listen),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name=HCM_FILTER, typed_config=packed(http_connection_manager(edge))
-                    )
-                ]
-            )
-        ],
+        filter_chains=[chain],
         connection_balance_config=EXACT_BALANCE,
         per_connection_buffer_limit_bytes=_uint32(edge.per_connection_buffer_limit_bytes),
     )

@@ -23,6 +23,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf.message import Message
 
 Value = TypeVar("Value")
@@ -71,6 +72,7 @@ class Memory:
     listeners: Memo[listener_pb2.Listener] = field(default_factory=Memo)
     service_routes: Memo[list[tuple[str, rc_pb2.Route]]] = field(default_factory=Memo)
     route_configurations: Memo[route_pb2.RouteConfiguration] = field(default_factory=Memo)
+    secrets: Memo[secret_pb2.Secret] = field(default_factory=Memo)
     # The proxyless gRPC overlay (translate.grpc), per gRPC service.
     grpc_clusters: Memo[cluster_pb2.Cluster] = field(default_factory=Memo)
     grpc_assignments: Memo[endpoint_pb2.ClusterLoadAssignment] = field(default_factory=Memo)
@@ -85,6 +87,7 @@ class Memory:
             self.listeners,
             self.service_routes,
             self.route_configurations,
+            self.secrets,
             self.grpc_clusters,
             self.grpc_assignments,
             self.grpc_listeners,

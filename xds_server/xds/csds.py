@@ -38,14 +38,17 @@ import grpc
 import re2
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from envoy.type.matcher.v3 import node_pb2, string_pb2
-from google.protobuf import timestamp_pb2
+from google.protobuf import any_pb2, timestamp_pb2
 
 from xds_server.cache import Resource, Snapshot, SnapshotCache
 from xds_server.resources import FULL_STATE_TYPES
 from xds_server.xds.limits import LOG_TEXT_CHARS, clip
 from xds_server.xds.observe import Observers, StreamInfo
+
+REDACTED = "[redacted]"
 
 
 class State(Enum):
@@ -255,10 +258,25 @@ def _generic_config(
         config_status=config_status,
     )
     if contents and row.resource is not None:
-        config.xds_config.CopyFrom(row.resource.packed)
+        config.xds_config.CopyFrom(dumpable(row.resource))
     if row.state is State.NACKED and row.rejection is not None:
         config.error_state.CopyFrom(_failure(row, contents))
     return config
+
+
+def dumpable(resource: Resource) -> any_pb2.Any:
+    """The resource as a dump may show it: a Secret's private key is replaced by
+    "[redacted]", as Envoy's own config dump does (docs/security.md)."""
+    message = resource.message
+    if not isinstance(message, secret_pb2.Secret) or not message.HasField("tls_certificate"):
+        return resource.packed
+    redacted = secret_pb2.Secret()
+    redacted.CopyFrom(message)
+    redacted.tls_certificate.private_key.Clear()
+    redacted.tls_certificate.private_key.inline_string = REDACTED
+    shown = any_pb2.Any()
+    shown.Pack(redacted)
+    return shown
 
 
 def _failure(row: Row, contents: bool) -> dump_pb2.UpdateFailureState:
@@ -269,7 +287,7 @@ def _failure(row: Row, contents: bool) -> dump_pb2.UpdateFailureState:
         version_info=row.rejection.version,
     )
     if contents and row.resource is not None:
-        failure.failed_configuration.CopyFrom(row.resource.packed)
+        failure.failed_configuration.CopyFrom(dumpable(row.resource))
     return failure
 
 

@@ -16,14 +16,22 @@ from typing import Any
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_server.cache import Resource, Snapshot, TypeSnapshot
-from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, LISTENER, ROUTE
+from xds_server.resources import (
+    ADS_ORDER,
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    NAMED_ONLY_TYPES,
+    ROUTE,
+    SECRET,
+)
 from xds_server.xds import limits
 from xds_server.xds.stream import WILDCARD, WILDCARD_TYPES, XdsStream
 
 ABSENT = None  # "the client was told this name does not exist"
-# Removals go referrer first: listeners name routes, routes name clusters,
-# clusters name their endpoints.
-REMOVAL_ORDER = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
+# Removals go referrer first: listeners name routes and secrets, routes name
+# clusters, clusters name their endpoints.
+REMOVAL_ORDER = (LISTENER, ROUTE, SECRET, CLUSTER, ENDPOINT)
 
 
 @dataclass
@@ -52,7 +60,8 @@ class DeltaState:
                 self.wildcard = True
         for name in subscribe:
             if name == WILDCARD:
-                self.wildcard = True
+                # docs/xds-protocol.md rule 39: a Secret is never sent for `*`.
+                self.wildcard = self.type_url not in NAMED_ONLY_TYPES
                 continue
             if name not in self.names:
                 self.names.add(name)

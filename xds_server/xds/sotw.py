@@ -23,7 +23,15 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import code_pb2, status_pb2
 
 from xds_server.cache import Resource, Snapshot, TypeSnapshot, version_of
-from xds_server.resources import ADS_ORDER, CLUSTER, ENDPOINT, FULL_STATE_TYPES, LISTENER, ROUTE
+from xds_server.resources import (
+    ADS_ORDER,
+    CLUSTER,
+    ENDPOINT,
+    FULL_STATE_TYPES,
+    LISTENER,
+    NAMED_ONLY_TYPES,
+    ROUTE,
+)
 from xds_server.xds import limits
 from xds_server.xds.stream import WILDCARD, WILDCARD_TYPES, XdsStream, digest_of
 
@@ -55,7 +63,8 @@ class TypeState:
             self.wildcard = True
         else:
             self.named = self.named or bool(names)
-            self.wildcard = WILDCARD in names
+            # docs/xds-protocol.md rule 39: a Secret is never sent for `*`.
+            self.wildcard = WILDCARD in names and self.type_url not in NAMED_ONLY_TYPES
         names.discard(WILDCARD)
         # Forget what was sent for dropped names, so re-subscribing re-sends
         # (docs/xds-protocol.md rule 11).
