@@ -199,7 +199,7 @@ ERRORS: list[tuple[str, str, dict[str, Any], int, str | None]] = [
     ("PUT", STRATEGY, {"json": {"strategy": "fastest"}}, 422, "strategy"),
     ("POST", QDRANT, {"json": {"name": "q3", "address": LOOPBACK, "port": 65536}}, 422, "port"),
     ("PATCH", QDRANT + "/qdrant-primary", {"json": {"weight": 0}}, 422, "weight"),
-    ("POST", QDRANT, {"json": {"name": "q3", "address": "qdrant.lan", "port": 9}}, 422, "address"),
+    ("POST", QDRANT, {"json": {"name": "q3", "address": "qdrant lan", "port": 9}}, 422, "address"),
 ]
 
 

@@ -106,7 +106,9 @@ def acked(controller: Controller) -> dict[str, str | None]:
     proxy = controller.proxies.proxies.get(NODE)
     if proxy is None or not proxy.streams:
         return {}
-    return {SHORT_NAMES[t]: proxy.type(t).version_acked for t in ADS_ORDER}
+    # Only the types this Envoy subscribed to: without TLS at the edge it asks for
+    # no Secret, and the snapshot holds none (proxy.type() would add one).
+    return {SHORT_NAMES[t]: s.version_acked for t, s in proxy.types.items() if t in ADS_ORDER}
 
 
 def serving(controller: Controller) -> dict[str, str]:
