@@ -613,7 +613,7 @@ class SharedHealth:
         finally:
             self.following = False
             with contextlib.suppress(RedisError, OSError):  # the connection may be dead
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis 8.2
 
     async def _notified(self, pubsub: PubSub) -> list[dict[str, Any]]:
         """The notifications of one listening period (redis_io.notifications)."""

@@ -295,7 +295,7 @@ class RedisStore(EditingStore):
         finally:
             self._listening = False
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated upstream
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis 8.2
 
     async def _notified(self, pubsub: PubSub) -> bool:
         """Wait (bounded) for notifications; True if any arrived. Drains a burst into one."""
