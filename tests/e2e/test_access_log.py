@@ -28,6 +28,7 @@ from tests.support import eventually
 from tests.tls_support import Pki
 from xds_server.demo import Stack
 from xds_server.model.access_log import AccessLog, AccessLogSink
+from xds_server.proxy.envoy_process import admin_request
 from xds_server.proxy.processes import start_process
 from xds_server.resources import ADMIN_CLUSTER
 from xds_server.settings import Settings
@@ -179,7 +180,8 @@ async def test_a_file_on_the_https_listener_gets_the_lines_and_stdout_none(
     tmp_path: Path, make_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
     """TLS at the edge is the same listener: its requests are logged alike, here
-    to a file; Envoy's stdout then holds no line."""
+    to a file; Envoy's stdout then holds no line. The file rotates with Envoy's
+    /reopen_logs."""
     pki = Pki(tmp_path)
     log_file = tmp_path / "logs" / "access.log"
     log_file.parent.mkdir()
@@ -197,6 +199,15 @@ async def test_a_file_on_the_https_listener_gets_the_lines_and_stdout_none(
     for line, request in zip(lines, sent, strict=True):
         check_line(line, request, stack, window)
     assert json_lines(stdout_of(stack)) == []
+    # Rotation: move the file away, ask Envoy to reopen its logs; new lines go
+    # to a new file of the configured name, none is lost.
+    log_file.rename(log_file.with_suffix(".log.1"))
+    status, _ = await admin_request(stack.envoy.admin, "POST", "/reopen_logs")
+    assert status == 200
+    after = await send(http, base, spec_requests()[0], ssl=context)
+    [line] = await lines_for(log_file, 1)
+    assert line["request_id"] == after.request_id
+    assert len(json_lines(log_file.with_suffix(".log.1"))) == 3
 
 
 async def test_off_writes_nothing_and_the_metrics_still_count(
