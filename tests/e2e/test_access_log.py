@@ -156,7 +156,7 @@ async def test_each_request_of_the_spec_is_one_json_line_on_stdout(
     """The default (stdout): one line per request, no more, each with the fields
     of what the client sent and saw; a 404 without a route says NR and names no
     backend. An id the client sends is not taken (the listener is the edge):
-    Envoy's own id is in the response, the line and the backend's request."""
+    Envoy's own id is in the response and the line."""
     stack = await make_stack(local_settings(worker_threads=2))
     assert stack.controller.store.intent.access_log == AccessLog(AccessLogSink.STDOUT)
     base = f"http://{stack.controller.store.intent.listen}"

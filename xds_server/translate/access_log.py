@@ -48,8 +48,8 @@ FIELDS: dict[str, str] = {
     "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
-    # Envoy's, also in the response (always_set_request_id_in_response) and
-    # sent to the backend, so a client's complaint finds its line.
+    # Envoy's, also in the response (always_set_request_id_in_response), so a
+    # client's complaint finds its line.
     "request_id": "%REQ(X-REQUEST-ID)%",
     # The client as Envoy saw it, less the trusted X-Forwarded-For hops
     # (router.edge.xff_num_trusted_hops).
