@@ -23,7 +23,12 @@ from xds_server.errors import (
     XdsServerError,
 )
 from xds_server.model.schema import config_json_schema
-from xds_server.proxy.bootstrap import XdsClientTls, make_bootstrap, render_bootstrap
+from xds_server.proxy.bootstrap import (
+    ACCESS_LOG_FLUSH_FLAGS,
+    XdsClientTls,
+    make_bootstrap,
+    render_bootstrap,
+)
 from xds_server.proxy.envoy_process import find_envoy_binary
 from xds_server.sdnotify import Notifier
 from xds_server.service import SystemdService
@@ -214,7 +219,7 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
     print(render_bootstrap(bootstrap), end="")
     print(
         f"# run: envoy -c bootstrap.yaml --concurrency {settings.worker_threads}"
-        " --disable-hot-restart"
+        f" --disable-hot-restart {' '.join(ACCESS_LOG_FLUSH_FLAGS)}"
     )
     return 0
 

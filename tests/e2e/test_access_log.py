@@ -107,6 +107,14 @@ async def lines_for(path: Path, count: int) -> list[dict[str, Any]]:
     return json_lines(path)
 
 
+async def lines_buffered(stack: Stack) -> int:
+    """Envoy's own count of access log lines it took (filesystem.write_buffered),
+    whenever it flushes them."""
+    stats = await stack.envoy.admin_get("/stats?filter=^filesystem\\.write_buffered$")
+    [line] = stats.splitlines()
+    return int(line.split(": ")[1])
+
+
 def stdout_of(stack: Stack) -> Path:
     return stack.envoy.workdir / "envoy.out"  # where start_envoy keeps Envoy's stdout
 
@@ -172,6 +180,7 @@ async def test_each_request_of_the_spec_is_one_json_line_on_stdout(
     lines = await lines_for(stdout_of(stack), len(sent))
     by_id = {line["request_id"]: line for line in lines}
     assert len(lines) == len(by_id) == len(sent), lines  # exactly one line per request
+    assert await lines_buffered(stack) == len(sent)
     for request in sent:
         check_line(by_id[request.request_id], request, stack, window)
 
@@ -224,8 +233,8 @@ async def test_off_writes_nothing_and_the_metrics_still_count(
     async with http.get(f"{base}/api/v1/router/metrics?service=qdrant") as response:
         routing = (await response.json())["routing_metrics"]
     assert (routing["total_requests"], routing["successful_requests"]) == (25, 25)
-    # Past Envoy's flush interval: a line would be there by now.
-    await asyncio.sleep(2.0)
+    assert await lines_buffered(stack) == 0  # none taken, flushed or not
+    await asyncio.sleep(2.0)  # and past Envoy's flush interval (1 s), none written
     assert json_lines(stdout_of(stack)) == []
     assert list(stack.envoy.workdir.glob("*access*")) == []
 
