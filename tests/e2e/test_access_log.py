@@ -28,6 +28,7 @@ from tests.support import eventually
 from tests.tls_support import Pki
 from xds_server.demo import Stack
 from xds_server.model.access_log import AccessLog, AccessLogSink
+from xds_server.proxy.bootstrap import ACCESS_LOG_FLUSH_FLAGS
 from xds_server.proxy.envoy_process import admin_request
 from xds_server.proxy.processes import start_process
 from xds_server.resources import ADMIN_CLUSTER
@@ -181,6 +182,8 @@ async def test_each_request_of_the_spec_is_one_json_line_on_stdout(
     by_id = {line["request_id"]: line for line in lines}
     assert len(lines) == len(by_id) == len(sent), lines  # exactly one line per request
     assert await lines_buffered(stack) == len(sent)
+    flags = stack.envoy.child.argv  # flushed every second, not Envoy's 10 s
+    assert flags[flags.index(ACCESS_LOG_FLUSH_FLAGS[0]) + 1] == ACCESS_LOG_FLUSH_FLAGS[1]
     for request in sent:
         check_line(by_id[request.request_id], request, stack, window)
 
