@@ -75,6 +75,7 @@ def test_values_that_are_no_destination_are_named_at_their_path() -> None:
         ("/var/log/", "'/var/log/' names a directory, not a file"),
         ("/var/log/..", "'/var/log/..' names a directory, not a file"),
         ("/tmp/a\nb.log", "holds a NUL or line break"),
+        ("/" + "a" * 4096, "is longer than 4096 characters"),
     ]:
         [found] = problems(document(access_log=value))
         assert found.startswith(f"router.access_log: {expected}"), (value, found)

@@ -24,8 +24,7 @@ class AccessLogSink(StrEnum):
     OFF = "off"
 
 
-# Longer than any real path, short enough that a typo of a whole document is no path.
-MAX_PATH = 4096
+MAX_PATH = 4096  # Linux's PATH_MAX, terminating NUL included
 EXPECTED = "stdout, off or an absolute file path"
 
 

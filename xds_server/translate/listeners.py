@@ -72,10 +72,10 @@ def listeners(
 
 
 def router_listener(
-    listen: SocketAddress, edge: Edge, access_log: AccessLog | None = None, tls: TlsMode = None
+    listen: SocketAddress, edge: Edge, access_log: AccessLog, tls: TlsMode = None
 ) -> listener_pb2.Listener:
     """The one filter chain, plaintext or TLS, so either way every request is logged."""
-    hcm = http_connection_manager(edge, access_log or AccessLog())
+    hcm = http_connection_manager(edge, access_log)
     chain = listener_components_pb2.FilterChain(
         filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=packed(hcm))]
     )
@@ -90,13 +90,11 @@ def router_listener(
     )
 
 
-def http_connection_manager(
-    edge: Edge, access_log: AccessLog | None = None
-) -> hcm_pb2.HttpConnectionManager:
+def http_connection_manager(edge: Edge, access_log: AccessLog) -> hcm_pb2.HttpConnectionManager:
     return hcm_pb2.HttpConnectionManager(
         stat_prefix=LISTENER_NAME,
         # One JSON line per request (translate/access_log.py), or none.
-        access_log=access_logs(access_log or AccessLog()),
+        access_log=access_logs(access_log),
         # The client sees the id its line carries, whether or not it is logged.
         always_set_request_id_in_response=True,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
