@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint typecheck unit bench-push bench-admin bench-load bench-load-tls bench-openai bench-ads bench-large bench-churn bench-hostile bench-stream golden schema clean
+.PHONY: demo test lint typecheck unit bench-push bench-admin bench-load bench-load-tls bench-access-log bench-openai bench-ads bench-large bench-churn bench-hostile bench-stream golden schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench-load: $(STAMP)
 bench-load-tls: $(STAMP)
 	scripts/ensure-system-tools
 	$(BIN)/python -m bench.load_tls
+
+bench-access-log: $(STAMP)
+	scripts/ensure-system-tools
+	$(BIN)/python -m bench.access_log_cost
 
 bench-openai: $(STAMP)
 	scripts/ensure-system-tools

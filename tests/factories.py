@@ -42,7 +42,8 @@ def redis_settings(server: RedisServer, base: Settings | None = None) -> Setting
 
 
 def config_file(settings: Settings, path: Path) -> Path:
-    """A router_config.yaml holding `settings` (addresses, services, Redis URL)."""
+    """A router_config.yaml holding `settings` (addresses, services, Redis URL,
+    access log)."""
     intent = settings.intent
     router = {
         "listen_address": str(intent.listen),
@@ -51,6 +52,7 @@ def config_file(settings: Settings, path: Path) -> Path:
         "envoy_admin_address": str(settings.envoy_admin_address),
         "health_check_jitter": settings.health_check_jitter,
         "redis_url": settings.redis_url,
+        "access_log": str(intent.access_log),
     }
     services = [
         {

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from xds_server.app import Controller
-from xds_server.demo import demo_certificates, running_stack
+from xds_server.demo import demo_certificates, running_stack, with_demo_access_log
 from xds_server.errors import (
     AddressUnavailable,
     ConfigError,
@@ -23,7 +23,12 @@ from xds_server.errors import (
     XdsServerError,
 )
 from xds_server.model.schema import config_json_schema
-from xds_server.proxy.bootstrap import XdsClientTls, make_bootstrap, render_bootstrap
+from xds_server.proxy.bootstrap import (
+    ACCESS_LOG_FLUSH_FLAGS,
+    XdsClientTls,
+    make_bootstrap,
+    render_bootstrap,
+)
 from xds_server.proxy.envoy_process import find_envoy_binary
 from xds_server.sdnotify import Notifier
 from xds_server.service import SystemdService
@@ -214,7 +219,7 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
     print(render_bootstrap(bootstrap), end="")
     print(
         f"# run: envoy -c bootstrap.yaml --concurrency {settings.worker_threads}"
-        " --disable-hot-restart"
+        f" --disable-hot-restart {' '.join(ACCESS_LOG_FLUSH_FLAGS)}"
     )
     return 0
 
@@ -256,8 +261,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     find_envoy_binary()  # fail before starting anything when there is no Envoy
 
-    async def demo(settings: Settings, curl: str) -> str | None:
-        async with running_stack(settings, config_path=args.config, delta=args.delta) as stack:
+    async def demo(settings: Settings, curl: str, work: Path) -> str | None:
+        running = running_stack(settings, config_path=args.config, workdir=work, delta=args.delta)
+        async with running as stack:
             stop = stop_on_signals(stack.controller)
             print(stack.describe(), flush=True)
             print(f"try: {curl}/api/v1/router/health", flush=True)
@@ -265,13 +271,17 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             return await stack.until_stopped(stop)
 
     try:
-        with tempfile.TemporaryDirectory(prefix="xds-demo-tls-") as certificates:
+        with (
+            tempfile.TemporaryDirectory(prefix="xds-demo-") as work,
+            tempfile.TemporaryDirectory(prefix="xds-demo-tls-") as certificates,
+        ):
+            settings = with_demo_access_log(settings, Path(work), os.environ)
             curl = f"curl -s http://{settings.intent.listen}"
             if getattr(args, "tls", False):
                 tls, ca = demo_certificates(Path(certificates))
                 settings = dataclasses.replace(settings, tls=tls)
                 curl = f"curl -s --cacert {ca} https://{settings.intent.listen}"
-            failure = asyncio.run(demo(settings, curl))
+            failure = asyncio.run(demo(settings, curl, Path(work)))
     except XdsServerError as error:  # a taken port, a part that would not start
         print(f"xds-server demo: {error}", file=sys.stderr)
         return 1

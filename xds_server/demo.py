@@ -19,12 +19,13 @@ import subprocess
 import sys
 import tempfile
 from asyncio import FIRST_COMPLETED
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from xds_server.app import Controller
 from xds_server.errors import AddressUnavailable
+from xds_server.model.access_log import AccessLog, AccessLogSink
 from xds_server.model.intent import Backend, Protocol, Service, SocketAddress
 from xds_server.model.schema import EdgeTlsConfig
 from xds_server.proxy.bootstrap import make_bootstrap
@@ -38,7 +39,7 @@ from xds_server.proxy.processes import (
 )
 from xds_server.proxy.supervisor import Supervisor
 from xds_server.resources import LISTENER_NAME
-from xds_server.settings import Settings, load_settings
+from xds_server.settings import ENV_PREFIX, Settings, load_settings
 
 BACKEND_START_TIMEOUT_S = 15.0
 DEMO_NODE_ID = "envoy-demo"
@@ -65,6 +66,30 @@ def local_settings(**router: object) -> Settings:
         xds_address=_free_address(),
         envoy_admin_address=_free_address(),
         **router,  # type: ignore[arg-type]
+    )
+
+
+# The demo's access log, in its work directory (`xds-server demo` prints where).
+DEMO_ACCESS_LOG = "access.log"
+ACCESS_LOG_VARIABLE = f"{ENV_PREFIX}ACCESS_LOG"
+
+
+def with_demo_access_log(
+    settings: Settings, workdir: Path, environ: MutableMapping[str, str]
+) -> Settings:
+    """The demo's Envoy writes its stdout to a file in the work directory that
+    nobody reads, mixed with its stderr: so in place of stdout, the demo's
+    access log is `<workdir>/access.log`. `ROUTER_ACCESS_LOG` is set to it in
+    `environ` too, so a config reload (SIGHUP, a changed file) keeps logging
+    there. `off`, a path of the operator's, or ROUTER_ACCESS_LOG=stdout stay."""
+    if settings.intent.access_log.sink is not AccessLogSink.STDOUT:
+        return settings
+    if ACCESS_LOG_VARIABLE in environ:
+        return settings
+    log = AccessLog(AccessLogSink.FILE, str(workdir / DEMO_ACCESS_LOG))
+    environ[ACCESS_LOG_VARIABLE] = log.path
+    return dataclasses.replace(
+        settings, intent=dataclasses.replace(settings.intent, access_log=log)
     )
 
 
@@ -136,6 +161,7 @@ class Stack:
             f"controller xDS (gRPC)    {self.controller.xds_address}",
             f"controller admin API     http://{self.controller.admin_address}",
             f"Envoy worker threads     {settings.worker_threads} (pid {self.envoy.pid})",
+            f"Envoy access log         {self.access_log_place()}",
         ]
         for service in intent.services:
             for backend in service.backends:
@@ -146,6 +172,13 @@ class Stack:
                     f"  ({service.name}, pid {pid})"
                 )
         return "\n".join(lines)
+
+    def access_log_place(self) -> str:
+        """Where the JSON lines of the listener's requests go."""
+        log = self.controller.store.intent.access_log
+        if log.sink is AccessLogSink.STDOUT:  # start_envoy keeps Envoy's stdout there
+            return f"stdout ({self.envoy.workdir / 'envoy.out'})"
+        return str(log)
 
 
 GRPC_SAMPLE = "grpc"

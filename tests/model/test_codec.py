@@ -11,6 +11,7 @@ import pytest
 from tests.factories import local_settings
 from xds_server.errors import ConfigError
 from xds_server.model import codec
+from xds_server.model.access_log import AccessLog, AccessLogSink
 from xds_server.model.edge import Edge, EscapedSlashes, UnderscoreHeaders
 from xds_server.model.intent import (
     Backend,
@@ -67,6 +68,7 @@ def every_field_set() -> Intent:
         admin=SocketAddress("127.0.0.2", 18081),
         admin_via_listener=False,
         edge=every_edge_field_set(),
+        access_log=AccessLog(AccessLogSink.FILE, "/var/log/envoy/access.log"),
     )
 
 
@@ -104,7 +106,8 @@ def test_codec_round_trip_covers_every_model_field() -> None:
     intent = every_field_set()
     seen: dict[type, set[str]] = {}
     _non_default_everywhere(intent, seen)
-    for cls in (Intent, Service, Backend, Policies, SocketAddress, Edge, UpstreamTls):
+    classes = (Intent, Service, Backend, Policies, SocketAddress, Edge, UpstreamTls, AccessLog)
+    for cls in classes:
         assert seen.get(cls) == {f.name for f in dataclasses.fields(cls)}, cls.__name__
     assert codec.decode_intent(codec.encode_intent(intent)) == intent
 

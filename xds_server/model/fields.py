@@ -27,6 +27,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from xds_server.errors import InvalidValue
+from xds_server.model.access_log import AccessLog
 from xds_server.model.edge import EscapedSlashes, UnderscoreHeaders
 from xds_server.model.intent import Protocol, SocketAddress, Strategy
 from xds_server.model.values import (
@@ -54,6 +55,7 @@ from xds_server.model.values import (
     or_null,
     shown,
     str_from_text,
+    to_access_log,
     to_flag,
     to_header_name,
     to_host,
@@ -295,6 +297,20 @@ RETRY_CONDITION = Rule(
     },
     to_json=_condition_json,
 )
+ACCESS_LOG = Rule(
+    to_access_log,
+    {
+        "anyOf": [
+            {"type": "string", "enum": ["stdout", "off"]},
+            {"const": False},
+            {"type": "string", "pattern": "^/.*[^/]$"},
+        ],
+        "description": "Envoy's access log, one JSON object per request on the listener: "
+        "stdout, off (false too), or an absolute file path on Envoy's host whose "
+        "directory exists",
+    },
+    to_json=str,
+)
 _ADDRESS_SCHEMA = {"type": "string", "pattern": r"^.+:[0-9]+$"}
 IP_ADDRESS = Rule(
     to_ip_socket_address,
@@ -345,6 +361,7 @@ Seconds = Annotated[float, SECONDS]
 OptionalTimeout = Annotated[float | None, TIMEOUT]
 RetryCondition = Annotated[str, RETRY_CONDITION]
 IpAddress = Annotated[SocketAddress, IP_ADDRESS]
+AccessLogTarget = Annotated[AccessLog, ACCESS_LOG]
 RedisUrl = Annotated[str | None, REDIS_URL]
 OptionalText = Annotated[str | None, TEXT]
 EscapedSlashesAction = Annotated[

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from xds_server.model.access_log import AccessLog
 from xds_server.model.edge import Edge
 from xds_server.model.upstream_tls import UpstreamTls
 
@@ -160,6 +161,8 @@ class Intent:
     # summary, GET /api/v1/health, which a load balancer in front may probe).
     admin_via_listener: bool = True
     edge: Edge = field(default_factory=Edge)  # the listener's limits (model/edge.py)
+    # Envoy's access log of the listener's requests (model/access_log.py).
+    access_log: AccessLog = field(default_factory=AccessLog)
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)

@@ -24,6 +24,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, IPvAnyNetwork
 
 from xds_server.model.edge import KIB, MIB, Edge
 from xds_server.model.fields import (
+    AccessLogTarget,
     BackendName,
     Draining,
     EscapedSlashesAction,
@@ -417,6 +418,12 @@ class RouterConfig(Shape):
     tls: Annotated[EdgeTlsConfig | None, BeforeValidator(_json_object_text)] = Field(
         default=None,
         description="HTTPS on listen_address (Envoy's certificate served by SDS); null: plain HTTP",
+    )
+    access_log: AccessLogTarget = Field(
+        default=str(_INTENT.access_log),
+        validate_default=True,
+        description="Envoy's access log, one JSON object per request on listen_address "
+        '(README, "Access logs"): stdout, off, or an absolute file path on Envoy\'s host',
     )
     envoy_admin_allowlist: Annotated[
         tuple[IPvAnyNetwork, ...], BeforeValidator(_comma_separated)

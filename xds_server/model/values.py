@@ -18,6 +18,8 @@ from enum import StrEnum
 from typing import Any
 
 from xds_server.errors import InvalidValue
+from xds_server.model.access_log import EXPECTED as ACCESS_LOG_EXPECTED
+from xds_server.model.access_log import AccessLog, AccessLogSink, path_problem
 from xds_server.model.intent import Protocol, SocketAddress, Strategy
 
 # Paths Envoy sends to the controller; a service route there would hijack them.
@@ -179,6 +181,21 @@ def one_of(choices: type[StrEnum]) -> Convert:
         return choices(value)
 
     return convert
+
+
+def to_access_log(value: object) -> AccessLog:
+    """`stdout`, `off` (YAML reads an unquoted off as false: that too) or an
+    absolute file path (model/access_log.py)."""
+    if value is False or value == AccessLogSink.OFF.value:
+        return AccessLog(AccessLogSink.OFF)
+    if value == AccessLogSink.STDOUT.value:
+        return AccessLog(AccessLogSink.STDOUT)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidValue(f"must be {ACCESS_LOG_EXPECTED}, got {shown(value)}")
+    problem = path_problem(value)
+    if problem is not None:
+        raise InvalidValue(f"must be {ACCESS_LOG_EXPECTED}; {value!r} {problem}")
+    return AccessLog(AccessLogSink.FILE, value)
 
 
 def to_header_name(value: object) -> str:

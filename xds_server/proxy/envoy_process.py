@@ -22,6 +22,7 @@ import aiohttp
 
 from xds_server.errors import ConfigError, Problem, XdsServerError
 from xds_server.model.intent import SocketAddress
+from xds_server.proxy.bootstrap import ACCESS_LOG_FLUSH_FLAGS
 from xds_server.proxy.processes import ChildProcess, start_process
 
 _ADMIN_TIMEOUT_S = 5.0
@@ -144,6 +145,7 @@ async def start_envoy(
     config = _write_bootstrap(_with_admin(bootstrap, admin), workdir / "bootstrap.json")
     argv = [find_envoy_binary(), "-c", str(config), "--concurrency", str(concurrency)]
     argv += ["--log-level", log_level, "--log-path", str(workdir / "envoy.log")]
+    argv += ACCESS_LOG_FLUSH_FLAGS
     argv += ["--disable-hot-restart"] if base_id is None else ["--base-id", str(base_id)]
     child = await start_process(
         argv, ready_line_prefix=None, timeout_s=timeout_s, log_path=workdir / "envoy.out"

@@ -3,7 +3,8 @@
 Contract:
 - `parse_settings` is pure (no clock, no I/O) but for reading the PEM files a
   backend's `tls` and `router.tls` name (settings/backend_tls.py,
-  settings/edge_tls.py: their problems are the document's, in the same pass);
+  settings/edge_tls.py: their problems are the document's, in the same pass)
+  and looking at router.access_log's directory (settings/access_log.py);
   `load_settings` reads the file, within the size, depth and alias limits of
   settings/yamlfile.py (a fault is a problem of the file, never a crash or a
   runaway parse).
@@ -40,6 +41,7 @@ from xds_server.model.schema import (
 )
 from xds_server.model.validation import Located, located, problems_of
 from xds_server.model.values import MAX_WEIGHT, RESERVED_ROUTE_PREFIX, RESERVED_ROUTES
+from xds_server.settings.access_log import access_log_problems
 from xds_server.settings.backend_tls import backend_tls_files, warn_insecure, with_ca_pems
 from xds_server.settings.edge_tls import edge_tls_problems
 from xds_server.settings.environment import ENV_PREFIX, effective_router
@@ -138,7 +140,7 @@ def parse_settings(document: object, environ: Mapping[str, str], source: str) ->
     router = effective_router(section, environ)
     tls_files = backend_tls_files(document)
     found += router_problems(router) + service_problems(document, router) + tls_files.problems
-    found += edge_tls_problems(router)
+    found += edge_tls_problems(router) + access_log_problems(router)
     problems = problems_of(document, found) + list(router.problems)
     if problems or parsed is None:
         raise ConfigError([_named(p, source, document) for p in problems])
@@ -168,6 +170,7 @@ def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: st
         admin=router.admin_address,
         admin_via_listener=router.admin_via_listener,
         edge=router.edge.to_edge(),
+        access_log=router.access_log,
     )
     return Settings(
         intent=intent,

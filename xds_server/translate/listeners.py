@@ -20,9 +20,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import wrappers_pb2
 
+from xds_server.model.access_log import AccessLog
 from xds_server.model.edge import Edge, EscapedSlashes, UnderscoreHeaders
 from xds_server.model.intent import Intent, SocketAddress
 from xds_server.resources import LISTENER_NAME, ROUTE_CONFIG_NAME
+from xds_server.translate.access_log import access_logs
 from xds_server.translate.common import address_of, ads_config_source, duration, packed
 from xds_server.translate.memo import Memo
 from xds_server.translate.openai import http_filters as front_door_filters
@@ -64,19 +66,18 @@ TlsMode = bool | None
 def listeners(
     intent: Intent, memo: Memo[listener_pb2.Listener], tls: TlsMode = None
 ) -> dict[str, listener_pb2.Listener]:
-    build = functools.partial(router_listener, intent.listen, intent.edge, tls)
-    return {LISTENER_NAME: memo.get(LISTENER_NAME, (intent.listen, intent.edge, tls), build)}
+    inputs = (intent.listen, intent.edge, intent.access_log, tls)
+    build = functools.partial(router_listener, *inputs)
+    return {LISTENER_NAME: memo.get(LISTENER_NAME, inputs, build)}
 
 
 def router_listener(
-    listen: SocketAddress, edge: Edge, tls: TlsMode = None
+    listen: SocketAddress, edge: Edge, access_log: AccessLog, tls: TlsMode = None
 ) -> listener_pb2.Listener:
+    """The one filter chain, plaintext or TLS, so either way every request is logged."""
+    hcm = http_connection_manager(edge, access_log)
     chain = listener_components_pb2.FilterChain(
-        filters=[
-            listener_components_pb2.Filter(
-                name=HCM_FILTER, typed_config=packed(http_connection_manager(edge))
-            )
-        ]
+        filters=[listener_components_pb2.Filter(name=HCM_FILTER, typed_config=packed(hcm))]
     )
     if tls is not None:
         chain.transport_socket.CopyFrom(tls_transport_socket(mutual=tls))
@@ -89,9 +90,13 @@ def router_listener(
     )
 
 
-def http_connection_manager(edge: Edge) -> hcm_pb2.HttpConnectionManager:
+def http_connection_manager(edge: Edge, access_log: AccessLog) -> hcm_pb2.HttpConnectionManager:
     return hcm_pb2.HttpConnectionManager(
         stat_prefix=LISTENER_NAME,
+        # One JSON line per request (translate/access_log.py), or none.
+        access_log=access_logs(access_log),
+        # The client sees the id its line carries, whether or not it is logged.
+        always_set_request_id_in_response=True,
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=ROUTE_CONFIG_NAME),
         http_filters=[
