@@ -165,3 +165,38 @@ def test_no_retry_policy_when_retries_are_off() -> None:
     config = translate(parse_settings(doc, {}, "test").intent)[ROUTE]["greeter"]
     assert isinstance(config, route_pb2.RouteConfiguration)
     assert not config.virtual_hosts[0].routes[0].route.HasField("retry_policy")
+
+
+def grpc_route_of(*services: dict[str, Any], **router: Any) -> Any:
+    doc = document(*services)
+    doc["router"].update(router)
+    config = translate(parse_settings(doc, {}, "test").intent)[ROUTE]["greeter"]
+    assert isinstance(config, route_pb2.RouteConfiguration)
+    return config.virtual_hosts[0].routes[0].route
+
+
+def test_the_services_own_request_timeout_caps_the_call_deadline() -> None:
+    """gRPC ignores a route's `timeout` (gRFC A31): the service's
+    request_timeout, not the router's, goes to max_stream_duration and
+    grpc_timeout_header_max, which gRPC reads first; 0 (none) stays 0."""
+    action = grpc_route_of(grpc_service(request_timeout=300), request_timeout=15)
+    limits = action.max_stream_duration
+    assert limits.max_stream_duration.seconds == 300
+    assert limits.grpc_timeout_header_max.seconds == 300
+    inherited = grpc_route_of(grpc_service(), request_timeout=7.5).max_stream_duration
+    assert inherited.max_stream_duration.ToTimedelta().total_seconds() == 7.5
+    unlimited = grpc_route_of(grpc_service(request_timeout=0)).max_stream_duration
+    assert unlimited.max_stream_duration.ToNanoseconds() == 0
+
+
+def test_the_services_grpc_retry_conditions_reach_grpc_clients() -> None:
+    """gRPC retries only on status codes (gRFC A44): the service's gRPC codes
+    make its retry_on; its HTTP-only conditions (for Envoy's routes of the
+    service) are left out, and with none left no policy is sent at all."""
+    codes = ["resource-exhausted", "5xx", "unavailable", "503", "cancelled"]
+    action = grpc_route_of(grpc_service(retry_on=codes))
+    assert action.retry_policy.retry_on == "resource-exhausted,unavailable,cancelled"
+    assert not action.retry_policy.retriable_status_codes
+    assert grpc_route_of(grpc_service()).retry_policy.retry_on == "unavailable"
+    http_only = grpc_route_of(grpc_service(retry_on=["5xx", "reset"]))
+    assert not http_only.HasField("retry_policy")
