@@ -623,6 +623,21 @@ def test_settings_cap_backend_weight() -> None:
     assert [p.path for p in raised.value.problems] == ["services[0].backends[0].weight"]
 
 
+def test_settings_bound_backend_priority_to_uint32() -> None:
+    """Envoy's LocalityLbEndpoints.priority is a uint32: 2**32 - 1 is the
+    largest priority the file takes, and the message says the range."""
+    backend = {"name": "a", "address": "127.0.0.1", "port": 1, "priority": 2**32 - 1}
+    document = {"services": [{"name": "s", "routes": ["/s/"], "backends": [backend]}]}
+    [service] = parse_settings(document, {}, "test").intent.services
+    assert service.backends[0].priority == 2**32 - 1
+    backend["priority"] = 2**32
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(document, {}, "test")
+    [problem] = raised.value.problems
+    assert problem.path == "services[0].backends[0].priority"
+    assert "between 0 and 4294967295" in problem.message
+
+
 def test_rules_across_fields_are_reported_with_field_problems() -> None:
     """One pass reports a bad value and every rule across fields together: the
     gRPC strategy rule, a duplicate route, timeout < interval, and a non-grpc

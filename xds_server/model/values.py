@@ -41,6 +41,8 @@ HEADER_PATTERN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token, lowe
 FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 MAX_WEIGHT = 1_000_000
+# Envoy's LocalityLbEndpoints.priority is a uint32.
+MAX_PRIORITY = 2**32 - 1
 # A year: far beyond any request, and well inside protobuf's Duration.
 MAX_TIMEOUT_S = 31_536_000
 # Envoy's retry_on conditions (x-envoy-retry-on and x-envoy-retry-grpc-on, both
@@ -101,7 +103,13 @@ def number_between(minimum: float, *, inclusive: bool, maximum: float | None = N
 
 
 def describe_range(minimum: float, maximum: float | None) -> str:
-    return f">= {minimum:g}" if maximum is None else f"between {minimum:g} and {maximum:g}"
+    low = _bound(minimum)
+    return f">= {low}" if maximum is None else f"between {low} and {_bound(maximum)}"
+
+
+def _bound(value: float) -> str:
+    # An integer bound in full: 4294967295, not 4.29497e+09.
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def or_null(convert: Convert) -> Convert:
