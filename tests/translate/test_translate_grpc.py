@@ -3,6 +3,7 @@ that refuses what gRPC clients cannot take, and the resources built for them."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from xds_server.cache import SnapshotCache, build_snapshot
 from xds_server.errors import ConfigError
 from xds_server.model.edits import set_strategy
 from xds_server.model.intent import Intent, Protocol, Strategy
+from xds_server.model.rules import ignored_grpc_weights
 from xds_server.pipeline.publisher import Publisher
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.settings import parse_settings
@@ -200,3 +202,51 @@ def test_the_services_grpc_retry_conditions_reach_grpc_clients() -> None:
     assert grpc_route_of(grpc_service()).retry_policy.retry_on == "unavailable"
     http_only = grpc_route_of(grpc_service(retry_on=["5xx", "reset"]))
     assert not http_only.HasField("retry_policy")
+
+
+def test_a_grpc_backends_weight_in_the_file_is_refused_at_its_path() -> None:
+    """A weight other than 1 on a gRPC service's backend could not take effect
+    (its endpoints are published with weight 1): the file refuses it with the
+    field path, as the admin API does; weight 1 and an HTTP service's weight
+    pass, and an invalid protocol or weight is reported only once, as itself."""
+    backends = grpc_service()["backends"]
+    backends[0]["weight"] = 1
+    backends[1]["weight"] = 5
+    found = problems(document(http_service(), grpc_service(backends=backends)))
+    assert list(found) == ["services[1].backends[1].weight"]
+    assert (
+        "weight 5 cannot take effect in gRPC service 'greeter'"
+        in found["services[1].backends[1].weight"]
+    )
+    web = http_service()
+    web["backends"][0]["weight"] = 5
+    assert intent_of(web).services[0].backends[0].weight == 5
+    backends[1]["weight"] = 0
+    assert list(problems(document(grpc_service(backends=backends)))) == [
+        "services[0].backends[1].weight"
+    ]
+    assert (
+        "1 and"
+        in problems(document(grpc_service(backends=backends)))["services[0].backends[1].weight"]
+    )
+
+
+def test_a_stored_grpc_weight_is_published_as_weight_1_with_a_warning() -> None:
+    """An intent stored before the rule (Redis) may carry such a weight: it stays
+    publishable, the weight is ignored (weight 1), and ignored_grpc_weights says
+    where, for the store's warning."""
+    intent = intent_of(http_service(), grpc_service())
+    [web, greeter] = intent.services
+    heavy = dataclasses.replace(greeter.backends[1], weight=5)
+    stored = dataclasses.replace(
+        intent, services=(web, dataclasses.replace(greeter, backends=(greeter.backends[0], heavy)))
+    )
+    resources = translate(stored)
+    assignment = resources[ENDPOINT]["greeter"]
+    assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
+    weights = [e.load_balancing_weight.value for g in assignment.endpoints for e in g.lb_endpoints]
+    assert set(weights) <= {0, 1}
+    [ignored] = ignored_grpc_weights(stored)
+    assert ignored.path == "services[1].backends[1].weight"
+    assert "weight 5" in ignored.message
+    assert ignored_grpc_weights(intent) == []
