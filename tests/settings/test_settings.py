@@ -731,11 +731,11 @@ def test_dns_settings_are_read_from_file_and_environment() -> None:
         ("127.0.0.1:5353", "::1"),
         5.0,
     )
-    env = {"ROUTER_DNS_SERVERS": "10.0.0.2, [::1]:53", "ROUTER_DNS_REFRESH_INTERVAL": "0.5"}
+    env = {"ROUTER_DNS_SERVERS": "10.0.0.2, [::1]:53", "ROUTER_DNS_REFRESH_INTERVAL": "1.5"}
     from_env = parse_settings(document, env, "x")
     assert (from_env.dns_servers, from_env.dns_refresh_interval_s) == (
         ("10.0.0.2", "[::1]:53"),
-        0.5,
+        1.5,
     )
 
 
@@ -755,7 +755,8 @@ def test_bad_dns_settings_name_their_field_paths() -> None:
     env = {"ROUTER_DNS_SERVERS": "ns1.example", "ROUTER_DNS_REFRESH_INTERVAL": "-1"}
     with pytest.raises(ConfigError) as caught:
         parse_settings(minimal_document(), env, "x")
+    # Each bad item of the variable's list at its index, as in the file.
     assert {p.path for p in caught.value.problems} == {
-        "env:ROUTER_DNS_SERVERS",
+        "env:ROUTER_DNS_SERVERS[0]",
         "env:ROUTER_DNS_REFRESH_INTERVAL",
     }

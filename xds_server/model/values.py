@@ -241,8 +241,20 @@ def host_name_problem(name: str) -> str | None:
     per label, labels of 1-63 characters, 253 in all), or None."""
     if not name:
         return "it is empty"
+    if name.endswith(".") and name.strip("."):
+        # An absolute name: the name is also the Host header, the SNI and the
+        # certificate name, where "x.example." and "x.example" differ.
+        return f"a trailing dot is not accepted; write {name.rstrip('.')!r}"
     if len(name) > MAX_HOST_NAME:
         return f"longer than {MAX_HOST_NAME} characters"
+    underscored = next((label for label in name.split(".") if "_" in label), None)
+    if underscored is not None:
+        # DNS itself carries '_' (SRV and DKIM labels), host names do not: TLS
+        # libraries and Envoy's SNI checks refuse it.
+        return (
+            f"label {underscored!r} holds '_', which a host name may not (RFC 1123: "
+            "letters, digits and inner hyphens only); use a hyphen"
+        )
     for label in name.split("."):
         if not HOST_LABEL_PATTERN.fullmatch(label):
             return (
