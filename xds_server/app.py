@@ -51,6 +51,7 @@ from xds_server.pipeline.publisher import Publisher
 from xds_server.redis_io import connect
 from xds_server.settings import Settings
 from xds_server.settings.reload import ConfigWatcher
+from xds_server.settings.start_only import start_only_changes
 from xds_server.store.base import IntentStore
 from xds_server.store.memory import MemoryStore
 from xds_server.store.redis import RedisStore
@@ -419,6 +420,13 @@ class Controller:
             await self.experiments.idle()
         # The admin port may have been chosen at start (port 0): keep the real one.
         await self.store.put(dataclasses.replace(settings.intent, admin=self.admin_address))
+        for key in start_only_changes(self.settings, settings):
+            log.warning(
+                "config reload: %s changed, but it is read only at start; the running value "
+                "stays until a restart",
+                key,
+                extra={"setting": key},
+            )
 
 
 def xds_credentials(settings: Settings) -> ReloadingCredentials | None:

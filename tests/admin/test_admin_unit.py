@@ -407,6 +407,17 @@ ERRORS: list[tuple[str, str, object, int, str, str | None]] = [
         "invalid_value",
         "weight",
     ),
+    # Envoy's priority is a uint32: a larger one would fail only at publish time.
+    ("PATCH", QDRANT + "/qdrant-primary", {"priority": 2**33}, 422, "invalid_value", "priority"),
+    ("PATCH", QDRANT + "/qdrant-primary", {"priority": 2**32}, 422, "invalid_value", "priority"),
+    (
+        "POST",
+        QDRANT,
+        {"name": "q-new", "address": "127.0.0.1", "port": 9, "priority": 2**32},
+        422,
+        "invalid_value",
+        "priority",
+    ),
     ("PATCH", QDRANT + "/qdrant-primary", {"port": 1}, 422, "invalid_value", "port"),
     ("PATCH", QDRANT + "/qdrant-primary", {}, 422, "invalid_value", None),
     (

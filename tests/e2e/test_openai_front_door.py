@@ -275,6 +275,54 @@ async def test_a_body_over_the_buffer_limit_is_refused_and_reaches_no_backend(
     assert await total_served(http, stack) == before
 
 
+async def test_a_body_over_the_limit_is_an_openai_error_for_the_client(
+    client: openai.AsyncOpenAI, stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """Envoy's own 413 on an OpenAI path is reshaped (the listener's
+    local_reply_config): the official client gets an APIStatusError whose body
+    is OpenAI's error object, not Envoy's plain "Payload Too Large"."""
+    before = await total_served(http, stack)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(
+            model="phi3", messages=[{"role": "user", "content": "x" * 2_000_000}]
+        )
+    assert caught.value.status_code == 413
+    assert caught.value.response.headers["content-type"] == "application/json"
+    body = caught.value.body
+    assert isinstance(body, dict), body
+    assert set(body) == {"message", "type", "param", "code"}
+    assert (body["type"], body["code"], body["param"]) == (
+        "invalid_request_error",
+        "request_too_large",
+        None,
+    )
+    assert "1048576 bytes" in body["message"]
+    assert await total_served(http, stack) == before
+
+
+@pytest.mark.parametrize("model", [5, True, 1.5])
+async def test_a_model_that_is_not_a_string_is_a_bad_request(
+    client: openai.AsyncOpenAI, stack: Stack, http: aiohttp.ClientSession, model: object
+) -> None:
+    """`"model": 5` names no model: 400 invalid_type on param `model`, OpenAI's
+    own answer to a wrong type, not a 404 for a model called "5"."""
+    before = await total_served(http, stack)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.post(
+            "/chat/completions", cast_to=object, body={"model": model, "messages": HELLO}
+        )
+    body = caught.value.body
+    assert isinstance(body, dict), body
+    assert (body["type"], body["param"], body["code"]) == (
+        "invalid_request_error",
+        "model",
+        "invalid_type",
+    )
+    assert "string" in body["message"]
+    assert caught.value.response.headers["content-type"] == "application/json"
+    assert await total_served(http, stack) == before
+
+
 async def test_a_long_prompt_past_the_connection_buffer_is_routed_by_model(
     client: openai.AsyncOpenAI,
 ) -> None:

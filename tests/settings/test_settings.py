@@ -623,6 +623,21 @@ def test_settings_cap_backend_weight() -> None:
     assert [p.path for p in raised.value.problems] == ["services[0].backends[0].weight"]
 
 
+def test_settings_bound_backend_priority_to_uint32() -> None:
+    """Envoy's LocalityLbEndpoints.priority is a uint32: 2**32 - 1 is the
+    largest priority the file takes, and the message says the range."""
+    backend = {"name": "a", "address": "127.0.0.1", "port": 1, "priority": 2**32 - 1}
+    document = {"services": [{"name": "s", "routes": ["/s/"], "backends": [backend]}]}
+    [service] = parse_settings(document, {}, "test").intent.services
+    assert service.backends[0].priority == 2**32 - 1
+    backend["priority"] = 2**32
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(document, {}, "test")
+    [problem] = raised.value.problems
+    assert problem.path == "services[0].backends[0].priority"
+    assert "between 0 and 4294967295" in problem.message
+
+
 def test_rules_across_fields_are_reported_with_field_problems() -> None:
     """One pass reports a bad value and every rule across fields together: the
     gRPC strategy rule, a duplicate route, timeout < interval, and a non-grpc
@@ -716,11 +731,11 @@ def test_dns_settings_are_read_from_file_and_environment() -> None:
         ("127.0.0.1:5353", "::1"),
         5.0,
     )
-    env = {"ROUTER_DNS_SERVERS": "10.0.0.2, [::1]:53", "ROUTER_DNS_REFRESH_INTERVAL": "0.5"}
+    env = {"ROUTER_DNS_SERVERS": "10.0.0.2, [::1]:53", "ROUTER_DNS_REFRESH_INTERVAL": "1.5"}
     from_env = parse_settings(document, env, "x")
     assert (from_env.dns_servers, from_env.dns_refresh_interval_s) == (
         ("10.0.0.2", "[::1]:53"),
-        0.5,
+        1.5,
     )
 
 
@@ -740,7 +755,8 @@ def test_bad_dns_settings_name_their_field_paths() -> None:
     env = {"ROUTER_DNS_SERVERS": "ns1.example", "ROUTER_DNS_REFRESH_INTERVAL": "-1"}
     with pytest.raises(ConfigError) as caught:
         parse_settings(minimal_document(), env, "x")
+    # Each bad item of the variable's list at its index, as in the file.
     assert {p.path for p in caught.value.problems} == {
-        "env:ROUTER_DNS_SERVERS",
+        "env:ROUTER_DNS_SERVERS[0]",
         "env:ROUTER_DNS_REFRESH_INTERVAL",
     }

@@ -20,7 +20,10 @@ from xds_server.errors import DependencyUnavailable, NotFound, NotStored
 from xds_server.model import codec
 from xds_server.model.edits import update_backend
 from xds_server.model.intent import (
+    Backend,
     Intent,
+    Protocol,
+    Service,
     Strategy,
 )
 from xds_server.proxy.processes import free_port
@@ -183,6 +186,32 @@ async def test_unreadable_intent_is_a_dependency_failure(redis_server: RedisServ
             await store.update(lambda i: bumped(i, "phi3"))
         assert store.intent == seed
         await eventually(lambda: _true(not store.connected), timeout_s=2)
+
+
+async def test_a_stored_grpc_weight_is_adopted_with_a_warning(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An intent stored before gRPC weights were refused stays usable: the store
+    adopts it and logs a WARNING naming the weight's path, which is ignored
+    (the translator publishes weight 1; tests/translate/test_translate_grpc.py)."""
+    seed = local_settings().intent
+    grpc = Service(
+        name="greeter",
+        routes=(),
+        backends=(Backend("greeter-a", "127.0.0.1", 50051, weight=5),),
+        protocol=Protocol.GRPC,
+    )
+    older = dataclasses.replace(seed, services=(*seed.services, grpc))
+    async with running_store(redis_server.url, seed) as store:
+        client = redis_server.client()
+        await client.hset(KEY, mapping={"revision": 2, "intent": codec.encode_intent(older)})
+        await client.publish(f"{DEFAULT_PREFIX}:changes", 2)
+        await client.aclose()
+        with caplog.at_level("WARNING", logger="xds_server.redis_store"):
+            await eventually(lambda: _true(store.intent == older), timeout_s=5)
+        path = f"services[{len(seed.services)}].backends[0].weight"
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any(path in w and "ignored" in w for w in warnings), warnings
 
 
 async def test_outage_refuses_writes_then_recovers_and_restores(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
@@ -110,15 +111,16 @@ def test_each_model_route_sends_to_its_service_with_the_services_own_action() ->
 
 
 def test_unknown_and_missing_models_get_openai_errors() -> None:
-    """After the model routes, each path has: no model or no JSON -> 400, anything
-    else (an unknown model) -> 404 naming the model; all OpenAI error bodies.
+    """After the model routes, each path has: no model, no JSON or a model that is
+    no string -> 400, anything else (an unknown model) -> 404 naming the model;
+    all OpenAI error bodies.
     The catch-all is the only route that turns the body filter on."""
     routes = routes_of(with_models())
     for path in MODEL_PATHS:
         on_path = [r for r in routes if r.match.path == path]
-        *model_routes, missing, not_json, unknown = on_path
+        *model_routes, missing, not_json, wrong_type, unknown = on_path
         assert all(model_of(r) for r in model_routes)
-        for problem in (missing, not_json):
+        for problem in (missing, not_json, wrong_type):
             assert problem.direct_response.status == 400
             body = body_of(problem)
             assert isinstance(body, dict) and body["error"]["type"] == "invalid_request_error"
@@ -171,3 +173,46 @@ def test_an_intent_with_a_model_twice_is_refused() -> None:
     assert [str(p) for p in caught.value.problems] == [
         "models.phi3: declared more than once: by 'svc-0', 'svc-1'"
     ]
+
+
+def front_door_hcm(intent: Intent) -> hcm_pb2.HttpConnectionManager:
+    listener = translate(intent)[LISTENER]["router"]
+    hcm = hcm_pb2.HttpConnectionManager()
+    assert listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    return hcm
+
+
+def test_only_envoys_413_on_the_front_door_paths_is_reshaped() -> None:
+    """One local reply mapper: status 413 and a front door path (a query string
+    allowed), with OpenAI's error object naming the body limit in force."""
+    intent = dataclasses.replace(
+        with_models(),
+        edge=dataclasses.replace(with_models().edge, request_body_buffer_limit_bytes=4096),
+    )
+    [mapper] = front_door_hcm(intent).local_reply_config.mappers
+    status, path = mapper.filter.and_filter.filters
+    assert status.status_code_filter.comparison.value.default_value == 413
+    assert path.header_filter.header.name == ":path"
+    pattern = re.compile(path.header_filter.header.string_match.safe_regex.regex)
+    for front_door in MODEL_PATHS:
+        assert pattern.search(front_door) and pattern.search(front_door + "?x=1")
+    for other in ("/v1/models", "/v1/chat/completions/x", "/svc-0/v1/embeddings", "/"):
+        assert not pattern.search(other), other
+    body = json.loads(mapper.body_format_override.text_format_source.inline_string)
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == "request_too_large"
+    assert "4096 bytes" in body["error"]["message"]
+    assert mapper.body_format_override.content_type == "application/json"
+
+
+def test_a_model_that_is_not_a_string_has_a_400_route_per_path() -> None:
+    """`model` is read as its JSON value, so `5` can never equal a model id
+    "5"; the wrong-type route sits after the model routes, before the 404."""
+    routes = routes_of(with_models())
+    for path in MODEL_PATHS:
+        on_path = [r for r in routes if r.match.path == path]
+        wrong = [r for r in on_path if any(m.invert for m in r.match.dynamic_metadata)]
+        assert len(wrong) == 1
+        assert on_path.index(wrong[0]) == len(on_path) - 2  # just before the catch-all
+        assert wrong[0].direct_response.status == 400
+        assert body_of(wrong[0])["error"]["param"] == "model"

@@ -3,6 +3,7 @@ that refuses what gRPC clients cannot take, and the resources built for them."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from xds_server.cache import SnapshotCache, build_snapshot
 from xds_server.errors import ConfigError
 from xds_server.model.edits import set_strategy
 from xds_server.model.intent import Intent, Protocol, Strategy
+from xds_server.model.rules import ignored_grpc_weights
 from xds_server.pipeline.publisher import Publisher
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.settings import parse_settings
@@ -165,3 +167,86 @@ def test_no_retry_policy_when_retries_are_off() -> None:
     config = translate(parse_settings(doc, {}, "test").intent)[ROUTE]["greeter"]
     assert isinstance(config, route_pb2.RouteConfiguration)
     assert not config.virtual_hosts[0].routes[0].route.HasField("retry_policy")
+
+
+def grpc_route_of(*services: dict[str, Any], **router: Any) -> Any:
+    doc = document(*services)
+    doc["router"].update(router)
+    config = translate(parse_settings(doc, {}, "test").intent)[ROUTE]["greeter"]
+    assert isinstance(config, route_pb2.RouteConfiguration)
+    return config.virtual_hosts[0].routes[0].route
+
+
+def test_the_services_own_request_timeout_caps_the_call_deadline() -> None:
+    """gRPC ignores a route's `timeout` (gRFC A31): the service's
+    request_timeout, not the router's, goes to max_stream_duration and
+    grpc_timeout_header_max, which gRPC reads first; 0 (none) stays 0."""
+    action = grpc_route_of(grpc_service(request_timeout=300), request_timeout=15)
+    limits = action.max_stream_duration
+    assert limits.max_stream_duration.seconds == 300
+    assert limits.grpc_timeout_header_max.seconds == 300
+    inherited = grpc_route_of(grpc_service(), request_timeout=7.5).max_stream_duration
+    assert inherited.max_stream_duration.ToTimedelta().total_seconds() == 7.5
+    unlimited = grpc_route_of(grpc_service(request_timeout=0)).max_stream_duration
+    assert unlimited.max_stream_duration.ToNanoseconds() == 0
+
+
+def test_the_services_grpc_retry_conditions_reach_grpc_clients() -> None:
+    """gRPC retries only on status codes (gRFC A44): the service's gRPC codes
+    make its retry_on; its HTTP-only conditions (for Envoy's routes of the
+    service) are left out, and with none left no policy is sent at all."""
+    codes = ["resource-exhausted", "5xx", "unavailable", "503", "cancelled"]
+    action = grpc_route_of(grpc_service(retry_on=codes))
+    assert action.retry_policy.retry_on == "resource-exhausted,unavailable,cancelled"
+    assert not action.retry_policy.retriable_status_codes
+    assert grpc_route_of(grpc_service()).retry_policy.retry_on == "unavailable"
+    http_only = grpc_route_of(grpc_service(retry_on=["5xx", "reset"]))
+    assert not http_only.HasField("retry_policy")
+
+
+def test_a_grpc_backends_weight_in_the_file_is_refused_at_its_path() -> None:
+    """A weight other than 1 on a gRPC service's backend could not take effect
+    (its endpoints are published with weight 1): the file refuses it with the
+    field path, as the admin API does; weight 1 and an HTTP service's weight
+    pass, and an invalid protocol or weight is reported only once, as itself."""
+    backends = grpc_service()["backends"]
+    backends[0]["weight"] = 1
+    backends[1]["weight"] = 5
+    found = problems(document(http_service(), grpc_service(backends=backends)))
+    assert list(found) == ["services[1].backends[1].weight"]
+    assert (
+        "weight 5 cannot take effect in gRPC service 'greeter'"
+        in found["services[1].backends[1].weight"]
+    )
+    web = http_service()
+    web["backends"][0]["weight"] = 5
+    assert intent_of(web).services[0].backends[0].weight == 5
+    backends[1]["weight"] = 0
+    assert list(problems(document(grpc_service(backends=backends)))) == [
+        "services[0].backends[1].weight"
+    ]
+    assert (
+        "1 and"
+        in problems(document(grpc_service(backends=backends)))["services[0].backends[1].weight"]
+    )
+
+
+def test_a_stored_grpc_weight_is_published_as_weight_1_with_a_warning() -> None:
+    """An intent stored before the rule (Redis) may carry such a weight: it stays
+    publishable, the weight is ignored (weight 1), and ignored_grpc_weights says
+    where, for the store's warning."""
+    intent = intent_of(http_service(), grpc_service())
+    [web, greeter] = intent.services
+    heavy = dataclasses.replace(greeter.backends[1], weight=5)
+    stored = dataclasses.replace(
+        intent, services=(web, dataclasses.replace(greeter, backends=(greeter.backends[0], heavy)))
+    )
+    resources = translate(stored)
+    assignment = resources[ENDPOINT]["greeter"]
+    assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
+    weights = [e.load_balancing_weight.value for g in assignment.endpoints for e in g.lb_endpoints]
+    assert set(weights) <= {0, 1}
+    [ignored] = ignored_grpc_weights(stored)
+    assert ignored.path == "services[1].backends[1].weight"
+    assert "weight 5" in ignored.message
+    assert ignored_grpc_weights(intent) == []

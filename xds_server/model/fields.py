@@ -34,6 +34,7 @@ from xds_server.model.values import (
     HEADER_PATTERN,
     HOST_NAME_SCHEMA_PATTERN,
     MAX_HOST_NAME,
+    MAX_PRIORITY,
     MAX_TIMEOUT_S,
     MAX_WEIGHT,
     MODEL_PATTERN,
@@ -265,7 +266,9 @@ PORT = integer(1, 65535)
 # Envoy rejects a locality whose weights sum above 2**32 - 1; a cap per
 # backend keeps any realistic service far below that.
 WEIGHT = integer(1, MAX_WEIGHT, "share of traffic under the weighted strategy")
-PRIORITY = integer(0, description="higher numbers take traffic only when lower ones are unhealthy")
+PRIORITY = integer(
+    0, MAX_PRIORITY, description="higher numbers take traffic only when lower ones are unhealthy"
+)
 FLAG = Rule(to_flag, {"type": "boolean"}, flag_from_text)
 DRAINING = Rule(
     to_flag,

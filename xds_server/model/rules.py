@@ -47,6 +47,19 @@ def grpc_weight_problem(service: Service, weight: int) -> str | None:
     )
 
 
+def ignored_grpc_weights(intent: Intent) -> list[Problem]:
+    """Every gRPC backend weight other than 1, with its path. Not a grpc_problems
+    entry: the config file and the admin API refuse such a weight, but an intent
+    stored (Redis) before they did must stay publishable; its weight is simply
+    not published (translate/grpc.py), and the store warns (store/redis.py)."""
+    return [
+        Problem(f"services[{i}].backends[{j}].weight", problem)
+        for i, service in enumerate(intent.services)
+        for j, backend in enumerate(service.backends)
+        if (problem := grpc_weight_problem(service, backend.weight)) is not None
+    ]
+
+
 def grpc_problems(intent: Intent) -> list[Problem]:
     """Every reason a gRPC client would NACK or mishandle the intent, with its path."""
     problems: list[Problem] = []

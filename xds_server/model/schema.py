@@ -52,11 +52,13 @@ from xds_server.model.fields import (
     UnderscoreHeadersAction,
     Weight,
     integer,
+    invalid_value,
     number,
 )
 from xds_server.model.intent import Backend, Intent, Policies, Service
 from xds_server.model.shape import OptionalPemFile, PemFile, Shape
 from xds_server.model.tls_schema import BackendTls
+from xds_server.model.values import shown
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -296,6 +298,17 @@ def _comma_separated(value: object) -> object:
     return value
 
 
+def _name_servers(value: object) -> object:
+    """A list (comma separated in ROUTER_DNS_SERVERS); anything else says so,
+    not pydantic's "valid tuple"."""
+    value = _comma_separated(value)
+    if not isinstance(value, list | tuple):
+        raise invalid_value(
+            f"must be a list of DNS servers (ip or ip:port each), got {shown(value)}"
+        )
+    return value
+
+
 class RouterConfig(Shape):
     """The `router:` section. Each key can be overridden by ROUTER_<KEY IN UPPER CASE>."""
 
@@ -321,13 +334,14 @@ class RouterConfig(Shape):
     health_check_jitter: Annotated[float, number(0, inclusive=True, maximum=1)] = Field(
         default=0.1, description="share of the interval over which probes are spread"
     )
-    dns_servers: Annotated[tuple[NameServer, ...], BeforeValidator(_comma_separated)] = Field(
+    dns_servers: Annotated[tuple[NameServer, ...], BeforeValidator(_name_servers)] = Field(
         default=(),
         description="DNS servers that resolve backend names (ip or ip:port each); "
         "empty: the system's (/etc/resolv.conf)",
     )
-    dns_refresh_interval: Seconds = Field(
-        default=30.0, description="seconds between lookups of each backend's DNS name"
+    # A lookup of every backend name many times a second would flood the DNS server.
+    dns_refresh_interval: Annotated[float, number(1, inclusive=True)] = Field(
+        default=30.0, description="seconds between lookups of each backend's DNS name (>= 1)"
     )
     health_prober_lease: Seconds = Field(
         default=5.0, description="seconds the elected prober's Redis lease lasts"

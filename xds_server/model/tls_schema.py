@@ -13,7 +13,7 @@ from xds_server.errors import InvalidValue
 from xds_server.model.fields import Flag, Rule, invalid_value
 from xds_server.model.shape import OptionalPemFile, Shape
 from xds_server.model.upstream_tls import UpstreamTls
-from xds_server.model.values import shown, to_text
+from xds_server.model.values import host_name_problem, is_ip, shown, to_text
 
 # A DNS name as a certificate's SAN carries it: letters, digits, '-' in labels of up
 # to 63, dots between, 253 in all (RFC 1123); no IP literal, no wildcard.
@@ -28,7 +28,11 @@ def _optional_host_name(value: object) -> str | None:
         return None
     text = to_text(value)
     if not _HOST_NAME.fullmatch(text) or text.replace(".", "").isdigit():
-        raise InvalidValue(f"must be a DNS host name (the certificate's SAN), got {text!r}")
+        # Why, for a name that is almost one (a trailing dot, an '_'); an IP
+        # address needs no reason.
+        problem = None if is_ip(text) else host_name_problem(text.lower())
+        reason = f": {problem}" if problem is not None else ""
+        raise InvalidValue(f"must be a DNS host name (the certificate's SAN), got {text!r}{reason}")
     return text
 
 

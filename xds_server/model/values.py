@@ -43,6 +43,8 @@ HEADER_PATTERN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token, lowe
 FLAGS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 MAX_WEIGHT = 1_000_000
+# Envoy's LocalityLbEndpoints.priority is a uint32.
+MAX_PRIORITY = 2**32 - 1
 # A year: far beyond any request, and well inside protobuf's Duration.
 MAX_TIMEOUT_S = 31_536_000
 # Envoy's retry_on conditions (x-envoy-retry-on and x-envoy-retry-grpc-on, both
@@ -103,7 +105,13 @@ def number_between(minimum: float, *, inclusive: bool, maximum: float | None = N
 
 
 def describe_range(minimum: float, maximum: float | None) -> str:
-    return f">= {minimum:g}" if maximum is None else f"between {minimum:g} and {maximum:g}"
+    low = _bound(minimum)
+    return f">= {low}" if maximum is None else f"between {low} and {_bound(maximum)}"
+
+
+def _bound(value: float) -> str:
+    # An integer bound in full: 4294967295, not 4.29497e+09.
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def or_null(convert: Convert) -> Convert:
@@ -250,8 +258,20 @@ def host_name_problem(name: str) -> str | None:
     per label, labels of 1-63 characters, 253 in all), or None."""
     if not name:
         return "it is empty"
+    if name.endswith(".") and name.strip("."):
+        # An absolute name: the name is also the Host header, the SNI and the
+        # certificate name, where "x.example." and "x.example" differ.
+        return f"a trailing dot is not accepted; write {name.rstrip('.')!r}"
     if len(name) > MAX_HOST_NAME:
         return f"longer than {MAX_HOST_NAME} characters"
+    underscored = next((label for label in name.split(".") if "_" in label), None)
+    if underscored is not None:
+        # DNS itself carries '_' (SRV and DKIM labels), host names do not: TLS
+        # libraries and Envoy's SNI checks refuse it.
+        return (
+            f"label {underscored!r} holds '_', which a host name may not (RFC 1123: "
+            "letters, digits and inner hyphens only); use a hyphen"
+        )
     for label in name.split("."):
         if not HOST_LABEL_PATTERN.fullmatch(label):
             return (

@@ -6,8 +6,10 @@ into the intent, and from there inline into CDS); client certificate and key
 are only checked to load as a pair: Envoy reads them itself, by file name.
 
 Rules:
-- a CA file must be readable PEM that holds at least one certificate;
-- client_cert_file and client_key_file go together, and must load as a pair;
+- a CA file must be readable PEM that holds at least one certificate (an
+  empty one is refused: it would trust nobody);
+- client_cert_file and client_key_file go together: each must be readable PEM
+  of its kind (every bad one is reported), and then load as a pair;
 - a verified backend needs a name to verify: `sni`, or a host name as address
   (an IP address alone has none; `insecure_skip_verify` verifies nothing);
 - a gRPC service's backends have no `tls`: its cluster is also served to
@@ -29,6 +31,7 @@ from xds_server.model.rules import GRPC_TLS
 from xds_server.model.tls_schema import BackendTlsConfig, tls_shorthand
 from xds_server.model.upstream_tls import server_name
 from xds_server.model.validation import MISSING, Loc, Located
+from xds_server.pemfiles import ca_problem, certificate_problem, private_key_problem
 
 log = logging.getLogger("xds_server.settings")
 
@@ -99,6 +102,8 @@ def _name_problems(at: Loc, tls: BackendTlsConfig, address: object) -> list[Loca
 
 
 def _client_pair_problems(at: Loc, tls: BackendTlsConfig, read: ReadFile) -> list[Located]:
+    """Each file on its own (readable, PEM of its kind), every problem listed;
+    then, when both load, the two as a pair."""
     cert, key = tls.client_cert_file, tls.client_key_file
     if cert is None and key is None:
         return []
@@ -106,23 +111,28 @@ def _client_pair_problems(at: Loc, tls: BackendTlsConfig, read: ReadFile) -> lis
         return [Located((*at, "client_cert_file"), "required with client_key_file", MISSING)]
     if key is None:
         return [Located((*at, "client_key_file"), "required with client_cert_file", MISSING)]
-    unreadable = [
+    checks = (
+        ("client_cert_file", cert, certificate_problem),
+        ("client_key_file", key, private_key_problem),
+    )
+    found = [
         Located((*at, name), problem)
-        for name, path in (("client_cert_file", cert), ("client_key_file", key))
-        if (problem := _unreadable(path, read)) is not None
+        for name, path, check in checks
+        if (problem := _file_problem(path, read, check)) is not None
     ]
-    if unreadable:
-        return unreadable
+    if found:
+        return found
     problem = _pair_problem(cert, key)
     return [] if problem is None else [Located((*at, "client_cert_file"), problem)]
 
 
-def _unreadable(path: str, read: ReadFile) -> str | None:
+def _file_problem(path: str, read: ReadFile, check: Callable[[bytes], str | None]) -> str | None:
     try:
-        read(path)
+        text = read(path)
     except OSError as error:
         return f"cannot read {path!r}: {error.strerror or error}"
-    return None
+    problem = check(text)
+    return None if problem is None else f"{path!r}: {problem}"
 
 
 def _pair_problem(cert: str, key: str) -> str | None:
@@ -135,18 +145,16 @@ def _pair_problem(cert: str, key: str) -> str | None:
 
 
 def _read_ca(path: str, read: ReadFile) -> tuple[str, str | None]:
-    """The file's PEM text, or why it cannot be trusted as a CA bundle."""
+    """The file's PEM text, or why it cannot be trusted as a CA bundle (an empty
+    file among them: it would trust nobody, and Envoy refuses it)."""
     try:
-        text = read(path).decode("ascii")
+        raw = read(path)
     except OSError as error:
         return "", f"cannot read {path!r}: {error.strerror or error}"
-    except UnicodeDecodeError:
-        return "", f"{path!r} is not PEM text"
-    try:
-        ssl.create_default_context(cadata=text)
-    except (ssl.SSLError, ValueError) as error:
-        return "", f"{path!r} holds no PEM CA certificate: {error}"
-    return text, None
+    problem = ca_problem(raw)
+    if problem is not None:
+        return "", f"{path!r} holds {problem}"
+    return raw.decode("ascii"), None
 
 
 def with_ca_pems(intent: Intent, ca_pems: Mapping[str, str]) -> Intent:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from xds_server.errors import InvalidValue, Problem
 from xds_server.model.fields import rule_of
 from xds_server.model.schema import RouterConfig
-from xds_server.model.validation import Loc
+from xds_server.model.validation import Loc, located
 from xds_server.model.values import str_from_text
 
 ENV_PREFIX = "ROUTER_"
@@ -95,9 +95,8 @@ class _Winners:
             variable = ENV_PREFIX + path.replace(".", "_").upper()
             if variable in self.environ:
                 self.from_env.add(path)
-                message = self._take_text(model, winners, (*at, key), self.environ[variable])
-                if message is not None:
-                    self.problems.append(Problem(env_name(path), message))
+                found = self._take_text(model, winners, (*at, key), self.environ[variable])
+                self.problems += [Problem(env_name(path) + below, m) for below, m in found]
 
     def _winners_at(self, at: tuple[str, ...]) -> dict[str, object]:
         winners = self.winners
@@ -109,30 +108,44 @@ class _Winners:
 
     def _take_text(
         self, model: type[BaseModel], winners: dict[str, object], at: tuple[str, ...], text: str
-    ) -> str | None:
+    ) -> list[tuple[str, str]]:
         rule = rule_of(model.model_fields[at[-1]].metadata)
         try:
             raw = (str_from_text if rule is None else rule.from_text)(text)
         except InvalidValue as invalid:
             winners.pop(at[-1], None)
             self.unknown.add(".".join(at))
-            return str(invalid)
-        return self._take(model, winners, at, raw)
+            return [("", str(invalid))]
+        return [(below, _as_env_text(below, m)) for below, m in self._take(model, winners, at, raw)]
 
     def _take(
         self, model: type[BaseModel], winners: dict[str, object], at: tuple[str, ...], raw: object
-    ) -> str | None:
-        """Let `raw` win for the key at `at`; the message when it is bad."""
+    ) -> list[tuple[str, str]]:
+        """Let `raw` win for the key at `at`; every problem when it is bad, each
+        as (the path below the key, message): ("[1]", ...) for a list's second
+        item, (".key_file", "required") in a mapping (ROUTER_TLS)."""
         key, path = at[-1], ".".join(at)
         try:
             model.model_validate({key: raw})
         except ValidationError as error:
             winners.pop(key, None)
             self.unknown.add(path)
-            return str(error.errors()[0]["msg"])
+            return [(_below(f.loc[1:]), f.message) for f in located(model, error)]
         winners[key] = raw
         self.unknown.discard(path)
-        return None
+        return []
+
+
+def _below(loc: Loc) -> str:
+    """The rest of a field path, after the key: `[1]`, `.key_file`."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+
+
+def _as_env_text(below: str, message: str) -> str:
+    """A variable holds text: a mapping (ROUTER_TLS, ROUTER_XDS_TLS) is JSON there."""
+    if not below and message.startswith("must be a mapping"):
+        return "must be a JSON object" + message.removeprefix("must be a mapping")
+    return message
 
 
 def _nested_models(model: type[BaseModel]) -> dict[str, type[BaseModel]]:

@@ -13,9 +13,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from xds_server.errors import InvalidValue
-from xds_server.model.fields import MODEL, NAME, PROTOCOL, ROUTE, STRATEGY, Rule, not_a_list
+from xds_server.model.fields import (
+    MODEL,
+    NAME,
+    PROTOCOL,
+    ROUTE,
+    STRATEGY,
+    WEIGHT,
+    Rule,
+    not_a_list,
+)
 from xds_server.model.intent import Intent, Protocol, Service
-from xds_server.model.rules import grpc_problems
+from xds_server.model.rules import grpc_problems, grpc_weight_problem
 from xds_server.model.validation import MISSING, Loc, Located, loc_of, path_of
 from xds_server.model.values import is_ip
 from xds_server.settings.environment import Router
@@ -97,6 +106,7 @@ def service_problems(document: object, router: Router) -> list[Located]:
     items = list(enumerate(raw)) if isinstance(raw, list) else []
     services = [(i, item) for i, item in items if isinstance(item, dict)]
     found = [f for i, item in services for f in _routes_rule(i, item)]
+    found += [f for i, item in services for f in _grpc_weight_rule(i, item)]
     found += _duplicates(services)
     return found + _grpc_problems(dict(services), len(items), router)
 
@@ -112,6 +122,22 @@ def _routes_rule(index: int, item: Mapping[str, Any]) -> list[Located]:
     if item["routes"] == []:
         return [Located(loc, not_a_list("path prefixes", []))]
     return []
+
+
+def _grpc_weight_rule(index: int, item: Mapping[str, Any]) -> list[Located]:
+    """A gRPC backend's valid weight other than 1 could not take effect: refused
+    here and by the admin API, not by the translator (model/rules.py,
+    ignored_grpc_weights: an intent stored before stays publishable)."""
+    if _valid(PROTOCOL, item, "protocol") is not Protocol.GRPC:
+        return []
+    service = _stand_in(item)
+    found = []
+    for j, backend in _listed(item.get("backends")):
+        weight = _valid(WEIGHT, backend, "weight") if isinstance(backend, dict) else None
+        problem = None if weight is None else grpc_weight_problem(service, weight)
+        if problem is not None:
+            found.append(Located(("services", index, "backends", j, "weight"), problem))
+    return found
 
 
 def _duplicates(services: Sequence[tuple[int, Mapping[str, Any]]]) -> list[Located]:

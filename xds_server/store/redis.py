@@ -68,6 +68,7 @@ from redis.exceptions import RedisError
 from xds_server.errors import ConfigError, DependencyUnavailable, NotStored, OutcomeUnknown
 from xds_server.model.codec import decode_intent, encode_intent
 from xds_server.model.intent import Intent
+from xds_server.model.rules import ignored_grpc_weights
 from xds_server.redis_io import (
     COMMAND_TIMEOUT_S,
     HEARTBEAT_S,
@@ -421,6 +422,7 @@ class RedisStore(EditingStore):
             return  # an older read racing a newer adoption never takes the intent back
         self._remote, self._epoch = stored.revision, stored.epoch
         if stored.intent != self._intent:
+            _warn_ignored(stored)
             self._intent = stored.intent
             self._revision += 1
             for callback in self._callbacks:
@@ -542,3 +544,16 @@ class RedisStore(EditingStore):
             self._problem = problem  # the first error of an outage says most about it
         self._connected = False
         self._broken.set()
+
+
+def _warn_ignored(stored: Stored) -> None:
+    """What a stored intent holds that no longer passes the file's and the admin
+    API's rules but is published anyway, minus what cannot take effect: said
+    once per adoption, so the operator can clear it with an admin call."""
+    for problem in ignored_grpc_weights(stored.intent):
+        log.warning(
+            "stored intent revision %d: %s: %s; ignored (published with weight 1)",
+            stored.revision,
+            problem.path,
+            problem.message,
+        )

@@ -22,7 +22,9 @@ Flagged, not refused (documented in the README): gRPC implements only the
 success-rate and failure-percentage outlier detection (gRFC A50), so the
 spec's consecutive-5xx circuit breaker does not eject backends for gRPC
 clients; of the circuit breakers only max_requests applies (gRFC A32); route
-`timeout` is ignored (gRFC A31), hence `max_stream_duration` below.
+`timeout` is ignored (gRFC A31), hence the service's request_timeout goes to
+`max_stream_duration` below; and gRPC retries only on gRPC status codes (gRFC
+A44), so only those of the service's `retry_on` reach its clients.
 """
 
 from __future__ import annotations
@@ -61,8 +63,12 @@ from xds_server.translate.memo import Memory
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # gRPC retries only on gRPC status codes (gRFC A44); UNAVAILABLE means the call
-# did not reach the application, so retrying it is safe.
+# did not reach the application, so retrying it is safe: the default.
 GRPC_RETRY_ON = "unavailable"
+# The retry_on conditions gRPC clients implement (gRFC A44); they ignore the rest.
+GRPC_RETRY_CODES = frozenset(
+    {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
+)
 
 M = TypeVar("M", bound=Message)
 
@@ -151,11 +157,14 @@ def grpc_route_configuration(service: Service, policies: Policies) -> route_pb2.
 
 
 def grpc_route_action(service: Service, policies: Policies) -> rc_pb2.RouteAction:
+    # gRPC ignores `timeout`; it caps each call's deadline at
+    # grpc_timeout_header_max if set, else max_stream_duration (gRFC A31): both
+    # carry the service's own limit, so either reader caps alike; 0 is no limit.
+    limit = duration(policies.request_timeout_of(service))
     action = rc_pb2.RouteAction(
         cluster=service.name,
-        # gRPC ignores `timeout`; it caps each call's deadline at this (gRFC A31).
         max_stream_duration=rc_pb2.RouteAction.MaxStreamDuration(
-            max_stream_duration=duration(policies.request_timeout_s)
+            max_stream_duration=limit, grpc_timeout_header_max=limit
         ),
         # Read by ring_hash only; a call without the header hashes randomly.
         hash_policy=[
@@ -164,16 +173,26 @@ def grpc_route_action(service: Service, policies: Policies) -> rc_pb2.RouteActio
             )
         ],
     )
-    # gRPC NACKs num_retries 0: with retries off, no policy at all.
-    if policies.max_retries > 0:
-        action.retry_policy.CopyFrom(grpc_retry_policy(policies))
+    # gRPC NACKs num_retries 0: with retries off, or nothing gRPC can retry
+    # on, no policy at all.
+    retry_on = grpc_retry_on(service)
+    if policies.max_retries > 0 and retry_on:
+        action.retry_policy.CopyFrom(grpc_retry_policy(policies, retry_on))
     return action
 
 
-def grpc_retry_policy(policies: Policies) -> rc_pb2.RetryPolicy:
+def grpc_retry_on(service: Service) -> str:
+    """The gRPC status codes of the service's retry_on, in its order; its HTTP
+    conditions and status codes serve only Envoy's routes of the service."""
+    if service.retry_on is None:
+        return GRPC_RETRY_ON
+    return ",".join(dict.fromkeys(c for c in service.retry_on if c in GRPC_RETRY_CODES))
+
+
+def grpc_retry_policy(policies: Policies, retry_on: str = GRPC_RETRY_ON) -> rc_pb2.RetryPolicy:
     """gRPC caps attempts at 5 whatever num_retries says (gRFC A44)."""
     return rc_pb2.RetryPolicy(
-        retry_on=GRPC_RETRY_ON,
+        retry_on=retry_on,
         num_retries=wrappers_pb2.UInt32Value(value=policies.max_retries),
         retry_back_off=rc_pb2.RetryPolicy.RetryBackOff(
             base_interval=duration(policies.retry_delay_s)

@@ -28,6 +28,7 @@ from xds_server.translate.access_log import access_logs
 from xds_server.translate.common import address_of, ads_config_source, duration, packed
 from xds_server.translate.memo import Memo
 from xds_server.translate.openai import http_filters as front_door_filters
+from xds_server.translate.openai import local_reply_config as front_door_local_replies
 from xds_server.translate.secrets import tls_transport_socket
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -128,6 +129,8 @@ def http_connection_manager(edge: Edge, access_log: AccessLog) -> hcm_pb2.HttpCo
         stream_idle_timeout=duration(edge.stream_idle_timeout_s),
         request_headers_timeout=duration(edge.request_headers_timeout_s),
         max_request_headers_kb=_uint32(edge.max_request_headers_kb),
+        # Envoy's 413 on the OpenAI paths in OpenAI's error shape (translate/openai.py).
+        local_reply_config=front_door_local_replies(edge.request_body_buffer_limit_bytes),
     )
 
 

@@ -9,12 +9,16 @@ URL and name the model in the body. Envoy routes them, not Python:
   its body buffered;
 - on `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings` the
   filter reads `model` from the body into dynamic metadata
-  (`NAMESPACE`.`model`, or `NAMESPACE`.`problem` when the body has no model or
-  is not JSON) and clears the route cache, so Envoy matches again: the route
-  of the model's service (its RouteAction is the service's own, with its retry
-  policy and timeout: every strategy, circuit breaker and failover rule
-  applies) or an OpenAI-style error (400 no model or no JSON, 404 unknown
-  model);
+  (`NAMESPACE`.`model`, the JSON value as it is, or `NAMESPACE`.`problem` when
+  the body has no model or is not JSON) and clears the route cache, so Envoy
+  matches again: the route of the model's service (its RouteAction is the
+  service's own, with its retry policy and timeout: every strategy, circuit
+  breaker and failover rule applies) or an OpenAI-style error (400 no model,
+  a model that is not a string, or no JSON; 404 unknown model);
+- Envoy's own 413 on these paths (a body over the buffer) is reshaped into
+  OpenAI's error object by the listener's local_reply_config
+  (`local_reply_config()`): a mapper, so it reaches no other path and no
+  upstream's answer;
 - `GET /v1/models` is a direct response listing the declared models, built
   here from the intent, so it follows every config change.
 
@@ -32,6 +36,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
@@ -95,7 +100,13 @@ def _filter_config() -> j2m_pb2.JsonToMetadata:
             rules=[
                 j2m_pb2.JsonToMetadata.Rule(
                     selectors=[j2m_pb2.JsonToMetadata.Selector(key=MODEL_KEY)],
-                    on_present=_metadata(MODEL_KEY),
+                    # The JSON value as it is: `"model": 5` must not become
+                    # the string "5", which a model id may be.
+                    on_present=j2m_pb2.JsonToMetadata.KeyValuePair(
+                        metadata_namespace=NAMESPACE,
+                        key=MODEL_KEY,
+                        type=j2m_pb2.JsonToMetadata.PROTOBUF_VALUE,
+                    ),
                     on_missing=_metadata(PROBLEM_KEY, MISSING_MODEL),
                     on_error=_metadata(PROBLEM_KEY, NOT_JSON),
                 ),
@@ -158,6 +169,7 @@ def front_door_routes(
             _problem_route(
                 path, NOT_JSON, 400, "We could not parse the JSON body of your request."
             ),
+            _wrong_type_route(path),
             _unknown_model_route(path, body_buffer),
         ]
     for route in routes:
@@ -234,6 +246,41 @@ def _problem_route(path: str, problem: str, status: int, message: str) -> rc_pb2
     )
 
 
+def _wrong_type_route(path: str) -> rc_pb2.Route:
+    """A `model` that is there but no string (a number, a boolean, null): OpenAI's
+    own answer to a wrong type. Missing, or not JSON, matched the problem routes."""
+    wrong = [
+        metadata_pb2.MetadataMatcher(
+            filter=NAMESPACE,
+            path=[metadata_pb2.MetadataMatcher.PathSegment(key=MODEL_KEY)],
+            value=value_pb2.ValueMatcher(present_match=True),
+        ),
+        metadata_pb2.MetadataMatcher(
+            filter=NAMESPACE,
+            path=[metadata_pb2.MetadataMatcher.PathSegment(key=MODEL_KEY)],
+            value=value_pb2.ValueMatcher(
+                string_match=string_pb2.StringMatcher(safe_regex=_regex("(?s).*"))
+            ),
+            invert=True,
+        ),
+    ]
+    body = json.dumps(
+        {
+            "error": {
+                "message": "Invalid type for 'model': expected a string.",
+                "type": "invalid_request_error",
+                "param": MODEL_KEY,
+                "code": "invalid_type",
+            }
+        },
+        separators=(",", ":"),
+    )
+    return rc_pb2.Route(
+        match=rc_pb2.RouteMatch(path=path, dynamic_metadata=wrong),
+        direct_response=rc_pb2.DirectResponseAction(status=400, body_format=_json_text(body)),
+    )
+
+
 def _unknown_model_route(path: str, body_buffer: int) -> rc_pb2.Route:
     """The path's catch-all. A request first matches it (no metadata yet): it turns the
     filters on: the buffer filter raises the stream's buffer limit to
@@ -273,6 +320,52 @@ def _unknown_model_route(path: str, body_buffer: int) -> rc_pb2.Route:
                 rc_pb2.FilterConfig(config=packed(_filter_config()), is_optional=True)
             ),
         },
+    )
+
+
+def local_reply_config(body_buffer: int) -> hcm_pb2.LocalReplyConfig:
+    """Envoy's 413 (the buffer filter's, or the connection buffer's) on a front
+    door path in OpenAI's error shape, so OpenAI clients can read it. A mapper
+    changes only Envoy's own replies that match it: an upstream's 413 passes as
+    it is, and every other path keeps Envoy's plain text. `body_buffer` is the
+    limit the front door routes buffer (router.edge.request_body_buffer_limit_bytes)."""
+    paths = "|".join(re.escape(p) for p in MODEL_PATHS)
+    on_a_front_door_path = accesslog_pb2.AccessLogFilter(
+        header_filter=accesslog_pb2.HeaderFilter(
+            header=route_header(":path", rf"^({paths})(\?.*)?$")
+        )
+    )
+    too_large = accesslog_pb2.AccessLogFilter(
+        status_code_filter=accesslog_pb2.StatusCodeFilter(
+            comparison=accesslog_pb2.ComparisonFilter(
+                op=accesslog_pb2.ComparisonFilter.EQ,
+                value=base_pb2.RuntimeUInt32(
+                    default_value=413, runtime_key=f"{NAMESPACE}.too_large_status"
+                ),
+            )
+        )
+    )
+    message = (
+        f"The request body is larger than the {body_buffer} bytes this router "
+        "accepts on the OpenAI API."
+    )
+    return hcm_pb2.LocalReplyConfig(
+        mappers=[
+            hcm_pb2.ResponseMapper(
+                filter=accesslog_pb2.AccessLogFilter(
+                    and_filter=accesslog_pb2.AndFilter(filters=[too_large, on_a_front_door_path])
+                ),
+                body_format_override=_json_text(
+                    _error_body(message, "invalid_request_error", "request_too_large")
+                ),
+            )
+        ]
+    )
+
+
+def route_header(name: str, pattern: str) -> rc_pb2.HeaderMatcher:
+    return rc_pb2.HeaderMatcher(
+        name=name, string_match=string_pb2.StringMatcher(safe_regex=_regex(pattern))
     )
 
 
