@@ -34,5 +34,8 @@ def ads_config_source() -> config_source_pb2.ConfigSource:
 
 def packed(message: Message) -> any_pb2.Any:
     wrapped = any_pb2.Any()
-    wrapped.Pack(message)
+    # Deterministic: a Struct (the access log's JSON format) is a map, whose
+    # order otherwise follows the hash seed, and a version names bytes
+    # (docs/xds-protocol.md rule 27: replicas must agree).
+    wrapped.Pack(message, deterministic=True)
     return wrapped

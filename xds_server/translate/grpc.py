@@ -211,7 +211,7 @@ def grpc_cluster(service: Service, strategy: Strategy, policies: Policies) -> cl
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
         )
     )
-    cluster.typed_extension_protocol_options[HTTP_OPTIONS].Pack(options)
+    cluster.typed_extension_protocol_options[HTTP_OPTIONS].Pack(options, deterministic=True)
     return cluster
 
 
