@@ -42,10 +42,13 @@ def test_the_times_are_the_documented_ones() -> None:
 def five_then_six(tmp_path: Path) -> tuple[Settings, Path, str, str]:
     """Settings of 5 services, their file, and the text of the next file (6 services)
     with the valid first part of it that a writer in the middle leaves: svc-0 only."""
-    settings = dataclasses.replace(local_settings(), intent=intent_of(5))
+    base = local_settings()
+    # The free ports of local_settings, not the defaults (18080 may be taken).
+    ports = {"listen": base.intent.listen, "admin": base.intent.admin}
+    settings = dataclasses.replace(base, intent=intent_of(5, **ports))
     path = config_file(settings, tmp_path / "router_config.yaml")
     whole = config_file(
-        dataclasses.replace(settings, intent=intent_of(6)), tmp_path / "next.yaml"
+        dataclasses.replace(settings, intent=intent_of(6, **ports)), tmp_path / "next.yaml"
     ).read_text()
     second_service = whole.index("- backends:", whole.index("- backends:") + 1)
     half = whole[:second_service]
