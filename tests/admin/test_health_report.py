@@ -31,11 +31,15 @@ def test_report_has_the_spec_shape_grouped_with_short_keys() -> None:
     entry = qdrant["primary"]
     assert entry["status"] == "healthy" and entry["response_time_ms"] == 1.0
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["last_check"])
+    assert entry["checked_by"] == ["controller"]
+    assert entry["last_report"] == {"controller": entry["last_check"]}
     external = report["health_status"]["external"]  # type: ignore[index]
     assert external["hermes"] == {
         "status": "unknown",
         "response_time_ms": None,
         "last_check": None,
+        "checked_by": [],
+        "last_report": {},
         "ejected_by": [],
     }
     assert (report["total_backends"], report["healthy_backends"]) == (4, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 
 from redis.asyncio import Redis
@@ -59,6 +60,18 @@ def test_records_round_trip_and_junk_is_skipped() -> None:
     record = decode_record(encode_record(TARGET_A, unhealthy()))
     assert record == Record(TARGET_A, unhealthy())
     assert decode_record('{"verdict": "sideways"}') is None
+
+
+def test_records_keep_who_checked() -> None:
+    """checked_by and the report times travel with the record (the report on every
+    replica names the same checkers); a record written before them reads as none."""
+    state = unhealthy()
+    state.checked_by, state.reported_at = ("envoy-a", "envoy-b"), {"envoy-a": 5.0, "envoy-b": 6.0}
+    assert decode_record(encode_record(TARGET_A, state)) == Record(TARGET_A, state)
+    old = json.loads(encode_record(TARGET_A, unhealthy()))
+    del old["checked_by"], old["reported_at"]
+    decoded = decode_record(json.dumps(old))
+    assert decoded is not None and decoded.state.checked_by == ()
 
 
 def test_mirror_writes_every_verdict_before_observers_hear_and_keeps_on_an_empty_read() -> None:

@@ -36,6 +36,18 @@ _ENTRY: dict[str, Any] = {
         "response_time_ms": {"type": "number", "nullable": True},
         "last_check": {"type": "string", "format": "date-time", "nullable": True},
         "error": {"type": "string", "description": "why the last probe failed"},
+        "checked_by": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "whose probes the verdict rests on: 'controller' (its own "
+            "probes) or the node ids of the Envoys it delegated them to "
+            "(router.health_checker: envoy, HDS); empty before the first probe",
+        },
+        "last_report": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "format": "date-time"},
+            "description": "checker (as in checked_by) -> when its last result arrived",
+        },
         "draining": {"type": "boolean"},
         "addresses": {
             "type": "array",
@@ -61,7 +73,14 @@ _ENTRY: dict[str, Any] = {
             },
         },
     },
-    "required": ["status", "response_time_ms", "last_check", "ejected_by"],
+    "required": [
+        "status",
+        "response_time_ms",
+        "last_check",
+        "checked_by",
+        "last_report",
+        "ejected_by",
+    ],
 }
 _COUNTS: dict[str, Any] = {
     "overall_health": {"type": "string", "enum": ["healthy", "degraded", "unhealthy"]},

@@ -68,6 +68,10 @@ def backend_entry(state: BackendHealth | None, backend: Backend) -> dict[str, ob
         "status": str(state.verdict if state is not None else Health.UNKNOWN),
         "response_time_ms": None if last is None else round(last.elapsed_s * 1000, 1),
         "last_check": None if last is None else iso_utc(last.at),
+        "checked_by": [] if state is None else list(state.checked_by),
+        "last_report": {}
+        if state is None
+        else {checker: iso_utc(at) for checker, at in state.reported_at.items()},
     }
     if last is not None and last.error is not None:
         entry["error"] = last.error

@@ -220,6 +220,8 @@ def encode_record(target: Target, state: BackendHealth) -> str:
             "failures": state.failures,
             "since": state.since,
             "last": None if last is None else dataclasses.asdict(last),
+            "checked_by": list(state.checked_by),
+            "reported_at": state.reported_at,
         }
     )
 
@@ -236,6 +238,9 @@ def decode_record(text: str) -> Record | None:
             failures=int(body["failures"]),
             last=None if last is None else ProbeResult(**last),
             since=body["since"],
+            # Records written before HDS carry neither: the controller probed.
+            checked_by=tuple(str(c) for c in body.get("checked_by", ())),
+            reported_at={str(k): float(v) for k, v in body.get("reported_at", {}).items()},
         )
         return Record((str(address), int(port), str(path)), state)
     except (ValueError, KeyError, TypeError) as error:

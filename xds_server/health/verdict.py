@@ -14,6 +14,8 @@ from xds_server.model.intent import Health, Intent, Service
 log = logging.getLogger("xds_server.health")
 
 OVERALL_HEALTHY, OVERALL_DEGRADED, OVERALL_UNHEALTHY = "healthy", "degraded", "unhealthy"
+# Who reached a verdict: the controller's own probes, or Envoys (HDS) named by node id.
+CONTROLLER = "controller"
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,15 @@ class BackendHealth:
     failures: int = 0  # in a row
     last: ProbeResult | None = None
     since: float | None = None  # wall clock of the last verdict change
+    # The checkers whose results count for the verdict, and when each last reported
+    # (wall clock): the controller, or the Envoys it delegated the probes to (HDS).
+    checked_by: tuple[str, ...] = ()
+    reported_at: dict[str, float] = field(default_factory=dict)
 
     def record(self, result: ProbeResult, policy: HealthPolicy) -> bool:
-        """Count `result`; True when the verdict changed."""
+        """Count the controller's probe `result`; True when the verdict changed."""
         self.last = result
+        self.checked_by, self.reported_at = (CONTROLLER,), {CONTROLLER: result.at}
         self.passes = self.passes + 1 if result.ok else 0
         self.failures = 0 if result.ok else self.failures + 1
         verdict = next_verdict(self.verdict, self.passes, self.failures, result, policy)
