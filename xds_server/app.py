@@ -267,6 +267,12 @@ class Controller:
             model_traffic=lambda: model_traffic(sampler.book, self.store.intent),
             ejecting_proxies=lambda: passive.ejecting(self.store.intent.services),
             ejections_seen=lambda: passive.seen(self.store.intent.services),
+            backend_states=lambda: [
+                (s.name, b.name, state)
+                for s in self.store.intent.services
+                for b in s.backends
+                if (state := self.health.states.get(b.name)) is not None
+            ],
         )
         return Telemetry(
             metrics=ControllerMetrics(self.registry, readers),

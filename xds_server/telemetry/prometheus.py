@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from xds_server.health.verdict import ProbeResult
+from xds_server.health.verdict import CONTROLLER, BackendHealth, ProbeResult
 from xds_server.model.intent import Health
 from xds_server.resources import SHORT_NAMES
 from xds_server.telemetry.models import ModelTraffic
@@ -197,6 +197,8 @@ class StateReaders:
     ejecting_proxies: Callable[[], Iterable[tuple[str, str, int]]] = tuple
     # (service, backend, ejections seen since start: one per proxy and ejection)
     ejections_seen: Callable[[], Iterable[tuple[str, str, int]]] = tuple
+    # (service, backend, state) for every backend with a health state (checked_by)
+    backend_states: Callable[[], Iterable[tuple[str, str, BackendHealth]]] = tuple
 
 
 class StateCollector(Collector):
@@ -218,6 +220,7 @@ class StateCollector(Collector):
             r.nacked_proxies(),
         )
         yield self._backends()
+        yield from checker_families(r.backend_states())
         yield from passive_families(r.ejecting_proxies(), r.ejections_seen())
         yield from model_families(self._readers.model_traffic())
 
@@ -230,6 +233,36 @@ class StateCollector(Collector):
         for service, backend, verdict in self._readers.backend_verdicts():
             family.add_metric([service, backend], 1.0 if verdict is Health.HEALTHY else 0.0)
         return family
+
+
+def checker_families(
+    states: Iterable[tuple[str, str, BackendHealth]],
+) -> Iterator[GaugeMetricFamily]:
+    """Who checks each backend: label `checker` is "controller" or "envoy" (the
+    Envoys' node ids are not labels: proxies come and go, the label set must stay
+    bounded; the health report names them)."""
+    labels = ["service", "backend", "checker"]
+    counted = GaugeMetricFamily(
+        f"{PREFIX}_backend_checkers",
+        "checkers whose results the backend's verdict rests on, by kind",
+        labels=labels,
+    )
+    latest = GaugeMetricFamily(
+        f"{PREFIX}_backend_last_report_timestamp_seconds",
+        "when the newest result of that kind of checker arrived (epoch seconds)",
+        labels=labels,
+    )
+    for service, backend, state in states:
+        for kind in (CONTROLLER, "envoy"):
+            times = [
+                at
+                for checker, at in state.reported_at.items()
+                if checker in state.checked_by and (checker == CONTROLLER) == (kind == CONTROLLER)
+            ]
+            counted.add_metric([service, backend, kind], len(times))
+            if times:
+                latest.add_metric([service, backend, kind], max(times))
+    yield from (counted, latest)
 
 
 def passive_families(
