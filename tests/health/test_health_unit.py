@@ -19,7 +19,7 @@ from tests.factories import FAST_POLICY, ambiguous, definitive, one_service, pas
 from tests.support import eventually
 from xds_server.health.checker import HealthChecker, probed_backends
 from xds_server.health.probe import HttpProber, new_session
-from xds_server.health.verdict import BackendHealth, HealthPolicy, ProbeResult
+from xds_server.health.verdict import BackendHealth, DelegatedVerdict, HealthPolicy, ProbeResult
 from xds_server.model.intent import Backend, Health, Intent, Protocol, Service
 from xds_server.samples.backend import make_app
 from xds_server.store.memory import MemoryStore
@@ -410,3 +410,54 @@ async def test_ambiguous_failures_are_confirmed_within_one_interval() -> None:
     assert verdicts["b"] is Health.UNHEALTHY
     assert abs(calls[3] - calls[0] - 0.54) < 0.04, gaps  # the regular tick
     assert abs(gaps[3] - policy.interval_s) < 0.04, gaps  # and no more confirmations
+
+
+# --- verdicts delegated to Envoys (HDS) ------------------------------------------------------
+
+
+async def test_a_delegated_backend_is_not_probed_and_takes_the_envoys_verdict() -> None:
+    """While Envoys report on a backend the controller does not probe it; their
+    verdict is published as it is (Envoy counted the thresholds), with who checked;
+    when the delegation ends (no fresh report) the controller probes again."""
+    calls: list[str] = []
+
+    async def prober(backend: Backend) -> ProbeResult:
+        calls.append(backend.name)
+        return passed()
+
+    delegated = {"b"}
+    verdicts: dict[str, Health] = {}
+    changes: list[dict[str, Health]] = []
+    store = MemoryStore(one_service(Backend("a", "127.0.0.1", 1), Backend("b", "127.0.0.1", 2)))
+    policy = dataclasses.replace(FAST_POLICY, interval_s=0.05)
+    checker = HealthChecker(
+        store,
+        verdicts,
+        lambda: changes.append(dict(verdicts)),
+        policy,
+        prober=prober,
+        delegated=lambda name: name in delegated,
+    )
+    task = asyncio.create_task(checker.run())
+    await eventually(lambda: _true(calls.count("a") >= 3), 2)
+    assert "b" not in calls
+    now = time.time()
+    failed = ProbeResult(ok=False, definitive=True, elapsed_s=0.0, at=now, error="unhealthy")
+    checker.report("b", DelegatedVerdict(Health.UNHEALTHY, failed, ("e1", "e2"), {"e1": now}))
+    assert verdicts["b"] is Health.UNHEALTHY and changes[-1]["b"] is Health.UNHEALTHY
+    state = checker.states["b"]
+    assert state.checked_by == ("e1", "e2") and state.reported_at == {"e1": now}
+    assert state.since == now
+    delegated.clear()
+    await eventually(lambda: _true("b" in calls), 2)
+    await eventually(lambda: _true(checker.states["b"].checked_by == ("controller",)), 2)
+    task.cancel()
+
+
+def test_a_held_backend_ignores_delegated_verdicts() -> None:
+    """An experiment's hold freezes the verdict whoever checks."""
+    checker, verdicts = corroborating_checker(set())
+    with checker.held("b"):
+        failed = ProbeResult(ok=False, definitive=True, elapsed_s=0.0, at=1.0)
+        checker.report("b", DelegatedVerdict(Health.UNHEALTHY, failed, ("e1",), {"e1": 1.0}))
+    assert "b" not in verdicts

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 
 from xds_server.dns.base import Resolved
-from xds_server.health.verdict import BackendHealth, summarize
+from xds_server.health.verdict import CONTROLLER, BackendHealth, summarize
 from xds_server.model.intent import Backend, Health, Intent, Service
 from xds_server.model.values import is_ip
 from xds_server.telemetry.passive import PassiveView
@@ -64,9 +64,11 @@ def ejected_by(passive: PassiveView | None, name: str) -> list[dict[str, str]]:
 
 def backend_entry(state: BackendHealth | None, backend: Backend) -> dict[str, object]:
     last = state.last if state is not None else None
+    # Envoys checking by HDS report a status, not how long the probe took.
+    timed = last is not None and state is not None and CONTROLLER in state.checked_by
     entry: dict[str, object] = {
         "status": str(state.verdict if state is not None else Health.UNKNOWN),
-        "response_time_ms": None if last is None else round(last.elapsed_s * 1000, 1),
+        "response_time_ms": round(last.elapsed_s * 1000, 1) if timed and last else None,
         "last_check": None if last is None else iso_utc(last.at),
         "checked_by": [] if state is None else list(state.checked_by),
         "last_report": {}

@@ -67,7 +67,13 @@ from xds_server.dns.base import Resolved
 from xds_server.health.addresses import EachAddress
 from xds_server.health.grpc_probe import GrpcProber
 from xds_server.health.probe import HttpProber, Prober, failed_probe, new_session
-from xds_server.health.verdict import BackendHealth, HealthObserver, HealthPolicy, ProbeResult
+from xds_server.health.verdict import (
+    BackendHealth,
+    DelegatedVerdict,
+    HealthObserver,
+    HealthPolicy,
+    ProbeResult,
+)
 from xds_server.model.intent import Backend, Health, Intent
 from xds_server.model.intent import Protocol as ServiceProtocol
 from xds_server.store.base import IntentStore
@@ -144,8 +150,11 @@ class HealthChecker:
         seed: Seed | None = None,
         resolved: Resolved | None = None,  # addresses of backends named by DNS
         ejected: Callable[[str], bool] | None = None,
+        delegated: Callable[[str], bool] | None = None,
     ) -> None:
         self.policy = policy
+        # Envoys probe this backend and report (HDS, health/delegation.py): skip our probe.
+        self._delegated = delegated
         self._resolved = resolved
         self.observers = list(observers)
         self.states: dict[str, BackendHealth] = {}
@@ -223,6 +232,23 @@ class HealthChecker:
         probing.early.set()
         return True
 
+    def report(self, name: str, delegated: DelegatedVerdict) -> None:
+        """A verdict the Envoys probing `name` reached (HDS): Envoy applied the
+        thresholds already, so it is taken as it is, through the same path as our
+        own probes' (EDS, shared record, observers). Ignored while held."""
+        state = self.states.get(name)
+        if state is None or name in self._held:
+            return
+        previous = state.verdict
+        state.last, state.passes, state.failures = delegated.result, 0, 0
+        state.checked_by, state.reported_at = delegated.checked_by, dict(delegated.reported_at)
+        changed = previous is not delegated.verdict
+        if changed:
+            state.verdict, state.since = delegated.verdict, delegated.result.at
+        self._state_changed(name)
+        if changed:
+            self._publish(name, previous, state, delegated.result)
+
     @property
     def holds(self) -> frozenset[str]:
         return frozenset(self._held)
@@ -281,7 +307,7 @@ class HealthChecker:
     async def _probe_loop(self, backend: Backend, prober: Prober, early: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         interval = self.policy.interval_s
-        if backend.name not in self._held:
+        if self._probes_here(backend.name):
             self._apply(backend.name, await _safely(prober, backend))
         due = loop.time() + self._rng.uniform(0.0, self.policy.jitter * interval)
         while True:
@@ -291,8 +317,13 @@ class HealthChecker:
                 # missed (a stalled loop) is skipped rather than caught up in a burst.
                 due = max(due + interval, loop.time())
             early.clear()
-            if backend.name not in self._held:
+            if self._probes_here(backend.name):
                 self._apply(backend.name, await _safely(prober, backend))
+
+    def _probes_here(self, name: str) -> bool:
+        """Not held, and no Envoy reports on it (else the controller probes it:
+        the fallback for a backend no connected Envoy is assigned to)."""
+        return name not in self._held and not (self._delegated and self._delegated(name))
 
     def _confirm_after(self, name: str) -> float:
         """Seconds to the next confirmation probe (module docstring), inf for none:
@@ -318,8 +349,12 @@ class HealthChecker:
         changed = state.record(result, self.policy)
         self._state_changed(name)
         self._tell("probed", name, result)
-        if not changed:
-            return
+        if changed:
+            self._publish(name, previous, state, result)
+
+    def _publish(
+        self, name: str, previous: Health, state: BackendHealth, result: ProbeResult
+    ) -> None:
         self._verdicts[name] = state.verdict
         log.info(
             "backend %s is %s (%s)",

@@ -74,6 +74,16 @@ class BackendHealth:
         return True
 
 
+@dataclass(frozen=True)
+class DelegatedVerdict:
+    """What the Envoys probing a backend (HDS) agree on, for the checker to publish."""
+
+    verdict: Health
+    result: ProbeResult  # elapsed_s is 0: Envoy reports no probe duration
+    checked_by: tuple[str, ...]
+    reported_at: Mapping[str, float]
+
+
 def next_verdict(
     current: Health, passes: int, failures: int, result: ProbeResult, policy: HealthPolicy
 ) -> Health:
