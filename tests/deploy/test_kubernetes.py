@@ -1,0 +1,376 @@
+"""deploy/kubernetes/, checked without a cluster.
+
+Every manifest is validated in strict mode (an unknown field is an error)
+against the Kubernetes schemas of two releases that kubernetes-validate ships,
+the oldest and the newest. The rest are cross-checks a schema cannot make:
+the ConfigMap's router_config.yaml loads with the real settings loader and the
+environment each container gives it; the probes are routes of the admin API
+on its configured port; Services and NetworkPolicies select pods that exist,
+on ports those pods open; the backends are Services of the manifests; the
+init container's command parses with the real command line and writes the
+bootstrap where Envoy reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import functools
+import io
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import all_versions
+
+from xds_server import cli
+from xds_server.admin import ROUTE_SETS
+from xds_server.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+MANIFESTS = ROOT / "deploy/kubernetes"
+KUSTOMIZATION = MANIFESTS / "kustomization.yaml"
+VERSIONS = sorted(set(all_versions()), key=lambda v: tuple(map(int, v.split("."))))
+SCHEMA_VERSIONS = (VERSIONS[0], VERSIONS[-1])
+# The downward API's and the Secrets' values, as a pod would see them.
+POD_IP = "10.244.1.7"
+SECRET_VALUE = "from-a-secret"
+NODE_ID = "envoy-k8s"
+ENV_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+Resource = dict[str, Any]
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in MANIFESTS.glob("*.yaml") if p != KUSTOMIZATION)
+
+
+@functools.cache
+def resources() -> list[Resource]:
+    """Parsed once: callers read, never change them (copy.deepcopy first)."""
+    return [doc for path in manifest_files() for doc in yaml.safe_load_all(path.read_text())]
+
+
+def named(kind: str, name: str) -> Resource:
+    (found,) = [r for r in resources() if r["kind"] == kind and r["metadata"]["name"] == name]
+    return found
+
+
+def of_kind(kind: str) -> list[Resource]:
+    return [r for r in resources() if r["kind"] == kind]
+
+
+def pod_spec(deployment: str) -> dict[str, Any]:
+    spec: dict[str, Any] = named("Deployment", deployment)["spec"]["template"]["spec"]
+    return spec
+
+
+def container(deployment: str, name: str, *, init: bool = False) -> dict[str, Any]:
+    group = pod_spec(deployment)["initContainers" if init else "containers"]
+    (found,) = [c for c in group if c["name"] == name]
+    return found  # type: ignore[no-any-return]
+
+
+def environment(spec: dict[str, Any]) -> dict[str, str]:
+    """A container's env as the kubelet builds it: `$(NAME)` of an earlier variable
+    expanded, the downward API's pod IP and each Secret's key stood in for."""
+    env: dict[str, str] = {}
+    for variable in spec.get("env", []):
+        source = variable.get("valueFrom", {})
+        if "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "status.podIP", variable
+            value = POD_IP
+        elif "secretKeyRef" in source:
+            value = SECRET_VALUE
+        else:
+            value = ENV_REFERENCE.sub(lambda m: env.get(m[1], m[0]), variable["value"])
+        env[variable["name"]] = value
+    return env
+
+
+def config_in(tmp_path: Path) -> Path:
+    """router_config.yaml of the ConfigMap, as a file."""
+    path = tmp_path / "router_config.yaml"
+    path.write_text(named("ConfigMap", "router-config")["data"]["router_config.yaml"])
+    return path
+
+
+def controller_settings(tmp_path: Path) -> Settings:
+    """The settings `xds-server run` gets in the controller's pod: its --config
+    (the ConfigMap) and its env."""
+    spec = container("xds-controller", "controller")
+    assert spec["args"][spec["args"].index("--config") + 1] == mounted_config("xds-controller")
+    return load_settings(config_in(tmp_path), environ=environment(spec))
+
+
+def mounted_config(deployment: str) -> str:
+    """Where the pod mounts the router-config ConfigMap, and so its file."""
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    for spec in pod_spec(deployment).get("initContainers", []) + pod_spec(deployment)["containers"]:
+        for mount in spec.get("volumeMounts", []):
+            if volumes[mount["name"]].get("configMap", {}).get("name") == "router-config":
+                return f"{mount['mountPath']}/router_config.yaml"
+    raise AssertionError(f"{deployment} mounts no router-config")
+
+
+def bootstrap_command() -> tuple[list[str], str]:
+    """The init container's `xds-server bootstrap` arguments and the file its
+    shell redirects them to."""
+    spec = container("xds-envoy", "bootstrap", init=True)
+    assert spec["command"] == ["/bin/sh", "-c"]
+    (script,) = spec["args"]
+    words = shlex.split(script)
+    assert words[:2] == ["exec", "xds-server"] and words[-2] == ">", words
+    return words[2:-2], words[-1]
+
+
+def bootstrap_parser() -> argparse.ArgumentParser:
+    (commands,) = [a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    found: argparse.ArgumentParser = commands.choices["bootstrap"]
+    return found
+
+
+def knows_xds_host() -> bool:
+    return "--xds-host" in bootstrap_parser()._option_string_actions
+
+
+def without_xds_host(argv: list[str]) -> list[str]:
+    at = argv.index("--xds-host")
+    return argv[:at] + argv[at + 2 :]
+
+
+def container_ports(deployment: str) -> dict[str, int]:
+    """name -> containerPort over every container of the pod."""
+    return {
+        port["name"]: port["containerPort"]
+        for spec in pod_spec(deployment)["containers"]
+        for port in spec.get("ports", [])
+    }
+
+
+def selected(selector: dict[str, str]) -> list[str]:
+    """The Deployments whose pods carry every label of `selector`."""
+    return [
+        d["metadata"]["name"]
+        for d in of_kind("Deployment")
+        if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+    ]
+
+
+def probes(deployment: str, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    spec = container(deployment, name)
+    for kind in ("readinessProbe", "livenessProbe"):
+        yield kind, spec[kind]
+
+
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: p.name)
+def test_every_manifest_is_valid_in_strict_mode(path: Path, version: str) -> None:
+    documents = list(yaml.safe_load_all(path.read_text()))
+    assert documents and all(isinstance(d, dict) for d in documents)
+    for document in documents:
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_strict_validation_would_catch_a_mistake() -> None:
+    """The check above can fail: a misspelt field, which a cluster would drop in
+    silence (a probe that never runs), is refused."""
+    deployment = copy.deepcopy(named("Deployment", "xds-controller"))
+    spec = deployment["spec"]["template"]["spec"]["containers"][0]
+    spec["readynessProbe"] = spec.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readynessProbe"):
+        kubernetes_validate.validate(deployment, SCHEMA_VERSIONS[-1], strict=True)
+
+
+def test_the_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    assert kustomization["kind"] == "Kustomization"
+    assert sorted(kustomization["resources"]) == [p.name for p in manifest_files()]
+    images = {i["name"] for i in kustomization["images"]}
+    used = {
+        spec["image"].split(":")[0]
+        for d in of_kind("Deployment")
+        for key in ("containers", "initContainers")
+        for spec in d["spec"]["template"]["spec"].get(key, [])
+    }
+    assert images == {"xds-server"} and images <= used
+
+
+def test_the_controllers_config_loads_as_their_pods_see_it(tmp_path: Path) -> None:
+    """ROUTER_REDIS_URL names the redis Service; the token comes from a Secret;
+    the xDS port is mutual TLS with the files the pod mounts from its Secret."""
+    settings = controller_settings(tmp_path)
+    assert settings.admin_token == SECRET_VALUE
+    assert settings.redis_url is not None
+    redis = urlsplit(settings.redis_url)
+    (redis_port,) = named("Service", "redis")["spec"]["ports"]
+    assert (redis.hostname, redis.port) == ("redis", redis_port["port"])
+    assert container_ports("redis")[redis_port["targetPort"]] == redis_port["port"]
+    assert settings.xds_tls is not None and settings.xds_tls.client_ca_file is not None
+    mounts = {
+        m["name"]: m["mountPath"] for m in container("xds-controller", "controller")["volumeMounts"]
+    }
+    tls_files = (settings.xds_tls.cert_file, settings.xds_tls.key_file)
+    for file in (*tls_files, settings.xds_tls.client_ca_file):
+        assert Path(file).parent == Path(mounts["xds-tls"]), file
+    assert named("Deployment", "xds-controller")["spec"]["replicas"] == 2
+
+
+def test_the_controller_ports_are_the_configured_ones(tmp_path: Path) -> None:
+    settings = controller_settings(tmp_path)
+    ports = container_ports("xds-controller")
+    assert ports == {"xds": settings.xds_address.port, "admin": settings.intent.admin.port}
+    assert settings.xds_address.host == settings.intent.admin.host == "0.0.0.0"
+    service = named("Service", "xds-controller")["spec"]
+    assert service["clusterIP"] == "None"
+    assert {p["port"]: ports[p["targetPort"]] for p in service["ports"]} == {
+        settings.xds_address.port: settings.xds_address.port,
+        settings.intent.admin.port: settings.intent.admin.port,
+    }
+
+
+def test_the_controller_probes_are_admin_routes_on_the_admin_port(tmp_path: Path) -> None:
+    """/readyz for readiness (the first snapshot, a usable store), /healthz for
+    liveness: GET routes of the admin API, on the port admin_address binds."""
+    routes = {(op.method, op.path) for rs in ROUTE_SETS for op in rs.operations}
+    settings = controller_settings(tmp_path)
+    found = {}
+    for kind, probe in probes("xds-controller", "controller"):
+        port = container_ports("xds-controller")[probe["httpGet"]["port"]]
+        assert port == settings.intent.admin.port, kind
+        assert ("GET", probe["httpGet"]["path"]) in routes, probe
+        found[kind] = probe["httpGet"]["path"]
+    assert found == {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+
+
+def test_every_service_selects_pods_that_open_its_ports() -> None:
+    for service in of_kind("Service"):
+        name = service["metadata"]["name"]
+        (deployment,) = selected(service["spec"]["selector"])
+        ports = container_ports(deployment)
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, (name, port)
+    assert selected(named("Service", "xds-envoy")["spec"]["selector"]) == ["xds-envoy"]
+
+
+def test_the_network_policies_select_pods_and_ports_that_exist() -> None:
+    """Each policy's pods, its peers and its ports are real, and each says what
+    the task asks: the xDS port from Envoy only, Redis from the controllers only."""
+    allowed: dict[tuple[str, int], set[str]] = {}
+    for policy in of_kind("NetworkPolicy"):
+        (target,) = selected(policy["spec"]["podSelector"]["matchLabels"])
+        opened = set(container_ports(target).values())
+        for rule in policy["spec"]["ingress"]:
+            peers = {
+                peer
+                for source in rule.get("from", [{"podSelector": {}}])
+                for peer in (
+                    selected(source["podSelector"].get("matchLabels", {}))
+                    if source["podSelector"].get("matchLabels")
+                    else ["*"]
+                )
+            }
+            assert peers, rule
+            for port in rule["ports"]:
+                assert port["port"] in opened, (target, port)
+                allowed.setdefault((target, port["port"]), set()).update(peers)
+    assert allowed[("xds-controller", 18000)] == {"xds-envoy"}
+    assert allowed[("redis", 6379)] == {"xds-controller"}
+    assert allowed[("xds-envoy", 9901)] == {"xds-controller"}
+
+
+def test_every_backend_is_a_service_of_the_manifests(tmp_path: Path) -> None:
+    settings = controller_settings(tmp_path)
+    services = {s["metadata"]["name"]: s for s in of_kind("Service")}
+    backends = [b for service in settings.intent.services for b in service.backends]
+    assert backends
+    for backend in backends:
+        assert backend.address in services, backend
+        (port,) = services[backend.address]["spec"]["ports"]
+        assert port["port"] == backend.port, backend
+
+
+def test_the_init_container_runs_a_bootstrap_command_the_cli_parses() -> None:
+    """Everything but --xds-host, which the next test checks once the command
+    line has it: the arguments parse, and name the files the pod mounts."""
+    argv, _ = bootstrap_command()
+    if not knows_xds_host():
+        argv = without_xds_host(argv)
+    args = cli.parse_args(argv)
+    assert args.command == cli.cmd_bootstrap and args.node_id == NODE_ID
+    assert str(args.config) == mounted_config("xds-envoy")
+    envoy_mounts = {
+        m["name"]: m["mountPath"] for m in container("xds-envoy", "envoy")["volumeMounts"]
+    }
+    for file in (args.client_cert, args.client_key, args.ca):
+        assert Path(file).parent == Path(envoy_mounts["xds-tls"]), file
+
+
+def test_the_init_container_points_envoy_at_the_controller_service() -> None:
+    argv, _ = bootstrap_command()
+    if not knows_xds_host():
+        pytest.skip(
+            "xds-server bootstrap has no --xds-host yet (being added to xds_server/cli.py "
+            "in parallel); this runs once it has"
+        )
+    host = vars(cli.parse_args(argv))["xds_host"]
+    name, _, port = str(host).partition(":")
+    assert name == "xds-controller"
+    (xds,) = [p for p in named("Service", "xds-controller")["spec"]["ports"] if p["port"] == 18000]
+    assert int(port or xds["port"]) == xds["port"]
+
+
+def test_the_bootstrap_lands_where_envoy_reads_it_with_its_admin_on_the_pod_ip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`xds-server bootstrap` run as the init container runs it (its env, the
+    ConfigMap): Envoy's admin, which the controller reads stats from, is the pod
+    IP's port 9901, where the probes and the NetworkPolicy look; the file is
+    Envoy's -c in the shared emptyDir; its concurrency is router.worker_threads."""
+    argv, target = bootstrap_command()
+    if not knows_xds_host():
+        argv = without_xds_host(argv)
+    argv[argv.index("--config") + 1] = str(config_in(tmp_path))
+    spec = container("xds-envoy", "bootstrap", init=True)
+    for key, value in environment(spec).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)  # no ./.env of the checkout
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(argv) == 0
+    bootstrap = yaml.safe_load(printed.getvalue())
+    admin = bootstrap["admin"]["address"]["socket_address"]
+    assert (admin["address"], admin["port_value"]) == (POD_IP, 9901)
+    assert bootstrap["node"]["id"] == NODE_ID
+    assert bootstrap["node"]["metadata"] == {"admin_address": f"{POD_IP}:9901"}
+    assert container_ports("xds-envoy")["envoy-admin"] == admin["port_value"]
+    envoy = container("xds-envoy", "envoy")
+    assert envoy["args"][envoy["args"].index("-c") + 1] == target
+    volumes = {v["name"]: v for v in pod_spec("xds-envoy")["volumes"]}
+    shared = [m for m in envoy["volumeMounts"] if "emptyDir" in volumes[m["name"]]]
+    assert Path(target).parent in {Path(m["mountPath"]) for m in shared}
+    settings = load_settings(config_in(tmp_path), environ=environment(spec))
+    assert envoy["args"][envoy["args"].index("--concurrency") + 1] == str(settings.worker_threads)
+    listen = settings.intent.listen
+    assert container_ports("xds-envoy")["listener"] == listen.port
+
+
+def test_every_container_runs_unprivileged_on_a_read_only_root() -> None:
+    for deployment in of_kind("Deployment"):
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] > 0
+        for each in spec["containers"] + spec.get("initContainers", []):
+            context = each["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, each["name"]
+            assert context["allowPrivilegeEscalation"] is False, each["name"]
+            assert context["capabilities"]["drop"] == ["ALL"], each["name"]
+            assert {"cpu", "memory"} <= each["resources"]["requests"].keys(), each["name"]
+            assert {"cpu", "memory"} <= each["resources"]["limits"].keys(), each["name"]
