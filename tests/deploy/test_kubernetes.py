@@ -146,6 +146,9 @@ def test_every_service_selects_pods_that_open_its_ports() -> None:
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in ports, (name, port)
     assert selected(named("Service", "xds-envoy")["spec"]["selector"]) == ["xds-envoy"]
+    budget = named("PodDisruptionBudget", "xds-controller")["spec"]
+    assert selected(budget["selector"]["matchLabels"]) == ["xds-controller"]
+    assert budget["minAvailable"] < named("Deployment", "xds-controller")["spec"]["replicas"]
 
 
 def test_the_network_policies_select_pods_and_ports_that_exist() -> None:
