@@ -153,7 +153,7 @@ class HealthChecker:
         delegated: Callable[[str], bool] | None = None,
     ) -> None:
         self.policy = policy
-        # Envoys probe this backend and report (HDS, health/delegation.py): skip our probe.
+        # Envoys probe this backend and report (HDS): skip our probe.
         self._delegated = delegated
         self._resolved = resolved
         self.observers = list(observers)
