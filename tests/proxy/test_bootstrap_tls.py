@@ -84,7 +84,7 @@ def test_cli_bootstrap_with_client_certificate_flags(capsys: pytest.CaptureFixtu
     assert common["validation_context"]["trusted_ca"] == {"filename": "ca.pem"}
 
 
-def test_cli_bootstrap_wants_the_certificate_and_key_together(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bootstrap_wants_cert_and_key_together(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--env-file", "/dev/null", "bootstrap", "--node-id", "n", "--client-cert", "c.crt"]
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.strip() == (
