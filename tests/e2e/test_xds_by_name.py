@@ -3,13 +3,16 @@
 alone), and routes a request to a sample backend. The name is the SNI and the
 SAN checked: a controller whose certificate names only its IP is refused by
 Envoy's SAN check and hands out nothing. Certificates are made by the test
-(trustme); the bootstrap is what the real CLI writes."""
+(trustme), or by compose.yaml's own deploy/compose/make-certs.sh (openssl);
+the bootstrap is what the real CLI writes."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
+import os
+import subprocess
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -177,3 +180,43 @@ async def test_a_controller_certificate_without_the_name_is_refused(
             assert listeners.get("listener_statuses", []) == []
             assert await envoy_counter(envoy, "cluster.xds_cluster.ssl.handshake") == 0
         assert NODE not in controller.proxies.proxies
+
+
+def compose_certificates(directory: Path, controller_name: str) -> tuple[TlsFiles, Path]:
+    """What compose.yaml's `certs` service makes (deploy/compose/make-certs.sh),
+    with the controller named `controller_name`: the controller's files and
+    Envoy's directory (envoy.crt, envoy.key, ca.pem)."""
+    dirs = {key: directory / key.lower() for key in ("CA_DIR", "CONTROLLER_DIR", "ENVOY_DIR")}
+    env = {key: str(path) for key, path in dirs.items()}
+    env |= {
+        "CONTROLLER_NAME": controller_name,
+        "ENVOY_NODE_ID": NODE,
+        "ENVOY_UID": str(os.getuid()),
+    }
+    script = Path(__file__).resolve().parents[2] / "deploy/compose/make-certs.sh"
+    subprocess.run(
+        ["sh", str(script)], env={**os.environ, **env}, check=True, capture_output=True, timeout=60
+    )
+    controller = dirs["CONTROLLER_DIR"]
+    server = TlsFiles(
+        controller / "controller.crt", controller / "controller.key", controller / "ca.pem"
+    )
+    return server, dirs["ENVOY_DIR"]
+
+
+async def test_the_certificates_compose_makes_work_between_envoy_and_the_controller(
+    tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compose.yaml's certificates (openssl, not trustme), the controller named
+    `localhost` in place of `controller`: mutual TLS by name, and a routed request."""
+    server, envoy_dir = compose_certificates(tmp_path / "certs", NAME)
+    async with controller_with(server, tmp_path) as controller:
+        admin = controller.settings.envoy_admin_address
+        flags = ["--ca", str(envoy_dir / "ca.pem")]
+        flags += ["--client-cert", str(envoy_dir / "envoy.crt")]
+        flags += ["--client-key", str(envoy_dir / "envoy.key")]
+        bootstrap = cli_bootstrap(controller, admin, flags, tmp_path / "envoy", monkeypatch)
+        async with envoy_on(bootstrap, admin, tmp_path / "envoy") as envoy:
+            await wait_listening(envoy, LISTENER_NAME, controller.settings.intent.listen)
+            await routes_a_search(controller, http)
+            assert NODE in controller.proxies.proxies  # its certificate named it
