@@ -130,7 +130,9 @@ async def test_envoy_reaches_the_controller_by_name_over_mutual_tls(
             xds_host = f"xds_cluster::127.0.0.1:{controller.xds_address.port}::hostname::"
             assert xds_host + NAME in hosts  # the name resolved, kept as the hostname
             proxy = controller.proxies.proxies[NODE]
-            assert proxy.envoy_admin == str(admin)  # its own IP: believed (rule 34)
+            assert proxy.envoy_admin == str(
+                admin
+            )  # its own IP: believed (docs/xds-protocol.md rule 34)
 
 
 async def test_envoy_reaches_the_controller_by_name_over_one_way_tls(
