@@ -129,10 +129,8 @@ async def test_envoy_reaches_the_controller_by_name_over_mutual_tls(
             hosts = await envoy.admin_get("/clusters")
             xds_host = f"xds_cluster::127.0.0.1:{controller.xds_address.port}::hostname::"
             assert xds_host + NAME in hosts  # the name resolved, kept as the hostname
-            proxy = controller.proxies.proxies[NODE]
-            assert proxy.envoy_admin == str(
-                admin
-            )  # its own IP: believed (docs/xds-protocol.md rule 34)
+            # Its admin is on its own IP: believed (docs/xds-protocol.md rule 34).
+            assert controller.proxies.proxies[NODE].envoy_admin == str(admin)
 
 
 async def test_envoy_reaches_the_controller_by_name_over_one_way_tls(
