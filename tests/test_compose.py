@@ -139,8 +139,8 @@ def test_everything_built_or_mounted_exists(compose: dict[str, Any], services: S
                 if line.startswith("COPY "):
                     for source in shlex.split(line)[1:-1]:
                         assert (context / source).exists(), f"{name}: COPY {source}"
-        for target, source in binds(service).items():
-            assert source.exists(), f"{name}: {source} (mounted at {target})"
+        for target, mounted in binds(service).items():
+            assert mounted.exists(), f"{name}: {mounted} (mounted at {target})"
         assert set(named_volumes(service).values()) <= declared, name
 
 
