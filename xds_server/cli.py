@@ -22,11 +22,14 @@ from xds_server.errors import (
     DependencyUnavailable,
     XdsServerError,
 )
+from xds_server.model.intent import SocketAddress
 from xds_server.model.schema import config_json_schema
 from xds_server.proxy.bootstrap import (
     ACCESS_LOG_FLUSH_FLAGS,
     XdsClientTls,
+    XdsHost,
     make_bootstrap,
+    parse_xds_host,
     render_bootstrap,
 )
 from xds_server.proxy.envoy_process import find_envoy_binary
@@ -168,10 +171,24 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument("--node-id", required=True)
     boot.add_argument("--delta", action="store_true")
     boot.add_argument(
-        "--client-cert", metavar="FILE", help="Envoy's certificate for mutual TLS to the xDS port"
+        "--xds-host",
+        metavar="NAME[:PORT]",
+        help="reach the controller by this DNS name (port: router.xds_address's);"
+        " over TLS it is the SNI and the SAN its certificate must carry",
+    )
+    boot.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="the CA that signed the controller's cert: TLS to the xDS port"
+        " (alone: one-way, no client certificate)",
+    )
+    boot.add_argument(
+        "--client-cert", metavar="FILE", help="Envoy's certificate for mutual TLS (needs --ca)"
     )
     boot.add_argument("--client-key", metavar="FILE", help="the private key of --client-cert")
-    boot.add_argument("--ca", metavar="FILE", help="the CA that signed the controller's cert")
+    boot.add_argument(
+        "--output", metavar="FILE", type=Path, help="write the bootstrap to FILE, not stdout"
+    )
     boot.set_defaults(command=cmd_bootstrap)
     schema = commands.add_parser(
         "schema", parents=[common], help="print the JSON Schema of router_config.yaml"
@@ -193,35 +210,66 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+class BootstrapUsage(Exception):
+    """A flag combination `xds-server bootstrap` refuses; its one-line message."""
+
+
 def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
-    given = [args.client_cert, args.client_key, args.ca]
-    if any(given) and not all(given):
-        print(
-            "xds-server bootstrap: --client-cert, --client-key and --ca go together",
-            file=sys.stderr,
-        )
-        return 2
-    if settings.xds_tls is not None and not any(given):
-        print(
-            "xds-server bootstrap: router.xds_tls is set, so Envoy needs"
-            " --client-cert, --client-key and --ca",
-            file=sys.stderr,
-        )
+    try:
+        xds = bootstrap_xds(settings, args)
+        tls = bootstrap_tls(settings, args)
+    except BootstrapUsage as error:
+        print(f"xds-server bootstrap: {error}", file=sys.stderr)
         return 2
     bootstrap = make_bootstrap(
         node_id=args.node_id,
-        xds=settings.xds_address,
+        xds=xds,
         envoy_admin=settings.envoy_admin_address,
         delta=args.delta,
-        tls=XdsClientTls(args.client_cert, args.client_key, args.ca) if all(given) else None,
+        tls=tls,
         edge=settings.intent.edge,
     )
-    print(render_bootstrap(bootstrap), end="")
-    print(
+    text = render_bootstrap(bootstrap) + (
         f"# run: envoy -c bootstrap.yaml --concurrency {settings.worker_threads}"
-        f" --disable-hot-restart {' '.join(ACCESS_LOG_FLUSH_FLAGS)}"
+        f" --disable-hot-restart {' '.join(ACCESS_LOG_FLUSH_FLAGS)}\n"
     )
+    if args.output is None:
+        print(text, end="")
+    else:  # by rename: an Envoy starting meanwhile reads the old file or the new one
+        staged = args.output.with_name(args.output.name + ".new")
+        staged.write_text(text)
+        staged.replace(args.output)
+        print(f"xds-server bootstrap: wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def bootstrap_xds(settings: Settings, args: argparse.Namespace) -> SocketAddress | XdsHost:
+    if args.xds_host is None:
+        return settings.xds_address
+    try:
+        return parse_xds_host(args.xds_host, settings.xds_address.port)
+    except ValueError as error:
+        raise BootstrapUsage(str(error)) from None
+
+
+def bootstrap_tls(settings: Settings, args: argparse.Namespace) -> XdsClientTls | None:
+    """--ca alone: one-way TLS; with --client-cert and --client-key: mutual."""
+    cert, key, ca = args.client_cert, args.client_key, args.ca
+    if bool(cert) != bool(key):
+        raise BootstrapUsage("--client-cert and --client-key go together")
+    if cert and not ca:
+        raise BootstrapUsage("--client-cert and --client-key need --ca (the controller's CA)")
+    controller = settings.xds_tls
+    if controller is not None and not ca:
+        raise BootstrapUsage("router.xds_tls is set, so Envoy needs --ca (and a client cert)")
+    if controller is not None and controller.client_ca_file and not cert:
+        raise BootstrapUsage(
+            "router.xds_tls.client_ca_file is set: the controller wants a client"
+            " certificate, so Envoy needs --client-cert and --client-key"
+        )
+    if not ca:
+        return None
+    return XdsClientTls(cert, key, ca) if cert else XdsClientTls.one_way(ca)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:

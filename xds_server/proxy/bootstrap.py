@@ -4,6 +4,10 @@
 Everything beyond the bootstrap comes over one ADS stream: CDS and LDS name ADS,
 and the clusters and listeners they deliver name ADS for EDS and RDS in turn.
 
+The xds_cluster dials IP literals (STATIC), or with `--xds-host` one DNS name
+that Envoy resolves itself (`XdsHost`): a controller in compose or Kubernetes
+is reached by its service name, whatever address it had after a restart.
+
 `envoy/bootstrap-ads.yaml` and `envoy/bootstrap-delta.yaml` are generated from
 `make_bootstrap`; a test keeps them equal. Regenerate them with
 `python -m xds_server.bootstrap --write [DIR]` (DIR defaults to `envoy`).
@@ -22,6 +26,7 @@ import yaml
 
 from xds_server.model.edge import Edge
 from xds_server.model.intent import SocketAddress
+from xds_server.model.values import host_name_problem, is_ip
 from xds_server.proxy.overload import exempt_admin, overload_manager
 
 XDS_CLUSTER = "xds_cluster"
@@ -38,24 +43,70 @@ SAMPLE_FILES = {"bootstrap-ads.yaml": False, "bootstrap-delta.yaml": True}  # na
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_DNS_CLUSTER = "envoy.extensions.clusters.dns.v3.DnsCluster"
+# How often Envoy re-resolves the controller's name, and how soon after a
+# failed lookup: a restarted controller container may come back at another
+# address, and the ADS stream should find it within seconds (Envoy's default
+# is 5 s for both).
+DNS_REFRESH = "2s"
+DNS_FAILURE_REFRESH = {"base_interval": "0.5s", "max_interval": "2s"}
+CONNECT_TIMEOUT = "1s"
 
 
 @dataclass(frozen=True)
 class XdsClientTls:
-    """The files a proxy connects to the xDS server with over mutual TLS
-    (router.xds_tls with client_ca_file, docs/xds-protocol.md rule 34): its own
-    certificate (naming its node id) and key, and the CA that signed the
-    controller's certificate."""
+    """The files a proxy connects to the xDS server with over TLS: the CA that
+    signed the controller's certificate and, for mutual TLS (router.xds_tls with
+    client_ca_file, docs/xds-protocol.md rule 34), its own certificate (naming
+    its node id) and key. Without them the TLS is one-way: the proxy checks the
+    controller, the controller asks for no certificate."""
 
-    cert_file: str
-    key_file: str
+    cert_file: str | None
+    key_file: str | None
     ca_file: str
+
+    @classmethod
+    def one_way(cls, ca_file: str) -> XdsClientTls:
+        return cls(None, None, ca_file)
+
+
+@dataclass(frozen=True)
+class XdsHost:
+    """The controller by DNS name (`xds-server bootstrap --xds-host NAME[:PORT]`).
+
+    Envoy resolves the name itself and re-resolves it every DNS_REFRESH, so a
+    controller that comes back at a new address (a restarted container) is
+    found again. Over TLS the name is the SNI and the DNS SAN the controller's
+    certificate must carry."""
+
+    name: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.port}"
+
+
+def parse_xds_host(text: str, default_port: int) -> XdsHost:
+    """`NAME` or `NAME:PORT`; ValueError saying what is wrong (one line)."""
+    name, sep, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    if sep and not (port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ValueError(f"--xds-host {text!r}: the port must be a number from 1 to 65535")
+    name = name.lower()
+    if is_ip(name.strip("[]")) or is_ip(text):
+        raise ValueError(
+            f"--xds-host {text!r} is an IP address; it takes a DNS name "
+            "(an IP goes in router.xds_address)"
+        )
+    problem = host_name_problem(name)
+    if problem is not None:
+        raise ValueError(f"--xds-host {text!r} is not a DNS name: {problem}")
+    return XdsHost(name, int(port_text) if sep else default_port)
 
 
 def make_bootstrap(
     *,
     node_id: str,
-    xds: SocketAddress | Sequence[SocketAddress],
+    xds: SocketAddress | Sequence[SocketAddress] | XdsHost,
     envoy_admin: SocketAddress,
     node_cluster: str = "xds-server",
     delta: bool = False,
@@ -63,20 +114,22 @@ def make_bootstrap(
     edge: Edge | None = None,
 ) -> dict[str, Any]:
     """An ADS bootstrap for node `node_id` talking SotW (or Delta) gRPC to `xds`,
-    over mutual TLS with `tls`.
+    over TLS with `tls` (mutual when it holds a certificate).
 
-    `xds` is one controller or several replicas sharing one Redis; each host
-    must be an IP literal: the xds_cluster is STATIC, not DNS. With several,
-    the xds_cluster lists them all and Envoy re-establishes a lost ADS stream
-    after 0.1-1 s (not its default 0.5-30 s), which reaches another replica.
-    One address gives exactly the bootstrap it always gave.
+    `xds` is one controller or several replicas sharing one Redis, each an IP
+    literal (a STATIC xds_cluster), or one DNS name (`XdsHost`: a DNS cluster
+    with every address the name resolves to). With several replicas or a name,
+    Envoy re-establishes a lost ADS stream after 0.1-1 s (not its default
+    0.5-30 s), which reaches another replica or the name's new address.
+    One IP address gives exactly the bootstrap it always gave.
 
     `edge` (default: the built-in edge settings) sets the overload manager's
     limits (proxy/overload.py); pass the intent's, `settings.intent.edge`.
     """
-    replicas = [xds] if isinstance(xds, SocketAddress) else list(xds)
+    replicas = [xds] if isinstance(xds, SocketAddress | XdsHost) else list(xds)
     if not replicas:
         raise ValueError("make_bootstrap needs at least one xDS address")
+    fast_retry = len(replicas) > 1 or isinstance(xds, XdsHost)
     return {
         "node": {
             "id": node_id,
@@ -89,9 +142,9 @@ def make_bootstrap(
         # Histograms (the mean response time the routing metrics report) reach the
         # admin's /stats at each flush: every 1 s rather than the default 5 s.
         "stats_flush_interval": f"{STATS_FLUSH_S:g}s",
-        "static_resources": {"clusters": [_xds_cluster(replicas, tls)]},
+        "static_resources": {"clusters": [_xds_cluster(xds, tls)]},
         "dynamic_resources": {
-            "ads_config": _ads_config(delta, fast_retry=len(replicas) > 1),
+            "ads_config": _ads_config(delta, fast_retry=fast_retry),
             "cds_config": _via_ads(),
             "lds_config": _via_ads(),
         },
@@ -103,63 +156,97 @@ def _via_ads() -> dict[str, Any]:
     return {"ads": {}, "resource_api_version": "V3"}
 
 
-def _socket_address(address: SocketAddress) -> dict[str, Any]:
-    return {"socket_address": {"address": address.host, "port_value": address.port}}
+def _socket_address(address: SocketAddress | XdsHost) -> dict[str, Any]:
+    host = address.name if isinstance(address, XdsHost) else address.host
+    return {"socket_address": {"address": host, "port_value": address.port}}
 
 
 def _xds_cluster(
-    replicas: Sequence[SocketAddress], tls: XdsClientTls | None = None
+    xds: SocketAddress | Sequence[SocketAddress] | XdsHost, tls: XdsClientTls | None = None
 ) -> dict[str, Any]:
-    endpoints = [{"endpoint": {"address": _socket_address(xds)}} for xds in replicas]
-    cluster: dict[str, Any] = {
-        "name": XDS_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": XDS_CLUSTER,
-            "endpoints": [{"lb_endpoints": endpoints}],
-        },
-        # gRPC needs HTTP/2 to the upstream; the default would be HTTP/1.1.
-        "typed_extension_protocol_options": {
-            _HTTP_OPTIONS: {
-                "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
-                "explicit_http_config": {"http2_protocol_options": _http2_keepalive()},
-            }
-        },
-        # TCP keepalive notices a vanished peer even while HTTP/2 is quiet.
-        "upstream_connection_options": {"tcp_keepalive": {}},
-    }
+    dialled = [xds] if isinstance(xds, SocketAddress | XdsHost) else list(xds)
+    endpoints = [{"endpoint": {"address": _socket_address(one)}} for one in dialled]
+    cluster: dict[str, Any] = {"name": XDS_CLUSTER}
+    cluster.update(_dns_discovery() if isinstance(xds, XdsHost) else {"type": "STATIC"})
+    cluster.update(
+        {
+            "connect_timeout": CONNECT_TIMEOUT,
+            "load_assignment": {
+                "cluster_name": XDS_CLUSTER,
+                "endpoints": [{"lb_endpoints": endpoints}],
+            },
+            # gRPC needs HTTP/2 to the upstream; the default would be HTTP/1.1.
+            "typed_extension_protocol_options": {
+                _HTTP_OPTIONS: {
+                    "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+                    "explicit_http_config": {"http2_protocol_options": _http2_keepalive()},
+                }
+            },
+            # TCP keepalive notices a vanished peer even while HTTP/2 is quiet.
+            "upstream_connection_options": {"tcp_keepalive": {}},
+        }
+    )
     if tls is not None:
-        cluster["transport_socket"] = _client_tls(replicas, tls)
+        cluster["transport_socket"] = _client_tls(dialled, tls)
     return cluster
 
 
-def _client_tls(replicas: Sequence[SocketAddress], tls: XdsClientTls) -> dict[str, Any]:
-    """UpstreamTlsContext: our certificate for the controller to check, and the
-    controller's checked against the CA and against the address dialled (an IP
-    SAN, as gRPC clients check it: the xds_cluster is STATIC, so an IP)."""
+def _dns_discovery() -> dict[str, Any]:
+    """Strict DNS discovery (every address of the name is an endpoint), in the
+    DnsCluster extension's spelling: Envoy 1.40 deprecates the Cluster's own
+    dns_refresh_rate and friends ("will be removed from Envoy soon"). IPv4 is
+    asked first: compose and most Kubernetes networks are IPv4."""
     return {
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": f"type.googleapis.com/{_UPSTREAM_TLS}",
-            "common_tls_context": {
-                "tls_certificates": [
-                    {
-                        "certificate_chain": {"filename": tls.cert_file},
-                        "private_key": {"filename": tls.key_file},
-                    }
-                ],
-                "validation_context": {
-                    "trusted_ca": {"filename": tls.ca_file},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "IP_ADDRESS", "matcher": {"exact": host}}
-                        for host in dict.fromkeys(xds.host for xds in replicas)
-                    ],
-                },
-                "alpn_protocols": ["h2"],
+        "cluster_type": {
+            "name": "envoy.cluster.dns",
+            "typed_config": {
+                "@type": f"type.googleapis.com/{_DNS_CLUSTER}",
+                "dns_refresh_rate": DNS_REFRESH,
+                "dns_failure_refresh_rate": dict(DNS_FAILURE_REFRESH),
+                "respect_dns_ttl": False,  # compose's DNS says 600 s
+                "dns_lookup_family": "V4_PREFERRED",
+                "all_addresses_in_single_endpoint": False,
             },
-        },
+        }
     }
+
+
+def _client_tls(dialled: Sequence[SocketAddress | XdsHost], tls: XdsClientTls) -> dict[str, Any]:
+    """UpstreamTlsContext: our certificate (if any) for the controller to check,
+    and the controller's checked against the CA and against what was dialled,
+    as gRPC clients check it: an IP SAN for a STATIC xds_cluster, a DNS SAN
+    and that name as SNI for `XdsHost`."""
+    common: dict[str, Any] = {}
+    if tls.cert_file is not None and tls.key_file is not None:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {"filename": tls.cert_file},
+                "private_key": {"filename": tls.key_file},
+            }
+        ]
+    common["validation_context"] = {
+        "trusted_ca": {"filename": tls.ca_file},
+        # Replicas on one host (other ports) need its SAN once.
+        "match_typed_subject_alt_names": _unique([_san_of(one) for one in dialled]),
+    }
+    common["alpn_protocols"] = ["h2"]
+    context: dict[str, Any] = {"@type": f"type.googleapis.com/{_UPSTREAM_TLS}"}
+    by_name = [one.name for one in dialled if isinstance(one, XdsHost)]
+    if by_name:
+        context["sni"] = by_name[0]
+    context["common_tls_context"] = common
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def _unique(sans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen = {(san["san_type"], san["matcher"]["exact"]): san for san in sans}
+    return list(seen.values())
+
+
+def _san_of(dialled: SocketAddress | XdsHost) -> dict[str, Any]:
+    if isinstance(dialled, XdsHost):
+        return {"san_type": "DNS", "matcher": {"exact": dialled.name}}
+    return {"san_type": "IP_ADDRESS", "matcher": {"exact": dialled.host}}
 
 
 def _http2_keepalive() -> dict[str, Any]:
