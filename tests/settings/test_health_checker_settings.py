@@ -1,4 +1,4 @@
-"""router.health_checker and router.health_checkers_per_backend (issue 15): defaults,
+"""router.health_checker and router.health_checkers_per_backend: defaults,
 the file, ROUTER_* over the file, every bad value at its path, and start-only."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Envoys' HDS reports -> one verdict per backend (issue 15). Pure: the caller passes
+"""Envoys' HDS reports -> one verdict per backend. Pure: the caller passes
 every time (`at`, `now`: wall clock, epoch seconds); nothing here does I/O.
 
 `Reports` keeps the latest report of each (checker node, backend). A report

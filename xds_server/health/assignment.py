@@ -1,4 +1,4 @@
-"""Which connected Envoys check which backend (HDS, issue 15). Pure: no I/O, no clock.
+"""Which connected Envoys check which backend (HDS). Pure: no I/O, no clock.
 
 `assign(backends, checkers, k, previous)` gives every backend min(k, n) distinct
 checkers out of the n connected ones (node ids of Envoys with an HDS stream):

@@ -1,4 +1,4 @@
-"""Who runs the active health checks of the backends (issue 15, README "Health checkers").
+"""Who runs the active health checks of the backends (README, "Health checkers").
 
 - `controller`: the controller probes every backend itself (health/checker.py);
   with replicas, the elected prober does (docs/replicas.md).
