@@ -4,7 +4,7 @@ reports read through health/aggregation.py.
 The HDS server here is a minimal one of this test (it sends the specifier and
 collects reports): what is under test is what Envoy makes of our specifier (it
 validates it, else it ignores it with a warning) and what it reports, not the
-controller's servicer (xds_server/xds/hds.py has its own tests). Every backend
+controller's HDS servicer (tested on its own). Every backend
 is real: aiohttp servers, on two loopback addresses for a DNS name, one over
 TLS with a certificate of a test CA, and the gRPC sample serving and not
 serving.
