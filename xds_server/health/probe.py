@@ -14,7 +14,7 @@ import aiohttp
 from xds_server.health.tls import request_options, tls_reason
 from xds_server.health.verdict import ProbeResult
 from xds_server.model.intent import Backend, SocketAddress
-from xds_server.model.values import is_ip
+from xds_server.model.values import is_ip, probe_host
 
 log = logging.getLogger("xds_server.health")
 
@@ -22,7 +22,6 @@ log = logging.getLogger("xds_server.health")
 Prober = Callable[[Backend], Awaitable[ProbeResult]]
 # Probes one backend at one of its IP addresses (a name's resolved records).
 AddressProber = Callable[[Backend, str], Awaitable[ProbeResult]]
-HTTP_PORT, HTTPS_PORT = 80, 443
 
 
 def probe_url(backend: Backend, ip: str | None = None) -> str:
@@ -34,12 +33,11 @@ def probe_url(backend: Backend, ip: str | None = None) -> str:
 
 def host_header(backend: Backend) -> dict[str, str]:
     """A backend named by DNS is asked for by its name, as its clients name it
-    (a virtual host behind the name answers for the name, not for the IP)."""
+    (a virtual host behind the name answers for the name, not for the IP); for an
+    IP literal aiohttp's own Host is the same (model/values.py probe_host)."""
     if is_ip(backend.address):
         return {}
-    default = HTTP_PORT if backend.tls is None else HTTPS_PORT
-    port = "" if backend.port == default else f":{backend.port}"
-    return {"Host": f"{backend.address}{port}"}
+    return {"Host": probe_host(backend)}
 
 
 class HttpProber:

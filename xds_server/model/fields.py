@@ -29,6 +29,7 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 from xds_server.errors import InvalidValue
 from xds_server.model.access_log import AccessLog
 from xds_server.model.edge import EscapedSlashes, UnderscoreHeaders
+from xds_server.model.health_checker import HealthChecker
 from xds_server.model.intent import Protocol, SocketAddress, Strategy
 from xds_server.model.values import (
     HEADER_PATTERN,
@@ -381,6 +382,14 @@ UnderscoreHeadersAction = Annotated[
         UnderscoreHeaders,
         "a request header named with '_': reject_request (400), drop_header, allow "
         "(Envoy headers_with_underscores_action)",
+    ),
+]
+HealthCheckerName = Annotated[
+    HealthChecker,
+    choice(
+        HealthChecker,
+        "who probes the backends: controller (the controller itself), or envoy (K "
+        "connected Envoys each, over HDS; the controller probes what none is assigned)",
     ),
 ]
 

@@ -30,6 +30,7 @@ from xds_server.model.fields import (
     EscapedSlashesAction,
     Flag,
     HeaderName,
+    HealthCheckerName,
     HealthPath,
     Host,
     IpAddress,
@@ -54,6 +55,10 @@ from xds_server.model.fields import (
     integer,
     invalid_value,
     number,
+)
+from xds_server.model.health_checker import (
+    DEFAULT_HEALTH_CHECKER,
+    DEFAULT_HEALTH_CHECKERS_PER_BACKEND,
 )
 from xds_server.model.intent import Backend, Intent, Policies, Service
 from xds_server.model.shape import OptionalPemFile, PemFile, Shape
@@ -345,6 +350,12 @@ class RouterConfig(Shape):
     )
     health_prober_lease: Seconds = Field(
         default=5.0, description="seconds the elected prober's Redis lease lasts"
+    )
+    health_checker: HealthCheckerName = DEFAULT_HEALTH_CHECKER
+    health_checkers_per_backend: Annotated[int, integer(1)] = Field(
+        default=DEFAULT_HEALTH_CHECKERS_PER_BACKEND,
+        description="with health_checker envoy: how many connected Envoys check each "
+        "backend (all of them when fewer are connected)",
     )
     circuit_breaker_threshold: Annotated[int, integer(1)] = Field(
         default=_POLICIES.circuit_breaker_threshold,

@@ -20,7 +20,7 @@ from typing import Any
 from xds_server.errors import InvalidValue
 from xds_server.model.access_log import EXPECTED as ACCESS_LOG_EXPECTED
 from xds_server.model.access_log import AccessLog, AccessLogSink, path_problem
-from xds_server.model.intent import Protocol, SocketAddress, Strategy
+from xds_server.model.intent import Backend, Protocol, SocketAddress, Strategy
 
 # Paths Envoy sends to the controller; a service route there would hijack them.
 RESERVED_ROUTE_PREFIX = "/api/v1/router/"
@@ -303,6 +303,19 @@ def is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+HTTP_PORT, HTTPS_PORT = 80, 443
+
+
+def probe_host(backend: Backend) -> str:
+    """The Host an HTTP health check of `backend` sends, as its clients name it: its
+    address (an IPv6 literal in brackets), with the port unless it is the scheme's
+    default. The controller's probes (health/probe.py) and Envoy's (translate/hds.py)
+    send the same, so a virtual host behind a name answers both alike."""
+    default = HTTP_PORT if backend.tls is None else HTTPS_PORT
+    host = f"[{backend.address}]" if ":" in backend.address else backend.address
+    return host if backend.port == default else f"{host}:{backend.port}"
 
 
 def to_ip_socket_address(value: object) -> SocketAddress:

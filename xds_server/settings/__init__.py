@@ -31,6 +31,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from xds_server.errors import ConfigError, InvalidValue, Problem
+from xds_server.model.health_checker import HealthChecker
 from xds_server.model.intent import Intent, Policies, SocketAddress
 from xds_server.model.schema import (
     ConfigDocument,
@@ -91,6 +92,9 @@ class Settings:
     health_check_jitter: float = _DEFAULTS.health_check_jitter
     # With Redis: how long the elected prober's lease lasts (docs/replicas.md).
     health_prober_lease: float = _DEFAULTS.health_prober_lease
+    # Who probes: the controller, or K connected Envoys over HDS (model/health_checker.py).
+    health_checker: HealthChecker = _DEFAULTS.health_checker
+    health_checkers_per_backend: int = _DEFAULTS.health_checkers_per_backend
     # TLS on the xDS port, and whose Envoy admins may be read (docs/xds-protocol.md rule 34).
     xds_tls: XdsTlsConfig | None = None
     # HTTPS on the listener: the files the controller serves to Envoy by SDS.
@@ -101,12 +105,14 @@ class Settings:
     dns_refresh_interval_s: float = _DEFAULTS.dns_refresh_interval
 
 
-# router keys named like their Settings field
-_HEALTH_VERDICT_KEYS = (
+# router keys of the health checks named like their Settings field
+_HEALTH_KEYS = (
     "health_check_healthy_threshold",
     "health_check_unhealthy_threshold",
     "health_check_jitter",
     "health_prober_lease",
+    "health_checker",
+    "health_checkers_per_backend",
 )
 
 # router key -> Policies field
@@ -176,7 +182,7 @@ def _build(router: RouterConfig, services: tuple[ServiceConfig, ...], source: st
         intent=intent,
         health_check_interval_s=router.health_check_interval,
         health_check_timeout_s=router.health_check_timeout,
-        **{key: getattr(router, key) for key in _HEALTH_VERDICT_KEYS},
+        **{key: getattr(router, key) for key in _HEALTH_KEYS},
         worker_threads=router.worker_threads,
         metrics_enabled=router.metrics_enabled,
         xds_address=router.xds_address,

@@ -23,6 +23,9 @@ START_ONLY_KEYS = {
     "dns_servers": "router.dns_servers",
     "dns_refresh_interval_s": "router.dns_refresh_interval",
     "health_prober_lease": "router.health_prober_lease",
+    # The HDS servicer, the assignment and Envoy's bootstrap (hds_config) are built at start.
+    "health_checker": "router.health_checker",
+    "health_checkers_per_backend": "router.health_checkers_per_backend",
     "worker_threads": "router.worker_threads",
     "metrics_enabled": "router.metrics_enabled",
     "envoy_admin_address": "router.envoy_admin_address",

@@ -38,27 +38,32 @@ MATCH_KEY = "tls"
 
 def transport_socket_matches(service: Service) -> list[cluster_pb2.Cluster.TransportSocketMatch]:
     """One entry per TLS backend of `service`, in backend order; none without TLS."""
-    return [
-        cluster_pb2.Cluster.TransportSocketMatch(
-            name=f"{MATCH_KEY}:{b.name}",
-            match=_match_struct(b),
-            transport_socket=base_pb2.TransportSocket(
-                name=TLS_SOCKET, typed_config=packed(upstream_tls_context(b.tls, b.address))
-            ),
-        )
-        for b in service.backends
-        if b.tls is not None
-    ]
+    return [transport_socket_match(b, b.tls) for b in service.backends if b.tls is not None]
+
+
+def transport_socket_match(
+    backend: Backend, tls: UpstreamTls
+) -> cluster_pb2.Cluster.TransportSocketMatch:
+    """The backend's entry (also of its HDS ClusterHealthCheck, translate/hds.py)."""
+    return cluster_pb2.Cluster.TransportSocketMatch(
+        name=f"{MATCH_KEY}:{backend.name}",
+        match=match_struct(backend),
+        transport_socket=base_pb2.TransportSocket(
+            name=TLS_SOCKET, typed_config=packed(upstream_tls_context(tls, backend.address))
+        ),
+    )
 
 
 def endpoint_metadata(backend: Backend) -> base_pb2.Metadata | None:
     """What selects the backend's entry of transport_socket_matches; None: plaintext."""
     if backend.tls is None:
         return None
-    return base_pb2.Metadata(filter_metadata={MATCH_METADATA: _match_struct(backend)})
+    return base_pb2.Metadata(filter_metadata={MATCH_METADATA: match_struct(backend)})
 
 
-def _match_struct(backend: Backend) -> struct_pb2.Struct:
+def match_struct(backend: Backend) -> struct_pb2.Struct:
+    """What an endpoint's metadata (or a health check's transport_socket_match_criteria)
+    must hold to pick the backend's entry."""
     match = struct_pb2.Struct()
     match.update({MATCH_KEY: backend.name})
     return match
