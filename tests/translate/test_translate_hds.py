@@ -76,14 +76,29 @@ def test_one_cluster_per_assigned_backend_sorted_with_the_report_interval() -> N
 
 
 def test_the_policy_is_envoys_as_it_is() -> None:
-    """Interval, timeout and thresholds as configured; no_traffic_interval = interval
-    (an HDS cluster never carries traffic; Envoy's default there is 60 s)."""
+    """Interval, timeout and thresholds as configured. An HDS cluster never carries
+    traffic, so Envoy waits no_traffic_healthy_interval (the interval) after a
+    passed check and no_traffic_interval (the confirmation gap: 2.5 / (5 - 1) -
+    0.75 s, below 0 here, so Envoy's floor of 50 ms) after a failed or pending one;
+    Envoy's default for both is 60 s."""
     (check,) = by_name(specifier(["web-1"]))["web-1"].health_checks
     assert check.interval.ToMilliseconds() == 2500
-    assert check.no_traffic_interval.ToMilliseconds() == 2500
+    assert check.no_traffic_healthy_interval.ToMilliseconds() == 2500
+    assert check.no_traffic_interval.ToMilliseconds() == 50
+    assert check.unhealthy_edge_interval == check.healthy_edge_interval == check.no_traffic_interval
     assert check.timeout.ToMilliseconds() == 750
     assert (check.healthy_threshold.value, check.unhealthy_threshold.value) == (4, 5)
     assert not check.HasField("initial_jitter")  # the first check runs at once
+
+
+def test_a_failed_check_is_confirmed_within_one_interval() -> None:
+    """With room for it (30 s, 3 failures, 5 s timeout) the gap after a failed check
+    is the controller's: 30 / 2 - 5 = 10 s, so the third failure ends by 30 s."""
+    policy = HealthPolicy(interval_s=30.0, timeout_s=5.0, unhealthy_threshold=3)
+    spec = health_check_specifier(intent(), ["web-1"], policy, 1.0)
+    (check,) = spec.cluster_health_checks[0].health_checks
+    assert check.no_traffic_interval.ToMilliseconds() == 10_000
+    assert check.no_traffic_healthy_interval.ToMilliseconds() == 30_000
 
 
 def test_http_backends_get_their_health_path_and_the_probes_host() -> None:

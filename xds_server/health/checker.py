@@ -74,6 +74,7 @@ from xds_server.health.verdict import (
     HealthPolicy,
     ProbeResult,
 )
+from xds_server.model.health_checker import confirmation_gap_s
 from xds_server.model.intent import Backend, Health, Intent
 from xds_server.model.intent import Protocol as ServiceProtocol
 from xds_server.store.base import IntentStore
@@ -336,8 +337,7 @@ class HealthChecker:
             return math.inf
         if not 0 < state.failures < threshold:
             return math.inf
-        gap = self.policy.interval_s / (threshold - 1) - self.policy.timeout_s
-        return max(0.0, gap)
+        return confirmation_gap_s(self.policy.interval_s, self.policy.timeout_s, threshold)
 
     def _apply(self, name: str, result: ProbeResult) -> None:
         state = self.states.get(name)

@@ -15,9 +15,18 @@ nothing to check, and without a report the controller probes it itself
 
 The HealthCheck, one per cluster, carries the controller's policy as Envoy
 counts it (router.health_check_*): interval, timeout, unhealthy_threshold and
-healthy_threshold as they are. `no_traffic_interval` is the interval too: an
-HDS cluster carries no traffic, so Envoy would otherwise check every 60 s, its
-default for a cluster that never had traffic
+healthy_threshold as they are. An HDS cluster carries no traffic, so Envoy
+picks the wait before each next check from its no-traffic intervals
+(HealthCheckerImplBase::interval in Envoy's
+source/extensions/health_checkers/common/health_checker_base_impl.cc): a
+healthy host's next check after `no_traffic_healthy_interval`, the
+interval; after a check that failed, or left a change pending,
+`no_traffic_interval` (Envoy's default for both: 60 s). That one is the
+controller's confirmation gap (model/health_checker.py): a host that
+stops answering is unhealthy within one interval of its first failed check,
+as with the controller's own probes, though Envoy counts a refused
+connection toward the threshold where the controller gives up at once. The
+edge intervals, used once a cluster has traffic, get the same values
 (https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/core/v3/health_check.proto).
 No initial jitter: the first check runs when the specifier arrives, which
 health/aggregation.py's warm-up relies on.
@@ -54,6 +63,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2
 from envoy.service.health.v3 import hds_pb2
 from google.protobuf import wrappers_pb2
 
+from xds_server.model.health_checker import confirmation_gap_s
 from xds_server.model.intent import Backend, Intent, Service, SocketAddress
 from xds_server.model.intent import Protocol as ServiceProtocol
 from xds_server.model.values import is_ip, probe_host
@@ -63,6 +73,7 @@ from xds_server.translate.upstream_tls import match_struct, transport_socket_mat
 
 _HealthCheck = health_check_pb2.HealthCheck
 GRPC_ALPN = ("h2",)
+MIN_GAP_S = 0.05
 
 
 class ProbePolicy(Protocol):
@@ -134,10 +145,17 @@ def health_check(
     service: Service, backend: Backend, policy: ProbePolicy
 ) -> health_check_pb2.HealthCheck:
     interval = duration(policy.interval_s)
+    # Envoy's wait after a check that left the host's health pending or unhealthy
+    # (module docstring): ours after a failure, never 0 (Envoy wants it positive).
+    gap = confirmation_gap_s(policy.interval_s, policy.timeout_s, policy.unhealthy_threshold)
+    pending = duration(max(gap, MIN_GAP_S))
     check = _HealthCheck(
         timeout=duration(policy.timeout_s),
         interval=interval,
-        no_traffic_interval=interval,
+        no_traffic_healthy_interval=interval,
+        no_traffic_interval=pending,
+        unhealthy_edge_interval=pending,
+        healthy_edge_interval=pending,
         unhealthy_threshold=wrappers_pb2.UInt32Value(value=policy.unhealthy_threshold),
         healthy_threshold=wrappers_pb2.UInt32Value(value=policy.healthy_threshold),
     )
