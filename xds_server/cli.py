@@ -172,6 +172,11 @@ def parser() -> argparse.ArgumentParser:
     )
     boot.add_argument("--client-key", metavar="FILE", help="the private key of --client-cert")
     boot.add_argument("--ca", metavar="FILE", help="the CA that signed the controller's cert")
+    boot.add_argument(
+        "--hds",
+        action="store_true",
+        help="Envoy runs the health checks the controller assigns it (router.health_checker envoy)",
+    )
     boot.set_defaults(command=cmd_bootstrap)
     schema = commands.add_parser(
         "schema", parents=[common], help="print the JSON Schema of router_config.yaml"
@@ -215,6 +220,7 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
         delta=args.delta,
         tls=XdsClientTls(args.client_cert, args.client_key, args.ca) if all(given) else None,
         edge=settings.intent.edge,
+        hds=args.hds,
     )
     print(render_bootstrap(bootstrap), end="")
     print(
