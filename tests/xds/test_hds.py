@@ -178,6 +178,27 @@ async def test_the_latest_push_wins(hds: HdsServer) -> None:
     assert await nothing_within(call, 0.3)
 
 
+async def test_an_empty_locality_is_not_sent(hds: HdsServer) -> None:
+    """Envoy 1.40 crashes at its next report on a LocalityEndpoints without
+    endpoints (docs/envoy-notes.md, "HDS"); the cluster goes without it."""
+    call = await hds.connect("envoy-1")
+    await poll(lambda: "envoy-1" in hds.sessions.nodes())
+    specifier = http_specifier("backends", [])
+    assert len(specifier.cluster_health_checks[0].locality_endpoints) == 1
+    hds.sessions.push("envoy-1", specifier)
+    sent = await read(call)
+    assert sent.cluster_health_checks[0].cluster_name == "backends"
+    assert list(sent.cluster_health_checks[0].locality_endpoints) == []
+    assert len(specifier.cluster_health_checks[0].locality_endpoints) == 1  # the caller's
+
+
+async def test_a_message_with_nothing_set_is_an_empty_report(hds: HdsServer) -> None:
+    """What Envoy sends every interval while its specifier has no cluster."""
+    call = await hds.connect("envoy-1")
+    await call.write(hds_pb2.HealthCheckRequestOrEndpointHealthResponse())
+    await poll(lambda: hds.owner.reports == [("envoy-1", {})])
+
+
 async def test_a_push_to_a_node_without_a_stream_is_refused(hds: HdsServer) -> None:
     assert not hds.sessions.push("nobody", http_specifier("backends", []))
 

@@ -153,10 +153,12 @@ class HdsSessions:
         (Envoy answers a repeated one with a hash comparison only, but it counts
         it, and the bytes are wasted). Returns False when the node has no
         stream: nothing is kept for a node that connects later (node_joined
-        asks for it then)."""
+        asks for it then). A LocalityEndpoints without endpoints is left out:
+        Envoy 1.40 crashes on it (docs/envoy-notes.md, "HDS")."""
         session = self._sessions.get(node_id)
         if session is None:
             return False
+        specifier = without_empty_localities(specifier)
         data = specifier.SerializeToString(deterministic=True)
         if data != session.wanted:
             session.wanted = data
@@ -244,7 +246,9 @@ class HdsSessions:
     async def _read(self, session: _Session, requests: AsyncIterator[Any]) -> None:
         try:
             while (message := await _next_message(requests)) is not None:
-                if message.HasField("endpoint_health_response"):
+                kind = message.WhichOneof("request_type")
+                if kind in ("endpoint_health_response", None):
+                    # None: Envoy with no cluster to check sends an empty message.
                     report = parse_report(message.endpoint_health_response)
                     session.last_report_at = self._clock()
                     session.reports += 1
@@ -265,6 +269,23 @@ class HdsSessions:
 
 class _ClientGone(Exception):
     """The client half-closed or the RPC ended: the stream ends quietly."""
+
+
+def without_empty_localities(specifier: HealthCheckSpecifier) -> HealthCheckSpecifier:
+    """`specifier` without its LocalityEndpoints that hold no endpoint (a copy;
+    the very message when it has none). Envoy 1.40 builds an empty locality
+    of hosts from one and dereferences its first host at the next report: a
+    SIGSEGV (docs/envoy-notes.md, "HDS")."""
+    clusters = specifier.cluster_health_checks
+    if all(loc.endpoints for cluster in clusters for loc in cluster.locality_endpoints):
+        return specifier
+    trimmed = type(specifier)()
+    trimmed.CopyFrom(specifier)
+    for cluster in trimmed.cluster_health_checks:
+        kept = [loc for loc in cluster.locality_endpoints if loc.endpoints]
+        del cluster.locality_endpoints[:]
+        cluster.locality_endpoints.extend(kept)
+    return trimmed
 
 
 def parse_report(response: Any) -> dict[str, list[EndpointHealth]]:
