@@ -14,7 +14,7 @@ what each one reported, and takes the specifiers the owner pushes
 (`HdsSessions.push`), however they were built. A node's stream must be
 vouched for by its client certificate like an ADS stream's
 (docs/xds-protocol.md rule 34); a newer stream of the node replaces the older
-(rule 33). FetchHealthCheck, the unary form, is UNIMPLEMENTED, as the xDS
+(docs/xds-protocol.md rule 33). FetchHealthCheck, the unary form, is UNIMPLEMENTED, as the xDS
 Fetch methods are.
 """
 
