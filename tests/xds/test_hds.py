@@ -19,6 +19,7 @@ from tests.hds_support import EndpointHealth, RecordingOwner, http_specifier, re
 from tests.tls_support import Pki
 from tests.xds.conftest import poll
 from xds_server.cache import SnapshotCache
+from xds_server.xds import limits
 from xds_server.xds.hds import HdsSessions
 from xds_server.xds.identity import Admission
 from xds_server.xds.observe import Observers
@@ -283,6 +284,13 @@ async def test_a_report_beyond_the_endpoint_cap_ends_the_stream(
     assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     await poll(lambda: len(hds.owner.left) == 1)
     assert hds.owner.reports == []
+
+
+async def test_a_report_with_an_oversized_address_ends_the_stream(hds: HdsServer) -> None:
+    call = await hds.connect("envoy-1")
+    await call.write(report_of("a", [("h" * (limits.MAX_TEXT_CHARS + 1), 8001, HEALTHY)]))
+    assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "reported endpoint address" in await call.details()
 
 
 async def test_fetch_health_check_is_unimplemented(hds: HdsServer) -> None:

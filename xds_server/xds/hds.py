@@ -14,8 +14,11 @@ what each one reported, and takes the specifiers the owner pushes
 (`HdsSessions.push`), however they were built. A node's stream must be
 vouched for by its client certificate like an ADS stream's
 (docs/xds-protocol.md rule 34); a newer stream of the node replaces the older
-(docs/xds-protocol.md rule 33). FetchHealthCheck, the unary form, is UNIMPLEMENTED, as the xDS
-Fetch methods are.
+(docs/xds-protocol.md rule 33). A report is bounded as an xDS request is:
+gRPC's receive limit (limits.MAX_REQUEST_BYTES), at most limits.MAX_NAMES
+endpoints, texts of at most limits.MAX_TEXT_CHARS; past them the stream ends
+RESOURCE_EXHAUSTED. FetchHealthCheck, the unary form, is UNIMPLEMENTED, as the
+xDS Fetch methods are.
 """
 
 from __future__ import annotations
@@ -121,7 +124,6 @@ class _Session:
         self.wanted: bytes | None = None  # the latest specifier pushed, serialized
         self.written: bytes | None = None  # the latest one written to the stream
         self.last_report_at: float | None = None
-        self.reports = 0
         self.ended: Exception | None = None
 
     def end(self, error: Exception) -> None:
@@ -251,11 +253,10 @@ class HdsSessions:
                     # None: Envoy with no cluster to check sends an empty message.
                     report = parse_report(message.endpoint_health_response)
                     session.last_report_at = self._clock()
-                    session.reports += 1
                     self._tell("reported", session.node.node_id, report)
                 # A repeated HealthCheckRequest (Envoy sends one per stream) changes nothing.
             session.end(_ClientGone())
-        except ProtocolError as error:
+        except Exception as error:  # the client's (ProtocolError) or a bug: the writer raises it
             session.end(error)
 
     def _tell(self, hook: str, *args: object) -> None:
