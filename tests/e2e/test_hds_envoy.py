@@ -14,20 +14,24 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 
 from tests.hds_support import RecordingOwner, http_specifier
 from tests.support import eventually
+from tests.tls_support import ClientFiles, Pki
 from xds_server.cache import SnapshotCache
 from xds_server.demo import start_backend
 from xds_server.model.intent import Backend, SocketAddress
-from xds_server.proxy.bootstrap import make_bootstrap
+from xds_server.proxy.bootstrap import XdsClientTls, make_bootstrap
 from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
 from xds_server.proxy.processes import ChildProcess, free_port
 from xds_server.xds.hds import HdsSessions
+from xds_server.xds.identity import Admission
 from xds_server.xds.observe import Observers
 from xds_server.xds.server import XdsEngine, start_server
+from xds_server.xds.tls import ReloadingCredentials
 
 pytestmark = pytest.mark.envoy
 
@@ -38,18 +42,21 @@ JOIN_TIMEOUT_S = 15.0
 
 
 class HdsController:
-    """The xDS port with HDS and nothing else published: the test owns the sessions."""
+    """The xDS port with HDS and nothing else published: the test owns the sessions.
+    With `tls`, clients need certificates naming their node (mutual TLS)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ReloadingCredentials | None = None) -> None:
         self.owner = RecordingOwner()
         self.sessions = HdsSessions(self.owner)
-        self.engine = XdsEngine(SnapshotCache(), Observers())
+        self.tls = tls
+        admission = Admission(require_certificate=tls is not None)
+        self.engine = XdsEngine(SnapshotCache(), Observers(), admission=admission)
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
     async def start(self, port: int = 0) -> None:
         self.server, self.port = await start_server(
-            self.engine, f"{LOOPBACK}:{port}", hds=self.sessions
+            self.engine, f"{LOOPBACK}:{port}", self.tls, hds=self.sessions
         )
 
     async def stop(self) -> None:
@@ -88,17 +95,25 @@ async def backend(tmp_path: Path) -> AsyncIterator[tuple[ChildProcess, int]]:
 
 @contextlib.asynccontextmanager
 async def hds_envoy(
-    controller: HdsController, node_id: str, work: Path
+    controller: HdsController,
+    node_id: str,
+    work: Path,
+    *,
+    tls: XdsClientTls | None = None,
+    wait_joined: bool = True,
 ) -> AsyncIterator[EnvoyProcess]:
-    """An Envoy on HDS, once its stream is open. Not waited LIVE: nothing is
-    published over ADS, and HDS does not wait for it."""
+    """An Envoy on HDS, once its stream is open (unless not `wait_joined`). Not
+    waited LIVE: nothing is published over ADS, and HDS does not wait for it."""
     admin = SocketAddress(LOOPBACK, free_port())
-    bootstrap = make_bootstrap(node_id=node_id, xds=controller.address, envoy_admin=admin, hds=True)
+    bootstrap = make_bootstrap(
+        node_id=node_id, xds=controller.address, envoy_admin=admin, hds=True, tls=tls
+    )
     envoy = await start_envoy(
         bootstrap, admin=admin, workdir=work / node_id, concurrency=1, wait_ready=False
     )
     try:
-        await eventually(_joined(controller, node_id), JOIN_TIMEOUT_S)
+        if wait_joined:
+            await eventually(_joined(controller, node_id), JOIN_TIMEOUT_S)
         yield envoy
     finally:
         await envoy.stop()
@@ -239,3 +254,43 @@ async def test_after_a_lost_stream_envoy_comes_back_and_needs_its_specifier_agai
 
 async def _is(value: object, wanted: object) -> bool:
     return value == wanted
+
+
+def _client_tls(files: ClientFiles) -> XdsClientTls:
+    return XdsClientTls(str(files.cert_file), str(files.key_file), str(files.ca_file))
+
+
+async def test_over_mutual_tls_only_the_certificates_node_joins(tmp_path: Path) -> None:
+    """docs/xds-protocol.md rule 34 on HDS with real Envoys: the node its
+    certificate names joins; an Envoy claiming a node its certificate does not
+    name is refused (PERMISSION_DENIED) at every retry and never joins."""
+    pki = Pki(tmp_path)
+    controller = HdsController(ReloadingCredentials(pki.server_files()))
+    await controller.start()
+    try:
+        async with (
+            hds_envoy(
+                controller, "envoy-a", tmp_path, tls=_client_tls(pki.client_files("envoy-a"))
+            ),
+            hds_envoy(
+                controller,
+                "envoy-x",
+                tmp_path,
+                tls=_client_tls(pki.client_files("envoy-b")),
+                wait_joined=False,
+            ) as impostor,
+        ):
+
+            async def refused_twice() -> bool:
+                try:
+                    return (await hds_stats(impostor)).get("errors", 0) >= 2
+                except aiohttp.ClientError:  # its admin is not up yet
+                    return False
+
+            await eventually(refused_twice, 10)
+            assert list(controller.sessions.nodes()) == ["envoy-a"]
+            assert [n.node_id for n in controller.owner.joined] == ["envoy-a"]
+            # gRPC status 7, PERMISSION_DENIED, with the server's reason.
+            assert "StreamHealthCheck gRPC config stream closed: 7," in impostor.log_text()
+    finally:
+        await controller.stop()
