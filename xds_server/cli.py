@@ -22,6 +22,7 @@ from xds_server.errors import (
     DependencyUnavailable,
     XdsServerError,
 )
+from xds_server.model.health_checker import HealthChecker
 from xds_server.model.intent import SocketAddress
 from xds_server.model.schema import config_json_schema
 from xds_server.proxy.bootstrap import (
@@ -189,6 +190,12 @@ def parser() -> argparse.ArgumentParser:
     boot.add_argument(
         "--output", metavar="FILE", type=Path, help="write the bootstrap to FILE, not stdout"
     )
+    boot.add_argument(
+        "--hds",
+        action="store_true",
+        help="Envoy runs the health checks the controller assigns it (HDS; implied by"
+        " router.health_checker: envoy)",
+    )
     boot.set_defaults(command=cmd_bootstrap)
     schema = commands.add_parser(
         "schema", parents=[common], help="print the JSON Schema of router_config.yaml"
@@ -228,6 +235,7 @@ def cmd_bootstrap(settings: Settings, args: argparse.Namespace) -> int:
         delta=args.delta,
         tls=tls,
         edge=settings.intent.edge,
+        hds=args.hds or settings.health_checker is HealthChecker.ENVOY,
     )
     text = render_bootstrap(bootstrap) + (
         f"# run: envoy -c bootstrap.yaml --concurrency {settings.worker_threads}"

@@ -236,9 +236,11 @@ async def running_stack(
     envoy_concurrency: int | None = None,
     delta: bool = False,
     serving_tls: Mapping[str, ServingTls] | None = None,
+    hds: bool = False,
 ) -> AsyncIterator[Stack]:
     """Start the whole stack; stops every part on exit, whatever happened.
-    `serving_tls`: the sample backends (by name) that serve HTTPS, and with what."""
+    `serving_tls`: the sample backends (by name) that serve HTTPS, and with what.
+    `hds`: Envoy's bootstrap carries hds_config (router.health_checker envoy)."""
     with contextlib.ExitStack() as dirs:
         work = workdir or Path(dirs.enter_context(tempfile.TemporaryDirectory(prefix="xds-demo-")))
         async with contextlib.AsyncExitStack() as stack:
@@ -260,6 +262,7 @@ async def running_stack(
                 envoy_admin=settings.envoy_admin_address,
                 delta=delta,
                 edge=settings.intent.edge,
+                hds=hds,
             )
             _check_free(settings.envoy_admin_address, "Envoy admin", "router.envoy_admin_address")
             envoy = await start_envoy(

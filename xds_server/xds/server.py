@@ -26,7 +26,10 @@ from xds_server.cache import SnapshotCache
 from xds_server.errors import ListenFailed, ProtocolError
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from xds_server.xds import csds, limits
+from xds_server.xds.codes import status_of
 from xds_server.xds.delta import DeltaStream
+from xds_server.xds.hds import HdsSessions
+from xds_server.xds.hds import add_to_server as add_hds
 from xds_server.xds.identity import Admission, EnvoyAdminClaim, NodeNotAuthorized, Peer
 from xds_server.xds.observe import Observers
 from xds_server.xds.sotw import SotwStream
@@ -109,7 +112,7 @@ class XdsEngine:
         except (ProtocolError, NodeNotAuthorized, StreamReplaced) as error:
             # Not context.abort(): grpc keeps the abort exception, and through
             # its traceback this stream, for as long as it keeps the RPC.
-            context.set_code(_status_of(error))
+            context.set_code(status_of(error))
             context.set_details(str(error))
         except grpc.aio.BaseError:
             raise  # the RPC is over (client gone, server stopping): grpc's to handle
@@ -160,21 +163,6 @@ class XdsEngine:
         stream it rides."""
         for stream in self._streams_by_node.get(node_id, ()):
             stream.forget_endpoints(eds_names)
-
-
-_STATUS_OF: dict[type[Exception], grpc.StatusCode] = {
-    ProtocolError: grpc.StatusCode.INVALID_ARGUMENT,
-    # docs/xds-protocol.md rule 36, the code gRPC itself gives an oversized message.
-    limits.LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    NodeNotAuthorized: grpc.StatusCode.PERMISSION_DENIED,
-    StreamReplaced: grpc.StatusCode.ABORTED,
-}
-
-
-def _status_of(error: Exception) -> grpc.StatusCode:
-    """The code of the error's nearest class in _STATUS_OF (a subclass of
-    ProtocolError without its own entry is still INVALID_ARGUMENT)."""
-    return next(_STATUS_OF[cls] for cls in type(error).__mro__ if cls in _STATUS_OF)
 
 
 def _overlap(older: XdsStream[Any, Any], newer: XdsStream[Any, Any]) -> bool:
@@ -269,9 +257,10 @@ _SERVICES = (
 )
 
 
-def build_server(engine: XdsEngine) -> grpc.aio.Server:
+def build_server(engine: XdsEngine, hds: HdsSessions | None = None) -> grpc.aio.Server:
     """Every SotW and Delta service, and CSDS; the unary xDS Fetch methods stay
-    UNIMPLEMENTED."""
+    UNIMPLEMENTED. With `hds`, the Health Discovery Service too, its nodes
+    admitted as the engine admits ADS nodes (xds/hds.py)."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     for base, sotw_method, delta_method, kind, type_url, add in _SERVICES:
         methods = {
@@ -282,17 +271,23 @@ def build_server(engine: XdsEngine) -> grpc.aio.Server:
     csds.add_to_server(
         engine.cache, engine.observers, server
     )  # what each client was sent, ACKed, NACKed
+    if hds is not None:
+        add_hds(hds, engine.admission, server)
     return server
 
 
 async def start_server(
-    engine: XdsEngine, address: str, tls: ReloadingCredentials | None = None
+    engine: XdsEngine,
+    address: str,
+    tls: ReloadingCredentials | None = None,
+    *,
+    hds: HdsSessions | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start serving on `address` ("host:port"; port 0 picks one), over TLS when
-    `tls` is given (with client certificates when it has a client CA). Returns
-    the port."""
+    `tls` is given (with client certificates when it has a client CA), HDS too
+    with `hds`. Returns the port."""
     _check_bindable(address)
-    server = build_server(engine)
+    server = build_server(engine, hds)
     try:
         if tls is None:
             port = server.add_insecure_port(address)
