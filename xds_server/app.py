@@ -38,11 +38,13 @@ from xds_server.dns.refresher import DnsRefresher
 from xds_server.errors import AddressUnavailable, ConfigError, Problem
 from xds_server.experiments import Experiments, LabPorts
 from xds_server.health.base import HealthSource
-from xds_server.health.checker import HealthChecker, Seed
+from xds_server.health.checker import Delegate, HealthChecker, Seed
+from xds_server.health.delegation import Delegation
 from xds_server.health.local import LocalHealth
 from xds_server.health.shared import SharedHealth
 from xds_server.health.verdict import HealthObserver, HealthPolicy
 from xds_server.model.certificates import EdgeCertificate
+from xds_server.model.health_checker import HealthChecker as HealthCheckerKind
 from xds_server.model.intent import Health, SocketAddress
 from xds_server.pemfiles import TlsFiles, TlsFilesUnusable
 from xds_server.pipeline.certificates import CertificateWatcher
@@ -63,6 +65,7 @@ from xds_server.telemetry.passive import PassiveView
 from xds_server.telemetry.prometheus import ControllerMetrics, StateReaders, rejecting
 from xds_server.telemetry.sampler import Ledger, MemoryLedger, TrafficSampler
 from xds_server.telemetry.shared import RedisEventLog, RedisLedger
+from xds_server.xds.hds import HdsSessions
 from xds_server.xds.identity import Admission
 from xds_server.xds.observe import Observers, XdsObserver
 from xds_server.xds.server import XdsEngine, start_server
@@ -102,6 +105,7 @@ class LocalState:
             observers,
             resolved=wiring.resolved,
             ejected=wiring.ejected,
+            delegate=wiring.delegate,
         )
 
     async def close(self) -> None:
@@ -134,6 +138,7 @@ class SharedState:
                 seed=seed,
                 resolved=wiring.resolved,
                 ejected=wiring.ejected,
+                delegate=wiring.delegate,
             )
 
         return SharedHealth(
@@ -164,6 +169,8 @@ class HealthWiring:
     resolved: Resolved  # the addresses of backends named by DNS, which probes visit
     # Envoy's outlier detection ejects this backend on some proxy (telemetry/passive.py)
     ejected: Callable[[str], bool] | None = None
+    # router.health_checker: envoy - the Envoys on HDS probe (health/delegation.py)
+    delegate: Delegate | None = None
 
 
 def open_state(settings: Settings, store: IntentStore | None = None) -> State:
@@ -214,6 +221,20 @@ class Controller:
             lambda: self.publisher.mark_dirty(),  # a changed record set: one publish
             interval_s=settings.dns_refresh_interval_s,
             timeout_s=DNS_TIMEOUT_S,
+        )
+        # HDS is served whoever probes: an Envoy bootstrapped with hds_config waits
+        # for a specifier rather than retrying a refused stream.
+        self.hds = HdsSessions()
+        self.delegation = (
+            Delegation(
+                self.hds,
+                self.store,
+                health_policy(settings),
+                settings.health_checkers_per_backend,
+                self.dns,
+            )
+            if settings.health_checker is HealthCheckerKind.ENVOY
+            else None
         )
         lease_s = settings.health_prober_lease if health_lease_s is None else health_lease_s
         self.health = self._health(lease_s)
@@ -298,6 +319,7 @@ class Controller:
                 verdict_observers=[telemetry.failovers] if telemetry else [],
                 lease_s=lease_s,
                 resolved=self.dns,
+                delegate=self.delegation,
                 ejected=telemetry.passive.ejected if telemetry else None,
             )
         )
@@ -350,7 +372,9 @@ class Controller:
         await self.publisher.publish_now()
         tls = xds_credentials(self.settings)
         with _listening("xDS server", self.settings.xds_address, "router.xds_address"):
-            self._grpc, port = await start_server(self.engine, str(self.settings.xds_address), tls)
+            self._grpc, port = await start_server(
+                self.engine, str(self.settings.xds_address), tls, hds=self.hds
+            )
         self.xds_address = SocketAddress(self.settings.xds_address.host, port)
 
     async def stop(self) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from xds_server.app import Controller
 from xds_server.errors import AddressUnavailable
 from xds_server.model.access_log import AccessLog, AccessLogSink
+from xds_server.model.health_checker import HealthChecker
 from xds_server.model.intent import Backend, Protocol, Service, SocketAddress
 from xds_server.model.schema import EdgeTlsConfig
 from xds_server.proxy.bootstrap import make_bootstrap
@@ -236,11 +237,13 @@ async def running_stack(
     envoy_concurrency: int | None = None,
     delta: bool = False,
     serving_tls: Mapping[str, ServingTls] | None = None,
-    hds: bool = False,
+    hds: bool | None = None,
 ) -> AsyncIterator[Stack]:
     """Start the whole stack; stops every part on exit, whatever happened.
     `serving_tls`: the sample backends (by name) that serve HTTPS, and with what.
-    `hds`: Envoy's bootstrap carries hds_config (router.health_checker envoy)."""
+    `hds`: Envoy's bootstrap carries hds_config (default: with router.health_checker envoy)."""
+    if hds is None:
+        hds = settings.health_checker is HealthChecker.ENVOY
     with contextlib.ExitStack() as dirs:
         work = workdir or Path(dirs.enter_context(tempfile.TemporaryDirectory(prefix="xds-demo-")))
         async with contextlib.AsyncExitStack() as stack:

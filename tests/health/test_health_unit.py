@@ -415,6 +415,21 @@ async def test_ambiguous_failures_are_confirmed_within_one_interval() -> None:
 # --- verdicts delegated to Envoys (HDS) ------------------------------------------------------
 
 
+class Named:
+    """A delegate (HDS in health/delegation.py) that covers the names in a set."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+        self.ran_with: HealthChecker | None = None
+
+    def delegated(self, name: str) -> bool:
+        return name in self.names
+
+    async def run(self, checker: HealthChecker) -> None:
+        self.ran_with = checker
+        await asyncio.Event().wait()
+
+
 async def test_a_delegated_backend_is_not_probed_and_takes_the_envoys_verdict() -> None:
     """While Envoys report on a backend the controller does not probe it; their
     verdict is published as it is (Envoy counted the thresholds), with who checked;
@@ -436,11 +451,11 @@ async def test_a_delegated_backend_is_not_probed_and_takes_the_envoys_verdict() 
         lambda: changes.append(dict(verdicts)),
         policy,
         prober=prober,
-        delegated=lambda name: name in delegated,
+        delegate=(delegate := Named(delegated)),
     )
     task = asyncio.create_task(checker.run())
     await eventually(lambda: _true(calls.count("a") >= 3), 2)
-    assert "b" not in calls
+    assert "b" not in calls and delegate.ran_with is checker
     now = time.time()
     failed = ProbeResult(ok=False, definitive=True, elapsed_s=0.0, at=now, error="unhealthy")
     checker.report("b", DelegatedVerdict(Health.UNHEALTHY, failed, ("e1", "e2"), {"e1": now}))

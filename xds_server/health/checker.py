@@ -62,6 +62,7 @@ import time
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from xds_server.dns.base import Resolved
 from xds_server.health.addresses import EachAddress
@@ -126,6 +127,16 @@ def probed_backends(intent: Intent) -> dict[str, Probed]:
     return probed
 
 
+class Delegate(Protocol):
+    """Envoys that probe on the checker's behalf (health/delegation.py, HDS)."""
+
+    def delegated(self, name: str) -> bool:
+        """True: Envoys report on `name`; the checker does not probe it."""
+
+    async def run(self, checker: HealthChecker) -> None:
+        """Runs while the checker runs; hands verdicts in with `checker.report`."""
+
+
 @dataclass
 class _Probing:
     target: Target
@@ -151,11 +162,10 @@ class HealthChecker:
         seed: Seed | None = None,
         resolved: Resolved | None = None,  # addresses of backends named by DNS
         ejected: Callable[[str], bool] | None = None,
-        delegated: Callable[[str], bool] | None = None,
+        delegate: Delegate | None = None,
     ) -> None:
         self.policy = policy
-        # Envoys probe this backend and report (HDS): skip our probe.
-        self._delegated = delegated
+        self._delegate = delegate  # Envoys probing on our behalf (HDS)
         self._resolved = resolved
         self.observers = list(observers)
         self.states: dict[str, BackendHealth] = {}
@@ -262,6 +272,8 @@ class HealthChecker:
     async def _follow_intent(self, prober_for: Callable[[Probed], Prober]) -> None:
         # Cancelling run() cancels this TaskGroup and with it every probe loop.
         async with asyncio.TaskGroup() as tasks:
+            if self._delegate is not None:
+                tasks.create_task(self._delegate.run(self), name="HDS delegation")
             while True:
                 self._intent_changed.clear()
                 self._reconcile(self._store.intent, tasks, prober_for)
@@ -324,7 +336,7 @@ class HealthChecker:
     def _probes_here(self, name: str) -> bool:
         """Not held, and no Envoy reports on it (else the controller probes it:
         the fallback for a backend no connected Envoy is assigned to)."""
-        return name not in self._held and not (self._delegated and self._delegated(name))
+        return name not in self._held and not (self._delegate and self._delegate.delegated(name))
 
     def _confirm_after(self, name: str) -> float:
         """Seconds to the next confirmation probe (module docstring), inf for none:

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from xds_server.dns.base import Resolved
-from xds_server.health.checker import HealthChecker
+from xds_server.health.checker import Delegate, HealthChecker
 from xds_server.health.verdict import BackendHealth, HealthObserver, HealthPolicy
 from xds_server.model.intent import Health
 from xds_server.store.base import IntentStore
@@ -22,6 +22,7 @@ class LocalHealth:
         observers: Sequence[HealthObserver] = (),
         resolved: Resolved | None = None,
         ejected: Callable[[str], bool] | None = None,
+        delegate: Delegate | None = None,
     ) -> None:
         self._verdicts: dict[str, Health] = {}
         self.checker = HealthChecker(
@@ -32,6 +33,7 @@ class LocalHealth:
             observers=observers,
             resolved=resolved,
             ejected=ejected,
+            delegate=delegate,
         )
 
     @property
