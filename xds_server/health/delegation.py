@@ -116,8 +116,10 @@ class Delegation:
     # --- HdsOwner: what the sessions tell ----------------------------------------------
 
     def node_joined(self, node: HdsNode) -> None:
+        # The run loop assigns it its share and pushes at once (a push here would
+        # send the old assignment first: nothing for a new node). A stream that
+        # replaced an older one of the node is sent its specifier again too.
         self._changed.set()
-        self._push(node.node_id)  # at once: the new node's first specifier, if assigned
 
     def node_left(self, node: HdsNode) -> None:
         self._reports.drop(node.node_id)
