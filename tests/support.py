@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from xds_server.demo import SEARCH_BODY
+from xds_server.model.intent import SocketAddress
+from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
 
 
 async def send_many(
@@ -80,3 +85,22 @@ def awaiting(coro: object) -> list[str]:
         if coro is None:
             break
     return lines
+
+
+@contextlib.asynccontextmanager
+async def envoy_running(
+    bootstrap: Mapping[str, Any],
+    admin: SocketAddress,
+    workdir: Path,
+    *,
+    concurrency: int = 1,
+    wait_ready: bool = True,
+) -> AsyncIterator[EnvoyProcess]:
+    """A real Envoy on `bootstrap` for the block, stopped by PID at its end."""
+    envoy = await start_envoy(
+        bootstrap, admin=admin, workdir=workdir, concurrency=concurrency, wait_ready=wait_ready
+    )
+    try:
+        yield envoy
+    finally:
+        await envoy.stop()

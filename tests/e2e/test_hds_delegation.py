@@ -21,14 +21,14 @@ import pytest
 
 from tests.e2e.conftest import StackFactory
 from tests.e2e.test_resilience import health_report
-from tests.support import eventually
+from tests.support import envoy_running, eventually
 from xds_server.admin.health_report import display_keys
 from xds_server.demo import DEMO_NODE_ID, Stack, local_settings
 from xds_server.health.delegation import REPORT_INTERVAL_S
 from xds_server.model.health_checker import HealthChecker, confirmation_gap_s
 from xds_server.model.intent import SocketAddress
 from xds_server.proxy.bootstrap import make_bootstrap
-from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
+from xds_server.proxy.envoy_process import EnvoyProcess
 from xds_server.proxy.processes import free_port
 from xds_server.settings import Settings
 
@@ -56,11 +56,8 @@ async def hds_envoy(stack: Stack, node_id: str, workdir: Path) -> AsyncIterator[
     bootstrap = make_bootstrap(
         node_id=node_id, xds=stack.controller.xds_address, envoy_admin=admin, hds=True
     )
-    envoy = await start_envoy(bootstrap, admin=admin, workdir=workdir, concurrency=1)
-    try:
+    async with envoy_running(bootstrap, admin, workdir) as envoy:
         yield envoy
-    finally:
-        await envoy.stop()
 
 
 def entries(stack: Stack, report: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -35,11 +35,11 @@ from tests.e2e.test_resilience import (
     resilience_settings,
     url,
 )
-from tests.support import eventually
+from tests.support import envoy_running, eventually
 from xds_server.demo import DEMO_NODE_ID, Stack, start_backend
 from xds_server.model.intent import SocketAddress
 from xds_server.proxy.bootstrap import make_bootstrap
-from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
+from xds_server.proxy.envoy_process import EnvoyProcess
 from xds_server.proxy.processes import ChildProcess, free_port
 from xds_server.settings import Settings
 from xds_server.telemetry.sampler import SAMPLE_INTERVAL_S
@@ -73,11 +73,8 @@ async def second_envoy(stack: Stack, workdir: Path) -> AsyncIterator[EnvoyProces
     bootstrap = make_bootstrap(
         node_id=SECOND_NODE, xds=stack.controller.xds_address, envoy_admin=admin
     )
-    envoy = await start_envoy(bootstrap, admin=admin, workdir=workdir, concurrency=1)
-    try:
+    async with envoy_running(bootstrap, admin, workdir) as envoy:
         yield envoy
-    finally:
-        await envoy.stop()
 
 
 async def entry(http: aiohttp.ClientSession, stack: Stack, group: str, key: str) -> Any:

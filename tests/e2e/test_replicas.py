@@ -30,12 +30,12 @@ from tests.factories import (
     running_controller,
 )
 from tests.redis_support import RedisServer
-from tests.support import eventually
+from tests.support import envoy_running, eventually
 from xds_server.app import Controller
 from xds_server.demo import start_backend
 from xds_server.model.intent import Intent, SocketAddress
 from xds_server.proxy.bootstrap import make_bootstrap
-from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
+from xds_server.proxy.envoy_process import EnvoyProcess
 from xds_server.proxy.processes import ChildProcess, start_process
 from xds_server.resources import ADS_ORDER, SHORT_NAMES
 from xds_server.settings import Settings
@@ -72,13 +72,9 @@ async def running_envoy(
     settings: Settings, xds: Sequence[SocketAddress], workdir: Path
 ) -> AsyncIterator[EnvoyProcess]:
     bootstrap = make_bootstrap(node_id=NODE, xds=xds, envoy_admin=settings.envoy_admin_address)
-    envoy = await start_envoy(
-        bootstrap, admin=settings.envoy_admin_address, workdir=workdir, concurrency=2
-    )
-    try:
+    admin = settings.envoy_admin_address
+    async with envoy_running(bootstrap, admin, workdir, concurrency=2) as envoy:
         yield envoy
-    finally:
-        await envoy.stop()
 
 
 @contextlib.asynccontextmanager

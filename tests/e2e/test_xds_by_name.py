@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.factories import SEARCH_BODY, local_settings, qdrant_only, running_controller
-from tests.support import eventually
+from tests.support import envoy_running, eventually
 from tests.tls_support import Pki
 from xds_server import cli
 from xds_server.app import Controller
@@ -30,7 +30,7 @@ from xds_server.demo import start_backend
 from xds_server.model.intent import SocketAddress
 from xds_server.model.schema import XdsTlsConfig
 from xds_server.pemfiles import TlsFiles
-from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy, wait_listening
+from xds_server.proxy.envoy_process import EnvoyProcess, wait_listening
 from xds_server.proxy.processes import free_port
 from xds_server.resources import LISTENER_NAME
 
@@ -86,13 +86,8 @@ def cli_bootstrap(
 async def envoy_on(
     bootstrap: dict[str, Any], admin: SocketAddress, work: Path, *, wait_ready: bool = True
 ) -> AsyncIterator[EnvoyProcess]:
-    envoy = await start_envoy(
-        bootstrap, admin=admin, workdir=work, concurrency=1, wait_ready=wait_ready
-    )
-    try:
+    async with envoy_running(bootstrap, admin, work, wait_ready=wait_ready) as envoy:
         yield envoy
-    finally:
-        await envoy.stop()
 
 
 async def routes_a_search(controller: Controller, http: aiohttp.ClientSession) -> None:

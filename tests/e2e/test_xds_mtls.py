@@ -14,14 +14,14 @@ import aiohttp
 import pytest
 
 from tests.factories import SEARCH_BODY, local_settings, qdrant_only, running_controller
-from tests.support import eventually
+from tests.support import envoy_running, eventually
 from tests.tls_support import ClientFiles, Pki
 from xds_server.app import Controller
 from xds_server.demo import start_backend
 from xds_server.model.intent import SocketAddress
 from xds_server.model.schema import XdsTlsConfig
 from xds_server.proxy.bootstrap import XdsClientTls, make_bootstrap
-from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy, wait_listening
+from xds_server.proxy.envoy_process import EnvoyProcess, wait_listening
 from xds_server.proxy.processes import free_port
 from xds_server.resources import LISTENER_NAME
 from xds_server.settings import Settings
@@ -67,13 +67,8 @@ async def envoy_with(
         envoy_admin=admin,
         tls=XdsClientTls(str(client.cert_file), str(client.key_file), str(client.ca_file)),
     )
-    envoy = await start_envoy(
-        bootstrap, admin=admin, workdir=work, concurrency=1, wait_ready=wait_ready
-    )
-    try:
+    async with envoy_running(bootstrap, admin, work, wait_ready=wait_ready) as envoy:
         yield envoy
-    finally:
-        await envoy.stop()
 
 
 async def test_envoy_over_mutual_tls_routes_to_a_backend(
