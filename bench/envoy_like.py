@@ -1,0 +1,504 @@
+"""Envoy-like health checking for bench/health_fleet.py: Envoy's active HTTP health
+checker and its HDS delegate, without Envoy, so 50 of them fit on 2 cores.
+
+What is modelled after Envoy 1.x (source/common/upstream/health_checker_impl.cc,
+source/common/upstream/health_discovery_service.cc):
+
+- A host starts unhealthy (FAILED_ACTIVE_HC, as HdsCluster::initialize sets it);
+  the very first passing check makes it healthy at once, later ones need
+  `healthy_threshold` passes in a row.
+- A failure that is an answer (a status outside `expected_statuses`, default
+  200 only) makes a host unhealthy at once; a network failure (refused, reset,
+  closed, timeout) counts towards `unhealthy_threshold`.
+- The next check is scheduled when a check ends: `interval` while healthy,
+  `unhealthy_interval` while unhealthy, the `*_edge_interval`s while a change is
+  pending (each defaults to `interval`). `no_traffic_interval` is not modelled
+  (the clusters are taken to carry traffic), nor jitter beyond a random first
+  phase (Envoys are not started in the same millisecond).
+- HTTP/1.1 over one kept connection per host (`reuse_connection`, default true).
+- HDS: the first message is a HealthCheckRequest (node, capability HTTP); each
+  HealthCheckSpecifier replaces the set of checked hosts (a host whose cluster,
+  address and check are unchanged keeps its state); an EndpointHealthResponse
+  (HEALTHY, UNHEALTHY, or TIMEOUT when the last failure was one) goes out every
+  `specifier.interval` (default 1 s), grouped by cluster and locality, with the
+  legacy flat `endpoints_health` list too, as Envoy sends it.
+
+Run as a fleet (one process, many clients; bench/health_fleet.py starts it):
+
+    python -m bench.envoy_like --mode ads|static|hds --clients N --xds HOST:PORT ...
+
+It prints `READY` once every client is started, `SKIPPED <reason>` when the
+controller does not serve HDS, and `VERDICT <node> <host:port> healthy|unhealthy
+<time.monotonic()>` on every verdict change of a client's own checker; it stops
+when its stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import enum
+import random
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2
+from envoy.service.health.v3 import hds_pb2, hds_pb2_grpc
+from google.protobuf import duration_pb2
+
+Endpoint = tuple[str, int]  # (address, port)
+# (host, port, status) of a check result; a verdict change is told as (node, endpoint, healthy).
+OnVerdict = Callable[[str, Endpoint, bool], None]
+
+DEFAULT_REPORT_INTERVAL_S = 1.0  # Envoy's default when the specifier has no interval
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
+class Outcome(enum.Enum):
+    PASSED = "passed"
+    ANSWERED_BAD = "answered with an unexpected status"  # Envoy: ACTIVE failure
+    NETWORK = "network failure"  # refused, reset, closed mid-answer
+    TIMEOUT = "timeout"  # Envoy: a NETWORK failure that also sets TIMEOUT
+
+
+class Transition(enum.Enum):
+    UNCHANGED = "unchanged"
+    CHANGED = "changed"
+    PENDING = "change pending"
+
+
+def seconds(duration: duration_pb2.Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """An HTTP health check as Envoy reads it from a HealthCheck message."""
+
+    path: str = "/health"
+    interval_s: float = 1.0
+    timeout_s: float = 0.5
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    unhealthy_interval_s: float | None = None
+    unhealthy_edge_interval_s: float | None = None
+    healthy_edge_interval_s: float | None = None
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end)
+
+    @classmethod
+    def from_proto(cls, check: health_check_pb2.HealthCheck) -> CheckConfig:
+        def optional(name: str) -> float | None:
+            return seconds(getattr(check, name)) if check.HasField(name) else None
+
+        http = check.http_health_check
+        statuses = tuple((r.start, r.end) for r in http.expected_statuses)
+        return cls(
+            path=http.path or "/",
+            interval_s=seconds(check.interval),
+            timeout_s=seconds(check.timeout),
+            # Envoy's proto requires both thresholds; 1 is what a missing one means there.
+            healthy_threshold=max(1, check.healthy_threshold.value),
+            unhealthy_threshold=max(1, check.unhealthy_threshold.value),
+            unhealthy_interval_s=optional("unhealthy_interval"),
+            unhealthy_edge_interval_s=optional("unhealthy_edge_interval"),
+            healthy_edge_interval_s=optional("healthy_edge_interval"),
+            expected_statuses=statuses or ((200, 201),),
+        )
+
+    def expects(self, status: int) -> bool:
+        return any(start <= status < end for start, end in self.expected_statuses)
+
+
+@dataclass
+class HostHealth:
+    """One host's state in one checker: Envoy's ActiveHealthCheckSession counting."""
+
+    config: CheckConfig
+    healthy: bool = False  # Envoy starts a checked host with FAILED_ACTIVE_HC
+    timed_out: bool = False  # the last failure was a timeout (reported as TIMEOUT)
+    first_check: bool = True
+    passes: int = 0
+    failures: int = 0
+
+    def record(self, outcome: Outcome) -> Transition:
+        transition = self._passed() if outcome is Outcome.PASSED else self._failed(outcome)
+        self.first_check = False
+        return transition
+
+    def _passed(self) -> Transition:
+        self.failures = 0
+        self.timed_out = False
+        if self.healthy:
+            return Transition.UNCHANGED
+        self.passes += 1
+        if self.first_check or self.passes >= self.config.healthy_threshold:
+            self.healthy = True
+            return Transition.CHANGED
+        return Transition.PENDING
+
+    def _failed(self, outcome: Outcome) -> Transition:
+        self.passes = 0
+        self.timed_out = outcome is Outcome.TIMEOUT
+        if not self.healthy:
+            return Transition.UNCHANGED
+        self.failures += 1
+        network = outcome in (Outcome.NETWORK, Outcome.TIMEOUT)
+        if not network or self.failures >= self.config.unhealthy_threshold:
+            self.healthy = False
+            return Transition.CHANGED
+        return Transition.PENDING
+
+    def next_interval(self, transition: Transition) -> float:
+        """Seconds from the end of a check to the next one (HealthCheckerImplBase::interval)."""
+        config = self.config
+        pending = transition is Transition.PENDING
+        if self.healthy:
+            edge = config.healthy_edge_interval_s if pending else None
+            return edge if edge is not None else config.interval_s
+        unhealthy = config.unhealthy_interval_s
+        if pending and config.unhealthy_edge_interval_s is not None:
+            return config.unhealthy_edge_interval_s
+        return unhealthy if unhealthy is not None else config.interval_s
+
+    def status(self) -> int:
+        """The HealthStatus an HDS report gives this host (HdsDelegate::sendResponse)."""
+        if self.healthy:
+            return health_check_pb2.HEALTHY
+        return health_check_pb2.TIMEOUT if self.timed_out else health_check_pb2.UNHEALTHY
+
+
+# ---- HTTP/1.1 probes over a kept connection ---------------------------------------------
+
+
+def health_request(path: str, host: str) -> bytes:
+    """Envoy's health check request: GET, Host = the cluster name unless set otherwise."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Envoy/HC\r\n"
+        "Connection: keep-alive\r\n\r\n"
+    ).encode()
+
+
+def parse_status_line(line: bytes) -> int:
+    """The status code of `HTTP/1.1 200 OK`; ValueError on anything else."""
+    version, _, rest = line.decode("latin-1").strip().partition(" ")
+    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+        raise ValueError(f"not an HTTP/1.x status line: {line!r}")
+    return int(rest[:3])
+
+
+class HttpHealthProbe:
+    """GETs of one host's health path, reusing one connection while it lasts."""
+
+    def __init__(self, address: str, port: int, host_header: str) -> None:
+        self.address, self.port, self.host_header = address, port, host_header
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def check(self, config: CheckConfig) -> Outcome:
+        try:
+            async with asyncio.timeout(config.timeout_s):
+                status, keep = await self._exchange(config.path)
+        except TimeoutError:
+            self.close()
+            return Outcome.TIMEOUT
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            self.close()
+            return Outcome.NETWORK
+        if not keep:
+            self.close()
+        return Outcome.PASSED if config.expects(status) else Outcome.ANSWERED_BAD
+
+    async def _exchange(self, path: str) -> tuple[int, bool]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.address, self.port)
+        assert self._reader is not None
+        self._writer.write(health_request(path, self.host_header))
+        await self._writer.drain()
+        status = parse_status_line(await self._reader.readline())
+        length, keep = 0, True
+        while (line := await self._reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+            elif name.strip().lower() == "connection" and value.strip().lower() == "close":
+                keep = False
+        if line == b"" or length > MAX_RESPONSE_BYTES:
+            raise ValueError("connection closed in the answer's head, or a huge body")
+        await self._reader.readexactly(length)
+        return status, keep
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+@dataclass
+class ActiveCheck:
+    """One checker's probing of one host: the probe, the state, the loop."""
+
+    node: str
+    endpoint: Endpoint
+    config: CheckConfig
+    on_verdict: OnVerdict
+    cluster: str = ""
+    locality: base_pb2.Locality = field(default_factory=base_pb2.Locality)
+    health: HostHealth = field(init=False)
+    task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.health = HostHealth(self.config)
+
+    def start(self, first_in_s: float) -> None:
+        self.task = asyncio.create_task(self._run(first_in_s))
+
+    async def _run(self, first_in_s: float) -> None:
+        probe = HttpHealthProbe(*self.endpoint, host_header=self.cluster or "bench")
+        await asyncio.sleep(first_in_s)
+        try:
+            while True:
+                transition = self.health.record(await probe.check(self.config))
+                if transition is Transition.CHANGED:
+                    self.on_verdict(self.node, self.endpoint, self.health.healthy)
+                await asyncio.sleep(self.health.next_interval(transition))
+        finally:
+            probe.close()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+# ---- HDS --------------------------------------------------------------------------------
+
+# What identifies one checked host across specifiers: cluster, endpoint, the check itself.
+CheckKey = tuple[str, Endpoint, CheckConfig]
+
+
+@dataclass(frozen=True)
+class Assigned:
+    cluster: str
+    endpoint: Endpoint
+    config: CheckConfig
+    locality: base_pb2.Locality
+
+    @property
+    def key(self) -> CheckKey:
+        return self.cluster, self.endpoint, self.config
+
+
+def assignments(specifier: hds_pb2.HealthCheckSpecifier) -> list[Assigned]:
+    """Every (cluster, endpoint) to check, with the cluster's first HTTP health check
+    (the only kind this client speaks; it said so in its capability)."""
+    found = []
+    for cluster in specifier.cluster_health_checks:
+        http = [c for c in cluster.health_checks if c.HasField("http_health_check")]
+        if not http:
+            continue
+        config = CheckConfig.from_proto(http[0])
+        for group in cluster.locality_endpoints:
+            for endpoint in group.endpoints:
+                address = endpoint.address.socket_address
+                where = (address.address, address.port_value)
+                found.append(Assigned(cluster.cluster_name, where, config, group.locality))
+    return found
+
+
+def report_interval(specifier: hds_pb2.HealthCheckSpecifier) -> float:
+    if specifier.HasField("interval"):
+        return seconds(specifier.interval) or DEFAULT_REPORT_INTERVAL_S
+    return DEFAULT_REPORT_INTERVAL_S
+
+
+def health_check_request(node_id: str) -> hds_pb2.HealthCheckRequestOrEndpointHealthResponse:
+    request = hds_pb2.HealthCheckRequest(
+        node=base_pb2.Node(id=node_id, cluster="bench"),
+        capability=hds_pb2.Capability(health_check_protocols=[hds_pb2.Capability.HTTP]),
+    )
+    return hds_pb2.HealthCheckRequestOrEndpointHealthResponse(health_check_request=request)
+
+
+def health_response(
+    checks: Iterable[ActiveCheck],
+) -> hds_pb2.HealthCheckRequestOrEndpointHealthResponse:
+    """Every checked host's status, per cluster and locality, plus the flat legacy list."""
+    response = hds_pb2.EndpointHealthResponse()
+    clusters: dict[str, hds_pb2.ClusterEndpointsHealth] = {}
+    localities: dict[tuple[str, bytes], hds_pb2.LocalityEndpointsHealth] = {}
+    for check in checks:
+        if check.cluster not in clusters:
+            clusters[check.cluster] = response.cluster_endpoints_health.add(
+                cluster_name=check.cluster
+            )
+        where = (check.cluster, check.locality.SerializeToString(deterministic=True))
+        if where not in localities:
+            group = clusters[check.cluster].locality_endpoints_health.add()
+            group.locality.CopyFrom(check.locality)
+            localities[where] = group
+        address = address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(
+                address=check.endpoint[0], port_value=check.endpoint[1]
+            )
+        )
+        one = endpoint_components_pb2.Endpoint(address=address)
+        status = check.health.status()
+        localities[where].endpoints_health.add(endpoint=one, health_status=status)
+        response.endpoints_health.add(endpoint=one, health_status=status)
+    return hds_pb2.HealthCheckRequestOrEndpointHealthResponse(endpoint_health_response=response)
+
+
+class HdsUnimplemented(Exception):
+    """The controller answered the HDS stream with UNIMPLEMENTED."""
+
+
+class HdsClient:
+    """One Envoy's HDS delegate: a StreamHealthCheck stream, the checks it was given,
+    and the periodic report."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, node_id: str, on_verdict: OnVerdict, rng: random.Random
+    ) -> None:
+        self.node_id = node_id
+        self.checks: dict[CheckKey, ActiveCheck] = {}
+        self.specifiers = 0
+        self._on_verdict = on_verdict
+        self._rng = rng
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._interval_s = 0.0
+        self._stub = hds_pb2_grpc.HealthDiscoveryServiceStub(channel)
+        self._reporter: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Until cancelled; HdsUnimplemented if the server does not serve HDS."""
+        self._outbox.put_nowait(health_check_request(self.node_id))
+        call = self._stub.StreamHealthCheck(self._sent())
+        try:
+            async for specifier in call:
+                await self._apply(specifier)
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.UNIMPLEMENTED:
+                raise HdsUnimplemented(error.details() or "UNIMPLEMENTED") from error
+            raise
+        finally:
+            call.cancel()
+            await self.stop()
+
+    async def _sent(self) -> AsyncIterator[Any]:
+        while True:
+            yield await self._outbox.get()
+
+    async def _apply(self, specifier: hds_pb2.HealthCheckSpecifier) -> None:
+        self.specifiers += 1
+        wanted = {a.key: a for a in assignments(specifier)}
+        for key in [k for k in self.checks if k not in wanted]:
+            await self.checks.pop(key).stop()
+        for key, given in wanted.items():
+            if key not in self.checks:
+                check = ActiveCheck(
+                    self.node_id, given.endpoint, given.config, self._on_verdict,
+                    cluster=given.cluster, locality=given.locality,
+                )  # fmt: skip
+                check.start(self._rng.uniform(0, given.config.interval_s))
+                self.checks[key] = check
+        interval = report_interval(specifier)
+        if interval != self._interval_s:  # Envoy restarts its report timer only then
+            self._interval_s = interval
+            if self._reporter is not None:
+                self._reporter.cancel()
+            self._reporter = asyncio.create_task(self._report_every(interval))
+
+    async def _report_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self._outbox.put_nowait(health_response(self.checks.values()))
+
+    async def stop(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+        for check in self.checks.values():
+            await check.stop()
+        self.checks.clear()
+
+
+# ---- the fleet process ------------------------------------------------------------------
+
+
+def print_verdict(node: str, endpoint: Endpoint, healthy: bool) -> None:
+    state = "healthy" if healthy else "unhealthy"
+    print(f"VERDICT {node} {endpoint[0]}:{endpoint[1]} {state} {time.monotonic():.6f}", flush=True)
+
+
+def endpoint_of(text: str) -> Endpoint:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+async def run_fleet(args: argparse.Namespace) -> None:
+    from bench.clients import BenchClient, channels_for  # the xDS half only when needed
+    from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, ROUTE_CONFIG_NAME
+
+    rng = random.Random(args.seed)
+    nodes = [f"envoy-{i}" for i in range(args.clients)]
+    config = CheckConfig(
+        args.path, args.interval, args.timeout, args.healthy_threshold, args.unhealthy_threshold
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        channels = channels_for(args.xds, args.clients) if args.mode != "static" else []
+        for channel in channels:
+            stack.push_async_callback(channel.close)
+        subscriptions = {
+            CLUSTER: [], ENDPOINT: args.services.split(","), LISTENER: [],
+            ROUTE: [ROUTE_CONFIG_NAME],
+        }  # fmt: skip
+        tasks: list[asyncio.Task[None]] = []
+        for i, node in enumerate(nodes):
+            if args.mode == "static":
+                for endpoint in map(endpoint_of, args.targets.split(",")):
+                    check = ActiveCheck(node, endpoint, config, print_verdict, cluster="bench")
+                    check.start(rng.uniform(0, config.interval_s))
+                    stack.push_async_callback(check.stop)
+                continue
+            ads = BenchClient(channels[i % len(channels)], node, subscriptions)
+            stack.push_async_callback(ads.close)
+            if args.mode == "hds":
+                hds = HdsClient(channels[i % len(channels)], node, print_verdict, rng)
+                tasks.append(asyncio.create_task(hds.run()))
+        print("READY", flush=True)
+        stdin = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, sys.stdin.read))
+        done, _ = await asyncio.wait([stdin, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        errors = [t.exception() for t in done if t is not stdin and not t.cancelled()]
+        if errors:  # an HDS stream ended: the orchestrator skips this mode
+            unimplemented = any(isinstance(e, HdsUnimplemented) for e in errors)
+            reason = "UNIMPLEMENTED" if unimplemented else f"the HDS stream failed: {errors[0]!r}"
+            print(f"SKIPPED {reason}", flush=True)
+            await stdin
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.envoy_like", description=__doc__)
+    parser.add_argument("--mode", choices=("ads", "static", "hds"), required=True)
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--xds", default="", help="the controller's xDS address (ads, hds)")
+    parser.add_argument("--services", default="", help="EDS names the ADS streams ask for")
+    parser.add_argument("--targets", default="", help="host:port,... to probe (static)")
+    parser.add_argument("--path", default="/health")
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--timeout", type=float, default=0.5)
+    parser.add_argument("--healthy-threshold", type=int, default=2)
+    parser.add_argument("--unhealthy-threshold", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(run_fleet(parse()))
