@@ -1,0 +1,488 @@
+"""Health at fleet scale (issue 15, "Measured benefit"): probes per second arriving at
+the backends, and the time from a backend's death to its health flip, for 1, 10 and
+50 Envoys, in three modes, in one run.
+
+    python -m bench.health_fleet [--fleets 1,10,50] [--kills 5]
+
+Eight sample backends (xds_server.samples, 4 services x 2) on loopback, each its own
+process; a death is a SIGKILL by PID; the backend is started again on its port
+before the next row. Probes are counted by the backends themselves
+(`/_control/stats` health_requests) over a window with nothing dead. Interval 1 s,
+timeout 0.5 s, healthy threshold 2, unhealthy threshold 3, in every mode:
+
+(a) controller probes: today's main. The controller (`xds-server run`, its own
+    process) probes every backend; the Envoys are ADS streams only (bench/clients.py).
+    Flip: the backend's EDS health_status turns UNHEALTHY on an observer's ADS stream.
+(b) every Envoy probes everything: Envoy's active health checks in CDS, which the
+    controller does not ship. Each Envoy is an Envoy-like checker of every backend
+    (bench/envoy_like.py: Envoy's own counting rules), no controller. Flip: each
+    Envoy's own verdict, the median over the Envoys.
+(c) HDS, K=2: the controller with `router.health_checker: envoy` and
+    `health_checkers_per_backend: 2`; each Envoy is an ADS stream plus an Envoy-like
+    HDS client (bench/envoy_like.py). Flip: as in (a). Skipped, saying so, when the
+    controller does not serve HDS.
+
+The Envoy-like clients run in one process of their own (so their probes do not
+delay the observer); times cross processes on CLOCK_MONOTONIC. Ratios are taken
+against (a) with the same number of Envoys, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+
+from bench.clients import BenchClient, channels_for
+from xds_server.demo import start_backend
+from xds_server.model.intent import Backend
+from xds_server.proxy.processes import ChildProcess, ProcessFailed, free_port, start_process
+from xds_server.resources import ENDPOINT
+
+LOOPBACK = "127.0.0.1"
+SERVICES, PER_SERVICE = 4, 2
+INTERVAL_S, TIMEOUT_S, HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD = 1.0, 0.5, 2, 3
+CHECKERS_PER_BACKEND = 2  # K in mode (c)
+RATE_WINDOW_S = 3.0
+SETTLE_S = 2 * INTERVAL_S  # after all healthy: assignments and phases settle
+FLIP_TIMEOUT_S = 15.0
+START_TIMEOUT_S = 30.0
+MODES = {
+    "a": "(a) controller probes",
+    "b": "(b) every Envoy probes all",
+    "c": f"(c) HDS, K={CHECKERS_PER_BACKEND}",
+}
+
+
+# ---- backends ---------------------------------------------------------------------------
+
+
+class SampleBackends:
+    """The sample backends, by name; killed by PID, started again on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.backends = [
+            Backend(name=f"svc-{s}-b{b}", address=LOOPBACK, port=free_port())
+            for s in range(SERVICES)
+            for b in range(PER_SERVICE)
+        ]
+        self.children: dict[str, ChildProcess] = {}
+
+    @property
+    def services(self) -> list[str]:
+        return [f"svc-{s}" for s in range(SERVICES)]
+
+    def by_port(self, port: int) -> str:
+        return next(b.name for b in self.backends if b.port == port)
+
+    async def start(self, names: Sequence[str] | None = None) -> None:
+        wanted = [b for b in self.backends if names is None or b.name in names]
+        started = await asyncio.gather(*(start_backend(b, "qdrant", self.workdir) for b in wanted))
+        self.children.update({b.name: child for b, child in zip(wanted, started, strict=True)})
+
+    def kill(self, name: str) -> float:
+        """SIGKILL by PID; the time.monotonic() just before it."""
+        at = time.monotonic()
+        self.children[name].kill()
+        return at
+
+    async def reap(self, name: str) -> None:
+        await self.children.pop(name).stop()
+
+    async def health_requests(self, http: aiohttp.ClientSession) -> int:
+        async def one(backend: Backend) -> int:
+            url = f"http://{LOOPBACK}:{backend.port}/_control/stats"
+            async with http.get(url) as response:
+                return int((await response.json())["health_requests"])
+
+        return sum(await asyncio.gather(*(one(b) for b in self.backends)))
+
+    async def stop(self) -> None:
+        for child in self.children.values():
+            await child.stop()
+        self.children.clear()
+
+
+# ---- the controller ---------------------------------------------------------------------
+
+
+def controller_config(backends: SampleBackends, hds: bool) -> dict[str, Any]:
+    router: dict[str, Any] = {
+        "listen_address": f"{LOOPBACK}:{free_port()}",
+        "admin_address": f"{LOOPBACK}:{free_port()}",
+        "xds_address": f"{LOOPBACK}:{free_port()}",
+        "envoy_admin_address": f"{LOOPBACK}:{free_port()}",
+        "health_check_interval": INTERVAL_S,
+        "health_check_timeout": TIMEOUT_S,
+        "health_check_healthy_threshold": HEALTHY_THRESHOLD,
+        "health_check_unhealthy_threshold": UNHEALTHY_THRESHOLD,
+        "metrics_enabled": False,  # no real Envoy's admin to read
+        "access_log": "off",
+    }
+    if hds:
+        router["health_checker"] = "envoy"
+        router["health_checkers_per_backend"] = CHECKERS_PER_BACKEND
+    services = [
+        {
+            "name": name,
+            "routes": [f"/{name}/"],
+            "backends": [
+                {"name": b.name, "address": b.address, "port": b.port}
+                for b in backends.backends
+                if b.name.startswith(f"{name}-")
+            ],
+        }
+        for name in backends.services
+    ]
+    return {"router": router, "services": services}
+
+
+@contextlib.asynccontextmanager
+async def running_controller(config: dict[str, Any], workdir: Path) -> AsyncIterator[str]:
+    """`xds-server run` in its own process, stopped by PID; yields its xDS address."""
+    path = workdir / f"controller-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "xds_server.cli", "--env-file", "/dev/null"]
+    argv += ["run", "--config", str(path)]
+    child = await start_process(
+        argv,
+        ready_line_prefix="xds-server:",
+        timeout_s=START_TIMEOUT_S,
+        log_path=path.with_suffix(".log"),
+    )
+    try:
+        yield str(config["router"]["xds_address"])
+    finally:
+        await child.stop()
+
+
+class EdsWatch(BenchClient):
+    """An ADS stream that keeps every endpoint's last EDS health_status and when it changed."""
+
+    def __init__(self, xds: str, services: Sequence[str]) -> None:
+        self.channel = channels_for(xds, 1)[0]
+        self.status: dict[str, int] = {}
+        self.changed_at: dict[str, float] = {}
+        self.changed = asyncio.Event()
+        super().__init__(self.channel, "bench-observer", {ENDPOINT: list(services)})
+
+    def _received(self, response: Any) -> None:
+        at = time.monotonic()
+        super()._received(response)
+        if response.type_url != ENDPOINT:
+            return
+        for packed in response.resources:
+            assignment = endpoint_pb2.ClusterLoadAssignment()
+            packed.Unpack(assignment)
+            for group in assignment.endpoints:
+                for lb in group.lb_endpoints:
+                    name = lb.endpoint.hostname
+                    if self.status.get(name) != lb.health_status:
+                        self.status[name] = lb.health_status
+                        self.changed_at[name] = at
+        self.changed.set()
+
+    async def until(self, names: Sequence[str], status: int, timeout: float) -> None:  # noqa: ASYNC109
+        async with asyncio.timeout(timeout):
+            while any(self.status.get(n) != status for n in names):
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def flip_after(self, name: str, killed_at: float) -> float | None:
+        try:
+            await self.until([name], health_check_pb2.UNHEALTHY, FLIP_TIMEOUT_S)
+        except TimeoutError:
+            return None
+        return self.changed_at[name] - killed_at
+
+    async def aclose(self) -> None:
+        await self.close()
+        await self.channel.close()
+
+
+# ---- the Envoy-like fleet ---------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    """`python -m bench.envoy_like` with N clients; its verdict lines, as they come."""
+
+    process: asyncio.subprocess.Process
+    clients: int
+    verdicts: dict[tuple[str, int], list[tuple[bool, float]]] = field(default_factory=dict)
+    ready: asyncio.Future[str] = field(default_factory=asyncio.Future)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    reader: asyncio.Task[None] | None = None
+
+    async def read(self) -> None:
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            words = raw.decode().split()
+            if words[:1] == ["VERDICT"]:
+                node, endpoint, state, at = words[1:5]
+                key = (node, int(endpoint.rpartition(":")[2]))
+                self.verdicts.setdefault(key, []).append((state == "healthy", float(at)))
+                self.changed.set()
+            elif words[:1] in (["READY"], ["SKIPPED"]) and not self.ready.done():
+                self.ready.set_result(" ".join(words))
+        if not self.ready.done():
+            self.ready.set_result("SKIPPED the fleet process exited")
+
+    def healthy(self, port: int) -> int:
+        """How many clients' latest verdict on `port` is healthy."""
+        return sum(
+            1 for (_, p), seen in self.verdicts.items() if p == port and seen and seen[-1][0]
+        )
+
+    def unhealthy_since(self, port: int, since: float) -> list[float]:
+        found = []
+        for (_, p), seen in self.verdicts.items():
+            times = [at for healthy, at in seen if p == port and not healthy and at >= since]
+            found += times[:1]
+        return found
+
+    async def until(self, done: Any, timeout: float) -> bool:  # noqa: ASYNC109
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not done():
+                    self.changed.clear()
+                    await self.changed.wait()
+                return True
+        return False
+
+    async def stop(self) -> None:
+        """Close its stdin (it closes its streams and exits), bounded; then by PID."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 15)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def start_fleet(mode: str, clients: int, xds: str, backends: SampleBackends) -> Fleet:
+    argv = [sys.executable, "-m", "bench.envoy_like", "--mode", mode, "--clients", str(clients)]
+    argv += ["--xds", xds, "--services", ",".join(backends.services)]
+    argv += ["--targets", ",".join(f"{b.address}:{b.port}" for b in backends.backends)]
+    argv += ["--interval", str(INTERVAL_S), "--timeout", str(TIMEOUT_S)]
+    argv += ["--healthy-threshold", str(HEALTHY_THRESHOLD)]
+    argv += ["--unhealthy-threshold", str(UNHEALTHY_THRESHOLD)]
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    fleet = Fleet(process, clients)
+    fleet.reader = asyncio.create_task(fleet.read())
+    return fleet
+
+
+# ---- one row: a mode with N Envoys ------------------------------------------------------
+
+
+@dataclass
+class Row:
+    mode: str
+    envoys: int
+    probes_per_s: float = 0.0
+    flips_s: list[float] = field(default_factory=list)
+    missed: int = 0
+    skipped: str | None = None
+
+
+async def probe_rate(backends: SampleBackends, http: aiohttp.ClientSession) -> float:
+    before, started = await backends.health_requests(http), time.monotonic()
+    await asyncio.sleep(RATE_WINDOW_S)
+    after, ended = await backends.health_requests(http), time.monotonic()
+    return (after - before) / (ended - started)
+
+
+async def kill_and_time(
+    backends: SampleBackends, kills: int, flip_of: Any, rng: random.Random
+) -> tuple[list[float], int, list[str]]:
+    """Kill `kills` distinct backends one after the other; each death's flip time."""
+    flips, missed, killed = [], 0, []
+    for backend in backends.backends[:kills]:
+        await asyncio.sleep(rng.uniform(0, INTERVAL_S))  # no lockstep with any probe phase
+        killed_at = backends.kill(backend.name)
+        killed.append(backend.name)
+        flip = await flip_of(backend, killed_at)
+        if flip is None:
+            missed += 1
+        else:
+            flips.append(flip)
+    return flips, missed, killed
+
+
+async def measure_row(
+    mode: str,
+    envoys: int,
+    backends: SampleBackends,
+    xds: str,
+    watch: EdsWatch | None,
+    kills: int,
+    http: aiohttp.ClientSession,
+) -> Row:
+    row = Row(mode, envoys)
+    fleet = await start_fleet({"a": "ads", "b": "static", "c": "hds"}[mode], envoys, xds, backends)
+    killed: list[str] = []
+    try:
+        answer = await asyncio.wait_for(fleet.ready, START_TIMEOUT_S)
+        if answer.startswith("SKIPPED"):
+            row.skipped = "controller does not serve HDS" + (
+                "" if "UNIMPLEMENTED" in answer else f" ({answer.removeprefix('SKIPPED ')})"
+            )
+            return row
+        if watch is not None:
+            await watch.until(
+                [b.name for b in backends.backends], health_check_pb2.HEALTHY, START_TIMEOUT_S
+            )
+        else:
+            settled = await fleet.until(
+                lambda: all(fleet.healthy(b.port) == envoys for b in backends.backends),
+                START_TIMEOUT_S,
+            )
+            assert settled, "the Envoy-like checkers never saw every backend healthy"
+        await asyncio.sleep(SETTLE_S)
+        row.probes_per_s = await probe_rate(backends, http)
+
+        async def flip_of(backend: Backend, killed_at: float) -> float | None:
+            if watch is not None:
+                return await watch.flip_after(backend.name, killed_at)
+            seen = await fleet.until(
+                lambda: len(fleet.unhealthy_since(backend.port, killed_at)) == envoys,
+                FLIP_TIMEOUT_S,
+            )
+            times = fleet.unhealthy_since(backend.port, killed_at)
+            return statistics.median(times) - killed_at if seen else None
+
+        row.flips_s, row.missed, killed = await kill_and_time(
+            backends, kills, flip_of, random.Random(envoys)
+        )
+    finally:
+        await fleet.stop()
+    for name in killed:
+        await backends.reap(name)
+    await backends.start(killed)
+    if watch is not None:
+        await watch.until(
+            [b.name for b in backends.backends], health_check_pb2.HEALTHY, START_TIMEOUT_S
+        )
+    return row
+
+
+async def measure_mode(
+    mode: str,
+    fleets: Sequence[int],
+    backends: SampleBackends,
+    workdir: Path,
+    kills: int,
+    http: aiohttp.ClientSession,
+) -> list[Row]:
+    if mode == "b":  # no controller: the Envoys' own checkers are the whole story
+        return [await measure_row(mode, n, backends, "", None, kills, http) for n in fleets]
+    config = controller_config(backends, hds=mode == "c")
+    try:
+        async with running_controller(config, workdir) as xds:
+            watch = EdsWatch(xds, backends.services)
+            try:
+                rows: list[Row] = []
+                for n in fleets:
+                    rows.append(await measure_row(mode, n, backends, xds, watch, kills, http))
+                    if rows[-1].skipped is not None:  # the same answer for every size
+                        rows += [Row(mode, m, skipped=rows[-1].skipped) for m in fleets[len(rows) :]]
+                        break
+                return rows
+            finally:
+                await watch.aclose()
+    except ProcessFailed as error:
+        if mode != "c":
+            raise
+        first = next((line for line in error.tail.splitlines() if "health_checker" in line), "")
+        reason = f"controller does not serve HDS (refused its config: {first.strip()})"
+        return [Row(mode, n, skipped=reason) for n in fleets]
+
+
+# ---- the report -------------------------------------------------------------------------
+
+
+def flip_text(row: Row) -> str:
+    if not row.flips_s:
+        return f"no flip seen ({row.missed} missed)"
+    text = (
+        f"median {statistics.median(row.flips_s):5.2f} s   min {min(row.flips_s):5.2f}"
+        f"   max {max(row.flips_s):5.2f}   (n={len(row.flips_s)})"
+    )
+    return text + (f", {row.missed} not seen in {FLIP_TIMEOUT_S:g} s" if row.missed else "")
+
+
+def ratio(value: float, baseline: float) -> str:
+    return f"{value / baseline:5.2f}x" if baseline > 0 else "  n/a"
+
+
+def report(rows: Sequence[Row], kills: int) -> None:
+    print(
+        f"health at fleet scale: {SERVICES * PER_SERVICE} sample backends on loopback, "
+        f"interval {INTERVAL_S:g} s, timeout {TIMEOUT_S:g} s, thresholds healthy "
+        f"{HEALTHY_THRESHOLD} / unhealthy {UNHEALTHY_THRESHOLD}, {kills} kills (SIGKILL) per row"
+    )
+    print(f"  {'mode':<28} {'envoys':>6}   {'probes/s':>8}   death -> health flip")
+    for row in rows:
+        head = f"  {MODES[row.mode]:<28} {row.envoys:>6}   "
+        if row.skipped is not None:
+            print(f"{head}skipped: {row.skipped}")
+        else:
+            print(f"{head}{row.probes_per_s:8.1f}   {flip_text(row)}")
+    baseline = {r.envoys: r for r in rows if r.mode == "a" and r.skipped is None}
+    print("  ratios vs (a) with the same number of Envoys (probes/s, median flip):")
+    for row in rows:
+        base = baseline.get(row.envoys)
+        if row.mode == "a" or base is None or row.skipped is not None or not row.flips_s:
+            continue
+        probes = ratio(row.probes_per_s, base.probes_per_s)
+        flips = ratio(statistics.median(row.flips_s), statistics.median(base.flips_s or [0]))
+        print(f"    {MODES[row.mode]:<28} {row.envoys:>4} Envoys   probes {probes}   flip {flips}")
+
+
+async def benchmark(fleets: Sequence[int], kills: int, modes: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp:
+        workdir = Path(tmp)
+        backends = SampleBackends(workdir)
+        await backends.start()
+        rows: list[Row] = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                for mode in modes:
+                    rows += await measure_mode(mode, fleets, backends, workdir, kills, http)
+        finally:
+            await backends.stop()
+    report(rows, kills)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--fleets", default="1,10,50", help="numbers of Envoys, comma separated")
+    parser.add_argument("--kills", type=int, default=5, help="deaths timed per row (<= 8)")
+    parser.add_argument("--modes", default="abc", help="which of a, b, c to run")
+    args = parser.parse_args()
+    fleets = [int(n) for n in args.fleets.split(",")]
+    kills = min(args.kills, SERVICES * PER_SERVICE)
+    asyncio.run(benchmark(fleets, kills, args.modes))
+
+
+if __name__ == "__main__":
+    main()
