@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint typecheck unit bench-push bench-admin bench-load bench-load-tls bench-access-log bench-openai bench-ads bench-large bench-churn bench-hostile bench-stream golden schema clean
+.PHONY: demo test lint typecheck unit bench-push bench-admin bench-load bench-load-tls bench-access-log bench-openai bench-ads bench-large bench-churn bench-hostile bench-stream bench-health golden schema clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-hostile: $(STAMP)
 
 bench-stream: $(STAMP)
 	$(BIN)/python -m bench.llm_stream
+
+bench-health: $(STAMP)
+	$(BIN)/python -m bench.health_fleet
 
 golden: $(STAMP)
 	$(BIN)/pytest -q tests/translate/test_translate_golden.py --regenerate-golden

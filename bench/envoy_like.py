@@ -169,8 +169,8 @@ class HostHealth:
     def status(self) -> int:
         """The HealthStatus an HDS report gives this host (HdsDelegate::sendResponse)."""
         if self.healthy:
-            return health_check_pb2.HEALTHY
-        return health_check_pb2.TIMEOUT if self.timed_out else health_check_pb2.UNHEALTHY
+            return int(health_check_pb2.HEALTHY)
+        return int(health_check_pb2.TIMEOUT if self.timed_out else health_check_pb2.UNHEALTHY)
 
 
 # ---- HTTP/1.1 probes over a kept connection ---------------------------------------------
@@ -402,9 +402,13 @@ class HdsClient:
         for key, given in wanted.items():
             if key not in self.checks:
                 check = ActiveCheck(
-                    self.node_id, given.endpoint, given.config, self._on_verdict,
-                    cluster=given.cluster, locality=given.locality,
-                )  # fmt: skip
+                    self.node_id,
+                    given.endpoint,
+                    given.config,
+                    self._on_verdict,
+                    cluster=given.cluster,
+                    locality=given.locality,
+                )
                 check.start(self._rng.uniform(0, given.config.interval_s))
                 self.checks[key] = check
         interval = report_interval(specifier)
@@ -454,9 +458,11 @@ async def run_fleet(args: argparse.Namespace) -> None:
         for channel in channels:
             stack.push_async_callback(channel.close)
         subscriptions = {
-            CLUSTER: [], ENDPOINT: args.services.split(","), LISTENER: [],
+            CLUSTER: [],
+            ENDPOINT: args.services.split(","),
+            LISTENER: [],
             ROUTE: [ROUTE_CONFIG_NAME],
-        }  # fmt: skip
+        }
         tasks: list[asyncio.Task[None]] = []
         for i, node in enumerate(nodes):
             if args.mode == "static":
@@ -471,7 +477,9 @@ async def run_fleet(args: argparse.Namespace) -> None:
                 hds = HdsClient(channels[i % len(channels)], node, print_verdict, rng)
                 tasks.append(asyncio.create_task(hds.run()))
         print("READY", flush=True)
-        stdin = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, sys.stdin.read))
+        stdin = asyncio.ensure_future(
+            asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        )
         done, _ = await asyncio.wait([stdin, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:
             task.cancel()

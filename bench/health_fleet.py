@@ -404,7 +404,9 @@ async def measure_mode(
                 for n in fleets:
                     rows.append(await measure_row(mode, n, backends, xds, watch, kills, http))
                     if rows[-1].skipped is not None:  # the same answer for every size
-                        rows += [Row(mode, m, skipped=rows[-1].skipped) for m in fleets[len(rows) :]]
+                        rows += [
+                            Row(mode, m, skipped=rows[-1].skipped) for m in fleets[len(rows) :]
+                        ]
                         break
                 return rows
             finally:
