@@ -1,8 +1,8 @@
 """Envoy-like health checking for bench/health_fleet.py: Envoy's active HTTP health
 checker and its HDS delegate, without Envoy, so 50 of them fit on 2 cores.
 
-What is modelled after Envoy 1.x (source/common/upstream/health_checker_impl.cc,
-source/common/upstream/health_discovery_service.cc):
+What is modelled after envoyproxy/envoy `source/common/upstream/health_checker_impl.cc`
+and `source/common/upstream/health_discovery_service.cc` (Envoy 1.x):
 
 - A host starts unhealthy (FAILED_ACTIVE_HC, as HdsCluster::initialize sets it);
   the very first passing check makes it healthy at once, later ones need

@@ -1,6 +1,6 @@
-"""Health at fleet scale (issue 15, "Measured benefit"): probes per second arriving at
-the backends, and the time from a backend's death to its health flip, for 1, 10 and
-50 Envoys, in three modes, in one run.
+"""Health at fleet scale: probes per second arriving at the backends, and the time
+from a backend's death to its health flip, for 1, 10 and 50 Envoys, in three modes
+(who probes), in one run.
 
     python -m bench.health_fleet [--fleets 1,10,50] [--kills 5]
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import random
 import statistics
 import sys
@@ -301,6 +302,7 @@ class Row:
     probes_per_s: float = 0.0
     flips_s: list[float] = field(default_factory=list)
     missed: int = 0
+    took_s: float = 0.0
     skipped: str | None = None
 
 
@@ -314,18 +316,21 @@ async def probe_rate(backends: SampleBackends, http: aiohttp.ClientSession) -> f
 async def kill_and_time(
     backends: SampleBackends, kills: int, flip_of: Any, rng: random.Random
 ) -> tuple[list[float], int, list[str]]:
-    """Kill `kills` distinct backends one after the other; each death's flip time."""
-    flips, missed, killed = [], 0, []
-    for backend in backends.backends[:kills]:
-        await asyncio.sleep(rng.uniform(0, INTERVAL_S))  # no lockstep with any probe phase
-        killed_at = backends.kill(backend.name)
-        killed.append(backend.name)
-        flip = await flip_of(backend, killed_at)
-        if flip is None:
-            missed += 1
-        else:
-            flips.append(flip)
-    return flips, missed, killed
+    """Kill `kills` distinct backends, each 0.3-1 interval (random) after the previous
+    one, so no death is in lockstep with a probe phase; time each death's flip on its
+    own. Every mode probes each backend independently of the others, so a death does
+    not wait for the previous one's flip (a row takes seconds, not kills x threshold)."""
+    chosen = backends.backends[:kills]
+    delays = itertools.accumulate(rng.uniform(0.3, 1.0) * INTERVAL_S for _ in chosen)
+
+    async def one(backend: Backend, delay: float) -> float | None:
+        await asyncio.sleep(delay)
+        flip: float | None = await flip_of(backend, backends.kill(backend.name))
+        return flip
+
+    results = await asyncio.gather(*(one(b, d) for b, d in zip(chosen, delays, strict=True)))
+    flips = [r for r in results if r is not None]
+    return flips, len(results) - len(flips), [b.name for b in chosen]
 
 
 async def measure_row(
@@ -338,6 +343,7 @@ async def measure_row(
     http: aiohttp.ClientSession,
 ) -> Row:
     row = Row(mode, envoys)
+    started = time.monotonic()
     fleet = await start_fleet({"a": "ads", "b": "static", "c": "hds"}[mode], envoys, xds, backends)
     killed: list[str] = []
     try:
@@ -382,6 +388,7 @@ async def measure_row(
         await watch.until(
             [b.name for b in backends.backends], health_check_pb2.HEALTHY, START_TIMEOUT_S
         )
+    row.took_s = time.monotonic() - started
     return row
 
 
@@ -436,7 +443,7 @@ def ratio(value: float, baseline: float) -> str:
     return f"{value / baseline:5.2f}x" if baseline > 0 else "  n/a"
 
 
-def report(rows: Sequence[Row], kills: int) -> None:
+def report(rows: Sequence[Row], kills: int, took_s: float) -> None:
     print(
         f"health at fleet scale: {SERVICES * PER_SERVICE} sample backends on loopback, "
         f"interval {INTERVAL_S:g} s, timeout {TIMEOUT_S:g} s, thresholds healthy "
@@ -448,7 +455,7 @@ def report(rows: Sequence[Row], kills: int) -> None:
         if row.skipped is not None:
             print(f"{head}skipped: {row.skipped}")
         else:
-            print(f"{head}{row.probes_per_s:8.1f}   {flip_text(row)}")
+            print(f"{head}{row.probes_per_s:8.1f}   {flip_text(row)}   [{row.took_s:.0f} s]")
     baseline = {r.envoys: r for r in rows if r.mode == "a" and r.skipped is None}
     print("  ratios vs (a) with the same number of Envoys (probes/s, median flip):")
     for row in rows:
@@ -458,9 +465,11 @@ def report(rows: Sequence[Row], kills: int) -> None:
         probes = ratio(row.probes_per_s, base.probes_per_s)
         flips = ratio(statistics.median(row.flips_s), statistics.median(base.flips_s or [0]))
         print(f"    {MODES[row.mode]:<28} {row.envoys:>4} Envoys   probes {probes}   flip {flips}")
+    print(f"  the whole run took {took_s:.0f} s")
 
 
 async def benchmark(fleets: Sequence[int], kills: int, modes: str) -> None:
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp:
         workdir = Path(tmp)
         backends = SampleBackends(workdir)
@@ -472,7 +481,7 @@ async def benchmark(fleets: Sequence[int], kills: int, modes: str) -> None:
                     rows += await measure_mode(mode, fleets, backends, workdir, kills, http)
         finally:
             await backends.stop()
-    report(rows, kills)
+    report(rows, kills, time.monotonic() - started)
 
 
 def main() -> None:
