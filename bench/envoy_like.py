@@ -23,26 +23,15 @@ and `source/common/upstream/health_discovery_service.cc` (Envoy 1.x):
   `specifier.interval` (default 1 s), grouped by cluster and locality, with the
   legacy flat `endpoints_health` list too, as Envoy sends it.
 
-Run as a fleet (one process, many clients; bench/health_fleet.py starts it):
-
-    python -m bench.envoy_like --mode ads|static|hds --clients N --xds HOST:PORT ...
-
-It prints `READY` once every client is started, `SKIPPED <reason>` when the
-controller does not serve HDS, and `VERDICT <node> <host:port> healthy|unhealthy
-<time.monotonic()>` on every verdict change of a client's own checker; it stops
-when its stdin closes.
+bench/envoy_fleet.py runs many of them in one process.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import enum
 import random
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -429,84 +418,3 @@ class HdsClient:
         for check in self.checks.values():
             await check.stop()
         self.checks.clear()
-
-
-# ---- the fleet process ------------------------------------------------------------------
-
-
-def print_verdict(node: str, endpoint: Endpoint, healthy: bool) -> None:
-    state = "healthy" if healthy else "unhealthy"
-    print(f"VERDICT {node} {endpoint[0]}:{endpoint[1]} {state} {time.monotonic():.6f}", flush=True)
-
-
-def endpoint_of(text: str) -> Endpoint:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
-
-
-async def run_fleet(args: argparse.Namespace) -> None:
-    from bench.clients import BenchClient, channels_for  # the xDS half only when needed
-    from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, ROUTE_CONFIG_NAME
-
-    rng = random.Random(args.seed)
-    nodes = [f"envoy-{i}" for i in range(args.clients)]
-    config = CheckConfig(
-        args.path, args.interval, args.timeout, args.healthy_threshold, args.unhealthy_threshold
-    )
-    async with contextlib.AsyncExitStack() as stack:
-        channels = channels_for(args.xds, args.clients) if args.mode != "static" else []
-        for channel in channels:
-            stack.push_async_callback(channel.close)
-        subscriptions = {
-            CLUSTER: [],
-            ENDPOINT: args.services.split(","),
-            LISTENER: [],
-            ROUTE: [ROUTE_CONFIG_NAME],
-        }
-        tasks: list[asyncio.Task[None]] = []
-        for i, node in enumerate(nodes):
-            if args.mode == "static":
-                for endpoint in map(endpoint_of, args.targets.split(",")):
-                    check = ActiveCheck(node, endpoint, config, print_verdict, cluster="bench")
-                    check.start(rng.uniform(0, config.interval_s))
-                    stack.push_async_callback(check.stop)
-                continue
-            ads = BenchClient(channels[i % len(channels)], node, subscriptions)
-            stack.push_async_callback(ads.close)
-            if args.mode == "hds":
-                hds = HdsClient(channels[i % len(channels)], node, print_verdict, rng)
-                tasks.append(asyncio.create_task(hds.run()))
-        print("READY", flush=True)
-        stdin = asyncio.ensure_future(
-            asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        )
-        done, _ = await asyncio.wait([stdin, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        errors = [t.exception() for t in done if t is not stdin and not t.cancelled()]
-        if errors:  # an HDS stream ended: the orchestrator skips this mode
-            unimplemented = any(isinstance(e, HdsUnimplemented) for e in errors)
-            reason = "UNIMPLEMENTED" if unimplemented else f"the HDS stream failed: {errors[0]!r}"
-            print(f"SKIPPED {reason}", flush=True)
-            await stdin
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.envoy_like", description=__doc__)
-    parser.add_argument("--mode", choices=("ads", "static", "hds"), required=True)
-    parser.add_argument("--clients", type=int, default=1)
-    parser.add_argument("--xds", default="", help="the controller's xDS address (ads, hds)")
-    parser.add_argument("--services", default="", help="EDS names the ADS streams ask for")
-    parser.add_argument("--targets", default="", help="host:port,... to probe (static)")
-    parser.add_argument("--path", default="/health")
-    parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--timeout", type=float, default=0.5)
-    parser.add_argument("--healthy-threshold", type=int, default=2)
-    parser.add_argument("--unhealthy-threshold", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=None)
-    return parser.parse_args(argv)
-
-
-if __name__ == "__main__":
-    asyncio.run(run_fleet(parse()))

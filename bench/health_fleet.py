@@ -49,6 +49,8 @@ from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from bench.clients import BenchClient, channels_for
+from bench.envoy_fleet import start_fleet
+from bench.envoy_like import CheckConfig
 from xds_server.demo import start_backend
 from xds_server.model.intent import Backend
 from xds_server.proxy.processes import ChildProcess, ProcessFailed, free_port, start_process
@@ -57,6 +59,9 @@ from xds_server.resources import ENDPOINT
 LOOPBACK = "127.0.0.1"
 SERVICES, PER_SERVICE = 4, 2
 INTERVAL_S, TIMEOUT_S, HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD = 1.0, 0.5, 2, 3
+CHECK = CheckConfig(
+    "/health", INTERVAL_S, TIMEOUT_S, HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD
+)  # what the Envoys of (b) check; the controller is told the same
 CHECKERS_PER_BACKEND = 2  # K in mode (c)
 RATE_WINDOW_S = 3.0
 SETTLE_S = 2 * INTERVAL_S  # after all healthy: assignments and phases settle
@@ -216,82 +221,6 @@ class EdsWatch(BenchClient):
         await self.channel.close()
 
 
-# ---- the Envoy-like fleet ---------------------------------------------------------------
-
-
-@dataclass
-class Fleet:
-    """`python -m bench.envoy_like` with N clients; its verdict lines, as they come."""
-
-    process: asyncio.subprocess.Process
-    clients: int
-    verdicts: dict[tuple[str, int], list[tuple[bool, float]]] = field(default_factory=dict)
-    ready: asyncio.Future[str] = field(default_factory=asyncio.Future)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    reader: asyncio.Task[None] | None = None
-
-    async def read(self) -> None:
-        assert self.process.stdout is not None
-        async for raw in self.process.stdout:
-            words = raw.decode().split()
-            if words[:1] == ["VERDICT"]:
-                node, endpoint, state, at = words[1:5]
-                key = (node, int(endpoint.rpartition(":")[2]))
-                self.verdicts.setdefault(key, []).append((state == "healthy", float(at)))
-                self.changed.set()
-            elif words[:1] in (["READY"], ["SKIPPED"]) and not self.ready.done():
-                self.ready.set_result(" ".join(words))
-        if not self.ready.done():
-            self.ready.set_result("SKIPPED the fleet process exited")
-
-    def healthy(self, port: int) -> int:
-        """How many clients' latest verdict on `port` is healthy."""
-        return sum(
-            1 for (_, p), seen in self.verdicts.items() if p == port and seen and seen[-1][0]
-        )
-
-    def unhealthy_since(self, port: int, since: float) -> list[float]:
-        found = []
-        for (_, p), seen in self.verdicts.items():
-            times = [at for healthy, at in seen if p == port and not healthy and at >= since]
-            found += times[:1]
-        return found
-
-    async def until(self, done: Any, timeout: float) -> bool:  # noqa: ASYNC109
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while not done():
-                    self.changed.clear()
-                    await self.changed.wait()
-                return True
-        return False
-
-    async def stop(self) -> None:
-        """Close its stdin (it closes its streams and exits), bounded; then by PID."""
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            await asyncio.wait_for(self.process.wait(), 15)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-
-
-async def start_fleet(mode: str, clients: int, xds: str, backends: SampleBackends) -> Fleet:
-    argv = [sys.executable, "-m", "bench.envoy_like", "--mode", mode, "--clients", str(clients)]
-    argv += ["--xds", xds, "--services", ",".join(backends.services)]
-    argv += ["--targets", ",".join(f"{b.address}:{b.port}" for b in backends.backends)]
-    argv += ["--interval", str(INTERVAL_S), "--timeout", str(TIMEOUT_S)]
-    argv += ["--healthy-threshold", str(HEALTHY_THRESHOLD)]
-    argv += ["--unhealthy-threshold", str(UNHEALTHY_THRESHOLD)]
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-    )
-    fleet = Fleet(process, clients)
-    fleet.reader = asyncio.create_task(fleet.read())
-    return fleet
-
-
 # ---- one row: a mode with N Envoys ------------------------------------------------------
 
 
@@ -344,7 +273,14 @@ async def measure_row(
 ) -> Row:
     row = Row(mode, envoys)
     started = time.monotonic()
-    fleet = await start_fleet({"a": "ads", "b": "static", "c": "hds"}[mode], envoys, xds, backends)
+    fleet = await start_fleet(
+        {"a": "ads", "b": "static", "c": "hds"}[mode],
+        envoys,
+        CHECK,
+        xds=xds,
+        services=backends.services,
+        targets=[(b.address, b.port) for b in backends.backends],
+    )
     killed: list[str] = []
     try:
         answer = await asyncio.wait_for(fleet.ready, START_TIMEOUT_S)
