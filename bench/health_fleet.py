@@ -38,7 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from bench.clients import BenchClient, channels_for
 from bench.envoy_fleet import start_fleet
 from bench.envoy_like import CheckConfig
+from bench.real_envoys import POLL_S, running_envoys
 from xds_server.demo import start_backend
 from xds_server.model.intent import Backend
 from xds_server.proxy.processes import ChildProcess, ProcessFailed, free_port, start_process
@@ -71,6 +72,7 @@ MODES = {
     "a": "(a) controller probes",
     "b": "(b) every Envoy probes all",
     "c": f"(c) HDS, K={CHECKERS_PER_BACKEND}",
+    "e": "(b) real Envoys 1.40",
 }
 
 
@@ -92,6 +94,9 @@ class SampleBackends:
     @property
     def services(self) -> list[str]:
         return [f"svc-{s}" for s in range(SERVICES)]
+
+    def by_service(self) -> dict[str, list[Backend]]:
+        return {s: [b for b in self.backends if b.name.startswith(f"{s}-")] for s in self.services}
 
     def by_port(self, port: int) -> str:
         return next(b.name for b in self.backends if b.port == port)
@@ -317,6 +322,14 @@ async def measure_row(
         )
     finally:
         await fleet.stop()
+    await revive(backends, killed, watch)
+    row.took_s = time.monotonic() - started
+    return row
+
+
+async def revive(backends: SampleBackends, killed: Sequence[str], watch: EdsWatch | None) -> None:
+    """The killed backends started again on their ports; with a controller, until its
+    EDS says every backend is healthy again."""
     for name in killed:
         await backends.reap(name)
     await backends.start(killed)
@@ -324,6 +337,47 @@ async def measure_row(
         await watch.until(
             [b.name for b in backends.backends], health_check_pb2.HEALTHY, START_TIMEOUT_S
         )
+
+
+async def measure_real_row(
+    envoys: int, backends: SampleBackends, workdir: Path, kills: int, http: aiohttp.ClientSession
+) -> Row:
+    """Mode (b) with real Envoys (bench/real_envoys.py): each Envoy's own verdict."""
+    row, started = Row("e", envoys), time.monotonic()
+    ports = [b.port for b in backends.backends]
+    killed: list[str] = []
+
+    async def until(done: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(POLL_S)
+        return True
+
+    async with running_envoys(envoys, backends.by_service(), CHECK, workdir) as real:
+        poller = asyncio.create_task(real.poll(http))
+        try:
+            settled = await until(lambda: real.all_healthy(ports), START_TIMEOUT_S)
+            assert settled, "the real Envoys never saw every backend healthy"
+            await asyncio.sleep(SETTLE_S)
+            row.probes_per_s = await probe_rate(backends, http)
+
+            async def flip_of(backend: Backend, killed_at: float) -> float | None:
+                def seen() -> list[float]:
+                    return real.unhealthy_since(backend.port, killed_at)
+
+                if not await until(lambda: len(seen()) == envoys, FLIP_TIMEOUT_S):
+                    return None
+                return statistics.median(seen()) - killed_at
+
+            row.flips_s, row.missed, killed = await kill_and_time(
+                backends, kills, flip_of, random.Random(envoys)
+            )
+        finally:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+    await revive(backends, killed, None)
     row.took_s = time.monotonic() - started
     return row
 
@@ -338,6 +392,8 @@ async def measure_mode(
 ) -> list[Row]:
     if mode == "b":  # no controller: the Envoys' own checkers are the whole story
         return [await measure_row(mode, n, backends, "", None, kills, http) for n in fleets]
+    if mode == "e":
+        return [await measure_real_row(n, backends, workdir, kills, http) for n in fleets]
     config = controller_config(backends, hds=mode == "c")
     try:
         async with running_controller(config, workdir) as xds:
@@ -401,10 +457,19 @@ def report(rows: Sequence[Row], kills: int, took_s: float) -> None:
         probes = ratio(row.probes_per_s, base.probes_per_s)
         flips = ratio(statistics.median(row.flips_s), statistics.median(base.flips_s or [0]))
         print(f"    {MODES[row.mode]:<28} {row.envoys:>4} Envoys   probes {probes}   flip {flips}")
+    real = {r.envoys: r for r in rows if r.mode == "e" and r.flips_s}
+    model = [r for r in rows if r.mode == "b" and r.envoys in real and r.flips_s]
+    if model:
+        print("  the Envoy-like model of (b) vs real Envoys, same number (probes/s, median flip):")
+    for row in model:
+        base = real[row.envoys]
+        probes = ratio(row.probes_per_s, base.probes_per_s)
+        flips = ratio(statistics.median(row.flips_s), statistics.median(base.flips_s))
+        print(f"    {row.envoys:>4} Envoys   probes {probes}   flip {flips}")
     print(f"  the whole run took {took_s:.0f} s")
 
 
-async def benchmark(fleets: Sequence[int], kills: int, modes: str) -> None:
+async def benchmark(fleets: Sequence[int], real: Sequence[int], kills: int, modes: str) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-health-") as tmp:
         workdir = Path(tmp)
@@ -414,7 +479,8 @@ async def benchmark(fleets: Sequence[int], kills: int, modes: str) -> None:
         try:
             async with aiohttp.ClientSession() as http:
                 for mode in modes:
-                    rows += await measure_mode(mode, fleets, backends, workdir, kills, http)
+                    sizes = real if mode == "e" else fleets
+                    rows += await measure_mode(mode, sizes, backends, workdir, kills, http)
         finally:
             await backends.stop()
     report(rows, kills, time.monotonic() - started)
@@ -424,11 +490,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--fleets", default="1,10,50", help="numbers of Envoys, comma separated")
     parser.add_argument("--kills", type=int, default=5, help="deaths timed per row (<= 8)")
-    parser.add_argument("--modes", default="abc", help="which of a, b, c to run")
+    parser.add_argument(
+        "--real-envoys", default="1,10", help="numbers of real Envoys for (b), comma separated"
+    )
+    parser.add_argument(
+        "--modes", default="abec", help="which of a, b, c to run; e: (b) with real Envoys"
+    )
     args = parser.parse_args()
     fleets = [int(n) for n in args.fleets.split(",")]
+    real = [int(n) for n in args.real_envoys.split(",")]
     kills = min(args.kills, SERVICES * PER_SERVICE)
-    asyncio.run(benchmark(fleets, kills, args.modes))
+    asyncio.run(benchmark(fleets, real, kills, args.modes))
 
 
 if __name__ == "__main__":

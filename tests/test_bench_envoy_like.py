@@ -34,6 +34,7 @@ from bench.envoy_like import (
     parse_status_line,
     report_interval,
 )
+from bench.real_envoys import health_by_port
 
 CONFIG = CheckConfig(interval_s=1.0, healthy_threshold=2, unhealthy_threshold=3)
 
@@ -358,3 +359,18 @@ async def test_the_hds_client_says_when_the_server_does_not_serve_hds() -> None:
         client = HdsClient(channel, "envoy-0", lambda *_: None, random.Random(1))
         with pytest.raises(HdsUnimplemented):
             await asyncio.wait_for(client.run(), 5)
+
+
+def test_the_real_envoys_verdicts_are_read_from_admin_clusters() -> None:
+    """bench/real_envoys.py, the model's calibration: a host is healthy when Envoy
+    lists no health flag for it."""
+    text = "\n".join(
+        [
+            "svc-0::observability_name::svc-0",
+            "svc-0::127.0.0.1:8001::cx_active::1",
+            "svc-0::127.0.0.1:8001::health_flags::healthy",
+            "svc-0::127.0.0.1:8002::health_flags::/failed_active_hc",
+            "svc-1::127.0.0.1:8003::health_flags::/failed_active_hc/active_hc_timeout",
+        ]
+    )
+    assert health_by_port(text) == {8001: True, 8002: False, 8003: False}
