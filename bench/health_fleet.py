@@ -2,11 +2,12 @@
 from a backend's death to its health flip, for 1, 10 and 50 Envoys, in three modes
 (who probes), in one run.
 
-    python -m bench.health_fleet [--fleets 1,10,50] [--kills 5]
+    python -m bench.health_fleet [--fleets 1,10,50] [--real-envoys 1,10] [--kills 5]
 
 Eight sample backends (xds_server.samples, 4 services x 2) on loopback, each its own
-process; a death is a SIGKILL by PID; the backend is started again on its port
-before the next row. Probes are counted by the backends themselves
+process; a death is a SIGKILL by PID, `--kills` distinct backends per row, each
+0.3-1 interval after the previous one and timed on its own; they are started
+again on their ports before the next row. Probes are counted by the backends themselves
 (`/_control/stats` health_requests) over a window with nothing dead. Interval 1 s,
 timeout 0.5 s, healthy threshold 2, unhealthy threshold 3, in every mode:
 
@@ -17,12 +18,15 @@ timeout 0.5 s, healthy threshold 2, unhealthy threshold 3, in every mode:
     controller does not ship. Each Envoy is an Envoy-like checker of every backend
     (bench/envoy_like.py: Envoy's own counting rules), no controller. Flip: each
     Envoy's own verdict, the median over the Envoys.
+    The same mode with real Envoys 1.40 (bench/real_envoys.py: `--concurrency 1`,
+    static clusters with active health checks, verdicts from admin `/clusters`) for
+    1 and 10 Envoys (`--real-envoys`), the calibration of the model.
 (c) HDS, K=2: the controller with `router.health_checker: envoy` and
     `health_checkers_per_backend: 2`; each Envoy is an ADS stream plus an Envoy-like
     HDS client (bench/envoy_like.py). Flip: as in (a). Skipped, saying so, when the
     controller does not serve HDS.
 
-The Envoy-like clients run in one process of their own (so their probes do not
+The Envoy-like clients run in one process of their own (bench/envoy_fleet.py, so their probes do not
 delay the observer); times cross processes on CLOCK_MONOTONIC. Ratios are taken
 against (a) with the same number of Envoys, in the same run.
 """
