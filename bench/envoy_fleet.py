@@ -28,6 +28,8 @@ from bench.clients import BenchClient, channels_for
 from bench.envoy_like import ActiveCheck, CheckConfig, Endpoint, HdsClient, HdsUnimplemented
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, ROUTE_CONFIG_NAME
 
+FIRST_SPECIFIER_S = 10.0
+
 # ---- the process ------------------------------------------------------------------
 
 
@@ -58,6 +60,7 @@ async def run_fleet(args: argparse.Namespace) -> None:
             ROUTE: [ROUTE_CONFIG_NAME],
         }
         tasks: list[asyncio.Task[None]] = []
+        streams: list[HdsClient] = []
         for i, node in enumerate(nodes):
             if args.mode == "static":
                 for endpoint in map(endpoint_of, args.targets.split(",")):
@@ -68,22 +71,38 @@ async def run_fleet(args: argparse.Namespace) -> None:
             ads = BenchClient(channels[i % len(channels)], node, subscriptions)
             stack.push_async_callback(ads.close)
             if args.mode == "hds":
-                hds = HdsClient(channels[i % len(channels)], node, print_verdict, rng)
-                tasks.append(asyncio.create_task(hds.run()))
-        print("READY", flush=True)
+                streams.append(HdsClient(channels[i % len(channels)], node, print_verdict, rng))
+                tasks.append(asyncio.create_task(streams[-1].run()))
         stdin = asyncio.ensure_future(
             asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         )
-        done, _ = await asyncio.wait([stdin, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if failed := await first_answers(streams, tasks):
+            print(f"SKIPPED {failed}", flush=True)
+        else:
+            print("READY", flush=True)
+        await asyncio.wait([stdin, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        await stdin
         for task in tasks:
             task.cancel()
-        errors = [t.exception() for t in done if t is not stdin and not t.cancelled()]
-        if errors:  # an HDS stream ended: the orchestrator skips this mode
-            unimplemented = any(isinstance(e, HdsUnimplemented) for e in errors)
-            reason = "UNIMPLEMENTED" if unimplemented else f"the HDS stream failed: {errors[0]!r}"
-            print(f"SKIPPED {reason}", flush=True)
-            await stdin
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def first_answers(
+    streams: Sequence[HdsClient], tasks: Sequence[asyncio.Task[None]]
+) -> str | None:
+    """Until every HDS stream got its first specifier or one of them ended (then why:
+    UNIMPLEMENTED when the controller does not serve HDS). A server that assigns a
+    client nothing may send it nothing: after FIRST_SPECIFIER_S the fleet is ready."""
+    deadline = time.monotonic() + FIRST_SPECIFIER_S
+    while any(s.specifiers == 0 for s in streams) and time.monotonic() < deadline:
+        ended = [t for t in tasks if t.done()]
+        if ended:
+            error = None if ended[0].cancelled() else ended[0].exception()
+            if isinstance(error, HdsUnimplemented):
+                return "UNIMPLEMENTED"
+            return f"the HDS stream ended: {error!r}"
+        await asyncio.sleep(0.02)
+    return None
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
