@@ -453,11 +453,15 @@ def report(rows: Sequence[Row], kills: int, took_s: float) -> None:
         else:
             print(f"{head}{row.probes_per_s:8.1f}   {flip_text(row)}   [{row.took_s:.0f} s]")
     baseline = {r.envoys: r for r in rows if r.mode == "a" and r.skipped is None}
-    print("  ratios vs (a) with the same number of Envoys (probes/s, median flip):")
-    for row in rows:
-        base = baseline.get(row.envoys)
-        if row.mode == "a" or base is None or row.skipped is not None or not row.flips_s:
-            continue
+    compared = [
+        r
+        for r in rows
+        if r.mode != "a" and r.envoys in baseline and r.skipped is None and r.flips_s
+    ]
+    if compared:
+        print("  ratios vs (a) with the same number of Envoys (probes/s, median flip):")
+    for row in compared:
+        base = baseline[row.envoys]
         probes = ratio(row.probes_per_s, base.probes_per_s)
         flips = ratio(statistics.median(row.flips_s), statistics.median(base.flips_s or [0]))
         print(f"    {MODES[row.mode]:<28} {row.envoys:>4} Envoys   probes {probes}   flip {flips}")
