@@ -58,6 +58,7 @@ from bench.envoy_like import CheckConfig
 from bench.real_envoys import POLL_S, running_envoys
 from xds_server.demo import start_backend
 from xds_server.model.intent import Backend
+from xds_server.proxy.envoy_process import EnvoyNotFound, find_envoy_binary
 from xds_server.proxy.processes import ChildProcess, ProcessFailed, free_port, start_process
 from xds_server.resources import ENDPOINT
 
@@ -397,6 +398,10 @@ async def measure_mode(
     if mode == "b":  # no controller: the Envoys' own checkers are the whole story
         return [await measure_row(mode, n, backends, "", None, kills, http) for n in fleets]
     if mode == "e":
+        try:
+            find_envoy_binary()
+        except EnvoyNotFound as error:
+            return [Row(mode, n, skipped=f"no Envoy binary ({error})") for n in fleets]
         return [await measure_real_row(n, backends, workdir, kills, http) for n in fleets]
     config = controller_config(backends, hds=mode == "c")
     try:
