@@ -370,7 +370,7 @@ class HdsClient:
         call = self._stub.StreamHealthCheck(self._sent())
         try:
             async for specifier in call:
-                await self._apply(specifier)
+                await self.apply(specifier)
         except grpc.aio.AioRpcError as error:
             if error.code() is grpc.StatusCode.UNIMPLEMENTED:
                 raise HdsUnimplemented(error.details() or "UNIMPLEMENTED") from error
@@ -383,7 +383,9 @@ class HdsClient:
         while True:
             yield await self._outbox.get()
 
-    async def _apply(self, specifier: hds_pb2.HealthCheckSpecifier) -> None:
+    async def apply(self, specifier: hds_pb2.HealthCheckSpecifier) -> None:
+        """Check what `specifier` assigns: new hosts start, gone ones stop, the rest
+        keep their state; the report timer restarts when its interval changed."""
         self.specifiers += 1
         wanted = {a.key: a for a in assignments(specifier)}
         for key in [k for k in self.checks if k not in wanted]:
@@ -415,6 +417,8 @@ class HdsClient:
     async def stop(self) -> None:
         if self._reporter is not None:
             self._reporter.cancel()
+            await asyncio.gather(self._reporter, return_exceptions=True)
+            self._reporter, self._interval_s = None, 0.0
         for check in self.checks.values():
             await check.stop()
         self.checks.clear()

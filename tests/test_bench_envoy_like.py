@@ -374,3 +374,23 @@ def test_the_real_envoys_verdicts_are_read_from_admin_clusters() -> None:
         ]
     )
     assert health_by_port(text) == {8001: True, 8002: False, 8003: False}
+
+
+async def test_a_new_specifier_keeps_unchanged_checks_and_stops_removed_ones() -> None:
+    """As Envoy since it updates HDS clusters in place: a host assigned again with the
+    same check keeps its counting; one no longer assigned is no longer probed."""
+    async with http_server([200], []) as a, http_server([200], []) as b:
+        channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never dialled: apply only
+        client = HdsClient(channel, "envoy-0", lambda *_: None, random.Random(1))
+        try:
+            await client.apply(specifier({"svc-0": [a, b]}))
+            kept = next(c for c in client.checks.values() if c.endpoint[1] == a)
+            removed = next(c for c in client.checks.values() if c.endpoint[1] == b)
+            await client.apply(specifier({"svc-0": [a]}))
+            assert list(client.checks.values()) == [kept]
+            assert removed.task is not None and removed.task.cancelled()
+            await client.apply(specifier({"svc-1": [a]}))  # another cluster: another check
+            assert [c.cluster for c in client.checks.values()] == ["svc-1"]
+        finally:
+            await client.stop()
+            await channel.close()
