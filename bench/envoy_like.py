@@ -42,7 +42,7 @@ from envoy.service.health.v3 import hds_pb2, hds_pb2_grpc
 from google.protobuf import duration_pb2
 
 Endpoint = tuple[str, int]  # (address, port)
-# (host, port, status) of a check result; a verdict change is told as (node, endpoint, healthy).
+# Told on every verdict change of one checker: (node, endpoint, healthy).
 OnVerdict = Callable[[str, Endpoint, bool], None]
 
 DEFAULT_REPORT_INTERVAL_S = 1.0  # Envoy's default when the specifier has no interval
@@ -91,7 +91,7 @@ class CheckConfig:
             path=http.path or "/",
             interval_s=seconds(check.interval),
             timeout_s=seconds(check.timeout),
-            # Envoy's proto requires both thresholds; 1 is what a missing one means there.
+            # Envoy refuses a HealthCheck without both thresholds; here a missing one is 1.
             healthy_threshold=max(1, check.healthy_threshold.value),
             unhealthy_threshold=max(1, check.unhealthy_threshold.value),
             unhealthy_interval_s=optional("unhealthy_interval"),
