@@ -71,7 +71,7 @@ async def run_fleet(args: argparse.Namespace) -> None:
             ads = BenchClient(channels[i % len(channels)], node, subscriptions)
             stack.push_async_callback(ads.close)
             if args.mode == "hds":
-                streams.append(HdsClient(channels[i % len(channels)], node, print_verdict, rng))
+                streams.append(HdsClient(channels[i % len(channels)], node, print_verdict))
                 tasks.append(asyncio.create_task(streams[-1].run()))
         stdin = asyncio.ensure_future(
             asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)

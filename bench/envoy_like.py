@@ -1,8 +1,9 @@
 """Envoy-like health checking for bench/health_fleet.py: Envoy's active HTTP health
 checker and its HDS delegate, without Envoy, so 50 of them fit on 2 cores.
 
-What is modelled after envoyproxy/envoy `source/common/upstream/health_checker_impl.cc`
-and `source/common/upstream/health_discovery_service.cc` (Envoy 1.x):
+What is modelled after envoyproxy/envoy
+`source/extensions/health_checkers/common/health_checker_base_impl.cc` and
+`source/common/upstream/health_discovery_service.cc`:
 
 - A host starts unhealthy (FAILED_ACTIVE_HC, as HdsCluster::initialize sets it);
   the very first passing check makes it healthy at once, later ones need
@@ -10,11 +11,16 @@ and `source/common/upstream/health_discovery_service.cc` (Envoy 1.x):
 - A failure that is an answer (a status outside `expected_statuses`, default
   200 only) makes a host unhealthy at once; a network failure (refused, reset,
   closed, timeout) counts towards `unhealthy_threshold`.
-- The next check is scheduled when a check ends: `interval` while healthy,
-  `unhealthy_interval` while unhealthy, the `*_edge_interval`s while a change is
-  pending (each defaults to `interval`). `no_traffic_interval` is not modelled
-  (the clusters are taken to carry traffic), nor jitter beyond a random first
-  phase (Envoys are not started in the same millisecond).
+- The next check is scheduled when a check ends, from that check's result
+  (HealthCheckerImplBase::interval). On a cluster with traffic: after a pass
+  `interval` (`healthy_edge_interval` while a change is pending), after a
+  failure `unhealthy_interval` (`unhealthy_edge_interval` while pending). On a
+  cluster that never had a connection, as an HDS cluster: after a pass that
+  changed nothing pending `no_traffic_healthy_interval`, otherwise
+  `no_traffic_interval` (default 60 s). A CDS cluster of the benchmark's mode
+  (b) is taken to carry traffic. No jitter: an HDS check runs as soon as its
+  specifier arrives (`initial_jitter` 0); the checkers of mode (b) start at a
+  random phase (Envoys are not started in the same millisecond).
 - HTTP/1.1 over one kept connection per host (`reuse_connection`, default true).
 - HDS: the first message is a HealthCheckRequest (node, capability HTTP); each
   HealthCheckSpecifier replaces the set of checked hosts (a host whose cluster,
@@ -30,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,9 +80,11 @@ class CheckConfig:
     timeout_s: float = 0.5
     healthy_threshold: int = 2
     unhealthy_threshold: int = 3
-    unhealthy_interval_s: float | None = None
+    unhealthy_interval_s: float | None = None  # None: Envoy's default (see intervals())
     unhealthy_edge_interval_s: float | None = None
     healthy_edge_interval_s: float | None = None
+    no_traffic_interval_s: float = 60.0
+    no_traffic_healthy_interval_s: float | None = None
     expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end)
 
     @classmethod
@@ -97,11 +104,25 @@ class CheckConfig:
             unhealthy_interval_s=optional("unhealthy_interval"),
             unhealthy_edge_interval_s=optional("unhealthy_edge_interval"),
             healthy_edge_interval_s=optional("healthy_edge_interval"),
+            no_traffic_interval_s=optional("no_traffic_interval") or 60.0,
+            no_traffic_healthy_interval_s=optional("no_traffic_healthy_interval"),
             expected_statuses=statuses or ((200, 201),),
         )
 
     def expects(self, status: int) -> bool:
         return any(start <= status < end for start, end in self.expected_statuses)
+
+    def intervals(self) -> tuple[float, float, float, float, float]:
+        """interval, unhealthy, unhealthy edge, healthy edge, no-traffic healthy:
+        each with Envoy's default when unset (HealthCheckerImplBase's constructor)."""
+        unhealthy = self.unhealthy_interval_s or self.interval_s
+        return (
+            self.interval_s,
+            unhealthy,
+            self.unhealthy_edge_interval_s or unhealthy,
+            self.healthy_edge_interval_s or self.interval_s,
+            self.no_traffic_healthy_interval_s or self.no_traffic_interval_s,
+        )
 
 
 @dataclass
@@ -114,9 +135,11 @@ class HostHealth:
     first_check: bool = True
     passes: int = 0
     failures: int = 0
+    last_passed: bool = False  # the last check's result, which picks the next interval
 
     def record(self, outcome: Outcome) -> Transition:
-        transition = self._passed() if outcome is Outcome.PASSED else self._failed(outcome)
+        self.last_passed = outcome is Outcome.PASSED
+        transition = self._passed() if self.last_passed else self._failed(outcome)
         self.first_check = False
         return transition
 
@@ -143,17 +166,21 @@ class HostHealth:
             return Transition.CHANGED
         return Transition.PENDING
 
-    def next_interval(self, transition: Transition) -> float:
-        """Seconds from the end of a check to the next one (HealthCheckerImplBase::interval)."""
-        config = self.config
+    def next_interval(self, transition: Transition, *, traffic: bool) -> float:
+        """Seconds from the end of the last check to the next one, after its result and
+        `transition` (HealthCheckerImplBase::interval); `traffic`: the cluster ever had
+        a connection."""
+        interval, unhealthy, unhealthy_edge, healthy_edge, idle_healthy = self.config.intervals()
         pending = transition is Transition.PENDING
-        if self.healthy:
-            edge = config.healthy_edge_interval_s if pending else None
-            return edge if edge is not None else config.interval_s
-        unhealthy = config.unhealthy_interval_s
-        if pending and config.unhealthy_edge_interval_s is not None:
-            return config.unhealthy_edge_interval_s
-        return unhealthy if unhealthy is not None else config.interval_s
+        if not traffic:
+            return (
+                idle_healthy
+                if self.last_passed and not pending
+                else self.config.no_traffic_interval_s
+            )
+        if self.last_passed:
+            return healthy_edge if pending else interval
+        return unhealthy_edge if pending else unhealthy
 
     def status(self) -> int:
         """The HealthStatus an HDS report gives this host (HdsDelegate::sendResponse)."""
@@ -238,6 +265,7 @@ class ActiveCheck:
     on_verdict: OnVerdict
     cluster: str = ""
     locality: base_pb2.Locality = field(default_factory=base_pb2.Locality)
+    traffic: bool = True  # False for an HDS cluster, which never carries a connection
     health: HostHealth = field(init=False)
     task: asyncio.Task[None] | None = None
 
@@ -255,7 +283,7 @@ class ActiveCheck:
                 transition = self.health.record(await probe.check(self.config))
                 if transition is Transition.CHANGED:
                     self.on_verdict(self.node, self.endpoint, self.health.healthy)
-                await asyncio.sleep(self.health.next_interval(transition))
+                await asyncio.sleep(self.health.next_interval(transition, traffic=self.traffic))
         finally:
             probe.close()
 
@@ -351,14 +379,11 @@ class HdsClient:
     """One Envoy's HDS delegate: a StreamHealthCheck stream, the checks it was given,
     and the periodic report."""
 
-    def __init__(
-        self, channel: grpc.aio.Channel, node_id: str, on_verdict: OnVerdict, rng: random.Random
-    ) -> None:
+    def __init__(self, channel: grpc.aio.Channel, node_id: str, on_verdict: OnVerdict) -> None:
         self.node_id = node_id
         self.checks: dict[CheckKey, ActiveCheck] = {}
         self.specifiers = 0
         self._on_verdict = on_verdict
-        self._rng = rng
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._interval_s = 0.0
         self._stub = hds_pb2_grpc.HealthDiscoveryServiceStub(channel)
@@ -399,8 +424,9 @@ class HdsClient:
                     self._on_verdict,
                     cluster=given.cluster,
                     locality=given.locality,
+                    traffic=False,
                 )
-                check.start(self._rng.uniform(0, given.config.interval_s))
+                check.start(0.0)  # Envoy's initial_jitter is 0: the first check at once
                 self.checks[key] = check
         interval = report_interval(specifier)
         if interval != self._interval_s:  # Envoy restarts its report timer only then

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -147,10 +146,17 @@ def test_a_host_whose_last_failure_timed_out_is_reported_timeout() -> None:
     assert health.status() == health_check_pb2.UNHEALTHY
 
 
-def test_the_next_interval_follows_the_state_and_the_edge_intervals() -> None:
+def test_with_traffic_the_next_interval_follows_the_last_result_and_the_edges() -> None:
+    """HealthCheckerImplBase::interval: a failed check -> unhealthy (edge while
+    pending), a pass -> interval (healthy edge while pending); unset ones default
+    as in Envoy (unhealthy edge -> unhealthy -> interval, healthy edge -> interval)."""
     plain = HostHealth(CONFIG)
-    assert plain.next_interval(Transition.UNCHANGED) == 1.0
-    assert plain.next_interval(Transition.PENDING) == 1.0  # edges default to the interval
+    plain.record(Outcome.PASSED)
+    plain.record(Outcome.NETWORK)
+    assert plain.next_interval(Transition.PENDING, traffic=True) == 1.0
+    defaults = HostHealth(CheckConfig(interval_s=1.0, unhealthy_interval_s=4.0))
+    defaults.record(Outcome.NETWORK)
+    assert defaults.next_interval(Transition.PENDING, traffic=True) == 4.0
     edges = CheckConfig(
         interval_s=1.0,
         unhealthy_interval_s=5.0,
@@ -158,11 +164,28 @@ def test_the_next_interval_follows_the_state_and_the_edge_intervals() -> None:
         healthy_edge_interval_s=0.3,
     )
     health = HostHealth(edges)
-    assert health.next_interval(Transition.UNCHANGED) == 5.0  # unhealthy, nothing pending
-    assert health.next_interval(Transition.PENDING) == 0.2  # unhealthy, a pass pending
     health.record(Outcome.PASSED)
-    assert health.next_interval(Transition.UNCHANGED) == 1.0
-    assert health.next_interval(Transition.PENDING) == 0.3  # healthy, a failure pending
+    assert health.next_interval(Transition.UNCHANGED, traffic=True) == 1.0
+    assert health.record(Outcome.NETWORK) is Transition.PENDING  # still healthy, failed
+    assert health.next_interval(Transition.PENDING, traffic=True) == 0.2
+    health.record(Outcome.ANSWERED_BAD)
+    assert health.next_interval(Transition.CHANGED, traffic=True) == 5.0
+    assert health.record(Outcome.PASSED) is Transition.PENDING  # still unhealthy, passed
+    assert health.next_interval(Transition.PENDING, traffic=True) == 0.3
+
+
+def test_without_traffic_as_on_hds_the_no_traffic_intervals_apply() -> None:
+    """What the controller's specifier relies on (translate/hds.py): a settled pass
+    waits no_traffic_healthy_interval, anything else no_traffic_interval."""
+    config = CheckConfig(
+        interval_s=1.0, no_traffic_interval_s=0.05, no_traffic_healthy_interval_s=1.0
+    )
+    health = HostHealth(config)
+    health.record(Outcome.PASSED)
+    assert health.next_interval(Transition.CHANGED, traffic=False) == 1.0
+    assert health.record(Outcome.NETWORK) is Transition.PENDING
+    assert health.next_interval(Transition.PENDING, traffic=False) == 0.05
+    assert HostHealth(CheckConfig()).config.intervals()[4] == 60.0  # Envoy's default
 
 
 # ---- reading Envoy's messages -----------------------------------------------------------
@@ -173,6 +196,8 @@ def test_check_config_reads_a_health_check_message() -> None:
         2000,
         unhealthy_interval=ms(3000),
         unhealthy_edge_interval=ms(500),
+        no_traffic_interval=ms(100),
+        no_traffic_healthy_interval=ms(2000),
     )
     check.http_health_check.expected_statuses.append(range_pb2.Int64Range(start=200, end=300))
     config = CheckConfig.from_proto(check)
@@ -180,6 +205,7 @@ def test_check_config_reads_a_health_check_message() -> None:
     assert (config.healthy_threshold, config.unhealthy_threshold) == (2, 3)
     assert (config.unhealthy_interval_s, config.unhealthy_edge_interval_s) == (3.0, 0.5)
     assert config.healthy_edge_interval_s is None
+    assert (config.no_traffic_interval_s, config.no_traffic_healthy_interval_s) == (0.1, 2.0)
     assert config.expects(204) and not config.expects(300)
 
 
@@ -334,7 +360,7 @@ async def test_the_hds_client_checks_what_it_is_given_and_reports_it() -> None:
     async with http_server([200], []) as up, http_server([503], []) as failing:
         hds = FakeHds(specifier({"svc-0": [up, failing]}, interval_ms=200))
         async with grpc_server(hds) as address, grpc.aio.insecure_channel(address) as channel:
-            client = HdsClient(channel, "envoy-3", lambda *_: None, random.Random(1))
+            client = HdsClient(channel, "envoy-3", lambda *_: None)
             running = asyncio.create_task(client.run())
             first = await asyncio.wait_for(hds.received.get(), 5)
             assert first.health_check_request.node.id == "envoy-3"
@@ -356,7 +382,7 @@ async def test_the_hds_client_checks_what_it_is_given_and_reports_it() -> None:
 
 async def test_the_hds_client_says_when_the_server_does_not_serve_hds() -> None:
     async with grpc_server(None) as address, grpc.aio.insecure_channel(address) as channel:
-        client = HdsClient(channel, "envoy-0", lambda *_: None, random.Random(1))
+        client = HdsClient(channel, "envoy-0", lambda *_: None)
         with pytest.raises(HdsUnimplemented):
             await asyncio.wait_for(client.run(), 5)
 
@@ -381,7 +407,7 @@ async def test_a_new_specifier_keeps_unchanged_checks_and_stops_removed_ones() -
     same check keeps its counting; one no longer assigned is no longer probed."""
     async with http_server([200], []) as a, http_server([200], []) as b:
         channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never dialled: apply only
-        client = HdsClient(channel, "envoy-0", lambda *_: None, random.Random(1))
+        client = HdsClient(channel, "envoy-0", lambda *_: None)
         try:
             await client.apply(specifier({"svc-0": [a, b]}))
             kept = next(c for c in client.checks.values() if c.endpoint[1] == a)
