@@ -25,6 +25,8 @@ timeout 0.5 s, healthy threshold 2, unhealthy threshold 3, in every mode:
     `health_checkers_per_backend: 2`; each Envoy is an ADS stream plus an Envoy-like
     HDS client (bench/envoy_like.py). Flip: as in (a). Skipped, saying so, when the
     controller does not serve HDS.
+    The same mode with real Envoys 1.40 on the controller's bootstrap with
+    `hds_config` (bench/real_envoys.py), for the `--real-envoys` sizes.
 
 The Envoy-like clients run in one process of their own (bench/envoy_fleet.py, so their probes do not
 delay the observer); times cross processes on CLOCK_MONOTONIC. Ratios are taken
