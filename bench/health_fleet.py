@@ -23,8 +23,9 @@ timeout 0.5 s, healthy threshold 2, unhealthy threshold 3, in every mode:
     1 and 10 Envoys (`--real-envoys`), the calibration of the model.
 (c) HDS, K=2: the controller with `router.health_checker: envoy` and
     `health_checkers_per_backend: 2`; each Envoy is an ADS stream plus an Envoy-like
-    HDS client (bench/envoy_like.py). Flip: as in (a). Skipped, saying so, when the
-    controller does not serve HDS.
+    HDS client (bench/envoy_like.py). Probes are counted once the health report
+    names only Envoys as every backend's checkers. Flip: as in (a). Skipped,
+    saying so, when the controller does not serve HDS.
     The same mode with real Envoys 1.40 on the controller's bootstrap with
     `hds_config` (bench/real_envoys.py), for the `--real-envoys` sizes.
 
@@ -172,8 +173,11 @@ def controller_config(backends: SampleBackends, hds: bool) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def running_controller(config: dict[str, Any], workdir: Path) -> AsyncIterator[str]:
-    """`xds-server run` in its own process, stopped by PID; yields its xDS address."""
+async def running_controller(
+    config: dict[str, Any], workdir: Path
+) -> AsyncIterator[tuple[str, str]]:
+    """`xds-server run` in its own process, stopped by PID; yields its xDS and admin
+    addresses."""
     path = workdir / f"controller-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "xds_server.cli", "--env-file", "/dev/null"]
@@ -185,7 +189,7 @@ async def running_controller(config: dict[str, Any], workdir: Path) -> AsyncIter
         log_path=path.with_suffix(".log"),
     )
     try:
-        yield str(config["router"]["xds_address"])
+        yield str(config["router"]["xds_address"]), str(config["router"]["admin_address"])
     finally:
         await child.stop()
 
@@ -251,6 +255,21 @@ class Row:
     skipped: str | None = None
 
 
+async def delegated(http: aiohttp.ClientSession, admin: str, checkers: int) -> bool:
+    """Until every backend's `checked_by` in the health report names `checkers` Envoys
+    and not the controller: the hand-over from the last row's fleet is over, so the
+    probe rate is the new fleet's own. False after START_TIMEOUT_S."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        async with http.get(f"http://{admin}/api/v1/router/health") as response:
+            groups = (await response.json())["health_status"]
+        seen = [e["checked_by"] for group in groups.values() for e in group.values()]
+        if all(len(by) == checkers and "controller" not in by for by in seen):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
 async def probe_rate(backends: SampleBackends, http: aiohttp.ClientSession) -> float:
     before, started = await backends.health_requests(http), time.monotonic()
     await asyncio.sleep(RATE_WINDOW_S)
@@ -286,6 +305,8 @@ async def measure_row(
     watch: EdsWatch | None,
     kills: int,
     http: aiohttp.ClientSession,
+    *,
+    admin: str = "",
 ) -> Row:
     row = Row(mode, envoys)
     started = time.monotonic()
@@ -319,6 +340,9 @@ async def measure_row(
                 START_TIMEOUT_S,
             )
             assert settled, "the Envoy-like checkers never saw every backend healthy"
+        if mode == "c" and not await delegated(http, admin, min(envoys, CHECKERS_PER_BACKEND)):
+            row.skipped = f"the checks were not all delegated within {START_TIMEOUT_S:g} s"
+            return row
         await asyncio.sleep(SETTLE_S)
         row.probes_per_s = await probe_rate(backends, http)
 
@@ -401,7 +425,7 @@ async def measure_real_row(
 async def measure_real_hds_row(
     envoys: int,
     backends: SampleBackends,
-    xds: str,
+    addresses: tuple[str, str],  # the controller's xDS and admin
     watch: EdsWatch,
     workdir: Path,
     kills: int,
@@ -409,6 +433,7 @@ async def measure_real_hds_row(
 ) -> Row:
     """Mode (c) with real Envoys over HDS (bench/real_envoys.py); flips seen in EDS."""
     row, started = Row("h", envoys), time.monotonic()
+    xds, admin = addresses
     host, _, port = xds.rpartition(":")
     killed: list[str] = []
     async with running_hds_envoys(envoys, SocketAddress(host, int(port)), workdir):
@@ -418,7 +443,10 @@ async def measure_real_hds_row(
         except TimeoutError:
             row.skipped = f"EDS did not show every backend HEALTHY within {START_TIMEOUT_S:g} s"
             return row
-        await asyncio.sleep(SETTLE_S)  # the assignment moves to the Envoys that joined
+        if not await delegated(http, admin, min(envoys, CHECKERS_PER_BACKEND)):
+            row.skipped = f"the checks were not all delegated within {START_TIMEOUT_S:g} s"
+            return row
+        await asyncio.sleep(SETTLE_S)
         row.probes_per_s = await probe_rate(backends, http)
         row.flips_s, row.missed, killed = await kill_and_time(
             backends, kills, watch.flip_after_backend, random.Random(envoys)
@@ -447,17 +475,19 @@ async def measure_mode(
         return [await measure_real_row(n, backends, workdir, kills, http) for n in fleets]
     config = controller_config(backends, hds=mode in "ch")
     try:
-        async with running_controller(config, workdir) as xds:
+        async with running_controller(config, workdir) as (xds, admin):
             watch = EdsWatch(xds, backends.services)
             try:
                 rows: list[Row] = []
                 for n in fleets:
                     if mode == "h":
                         row = await measure_real_hds_row(
-                            n, backends, xds, watch, workdir, kills, http
+                            n, backends, (xds, admin), watch, workdir, kills, http
                         )
                     else:
-                        row = await measure_row(mode, n, backends, xds, watch, kills, http)
+                        row = await measure_row(
+                            mode, n, backends, xds, watch, kills, http, admin=admin
+                        )
                     rows.append(row)
                     if (row.skipped or "").startswith("controller does not serve HDS"):
                         rows += [Row(mode, m, skipped=row.skipped) for m in fleets[len(rows) :]]
