@@ -21,15 +21,19 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.e2e.test_hds_envoy import hds_stats
 from tests.e2e.test_replicas import in_sync, running_envoy, serving
 from tests.factories import moved, qdrant_only, redis_settings
 from tests.redis_support import RedisServer
-from tests.support import eventually, finished, send_many
+from tests.support import envoy_running, eventually, finished, send_many
 from xds_server.app import Controller
 from xds_server.demo import start_backend
 from xds_server.health.shared import SharedHealth
+from xds_server.model.health_checker import HealthChecker
 from xds_server.model.intent import Health, SocketAddress
-from xds_server.proxy.processes import ChildProcess
+from xds_server.proxy.bootstrap import make_bootstrap
+from xds_server.proxy.envoy_process import EnvoyProcess
+from xds_server.proxy.processes import ChildProcess, free_port
 from xds_server.resources import ENDPOINT
 from xds_server.settings import Settings
 
@@ -274,3 +278,60 @@ async def test_a_held_backend_is_not_probed_until_every_hold_has_ended(
             assert await agree(both, healthy)
         unhealthy = {PRIMARY: Health.HEALTHY, SECONDARY: Health.UNHEALTHY}
         await eventually(lambda: agree(both, unhealthy), timeout_s=3)
+
+
+@contextlib.asynccontextmanager
+async def hds_envoy_on(
+    replica: Replica, node_id: str, workdir: Path
+) -> AsyncIterator[EnvoyProcess]:
+    """A real Envoy on ADS and HDS to one replica, once its HDS stream is open there."""
+    admin = SocketAddress("127.0.0.1", free_port())
+    bootstrap = make_bootstrap(
+        node_id=node_id, xds=replica.controller.xds_address, envoy_admin=admin, hds=True
+    )
+    async with envoy_running(bootstrap, admin, workdir / node_id, wait_ready=False) as envoy:
+        await eventually(lambda: _true(node_id in replica.controller.hds.nodes()), timeout_s=10)
+        yield envoy
+
+
+def checkers(replica: Replica, name: str) -> tuple[str, ...] | None:
+    state = replica.controller.health.states.get(name)
+    return None if state is None else state.checked_by
+
+
+async def test_with_envoys_checking_only_the_prober_delegates_and_every_replica_names_them(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """router.health_checker: envoy on two replicas, one HDS Envoy on each: only the
+    prober assigns, to the Envoy connected to it; the shared records carry its node
+    id, so both replicas' reports name it; the other replica's Envoy applies no
+    specifier; a killed backend is UNHEALTHY in both replicas' EDS at one version."""
+    settings = dataclasses.replace(
+        fast_health(redis_settings(redis_server)), health_checker=HealthChecker.ENVOY
+    )
+    async with backends(settings, tmp_path) as children, replicas(settings) as [a]:
+        shared_a = a.controller.health
+        assert isinstance(shared_a, SharedHealth)
+        await eventually(lambda: _true(shared_a.probing), timeout_s=2)
+        async with (
+            replicas(moved(settings)) as [b],
+            hds_envoy_on(a, "envoy-on-a", tmp_path),
+            hds_envoy_on(b, "envoy-on-b", tmp_path) as envoy_b,
+        ):
+            both = [a, b]
+
+            async def named_everywhere() -> bool:
+                return all(
+                    checkers(r, name) == ("envoy-on-a",)
+                    for r in both
+                    for name in (PRIMARY, SECONDARY)
+                )
+
+            await eventually(named_everywhere, timeout_s=10)
+            assert b.controller.delegation is not None and b.controller.delegation.assignment == {}
+            assert (await hds_stats(envoy_b)).get("updates", 0) == 0
+
+            await children[SECONDARY].stop()
+            unhealthy = {PRIMARY: Health.HEALTHY, SECONDARY: Health.UNHEALTHY}
+            await eventually(lambda: agree(both, unhealthy), timeout_s=5, interval_s=0.02)
+            assert checkers(b, SECONDARY) == ("envoy-on-a",)
