@@ -151,7 +151,7 @@ class Delegation:
             return
         nodes = sorted(self._sessions.nodes())
         assignment = assign(backends, nodes, self._per_backend, self.assignment)
-        if assignment != self.assignment:
+        if assignment != self.assignment and nodes:
             moved = sum(1 for b in backends if assignment[b] != self.assignment.get(b))
             log.info("HDS: %d backends assigned anew over %d Envoys", moved, len(nodes))
         self.assignment = assignment
