@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -291,9 +290,7 @@ async def test_over_mutual_tls_only_the_certificates_node_joins(tmp_path: Path) 
             await eventually(refused_twice, 10)
             assert list(controller.sessions.nodes()) == ["envoy-a"]
             assert [n.node_id for n in controller.owner.joined] == ["envoy-a"]
-            # gRPC status 7, PERMISSION_DENIED, with the server's reason.
-            # Envoy names the cluster in the message when the stream had been open.
-            closed = r"StreamHealthCheck gRPC config stream (to xds_cluster )?closed: 7,"
-            assert re.search(closed, impostor.log_text()), impostor.log_text()[-2000:]
+            # The status (PERMISSION_DENIED) is pinned in tests/xds/test_hds.py: Envoy
+            # logs HDS stream failures only now and then (measured: some runs none).
     finally:
         await controller.stop()
