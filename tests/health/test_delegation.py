@@ -17,6 +17,8 @@ from tests.factories import FAST_POLICY, one_service, passed
 from tests.hds_support import report_of
 from tests.xds.conftest import poll
 from tests.xds.test_hds import HdsCall, HdsServer, read
+from xds_server.dns.memory import MemoryResolver
+from xds_server.dns.refresher import DnsRefresher
 from xds_server.health.checker import HealthChecker
 from xds_server.health.delegation import Delegation
 from xds_server.health.verdict import ProbeResult
@@ -160,3 +162,39 @@ async def test_a_checker_that_stops_sends_an_empty_specifier() -> None:
 
 async def _passing(backend: Backend) -> ProbeResult:
     return passed()
+
+
+def endpoints(specifier: object) -> list[str]:
+    return [
+        e.address.socket_address.address
+        for c in specifier.cluster_health_checks  # type: ignore[attr-defined]
+        for locality in c.locality_endpoints
+        for e in locality.endpoints
+    ]
+
+
+async def test_a_changed_record_set_reaches_the_envoy_without_any_other_change() -> None:
+    """A backend named by DNS: its new addresses are in the Envoy's next specifier
+    within a report interval, though no Envoy, intent or assignment changed."""
+    named = Backend("svc-named", "svc.example", 7003)
+    resolver = MemoryResolver({"svc.example": ["127.0.0.5"]})
+    store = MemoryStore(one_service(named))
+    dns = DnsRefresher(store, resolver, lambda: None)
+    await dns.refresh(["svc.example"])
+    server = await HdsServer().start()
+    try:
+        delegation = Delegation(server.sessions, store, POLICY, 1, dns, report_interval_s=0.1)
+        checker = HealthChecker(
+            store, {}, lambda: None, POLICY, prober=_passing, delegate=delegation
+        )
+        task = asyncio.create_task(checker.run())
+        call = await server.connect("envoy-1")
+        assert endpoints(await read(call)) == ["127.0.0.5"]
+        resolver.set("svc.example", ["127.0.0.6", "127.0.0.7"])
+        await dns.refresh(["svc.example"])
+        assert endpoints(await read(call, timeout_s=1.0)) == ["127.0.0.6", "127.0.0.7"]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await server.stop()

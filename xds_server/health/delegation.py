@@ -6,8 +6,10 @@ health/shared.py), `Delegation`:
 - assigns each backend of the intent to K of the connected Envoys
   (health/assignment.py: balanced, sticky) and sends each Envoy the
   HealthCheckSpecifier of its backends (translate/hds.py), again whenever an
-  Envoy joins or leaves, the intent changes, or a name's addresses change
-  (checked every report interval; HdsSessions.push sends only what differs);
+  Envoy joins, leaves or opens a newer stream, the intent changes, or a name's
+  addresses change (looked at every report interval; only then is anything
+  assigned or translated, and HdsSessions.push sends an Envoy only what
+  differs from what it has);
 - takes each Envoy's reports (every REPORT_INTERVAL_S) into health/aggregation.py
   and hands the aggregated verdict to the checker (`HealthChecker.report`),
   which publishes it through the same path as its own probes: EDS health, the
@@ -34,7 +36,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from envoy.config.core.v3 import health_check_pb2
 
@@ -42,7 +44,7 @@ from xds_server.dns.base import Resolved
 from xds_server.health.aggregation import Reports, health_of_status, stale_after
 from xds_server.health.assignment import Assignment, assign
 from xds_server.health.verdict import DelegatedVerdict, HealthPolicy, ProbeResult
-from xds_server.model.intent import Health
+from xds_server.model.intent import Health, Intent
 from xds_server.store.base import IntentStore
 from xds_server.translate.hds import health_check_specifier
 from xds_server.xds.hds import HdsNode, HdsSessions, HealthReport
@@ -54,6 +56,22 @@ log = logging.getLogger("xds_server.health")
 
 # How often each Envoy reports (the specifier's interval; Envoy's default too).
 REPORT_INTERVAL_S = 1.0
+
+
+class _Basis(NamedTuple):
+    """What the assignment and the specifiers are made of."""
+
+    intent: Intent  # immutable: a change is another object
+    nodes: tuple[tuple[str, float], ...]  # (node id, connect time), sorted
+    addresses: dict[str, tuple[str, ...]]  # a copy of the resolver's
+
+    def differs(self, older: _Basis | None) -> bool:
+        return (
+            older is None
+            or self.intent is not older.intent
+            or self.nodes != older.nodes
+            or self.addresses != older.addresses
+        )
 
 
 class Delegation:
@@ -99,10 +117,16 @@ class Delegation:
     async def run(self, checker: HealthChecker) -> None:
         """Delegate on behalf of `checker` until cancelled (its run() ends)."""
         self._checker = checker
+        basis: _Basis | None = None
         try:
             while True:
                 self._changed.clear()
-                self._reassign()
+                # Assigning and translating every Envoy's specifier costs backends x
+                # Envoys: done when what they are made of changed, not every tick.
+                current = self._basis()
+                if current.differs(basis):
+                    self._reassign()
+                    basis = current
                 self._hand_all()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._report_interval_s):
@@ -112,6 +136,14 @@ class Delegation:
             self.assignment = {}
             self._handed.clear()
             self._push_all()  # empty: nobody probes for a checker that stopped
+
+    def _basis(self) -> _Basis:
+        """What the assignment and the specifiers are made of. A node that opened a
+        newer stream counts as changed (its connect time): it needs its specifier
+        again. The intent is immutable: a change is another object."""
+        nodes = tuple(sorted((n.node_id, n.connected_at) for n in self._sessions.nodes().values()))
+        addresses = dict(self._resolved.addresses) if self._resolved is not None else {}
+        return _Basis(self._store.intent, nodes, addresses)
 
     # --- HdsOwner: what the sessions tell ----------------------------------------------
 
