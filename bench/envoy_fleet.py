@@ -126,10 +126,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 @dataclass
 class Fleet:
-    """`python -m bench.envoy_like` with N clients; its verdict lines, as they come."""
+    """`python -m bench.envoy_fleet` with N clients; its verdict lines, as they come."""
 
     process: asyncio.subprocess.Process
-    clients: int
     verdicts: dict[tuple[str, int], list[tuple[bool, float]]] = field(default_factory=dict)
     ready: asyncio.Future[str] = field(default_factory=asyncio.Future)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -180,6 +179,8 @@ class Fleet:
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
+        if self.reader is not None:  # ends with the process's stdout; awaited, not left behind
+            await self.reader
 
 
 async def start_fleet(
@@ -202,7 +203,7 @@ async def start_fleet(
     process = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )
-    fleet = Fleet(process, clients)
+    fleet = Fleet(process)
     fleet.reader = asyncio.create_task(fleet.read())
     return fleet
 

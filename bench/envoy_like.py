@@ -86,6 +86,7 @@ class CheckConfig:
     no_traffic_interval_s: float = 60.0
     no_traffic_healthy_interval_s: float | None = None
     expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end)
+    host: str = ""  # the Host header; "" = the cluster's name, as Envoy sends it
 
     @classmethod
     def from_proto(cls, check: health_check_pb2.HealthCheck) -> CheckConfig:
@@ -107,6 +108,7 @@ class CheckConfig:
             no_traffic_interval_s=optional("no_traffic_interval") or 60.0,
             no_traffic_healthy_interval_s=optional("no_traffic_healthy_interval"),
             expected_statuses=statuses or ((200, 201),),
+            host=http.host,
         )
 
     def expects(self, status: int) -> bool:
@@ -276,7 +278,8 @@ class ActiveCheck:
         self.task = asyncio.create_task(self._run(first_in_s))
 
     async def _run(self, first_in_s: float) -> None:
-        probe = HttpHealthProbe(*self.endpoint, host_header=self.cluster or "bench")
+        host = self.config.host or self.cluster or "bench"
+        probe = HttpHealthProbe(*self.endpoint, host_header=host)
         await asyncio.sleep(first_in_s)
         try:
             while True:

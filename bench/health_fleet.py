@@ -107,9 +107,6 @@ class SampleBackends:
     def by_service(self) -> dict[str, list[Backend]]:
         return {s: [b for b in self.backends if b.name.startswith(f"{s}-")] for s in self.services}
 
-    def by_port(self, port: int) -> str:
-        return next(b.name for b in self.backends if b.port == port)
-
     async def start(self, names: Sequence[str] | None = None) -> None:
         wanted = [b for b in self.backends if names is None or b.name in names]
         started = await asyncio.gather(*(start_backend(b, "qdrant", self.workdir) for b in wanted))

@@ -1,16 +1,25 @@
-"""HDS for the tests: an owner that records what the sessions tell it, and a
-small HealthCheckSpecifier built by hand (the real one is the translator's)."""
+"""HDS for the tests: an xDS server with HDS whose sessions a recording owner
+follows, a client stream speaking as Envoy does, and a small
+HealthCheckSpecifier built by hand (the real one is the translator's)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import grpc
 from envoy.config.core.v3 import address_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2
-from envoy.service.health.v3 import hds_pb2
+from envoy.service.health.v3 import hds_pb2, hds_pb2_grpc
 
-from xds_server.xds.hds import EndpointHealth, HdsNode, HealthReport
+from tests.xds.conftest import Harness
+from xds_server.model.intent import SocketAddress
+from xds_server.xds.hds import HdsNode, HdsSessions, HealthReport
+from xds_server.xds.identity import Admission
+from xds_server.xds.tls import ReloadingCredentials
 
 
 @dataclass
@@ -112,4 +121,66 @@ def report_of(
     return hds_pb2.HealthCheckRequestOrEndpointHealthResponse(endpoint_health_response=response)
 
 
-__all__ = ["EndpointHealth", "RecordingOwner", "http_specifier", "report_of"]
+class HdsServer(Harness):
+    """An xDS server with HDS and nothing published, on loopback; its sessions are
+    owned by a RecordingOwner. With `tls` (and an admission asking for it), clients
+    need certificates naming their node."""
+
+    def __init__(
+        self, admission: Admission | None = None, tls: ReloadingCredentials | None = None
+    ) -> None:
+        self.owner = RecordingOwner()
+        self.sessions = HdsSessions(self.owner)
+        super().__init__(admission=admission, tls=tls, hds=self.sessions)
+
+    async def start(self, port: int = 0) -> HdsServer:
+        await super().start(port)
+        return self
+
+    @property
+    def address(self) -> SocketAddress:
+        return SocketAddress("127.0.0.1", self.port)
+
+    def reports_of(self, node_id: str) -> int:
+        return sum(1 for node, _ in self.owner.reports if node == node_id)
+
+    def stub(self, credentials: grpc.ChannelCredentials | None = None) -> Any:
+        return hds_pb2_grpc.HealthDiscoveryServiceStub(self.channel(credentials))
+
+    async def connect(self, node_id: str, stub: Any = None) -> HdsCall:
+        """A StreamHealthCheck that sent its HealthCheckRequest, as Envoy's first message."""
+        call = HdsCall((stub or self.stub()).StreamHealthCheck())
+        await call.write(hello(node_id))
+        return call
+
+
+def hello(node_id: str) -> hds_pb2.HealthCheckRequestOrEndpointHealthResponse:
+    request = hds_pb2.HealthCheckRequestOrEndpointHealthResponse()
+    request.health_check_request.node.id = node_id
+    request.health_check_request.capability.health_check_protocols.extend(
+        [hds_pb2.Capability.HTTP, hds_pb2.Capability.TCP]
+    )
+    return request
+
+
+class HdsCall:
+    """One StreamHealthCheck, what the server sends read by a task of its own:
+    a read with a timeout on the call itself would cancel the RPC."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self.messages: asyncio.Queue[Any] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    def __getattr__(self, name: str) -> Any:  # write, done_writing, cancel, code, details
+        return getattr(self.call, name)
+
+    async def _read(self) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            while (message := await self.call.read()) is not grpc.aio.EOF:
+                self.messages.put_nowait(message)
+
+
+async def read(call: HdsCall, timeout_s: float = 5.0) -> Any:
+    async with asyncio.timeout(timeout_s):
+        return await call.messages.get()

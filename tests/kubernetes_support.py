@@ -4,7 +4,6 @@ stood in for), the settings and the bootstrap a container would get."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import io
@@ -117,21 +116,6 @@ def bootstrap_command() -> tuple[list[str], str]:
     return words[2:-2], words[-1]
 
 
-def bootstrap_parser() -> argparse.ArgumentParser:
-    (commands,) = [a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    found: argparse.ArgumentParser = commands.choices["bootstrap"]
-    return found
-
-
-def knows_xds_host() -> bool:
-    return "--xds-host" in bootstrap_parser()._option_string_actions
-
-
-def without_xds_host(argv: list[str]) -> list[str]:
-    at = argv.index("--xds-host")
-    return argv[:at] + argv[at + 2 :]
-
-
 def container_ports(deployment: str) -> dict[str, int]:
     """name -> containerPort over every container of the pod."""
     return {
@@ -154,12 +138,9 @@ def run_bootstrap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls_files: dict[str, Path] | None = None
 ) -> str:
     """The bootstrap `xds-server bootstrap` prints when run as the init container
-    runs it: its arguments (--xds-host only once the command line has it), its
-    env, the ConfigMap; with `tls_files` ({"tls.crt": path, ...}) in place of
-    the Secret's mount."""
+    runs it: its arguments, its env, the ConfigMap; with `tls_files`
+    ({"tls.crt": path, ...}) in place of the Secret's mount."""
     argv, _ = bootstrap_command()
-    if not knows_xds_host():
-        argv = without_xds_host(argv)
     argv[argv.index("--config") + 1] = str(config_in(tmp_path))
     for option in ("--client-cert", "--client-key", "--ca") if tls_files else ():
         at = argv.index(option) + 1

@@ -31,13 +31,11 @@ from tests.kubernetes_support import (
     SCHEMA_VERSIONS,
     SECRET_VALUE,
     bootstrap_command,
-    bootstrap_parser,
     config_in,
     container,
     container_ports,
     controller_settings,
     environment,
-    knows_xds_host,
     manifest_files,
     mounted_config,
     named,
@@ -45,10 +43,10 @@ from tests.kubernetes_support import (
     pod_spec,
     run_bootstrap,
     selected,
-    without_xds_host,
 )
 from xds_server import cli
 from xds_server.admin import ROUTE_SETS
+from xds_server.proxy.bootstrap import parse_xds_host
 from xds_server.settings import load_settings
 
 
@@ -189,11 +187,9 @@ def test_every_backend_is_a_service_of_the_manifests(tmp_path: Path) -> None:
 
 
 def test_the_init_container_runs_a_bootstrap_command_the_cli_parses() -> None:
-    """Everything but --xds-host, which the next test checks once the command
-    line has it: the arguments parse, and name the files the pod mounts."""
+    """The arguments parse, and name the files the pod mounts (--xds-host: the
+    next test)."""
     argv, _ = bootstrap_command()
-    if not knows_xds_host():
-        argv = without_xds_host(argv)
     args = cli.parse_args(argv)
     assert args.command == cli.cmd_bootstrap and args.node_id == NODE_ID
     assert str(args.config) == mounted_config("xds-envoy")
@@ -204,31 +200,13 @@ def test_the_init_container_runs_a_bootstrap_command_the_cli_parses() -> None:
         assert Path(file).parent == Path(envoy_mounts["xds-tls"]), file
 
 
-def host_and_port(value: object) -> tuple[str, int | None]:
-    """--xds-host's parsed value, whichever shape the command line gives it
-    (`NAME[:PORT]` text, a (host, port) pair, or an object with host and port)."""
-    if isinstance(value, str):
-        name, _, port = value.partition(":")
-        return name, int(port) if port else None
-    if isinstance(value, tuple):
-        return str(value[0]), None if value[1] is None else int(value[1])
-    port = getattr(value, "port", None)
-    return str(getattr(value, "host", value)), None if port is None else int(port)
-
-
 def test_the_init_container_points_envoy_at_the_controller_service() -> None:
-    """--xds-host names the headless Service, on its xDS port."""
+    """--xds-host names the headless Service, on its xDS port, spelled out (no
+    default port to depend on)."""
     argv, _ = bootstrap_command()
-    if not knows_xds_host():
-        pytest.skip(
-            "xds-server bootstrap has no --xds-host yet (being added to xds_server/cli.py "
-            "in parallel); this runs once it has"
-        )
-    dest = bootstrap_parser()._option_string_actions["--xds-host"].dest
-    name, port = host_and_port(vars(cli.parse_args(argv))[dest])
-    assert name == "xds-controller"
+    target = parse_xds_host(cli.parse_args(argv).xds_host, default_port=0)
     (xds,) = [p for p in named("Service", "xds-controller")["spec"]["ports"] if p["port"] == 18000]
-    assert port in (None, xds["port"])
+    assert (target.name, target.port) == ("xds-controller", xds["port"])
 
 
 def test_the_bootstrap_lands_where_envoy_reads_it_with_its_admin_on_the_pod_ip(

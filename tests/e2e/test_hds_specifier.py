@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from aiohttp import web
 from envoy.service.health.v3 import hds_pb2, hds_pb2_grpc
 
@@ -33,6 +34,8 @@ from xds_server.proxy.envoy_process import start_envoy
 from xds_server.proxy.processes import free_port
 from xds_server.samples.grpc_sample import start_backend as start_grpc_backend
 from xds_server.translate.hds import health_check_specifier
+
+pytestmark = pytest.mark.envoy
 
 LOOPBACK, SECOND_LOOPBACK = "127.0.0.1", "127.0.0.2"
 REPORT_S = 0.25

@@ -14,9 +14,8 @@ import pytest
 from envoy.config.core.v3 import health_check_pb2
 
 from tests.factories import FAST_POLICY, one_service, passed
-from tests.hds_support import report_of
+from tests.hds_support import HdsCall, HdsServer, read, report_of
 from tests.xds.conftest import poll
-from tests.xds.test_hds import HdsCall, HdsServer, read
 from xds_server.dns.memory import MemoryResolver
 from xds_server.dns.refresher import DnsRefresher
 from xds_server.health.checker import HealthChecker
@@ -28,6 +27,9 @@ from xds_server.store.memory import MemoryStore
 A = Backend("svc-a", "127.0.0.1", 7001)
 B = Backend("svc-b", "127.0.0.1", 7002)
 POLICY = dataclasses.replace(FAST_POLICY, interval_s=0.2, timeout_s=0.1)
+# Reports go stale after three of these (0.9 s): far more than a stalled loop on a
+# busy machine, so the reports written every 0.1 s below never lapse by accident.
+REPORT_S = 0.3
 
 
 @dataclasses.dataclass
@@ -39,11 +41,25 @@ class Rig:
     probed: list[str]
 
 
+@contextlib.asynccontextmanager
+async def running(checker: HealthChecker) -> AsyncIterator[asyncio.Task[None]]:
+    """The checker's run() for the block; cancelled and awaited at its end, whatever."""
+    task = asyncio.create_task(checker.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     server = await HdsServer().start()
     store = MemoryStore(one_service(A, B))
-    delegation = Delegation(server.sessions, store, POLICY, per_backend=1, report_interval_s=0.1)
+    delegation = Delegation(
+        server.sessions, store, POLICY, per_backend=1, report_interval_s=REPORT_S
+    )
     probed: list[str] = []
 
     async def prober(backend: Backend) -> ProbeResult:
@@ -54,13 +70,10 @@ async def rig() -> AsyncIterator[Rig]:
     checker = HealthChecker(
         store, verdicts, lambda: None, POLICY, prober=prober, delegate=delegation
     )
-    task = asyncio.create_task(checker.run())
     try:
-        yield Rig(server, delegation, checker, verdicts, probed)
+        async with running(checker):
+            yield Rig(server, delegation, checker, verdicts, probed)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await server.stop()
 
 
@@ -79,13 +92,11 @@ async def two_envoys(rig: Rig) -> dict[str, HdsCall]:
     return calls
 
 
-async def latest(call: HdsCall) -> object:
-    """The last specifier the server sent within a short while."""
-    message = await read(call)
-    await asyncio.sleep(0.3)
-    while not call.messages.empty():
-        message = call.messages.get_nowait()
-    return message
+async def sent(call: HdsCall, expected: list[str]) -> None:
+    """Read what the server sends until a specifier checks `expected`; fails (times
+    out) when none does."""
+    while clusters(await read(call)) != expected:
+        pass
 
 
 async def test_backends_are_split_reported_verdicts_published_and_only_the_rest_probed(
@@ -98,7 +109,7 @@ async def test_backends_are_split_reported_verdicts_published_and_only_the_rest_
     owner = {rig.delegation.assignment[name][0]: name for name in (A.name, B.name)}
     assert sorted(owner) == ["envoy-1", "envoy-2"]
     for node, call in calls.items():
-        assert clusters(await latest(call)) == [owner[node]]
+        await sent(call, [owner[node]])
     node_a = rig.delegation.assignment[A.name][0]
     healthy = report_of(A.name, [("127.0.0.1", A.port, health_check_pb2.HEALTHY)])
     await calls[node_a].write(healthy)
@@ -109,13 +120,12 @@ async def test_backends_are_split_reported_verdicts_published_and_only_the_rest_
     error = rig.checker.states[A.name].last.error  # type: ignore[union-attr]
     assert error is not None and node_a in error
     rig.probed.clear()
-    for _ in range(6):  # Envoy reports every report interval (0.1 s here)
+    for _ in range(6):  # Envoy reports every report interval (more often here)
         await calls[node_a].write(unhealthy)
         await asyncio.sleep(0.1)
     assert A.name not in rig.probed and B.name in rig.probed
-    # Reports stop (the Envoy hangs): after three intervals the controller probes again.
-    await asyncio.sleep(0.3 + 2 * POLICY.interval_s)
-    assert A.name in rig.probed
+    # Reports stop (the Envoy hangs): once they are stale the controller probes again.
+    await poll(lambda: A.name in rig.probed, timeout=3 * REPORT_S + 3 * POLICY.interval_s + 2)
 
 
 async def test_a_report_on_a_backend_not_assigned_to_the_node_is_ignored(rig: Rig) -> None:
@@ -124,7 +134,9 @@ async def test_a_report_on_a_backend_not_assigned_to_the_node_is_ignored(rig: Ri
     other = next(n for n in calls if n != node_b)
     await calls[other].write(report_of(B.name, [("127.0.0.1", B.port, health_check_pb2.UNHEALTHY)]))
     await calls[other].write(report_of(B.name, [("127.0.0.1", B.port, health_check_pb2.HEALTHY)]))
-    await asyncio.sleep(0.3)
+    # A report on its own backend, after those on one stream: once it counts, they were read.
+    await calls[other].write(report_of(A.name, [("127.0.0.1", A.port, health_check_pb2.HEALTHY)]))
+    await poll(lambda: rig.checker.states[A.name].checked_by == (other,))
     assert rig.checker.states[B.name].checked_by == ("controller",)
     assert not rig.delegation.delegated(B.name)
 
@@ -135,7 +147,7 @@ async def test_a_leaver_s_backends_go_to_the_other(rig: Rig) -> None:
     first, second = sorted(calls)
     await calls[first].done_writing()
     await poll(lambda: set(rig.delegation.assignment.values()) == {(second,)})
-    assert clusters(await latest(calls[second])) == [A.name, B.name]
+    await sent(calls[second], [A.name, B.name])
 
 
 async def test_a_checker_that_stops_sends_an_empty_specifier() -> None:
@@ -148,12 +160,9 @@ async def test_a_checker_that_stops_sends_an_empty_specifier() -> None:
         checker = HealthChecker(
             store, {}, lambda: None, POLICY, prober=_passing, delegate=delegation
         )
-        task = asyncio.create_task(checker.run())
-        call = await server.connect("envoy-1")
-        assert clusters(await read(call)) == [A.name, B.name]
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with running(checker):
+            call = await server.connect("envoy-1")
+            assert clusters(await read(call)) == [A.name, B.name]
         assert clusters(await read(call)) == []
         assert delegation.assignment == {} and not delegation.delegated(A.name)
     finally:
@@ -187,14 +196,11 @@ async def test_a_changed_record_set_reaches_the_envoy_without_any_other_change()
         checker = HealthChecker(
             store, {}, lambda: None, POLICY, prober=_passing, delegate=delegation
         )
-        task = asyncio.create_task(checker.run())
-        call = await server.connect("envoy-1")
-        assert endpoints(await read(call)) == ["127.0.0.5"]
-        resolver.set("svc.example", ["127.0.0.6", "127.0.0.7"])
-        await dns.refresh(["svc.example"])
-        assert endpoints(await read(call, timeout_s=1.0)) == ["127.0.0.6", "127.0.0.7"]
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with running(checker):
+            call = await server.connect("envoy-1")
+            assert endpoints(await read(call)) == ["127.0.0.5"]
+            resolver.set("svc.example", ["127.0.0.6", "127.0.0.7"])
+            await dns.refresh(["svc.example"])
+            assert endpoints(await read(call, timeout_s=1.0)) == ["127.0.0.6", "127.0.0.7"]
     finally:
         await server.stop()

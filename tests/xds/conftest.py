@@ -42,6 +42,7 @@ from xds_server.model.intent import Intent
 from xds_server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from xds_server.samples.grpc_sample import start_backend
 from xds_server.translate import translate
+from xds_server.xds.hds import HdsSessions
 from xds_server.xds.identity import Admission
 from xds_server.xds.observe import Observers, StreamInfo
 from xds_server.xds.server import XdsEngine, start_server
@@ -450,8 +451,10 @@ class Harness:
         legacy_wildcard: bool = True,
         admission: Admission | None = None,
         tls: ReloadingCredentials | None = None,
+        hds: HdsSessions | None = None,
     ) -> None:
         self.tls = tls
+        self.hds = hds
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
         self.recorder = Recorder()
@@ -468,8 +471,11 @@ class Harness:
         self._channels: list[grpc.aio.Channel] = []
         self._clients: list[XdsClient] = []
 
-    async def start(self) -> Harness:
-        self.server, self.port = await start_server(self.engine, "127.0.0.1:0", self.tls)
+    async def start(self, port: int = 0) -> Harness:
+        """On `port` (0: a free one), e.g. the port it had before a stop."""
+        self.server, self.port = await start_server(
+            self.engine, f"127.0.0.1:{port}", self.tls, hds=self.hds
+        )
         return self
 
     async def stop(self) -> None:
@@ -479,6 +485,7 @@ class Harness:
             await channel.close()
         if self.server is not None:
             await self.server.stop(0)
+            self.server = None
 
     def channel(self, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
         """A channel to the server; `credentials` for a TLS server."""

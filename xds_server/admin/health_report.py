@@ -65,10 +65,10 @@ def ejected_by(passive: PassiveView | None, name: str) -> list[dict[str, str]]:
 def backend_entry(state: BackendHealth | None, backend: Backend) -> dict[str, object]:
     last = state.last if state is not None else None
     # Envoys checking by HDS report a status, not how long the probe took.
-    timed = last is not None and state is not None and CONTROLLER in state.checked_by
+    timed = last if state is not None and CONTROLLER in state.checked_by else None
     entry: dict[str, object] = {
         "status": str(state.verdict if state is not None else Health.UNKNOWN),
-        "response_time_ms": round(last.elapsed_s * 1000, 1) if timed and last else None,
+        "response_time_ms": None if timed is None else round(timed.elapsed_s * 1000, 1),
         "last_check": None if last is None else iso_utc(last.at),
         "checked_by": [] if state is None else list(state.checked_by),
         "last_report": {}

@@ -51,19 +51,23 @@ from xds_server.model.intent import Health
 
 DEFAULT_STALE_REPORTS = 3  # report intervals
 
-# Envoy's HealthStatus of an HDS EndpointHealth -> our word for one address.
+# Envoy's HealthStatus of an HDS EndpointHealth, by name -> our word for one address.
 # HDS reports HEALTHY, UNHEALTHY, or TIMEOUT (unhealthy after timeouts).
 _ENVOY_STATUS = {
-    health_check_pb2.HEALTHY: Health.HEALTHY,
-    health_check_pb2.DEGRADED: Health.HEALTHY,  # serving, if not at its best
-    health_check_pb2.UNHEALTHY: Health.UNHEALTHY,
-    health_check_pb2.TIMEOUT: Health.UNHEALTHY,
-    health_check_pb2.DRAINING: Health.UNHEALTHY,
+    "HEALTHY": Health.HEALTHY,
+    "DEGRADED": Health.HEALTHY,  # serving, if not at its best
+    "UNHEALTHY": Health.UNHEALTHY,
+    "TIMEOUT": Health.UNHEALTHY,
+    "DRAINING": Health.UNHEALTHY,
 }
 
 
-def health_of_status(status: int) -> Health:
-    """An EndpointHealth's `health_status` as the Health of that address."""
+def health_of_status(status: int | str) -> Health:
+    """An EndpointHealth's `health_status` (its value, or its name as the parsed
+    reports of xds/hds.py carry it) as the Health of that address."""
+    if isinstance(status, int):
+        known = status in health_check_pb2.HealthStatus.values()
+        status = health_check_pb2.HealthStatus.Name(status) if known else ""
     return _ENVOY_STATUS.get(status, Health.UNKNOWN)
 
 

@@ -38,8 +38,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from envoy.config.core.v3 import health_check_pb2
-
 from xds_server.dns.base import Resolved
 from xds_server.health.aggregation import Reports, health_of_status, stale_after
 from xds_server.health.assignment import Assignment, assign
@@ -100,7 +98,8 @@ class Delegation:
         self._reports = Reports(stale_after(report_interval_s), warmup_s=policy.timeout_s)
         self.assignment: Assignment = {}
         self._checker: HealthChecker | None = None
-        self._handed: dict[str, tuple[Health, tuple[str, ...], float]] = {}
+        # backend -> (verdict, checkers) last handed to the checker, and when
+        self._handed: dict[str, tuple[tuple[Health, tuple[str, ...]], float]] = {}
         self._changed = asyncio.Event()
         sessions.owner = self
         store.on_change(self._changed.set)
@@ -164,12 +163,7 @@ class Delegation:
         for backend, endpoints in report.items():
             if node_id not in self.assignment.get(backend, ()):
                 continue  # a report on a specifier this node no longer has
-            addresses = {
-                f"{e.address}:{e.port}": health_of_status(
-                    health_check_pb2.HealthStatus.Value(e.status)
-                )
-                for e in endpoints
-            }
+            addresses = {f"{e.address}:{e.port}": health_of_status(e.status) for e in endpoints}
             self._reports.record(node_id, backend, addresses, now)
             self._hand(backend, now)
 
@@ -179,8 +173,6 @@ class Delegation:
         intent = self._store.intent
         backends = [b.name for b in intent.backends()]
         self._reports.retain(backends)
-        if self._checker is None:
-            return
         nodes = sorted(self._sessions.nodes())
         assignment = assign(backends, nodes, self._per_backend, self.assignment)
         if assignment != self.assignment and nodes:
@@ -190,16 +182,17 @@ class Delegation:
         self._push_all()
 
     def _push_all(self) -> None:
-        for node_id in self._sessions.nodes():
-            self._push(node_id)
-
-    def _push(self, node_id: str) -> None:
-        names = [b for b, checkers in self.assignment.items() if node_id in checkers]
+        """Each connected Envoy its backends' specifier (an empty one: none assigned)."""
+        by_node: dict[str, list[str]] = {node_id: [] for node_id in self._sessions.nodes()}
+        for name, checkers in self.assignment.items():
+            for node_id in checkers:
+                by_node.setdefault(node_id, []).append(name)
         addresses = self._resolved.addresses if self._resolved is not None else {}
-        specifier = health_check_specifier(
-            self._store.intent, names, self._policy, self._report_interval_s, addresses
-        )
-        self._sessions.push(node_id, specifier)
+        for node_id, names in by_node.items():
+            specifier = health_check_specifier(
+                self._store.intent, names, self._policy, self._report_interval_s, addresses
+            )
+            self._sessions.push(node_id, specifier)  # False for one that just left
 
     # --- in: verdicts for the checker --------------------------------------------------
 
@@ -216,9 +209,9 @@ class Delegation:
         if verdict.health is None:
             self._handed.pop(name, None)  # the checker probes it again
             return
+        handed = (verdict.health, verdict.checked_by)
         last = self._handed.get(name)
-        same = last is not None and last[:2] == (verdict.health, verdict.checked_by)
-        if same and last is not None and now - last[2] < self._policy.interval_s:
+        if last is not None and last[0] == handed and now - last[1] < self._policy.interval_s:
             return
         ok = verdict.health is Health.HEALTHY
         checkers = ", ".join(verdict.checked_by)
@@ -227,4 +220,4 @@ class Delegation:
         checker.report(
             name, DelegatedVerdict(verdict.health, result, verdict.checked_by, verdict.reported_at)
         )
-        self._handed[name] = (verdict.health, verdict.checked_by, now)
+        self._handed[name] = (handed, now)

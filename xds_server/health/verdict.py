@@ -9,13 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from xds_server.model.health_checker import HealthChecker
 from xds_server.model.intent import Health, Intent, Service
 
 log = logging.getLogger("xds_server.health")
 
 OVERALL_HEALTHY, OVERALL_DEGRADED, OVERALL_UNHEALTHY = "healthy", "degraded", "unhealthy"
 # Who reached a verdict: the controller's own probes, or Envoys (HDS) named by node id.
-CONTROLLER = "controller"
+CONTROLLER = HealthChecker.CONTROLLER.value
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def make_bootstrap(
         # Histograms (the mean response time the routing metrics report) reach the
         # admin's /stats at each flush: every 1 s rather than the default 5 s.
         "stats_flush_interval": f"{STATS_FLUSH_S:g}s",
-        "static_resources": {"clusters": [_xds_cluster(xds, tls)]},
+        "static_resources": {"clusters": [_xds_cluster(replicas, tls)]},
         "dynamic_resources": {
             "ads_config": _ads_config(delta, fast_retry=fast_retry),
             "cds_config": _via_ads(),
@@ -170,12 +170,13 @@ def _socket_address(address: SocketAddress | XdsHost) -> dict[str, Any]:
 
 
 def _xds_cluster(
-    xds: SocketAddress | Sequence[SocketAddress] | XdsHost, tls: XdsClientTls | None = None
+    dialled: Sequence[SocketAddress | XdsHost], tls: XdsClientTls | None = None
 ) -> dict[str, Any]:
-    dialled = [xds] if isinstance(xds, SocketAddress | XdsHost) else list(xds)
+    """The controller's replicas by IP (STATIC), or its one name (`XdsHost`)."""
     endpoints = [{"endpoint": {"address": _socket_address(one)}} for one in dialled]
+    by_name = any(isinstance(one, XdsHost) for one in dialled)
     cluster: dict[str, Any] = {"name": XDS_CLUSTER}
-    cluster.update(_dns_discovery() if isinstance(xds, XdsHost) else {"type": "STATIC"})
+    cluster.update(_dns_discovery() if by_name else {"type": "STATIC"})
     cluster.update(
         {
             "connect_timeout": CONNECT_TIMEOUT,

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.registry import Collector
 
 from xds_server.health.verdict import CONTROLLER, BackendHealth, ProbeResult
+from xds_server.model.health_checker import HealthChecker
 from xds_server.model.intent import Health
 from xds_server.resources import SHORT_NAMES
 from xds_server.telemetry.models import ModelTraffic
@@ -253,12 +254,13 @@ def checker_families(
         labels=labels,
     )
     for service, backend, state in states:
-        for kind in (CONTROLLER, "envoy"):
-            times = [
-                at
-                for checker, at in state.reported_at.items()
-                if checker in state.checked_by and (checker == CONTROLLER) == (kind == CONTROLLER)
-            ]
+        # The report times of the checkers that count, by kind (controller | envoy).
+        by_kind: dict[str, list[float]] = {kind.value: [] for kind in HealthChecker}
+        for checker in state.checked_by:
+            kind = CONTROLLER if checker == CONTROLLER else HealthChecker.ENVOY.value
+            if (at := state.reported_at.get(checker)) is not None:
+                by_kind[kind].append(at)
+        for kind, times in by_kind.items():
             counted.add_metric([service, backend, kind], len(times))
             if times:
                 latest.add_metric([service, backend, kind], max(times))
